@@ -1,0 +1,121 @@
+"""The adapter contract: how a protocol codec plugs into the gateway.
+
+An adapter turns raw bytes into an :class:`~gateway.envelope.Envelope`, lists
+the problems it finds as :class:`Issue` values, and answers in the protocol's
+own terms with a :class:`Reply`. It never knows which listener delivered the
+bytes. A ``typing.Protocol`` is the whole contract; no base class is needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from gateway.envelope import Envelope, Receipt
+
+Severity = Literal["fatal", "error", "warning", "information"]
+OutcomeKind = Literal["accepted", "invalid", "refused"]
+ValidationLevel = Literal["none", "header", "structure"]
+
+
+@dataclass(frozen=True, slots=True)
+class Issue:
+    """A problem found in a message, one shape for every protocol.
+
+    ``code`` is a bounded snake_case vocabulary, ``location`` a protocol path
+    (``PID-5.1``, FHIRPath, XPath, ``DE4``), and ``diagnostics`` a sentence
+    that never contains a payload value.
+    """
+
+    severity: Severity
+    code: str
+    location: str = ""
+    diagnostics: str = ""
+
+    @property
+    def is_error(self) -> bool:
+        return self.severity in ("fatal", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What the gateway decided about one message, handed to ``Adapter.respond``.
+
+    ``headers`` are the envelope headers, or for a message that could not be
+    parsed whatever header fields were still readable (for the reply's
+    addressing and control id).
+    """
+
+    kind: OutcomeKind
+    headers: Mapping[str, str]
+    issues: Sequence[Issue] = ()
+    envelope_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The protocol's acknowledgement: bytes for the wire plus how HTTP should carry them."""
+
+    body: bytes
+    content_type: str
+    status: int
+    code: str
+    """The protocol's own outcome code: ``AA``, ``AE``, ``CA`` …"""
+
+    @property
+    def accepted(self) -> bool:
+        return 200 <= self.status < 300
+
+
+class ParseError(Exception):
+    """No envelope could be built from the bytes.
+
+    ``headers`` holds whatever header fields were readable, so that the reply
+    still names the sender's control id; ``issues`` explain why.
+    """
+
+    def __init__(self, issues: Sequence[Issue], headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(issues[0].diagnostics if issues else "unparseable message")
+        self.issues = list(issues)
+        self.headers: Mapping[str, str] = dict(headers or {})
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """A payload that carries several messages (an HL7 FHS/BHS file, a multi-MSH file)."""
+
+    kind: str
+    raw: bytes
+    units: list[bytes] = field(default_factory=list)
+
+
+class Adapter(Protocol):
+    """A protocol codec. Every method is pure; none of them does I/O."""
+
+    name: str
+    """Registry key and ``Envelope.protocol`` value, for example ``hl7v2``."""
+
+    def detect(self, raw: bytes, content_type: str | None) -> bool:
+        """Cheap, non-validating guess whether ``raw`` is this protocol. Never raises."""
+        ...
+
+    def split(self, raw: bytes) -> Batch | None:
+        """Return the messages of a batch payload, or ``None`` when ``raw`` is a single message."""
+        ...
+
+    def parse(self, raw: bytes, receipt: Receipt) -> Envelope:
+        """Build an envelope, tolerantly; raise :class:`ParseError` only when none can be built."""
+        ...
+
+    def validate(self, envelope: Envelope) -> list[Issue]:
+        """Return every issue found at this adapter's configured level; never raises for content."""
+        ...
+
+    def respond(self, outcome: Outcome) -> Reply:
+        """Build the protocol's acknowledgement for ``outcome``."""
+        ...
+
+    def serialize(self, envelope: Envelope) -> bytes:
+        """The bytes to forward downstream (for HL7 v2, the raw message as received)."""
+        ...

@@ -1,0 +1,69 @@
+"""The common envelope every adapter produces, and the receipt a listener hands to an adapter.
+
+An envelope is frozen: the raw bytes are kept exactly as received, the parsed
+body is only a view of them, and ``headers`` is the flat string map that
+routing reads so that nothing downstream re-parses the payload.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from ulid import ULID
+
+Sensitivity = Literal["phi", "pan", "pii", "none"]
+
+
+def new_id() -> str:
+    """Mint a sortable, unique envelope id (a ULID string)."""
+    return str(ULID())
+
+
+def utcnow() -> datetime:
+    """Aware UTC now; the one clock every receipt and lineage event uses."""
+    return datetime.now(UTC)
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """Where and when bytes arrived: filled by the listener, read by the adapter and lineage."""
+
+    listener: str
+    """Listener name, for example ``mllp`` or ``http``."""
+    peer: str = ""
+    """Remote address as ``host:port``."""
+    client: str = ""
+    """Authenticated client (API key name) where there is one."""
+    content_type: str | None = None
+    received_at: datetime = field(default_factory=utcnow)
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One message, in the shape every part of the gateway shares (DESIGN.md §4)."""
+
+    id: str
+    received_at: datetime
+    protocol: str
+    version: str
+    message_type: str
+    control_id: str
+    sender: str
+    receiver: str
+    raw: bytes
+    raw_sha256: str
+    body: Any
+    headers: Mapping[str, str]
+    business_keys: Mapping[str, str] = field(default_factory=dict)
+    sensitivity: Sensitivity = "none"
+    correlation_id: str = ""
+    parent_id: str | None = None
+    receipt: Receipt | None = None

@@ -1,0 +1,329 @@
+"""MLLP transport: framing, the asyncio listener, and a small client.
+
+A frame is ``0x0B`` + message + ``0x1C 0x0D``. Bytes before a start byte are
+discarded; frames split across reads and several frames in one read are both
+handled; replies go back in order on the same connection, which stays open.
+Limits: frame size (an oversized frame gets AR and the connection is closed),
+time to finish a started frame, idle time, connections overall and per
+client address. A malformed frame never affects another connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections import Counter, deque
+
+from gateway.adapter import Adapter, Issue, Outcome, ParseError
+from gateway.config import MLLPConfig
+from gateway.envelope import Receipt
+from gateway.pipeline import Intake
+
+log = logging.getLogger("gateway.mllp")
+
+START = b"\x0b"
+END = b"\x1c\x0d"
+MAX_PENDING_FRAMES = 64
+
+
+def frame(message: bytes) -> bytes:
+    return START + message + END
+
+
+class FrameTooLarge(Exception):
+    def __init__(self, head: bytes) -> None:
+        super().__init__("frame too large")
+        self.head = head
+
+
+class FrameReader:
+    """Incremental MLLP deframer: feed bytes, get complete frames."""
+
+    def __init__(self, max_frame_bytes: int) -> None:
+        self.max_frame_bytes = max_frame_bytes
+        self._buf = bytearray()
+        self._in_frame = False
+        self._scan = 0
+
+    @property
+    def in_frame(self) -> bool:
+        return self._in_frame
+
+    def feed(self, data: bytes) -> list[bytes]:
+        buf = self._buf
+        buf += data
+        frames: list[bytes] = []
+        while True:
+            if not self._in_frame:
+                start = buf.find(START)
+                if start < 0:
+                    buf.clear()
+                    return frames
+                del buf[: start + 1]
+                self._in_frame = True
+                self._scan = 0
+            end = buf.find(END, self._scan)
+            if end < 0:
+                if len(buf) > self.max_frame_bytes:
+                    head = bytes(buf[:4096])
+                    buf.clear()
+                    self._in_frame = False
+                    raise FrameTooLarge(head)
+                self._scan = max(0, len(buf) - 1)
+                return frames
+            if end > self.max_frame_bytes:
+                head = bytes(buf[:4096])
+                del buf[: end + 2]
+                self._in_frame = False
+                raise FrameTooLarge(head)
+            frames.append(bytes(buf[:end]))
+            del buf[: end + 2]
+            self._in_frame = False
+
+
+class MLLPServer:
+    """The MLLP listener: one :class:`_Connection` per client, all feeding one :class:`Intake`."""
+
+    def __init__(self, intake: Intake, adapter: Adapter, config: MLLPConfig) -> None:
+        self.intake = intake
+        self.adapter = adapter
+        self.config = config
+        self._server: asyncio.Server | None = None
+        self._connections: set[_Connection] = set()
+        self._per_client: Counter[str] = Counter()
+
+    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Connection(self), host, port, ssl=ssl_context, reuse_address=True, backlog=512
+        )
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Stop accepting, let in-flight messages finish, then close every connection."""
+        if self._server is not None:
+            self._server.close()
+        pending = [c.worker for c in self._connections if c.worker is not None]
+        for conn in list(self._connections):
+            conn.stop_reading()
+        if pending:
+            await asyncio.wait(pending, timeout=grace_s)
+        for conn in list(self._connections):
+            conn.close()
+
+    def admit(self, conn: _Connection) -> bool:
+        host = conn.host
+        if len(self._connections) >= self.config.max_connections:
+            log.warning("mllp connection refused: too many connections", extra={"peer": conn.peer})
+            return False
+        if self._per_client[host] >= self.config.max_connections_per_client:
+            log.warning(
+                "mllp connection refused: too many connections from client", extra={"peer": conn.peer}
+            )
+            return False
+        self._connections.add(conn)
+        self._per_client[host] += 1
+        return True
+
+    def release(self, conn: _Connection) -> None:
+        if conn in self._connections:
+            self._connections.discard(conn)
+            self._per_client[conn.host] -= 1
+            if self._per_client[conn.host] <= 0:
+                del self._per_client[conn.host]
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, server: MLLPServer) -> None:
+        self.server = server
+        cfg = server.config
+        self.reader = FrameReader(cfg.max_frame_bytes)
+        self.transport: asyncio.Transport | None = None
+        self.peer = ""
+        self.host = ""
+        self.frames: deque[bytes] = deque()
+        self.wakeup: asyncio.Event = asyncio.Event()
+        self.worker: asyncio.Task[None] | None = None
+        self.closing = False
+        self.paused = False
+        self.busy = False
+        self.idle_timer: asyncio.TimerHandle | None = None
+        self.frame_timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self.host = str(peer[0])
+            self.peer = f"{peer[0]}:{peer[1]}"
+        if not self.server.admit(self):
+            self.closing = True
+            transport.abort()
+            return
+        self.worker = asyncio.get_running_loop().create_task(self._work())
+        self._arm_idle()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        self._arm_idle()
+        try:
+            frames = self.reader.feed(data)
+        except FrameTooLarge as exc:
+            self._refuse_oversized(exc.head)
+            return
+        if frames:
+            self.frames.extend(frames)
+            self.wakeup.set()
+            if len(self.frames) >= MAX_PENDING_FRAMES and self.transport is not None:
+                self.transport.pause_reading()
+                self.paused = True
+        self._arm_frame_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.wakeup.set()
+        for timer in (self.idle_timer, self.frame_timer):
+            if timer is not None:
+                timer.cancel()
+        self.server.release(self)
+
+    # -- work ---------------------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        intake = self.server.intake
+        adapter = self.server.adapter
+        while True:
+            while not self.frames:
+                if self.closing:
+                    return
+                self.wakeup.clear()
+                await self.wakeup.wait()
+            message = self.frames.popleft()
+            if self.paused and len(self.frames) < MAX_PENDING_FRAMES // 2 and self.transport is not None:
+                self.transport.resume_reading()
+                self.paused = False
+            receipt = Receipt(listener="mllp", peer=self.peer)
+            self.busy = True
+            try:
+                result = await intake.receive(adapter, message, receipt)
+            except Exception:
+                log.exception("mllp intake failed", extra={"peer": self.peer})
+                self.close()
+                return
+            finally:
+                self.busy = False
+            reply = result.combined()
+            transport = self.transport
+            if transport is None or transport.is_closing():
+                # the sender is gone: it never saw this reply and will send again (a duplicate)
+                return
+            transport.write(frame(reply.body))
+            intake.replied(result)
+
+    def _refuse_oversized(self, head: bytes) -> None:
+        log.warning(
+            "mllp frame too large; refused and closed",
+            extra={"peer": self.peer, "limit": self.server.config.max_frame_bytes},
+        )
+        issue = Issue(
+            "fatal",
+            "frame_too_large",
+            "",
+            f"The frame exceeds the listener's limit of {self.server.config.max_frame_bytes} bytes.",
+        )
+        headers = _readable_headers(self.server.adapter, head)
+        reply = self.server.adapter.respond(Outcome("refused", headers, [issue]))
+        self.closing = True
+        if self.transport is not None:
+            self.transport.write(frame(reply.body))
+            self.transport.close()
+
+    def _arm_idle(self) -> None:
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+        self.idle_timer = asyncio.get_running_loop().call_later(self.server.config.idle_timeout_s, self._idle)
+
+    def _arm_frame_timer(self) -> None:
+        if self.reader.in_frame:
+            if self.frame_timer is None:
+                self.frame_timer = asyncio.get_running_loop().call_later(
+                    self.server.config.frame_timeout_s, self._frame_expired
+                )
+        elif self.frame_timer is not None:
+            self.frame_timer.cancel()
+            self.frame_timer = None
+
+    def _idle(self) -> None:
+        if self.frames or self.busy:
+            self._arm_idle()
+            return
+        log.info("mllp connection idle; closed", extra={"peer": self.peer})
+        self.close()
+
+    def _frame_expired(self) -> None:
+        log.warning("mllp frame not finished in time; closed", extra={"peer": self.peer})
+        self.close()
+
+    def stop_reading(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def close(self) -> None:
+        self.closing = True
+        self.wakeup.set()
+        if self.transport is not None:
+            self.transport.close()
+
+
+def _readable_headers(adapter: Adapter, head: bytes) -> dict[str, str]:
+    """Whatever header fields can be read from the first segment, for addressing a refusal."""
+    first = head.split(b"\r", 1)[0].split(b"\n", 1)[0]
+    try:
+        return dict(adapter.parse(first, Receipt(listener="mllp")).headers)
+    except ParseError as exc:
+        return dict(exc.headers)
+    except Exception:
+        return {}
+
+
+async def send_frames(
+    host: str,
+    port: int,
+    messages: list[bytes],
+    timeout_s: float = 30.0,
+    ssl_context: ssl.SSLContext | None = None,
+) -> list[bytes]:
+    """Send each message in its own frame on one connection; return the replies in order."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, ssl=ssl_context), timeout_s)
+    replies: list[bytes] = []
+    try:
+        for message in messages:
+            writer.write(frame(message))
+            await writer.drain()
+            await asyncio.wait_for(reader.readuntil(START), timeout_s)
+            data = await asyncio.wait_for(reader.readuntil(END), timeout_s)
+            replies.append(data[: -len(END)])
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+    return replies
+
+
+def ssl_server_context(cert: str, key: str, client_ca: str | None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    if client_ca:
+        ctx.load_verify_locations(client_ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx

@@ -1,0 +1,208 @@
+"""The HTTP API (FastAPI): ingest, messages, lineage and health.
+
+Every endpoint but ``/healthz`` requires an API key with the endpoint's scope.
+Errors are JSON ``{"error": code, "detail": sentence}`` and never carry payload
+values. Ingest bodies are read with a size limit of our own (uvicorn has none).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from gateway.adapter import Adapter
+from gateway.envelope import Receipt
+from gateway.errors import AuthError, StoreError
+from gateway.pipeline import Intake
+from gateway.security import KeyRing, Principal
+from gateway.store import MessageFilter
+from gateway.store.sqlite import SQLiteStore
+
+log = logging.getLogger("gateway.http")
+
+HL7_CONTENT_TYPES = frozenset({"x-application/hl7-v2+er7", "application/hl7-v2", "text/plain"})
+
+
+class APIError(Exception):
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+
+
+def _error(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """Read the request body, refusing (413) as soon as it exceeds ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise APIError(413, "payload_too_large", f"The body exceeds the limit of {limit} bytes.")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise APIError(413, "payload_too_large", f"The body exceeds the limit of {limit} bytes.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _timestamp(value: str | None, name: str) -> str | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise APIError(400, "bad_parameter", f"{name} must be an ISO 8601 date or date-time.") from None
+    if parsed.tzinfo is None:
+        raise APIError(400, "bad_parameter", f"{name} must include a time zone (for example Z).")
+    return parsed.isoformat()
+
+
+def create_app(
+    *,
+    store: SQLiteStore,
+    intake: Intake,
+    keyring: KeyRing,
+    hl7_adapter: Adapter,
+    max_body_bytes: int,
+) -> FastAPI:
+    app = FastAPI(
+        title="Connector gateway", version="0.1.0", docs_url="/api/docs", openapi_url="/api/openapi.json"
+    )
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+        return _error(exc.status, exc.code, exc.detail)
+
+    @app.exception_handler(AuthError)
+    async def _auth_error(request: Request, exc: AuthError) -> JSONResponse:
+        code = "unauthorized" if exc.status == 401 else "forbidden"
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return _error(exc.status, code, exc.reason, headers)
+
+    @app.exception_handler(StoreError)
+    async def _store_error(request: Request, exc: StoreError) -> JSONResponse:
+        return _error(503, "store_unavailable", "The store cannot answer now.")
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        names = sorted({".".join(str(p) for p in e["loc"][1:]) or str(e["loc"][0]) for e in exc.errors()})
+        return _error(400, "bad_parameter", "Invalid parameter: " + ", ".join(names) + ".")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, "http_error", str(exc.detail))
+
+    def principal(request: Request) -> Principal:
+        auth = request.headers.get("authorization", "")
+        key = auth[7:].strip() if auth.lower().startswith("bearer ") else request.headers.get("x-api-key")
+        who = keyring.authenticate(key)
+        request.state.principal = who
+        return who
+
+    def scoped(scope: str) -> Any:
+        def dep(who: Annotated[Principal, Depends(principal)]) -> Principal:
+            KeyRing.require(who, scope)
+            return who
+
+        return Depends(dep)
+
+    @app.post("/ingest/hl7v2", tags=["ingest"])
+    async def ingest_hl7v2(request: Request, who: Principal = scoped("ingest:hl7v2")) -> Response:
+        """Take an HL7 v2 message or batch; answer with the ACK (200 for AA/CA, 4xx/503 otherwise)."""
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type not in HL7_CONTENT_TYPES:
+            raise APIError(
+                415,
+                "unsupported_media_type",
+                "Send HL7 v2 as x-application/hl7-v2+er7 or text/plain.",
+            )
+        body = await read_body(request, max_body_bytes)
+        if not body.strip():
+            raise APIError(400, "empty_body", "The request body is empty.")
+        client = request.client
+        receipt = Receipt(
+            listener="http",
+            peer=f"{client.host}:{client.port}" if client else "",
+            client=who.name,
+            content_type=content_type,
+        )
+        result = await intake.receive(hl7_adapter, body, receipt)
+        reply = result.combined()
+        intake.replied(result)
+        return Response(reply.body, status_code=reply.status, media_type=reply.content_type)
+
+    @app.get("/api/messages", tags=["messages"])
+    def list_messages(
+        control_id: str | None = None,
+        protocol: str | None = None,
+        message_type: str | None = None,
+        status: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        before: str | None = None,
+        who: Principal = scoped("messages:read"),
+    ) -> dict[str, Any]:
+        """Messages, newest first; page with ``before=<last id>``."""
+        rows = store.list_messages(
+            MessageFilter(
+                control_id=control_id,
+                protocol=protocol,
+                message_type=message_type,
+                status=status,
+                since=_timestamp(since, "since"),
+                until=_timestamp(until, "until"),
+                limit=limit,
+                before_id=before,
+            )
+        )
+        items = [r.as_dict() for r in rows]
+        return {"items": items, "next_before": items[-1]["id"] if len(items) == limit else None}
+
+    @app.get("/api/messages/{message_id}", tags=["messages"])
+    def get_message(message_id: str, who: Principal = scoped("messages:read")) -> dict[str, Any]:
+        row = store.get_message(message_id)
+        if row is None:
+            raise APIError(404, "not_found", "No message has this id.")
+        out = row.as_dict()
+        out["lineage"] = [e.as_dict() for e in store.lineage_of(message_id)]
+        return out
+
+    @app.get("/api/messages/{message_id}/lineage", tags=["lineage"])
+    def message_lineage(message_id: str, who: Principal = scoped("lineage:read")) -> dict[str, Any]:
+        if store.get_message(message_id) is None:
+            raise APIError(404, "not_found", "No message has this id.")
+        return {"envelope_id": message_id, "events": [e.as_dict() for e in store.lineage_of(message_id)]}
+
+    @app.get("/api/messages/{message_id}/raw", tags=["messages"])
+    def message_raw(message_id: str, who: Principal = scoped("admin")) -> Response:
+        """The message bytes exactly as received (admin scope: they carry PHI)."""
+        raw = store.get_raw(message_id)
+        if raw is None:
+            raise APIError(404, "not_found", "No message has this id.")
+        return Response(raw, media_type="application/octet-stream")
+
+    @app.get("/api/lineage/verify", tags=["lineage"])
+    def verify(who: Principal = scoped("lineage:read")) -> dict[str, Any]:
+        """Recompute the whole hash chain: ``ok`` is false at the first altered, missing or moved event."""
+        return store.verify_lineage().as_dict()
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> JSONResponse:
+        ok = await store.check()
+        return JSONResponse(
+            {"ok": ok, "store": "writable" if ok else "unavailable"}, status_code=200 if ok else 503
+        )
+
+    return app

@@ -1,0 +1,287 @@
+"""The ``gateway`` command: serve, send, messages, lineage, check.
+
+Commands that read the store take the same ``--config`` and ``--data-dir``
+options as ``serve`` and work whether or not the server is running.
+Exit status: 0 on success, 1 when a message was not accepted or the lineage
+is broken, 2 on a usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from gateway.config import Settings, load_settings, parse_address
+from gateway.errors import ConfigError, StoreError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[tuple[str, ...], Any] = {("data_dir",): getattr(args, "data_dir", None)}
+    if getattr(args, "mllp", None) is not None and args.command == "serve":
+        overrides[("mllp", "address")] = args.mllp
+    if getattr(args, "http", None) is not None and args.command == "serve":
+        overrides[("http", "address")] = args.http
+    return load_settings(getattr(args, "config", None), overrides)
+
+
+def _store_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config file (also GATEWAY_CONFIG)")
+    p.add_argument("--data-dir", help="data directory of the embedded store (also GATEWAY_DATA_DIR)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description="Connector gateway")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the gateway (MLLP and HTTP listeners on the embedded store)")
+    _store_options(p)
+    p.add_argument("--mllp", help="MLLP address HOST:PORT, or 'off' (default 127.0.0.1:2575)")
+    p.add_argument("--http", help="HTTP address HOST:PORT, or 'off' (default 127.0.0.1:8080)")
+
+    p = sub.add_parser("send", help="send HL7 v2 files over MLLP or HTTP and print each ACK's MSA line")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--mllp", metavar="HOST:PORT")
+    target.add_argument("--http", metavar="URL", help="for example http://127.0.0.1:8080/ingest/hl7v2")
+    p.add_argument("--api-key", help="API key for --http (default: GATEWAY_API_KEY, then DATA_DIR/api-key)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each reply")
+    _store_options(p)
+    p.add_argument("files", nargs="+", type=Path)
+
+    p = sub.add_parser("messages", help="list or show received messages")
+    msub = p.add_subparsers(dest="action", required=True)
+    q = msub.add_parser("list")
+    _store_options(q)
+    for name in ("control-id", "protocol", "message-type", "status", "since", "until"):
+        q.add_argument(f"--{name}")
+    q.add_argument("--limit", type=int, default=50)
+    q.add_argument("--json", action="store_true")
+    q = msub.add_parser("show")
+    _store_options(q)
+    q.add_argument("id")
+    q.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("lineage", help="verify the lineage hash chain")
+    lsub = p.add_subparsers(dest="action", required=True)
+    q = lsub.add_parser("verify")
+    _store_options(q)
+    q.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("check", help="validate a config file without side effects")
+    p.add_argument("config_file", type=Path)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return int(_dispatch(args))
+    except ConfigError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except StoreError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "serve":
+        from gateway.logs import setup_logging
+        from gateway.server import run
+
+        settings = _settings(args)
+        setup_logging(settings.log_level)
+        run(settings)
+        return EXIT_OK
+    if args.command == "send":
+        return _send(args)
+    if args.command == "messages":
+        return _messages(args)
+    if args.command == "lineage":
+        return _lineage(args)
+    if args.command == "check":
+        load_settings(args.config_file, environ={})
+        print(f"{args.config_file}: ok")
+        return EXIT_OK
+    return EXIT_USAGE
+
+
+def _open_reader(args: argparse.Namespace) -> Any:
+    from gateway.security import pseudonym_key
+    from gateway.server import DB_FILE
+    from gateway.store.sqlite import SQLiteStore
+
+    settings = _settings(args)
+    path = settings.data_dir / DB_FILE
+    if not path.exists():
+        raise StoreError(f"no store at {path} (is --data-dir right?)")
+    return SQLiteStore(path, pseudonym_key(settings.data_dir))
+
+
+def _messages(args: argparse.Namespace) -> int:
+    from gateway.store import MessageFilter
+
+    store = _open_reader(args)
+    if args.action == "list":
+        rows = store.list_messages(
+            MessageFilter(
+                control_id=args.control_id,
+                protocol=args.protocol,
+                message_type=args.message_type,
+                status=args.status,
+                since=args.since,
+                until=args.until,
+                limit=args.limit,
+            )
+        )
+        if args.json:
+            for r in rows:
+                print(json.dumps(r.as_dict()))
+            return EXIT_OK
+        print(f"{'ID':26}  {'RECEIVED':25}  {'TYPE':10}  {'CONTROL ID':20}  {'STATUS':9}  REPLY")
+        for r in rows:
+            print(
+                f"{r.id:26}  {r.received_at[:25]:25}  {r.message_type[:10]:10}  {r.control_id[:20]:20}"
+                f"  {r.status:9}  {r.reply_code}"
+            )
+        return EXIT_OK
+    row = store.get_message(args.id)
+    if row is None:
+        print(f"gateway: no message {args.id}", file=sys.stderr)
+        return EXIT_FAILED
+    events = store.lineage_of(args.id)
+    if args.json:
+        out = row.as_dict()
+        out["lineage"] = [e.as_dict() for e in events]
+        print(json.dumps(out, indent=2))
+        return EXIT_OK
+    d = row.as_dict()
+    for key in (
+        "id",
+        "received_at",
+        "protocol",
+        "version",
+        "message_type",
+        "control_id",
+        "sender",
+        "receiver",
+        "status",
+        "reply_code",
+        "listener",
+        "peer",
+        "raw_sha256",
+        "size",
+        "parent_id",
+    ):
+        print(f"{key:12} {d[key] if d[key] is not None else ''}")
+    for issue in row.issues:
+        print(f"issue        {issue['severity']} {issue['code']} {issue['location']} {issue['diagnostics']}")
+    print("lineage:")
+    for e in events:
+        extra = f" error={e.error_code}" if e.error_code else ""
+        print(f"  {e.seq:>8}  {e.at[:26]:26}  {e.event:18} {e.outcome:10} actor={e.actor}{extra}")
+    return EXIT_OK
+
+
+def _lineage(args: argparse.Namespace) -> int:
+    store = _open_reader(args)
+    result = store.verify_lineage()
+    if args.json:
+        print(json.dumps(result.as_dict()))
+    elif result.ok:
+        print(f"lineage intact: {result.events} events, last seq {result.last_seq}")
+    else:
+        print(f"lineage BROKEN at seq {result.first_bad_seq}: {result.reason}")
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _send(args: argparse.Namespace) -> int:
+    from adapters.hl7.ack import parse_ack
+
+    from adapters.hl7.er7 import split_batch
+
+    def normalise(data: bytes) -> bytes:
+        return data.replace(b"\r\n", b"\r").replace(b"\n", b"\r")
+
+    failed = False
+    if args.mllp:
+        from adapters.hl7.mllp import send_frames
+
+        host, port = parse_address(args.mllp)
+        for path in args.files:
+            raw = normalise(path.read_bytes())
+            batch = split_batch(raw)
+            messages = batch.units if batch is not None and batch.units else [raw]
+            try:
+                replies = asyncio.run(send_frames(host, port, messages, timeout_s=args.timeout))
+            except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+                print(f"{path}: no reply ({type(exc).__name__}: {exc})", file=sys.stderr)
+                failed = True
+                continue
+            for reply in replies:
+                failed |= not _print_ack(path, reply, parse_ack)
+        return EXIT_FAILED if failed else EXIT_OK
+
+    import httpx
+
+    key = args.api_key or _env_key() or _bootstrap_key(args)
+    headers = {"Content-Type": "x-application/hl7-v2+er7"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    with httpx.Client(timeout=args.timeout) as client:
+        for path in args.files:
+            try:
+                resp = client.post(args.http, content=normalise(path.read_bytes()), headers=headers)
+            except httpx.HTTPError as exc:
+                print(f"{path}: no reply ({type(exc).__name__})", file=sys.stderr)
+                failed = True
+                continue
+            if "hl7" not in resp.headers.get("content-type", ""):
+                print(f"{path}: HTTP {resp.status_code} {resp.text.strip()}", file=sys.stderr)
+                failed = True
+                continue
+            for ack in _split_acks(resp.content):
+                failed |= not _print_ack(path, ack, parse_ack)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _split_acks(body: bytes) -> list[bytes]:
+    from adapters.hl7.er7 import split_batch
+
+    batch = split_batch(body)
+    return batch.units if batch is not None and batch.units else [body]
+
+
+def _print_ack(path: Path, reply: bytes, parse_ack: Any) -> bool:
+    msa = next((seg for seg in reply.replace(b"\n", b"\r").split(b"\r") if seg.startswith(b"MSA")), b"")
+    print(f"{path}\t{msa.decode('utf-8', 'replace') or '(no MSA segment)'}")
+    try:
+        code = parse_ack(reply)[0]
+    except Exception:
+        return False
+    return code in ("AA", "CA")
+
+
+def _env_key() -> str | None:
+    import os
+
+    return os.environ.get("GATEWAY_API_KEY") or None
+
+
+def _bootstrap_key(args: argparse.Namespace) -> str | None:
+    from gateway.security import read_bootstrap_key
+
+    try:
+        settings = _settings(args)
+    except ConfigError:
+        return None
+    return read_bootstrap_key(settings.data_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

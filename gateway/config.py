@@ -1,0 +1,188 @@
+"""The gateway's configuration: pydantic models for the YAML file, plus environment and command-line overrides.
+
+Precedence, lowest first: defaults, the YAML file (``--config`` or
+``GATEWAY_CONFIG``), ``GATEWAY_*`` environment variables, command-line
+options. Unknown keys are errors (``extra="forbid"``), and every error names
+the key, the value and what was expected.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from gateway.errors import ConfigError
+
+ValidationLevel = Literal["none", "header", "structure"]
+Scope = Literal["ingest:hl7v2", "messages:read", "lineage:read", "admin"]
+ALL_SCOPES: tuple[str, ...] = ("ingest:hl7v2", "messages:read", "lineage:read", "admin")
+MIB = 1024 * 1024
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def parse_address(value: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (IPv6 as ``[::1]:PORT``) into its parts."""
+    m = re.fullmatch(r"\[?([^\]]*?)\]?:(\d{1,5})", value.strip())
+    if not m or not 0 <= int(m.group(2)) <= 65535:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    return m.group(1) or "127.0.0.1", int(m.group(2))
+
+
+def _check_address(value: str) -> str:
+    if value in ("", "off"):
+        return "off"
+    parse_address(value)
+    return value
+
+
+class TLSConfig(_Model):
+    cert: Path = Field(description="PEM certificate chain the listener presents.")
+    key: Path = Field(description="PEM private key of that certificate.")
+    client_ca: Path | None = Field(
+        default=None, description="PEM bundle of CAs whose client certificates are required (mutual TLS)."
+    )
+
+
+class MLLPConfig(_Model):
+    address: str = Field(default="127.0.0.1:2575", description="HOST:PORT to bind, or 'off'.")
+    validation: ValidationLevel = Field(default="structure", description="none | header | structure.")
+    max_frame_bytes: int = Field(
+        default=10 * MIB, gt=0, description="Largest frame accepted; larger gets AR."
+    )
+    frame_timeout_s: float = Field(default=30.0, gt=0, description="Time allowed to finish a started frame.")
+    idle_timeout_s: float = Field(default=600.0, gt=0, description="A connection idle this long is closed.")
+    max_connections: int = Field(default=512, gt=0, description="Open connections allowed in all.")
+    max_connections_per_client: int = Field(
+        default=64, gt=0, description="Open connections per client address."
+    )
+    tls: TLSConfig | None = Field(default=None, description="Serve MLLP over TLS (optionally mutual).")
+
+    _addr = field_validator("address")(_check_address)
+
+
+class HTTPConfig(_Model):
+    address: str = Field(default="127.0.0.1:8080", description="HOST:PORT to bind, or 'off'.")
+    validation: ValidationLevel = Field(default="structure", description="none | header | structure.")
+    max_body_bytes: int = Field(default=10 * MIB, gt=0, description="Largest request body; larger gets 413.")
+    tls: TLSConfig | None = Field(default=None, description="Serve HTTPS.")
+
+    _addr = field_validator("address")(_check_address)
+
+
+class APIKey(_Model):
+    name: str = Field(min_length=1, description="Who holds the key; shown in logs and lineage.")
+    key: str = Field(
+        min_length=16, description="The secret, or ${ENV_VAR}; only its hash is kept after start."
+    )
+    scopes: list[Scope] = Field(description="What the key may do.")
+
+
+class AuthConfig(_Model):
+    api_keys: list[APIKey] = Field(default_factory=list, description="Keys accepted on HTTP endpoints.")
+    open: bool = Field(
+        default=False, description="Serve every HTTP endpoint without a key. Only for closed test networks."
+    )
+
+
+class Settings(_Model):
+    data_dir: Path = Field(
+        default=Path("gateway-data"), description="Where the embedded store keeps its files."
+    )
+    mllp: MLLPConfig = Field(default_factory=MLLPConfig)
+    http: HTTPConfig = Field(default_factory=HTTPConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info")
+
+
+_ENV = {
+    "GATEWAY_DATA_DIR": ("data_dir",),
+    "GATEWAY_MLLP": ("mllp", "address"),
+    "GATEWAY_HTTP": ("http", "address"),
+    "GATEWAY_LOG_LEVEL": ("log_level",),
+    "GATEWAY_VALIDATION": ("mllp", "validation"),
+}
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expand(value: Any, where: str) -> Any:
+    """Replace ``${VAR}`` in strings with the environment's value; a missing variable is an error."""
+    if isinstance(value, str):
+
+        def sub(m: re.Match[str]) -> str:
+            name = m.group(1)
+            if name not in os.environ:
+                raise ConfigError(f"{where}: environment variable {name} is not set")
+            return os.environ[name]
+
+        return _ENV_REF.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _expand(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def _set(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+    node[path[-1]] = value
+
+
+def load_settings(
+    config_file: str | Path | None = None,
+    overrides: Mapping[tuple[str, ...], Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Load settings from the YAML file, the environment and ``overrides`` (command-line options)."""
+    env = os.environ if environ is None else environ
+    path = config_file or env.get("GATEWAY_CONFIG")
+    tree: dict[str, Any] = {}
+    if path:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: {exc.strerror}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path}: expected a mapping at the top level")
+        tree = _expand(loaded or {}, str(path))
+    for var, key in _ENV.items():
+        if env.get(var):
+            _set(tree, key, env[var])
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _set(tree, key, value)
+    try:
+        return Settings.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(explain(exc, tree)) from None
+
+
+def explain(exc: ValidationError, tree: Mapping[str, Any]) -> str:
+    """One line per problem: the key, the value given, and what was expected."""
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{key}: unknown key")
+            continue
+        given = err.get("input")
+        shown = "(missing)" if err["type"] == "missing" else repr(given)
+        if "key" in key.split(".")[-1:]:
+            shown = "(hidden)"
+        lines.append(f"{key}: {shown} is not valid: {err['msg']}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)

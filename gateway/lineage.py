@@ -1,0 +1,164 @@
+"""Lineage events and their hash chain.
+
+Every event carries ``prev_hash`` and ``hash``: the SHA-256 of the previous
+event's hash joined to this event's canonical form (sorted-key compact JSON of
+every other field). Changing a byte, deleting, inserting or reordering an event
+breaks the chain at that event, which :func:`verify_chain` reports. Events hold
+identifiers, digests and outcome codes, never payload values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+GENESIS_HASH = "0" * 64
+
+
+@dataclass(frozen=True, slots=True)
+class EventDraft:
+    """An event before the store gives it a place in the chain."""
+
+    event: str
+    envelope_id: str | None
+    actor: str
+    outcome: str = ""
+    error_code: str = ""
+    raw_sha256: str = ""
+    parent_id: str | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class LineageEvent:
+    """An event as stored: gapless ``seq``, time, and its place in the hash chain."""
+
+    seq: int
+    at: str
+    event: str
+    envelope_id: str | None
+    parent_id: str | None
+    actor: str
+    outcome: str
+    error_code: str
+    raw_sha256: str
+    details: Mapping[str, Any]
+    prev_hash: str
+    hash: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "at": self.at,
+            "event": self.event,
+            "envelope_id": self.envelope_id,
+            "parent_id": self.parent_id,
+            "actor": self.actor,
+            "outcome": self.outcome,
+            "error_code": self.error_code,
+            "raw_sha256": self.raw_sha256,
+            "details": dict(self.details),
+            "prev_hash": self.prev_hash,
+            "hash": self.hash,
+        }
+
+
+def canonical(seq: int, at: str, draft: EventDraft) -> bytes:
+    """The bytes an event's hash covers (everything but ``prev_hash`` and ``hash``)."""
+    body = {
+        "seq": seq,
+        "at": at,
+        "event": draft.event,
+        "envelope_id": draft.envelope_id,
+        "parent_id": draft.parent_id,
+        "actor": draft.actor,
+        "outcome": draft.outcome,
+        "error_code": draft.error_code,
+        "raw_sha256": draft.raw_sha256,
+        "details": draft.details,
+    }
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def chain_hash(prev_hash: str, canonical_bytes: bytes) -> str:
+    return hashlib.sha256(prev_hash.encode() + canonical_bytes).hexdigest()
+
+
+def seal(seq: int, at: str, draft: EventDraft, prev_hash: str) -> LineageEvent:
+    """Give a draft its sequence number, time and hashes."""
+    digest = chain_hash(prev_hash, canonical(seq, at, draft))
+    return LineageEvent(
+        seq=seq,
+        at=at,
+        event=draft.event,
+        envelope_id=draft.envelope_id,
+        parent_id=draft.parent_id,
+        actor=draft.actor,
+        outcome=draft.outcome,
+        error_code=draft.error_code,
+        raw_sha256=draft.raw_sha256,
+        details=draft.details,
+        prev_hash=prev_hash,
+        hash=digest,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Verification:
+    """Result of recomputing the chain: ``first_bad_seq`` is the first event that fails, if any."""
+
+    ok: bool
+    events: int
+    last_seq: int
+    first_bad_seq: int | None = None
+    reason: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "events": self.events,
+            "last_seq": self.last_seq,
+            "first_bad_seq": self.first_bad_seq,
+            "reason": self.reason,
+        }
+
+
+def verify_chain(events: Iterable[LineageEvent]) -> Verification:
+    """Recompute every hash in order; report the first gap, broken link or altered event."""
+    prev = GENESIS_HASH
+    expected_seq = 1
+    count = 0
+    for ev in events:
+        count += 1
+        if ev.seq != expected_seq:
+            return Verification(
+                False, count, ev.seq, expected_seq, f"sequence gap: expected {expected_seq}, found {ev.seq}"
+            )
+        if ev.prev_hash != prev:
+            return Verification(
+                False, count, ev.seq, ev.seq, "prev_hash does not match the previous event's hash"
+            )
+        draft = EventDraft(
+            event=ev.event,
+            envelope_id=ev.envelope_id,
+            actor=ev.actor,
+            outcome=ev.outcome,
+            error_code=ev.error_code,
+            raw_sha256=ev.raw_sha256,
+            parent_id=ev.parent_id,
+            details=ev.details,
+        )
+        if not hmac.compare_digest(chain_hash(prev, canonical(ev.seq, ev.at, draft)), ev.hash):
+            return Verification(False, count, ev.seq, ev.seq, "event content does not match its hash")
+        prev = ev.hash
+        expected_seq += 1
+    return Verification(True, count, expected_seq - 1)
+
+
+def pseudonym(key: bytes, value: str) -> str:
+    """A stable keyed pseudonym for a business key, so lineage can be searched without holding the value."""
+    return "hk:" + hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:32]

@@ -1,0 +1,126 @@
+"""``gateway serve``: the store, the MLLP listener and the HTTP API in one event loop.
+
+Start-up opens (and migrates) the store before any listener accepts a byte.
+SIGTERM or SIGINT stops intake first (listeners close), lets messages in
+flight finish their commit and reply, records the last lineage events, then
+closes the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Generator
+from pathlib import Path
+
+import uvicorn
+
+from adapters import BUILTIN_ADAPTERS
+from adapters.hl7.mllp import MLLPServer, ssl_server_context
+from gateway.app import create_app
+from gateway.config import Settings, parse_address
+from gateway.pipeline import Intake
+from gateway.security import BOOTSTRAP_KEY_FILE, KeyRing, pseudonym_key
+from gateway.store.sqlite import SQLiteStore
+
+log = logging.getLogger("gateway.server")
+
+DB_FILE = "gateway.db"
+
+
+def open_store(data_dir: Path) -> SQLiteStore:
+    store = SQLiteStore(data_dir / DB_FILE, pseudonym_key(data_dir))
+    store.open()
+    return store
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: ``serve`` owns the signals and the shutdown order."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+async def serve(settings: Settings) -> None:
+    data_dir = settings.data_dir
+    store = open_store(data_dir)
+    intake = Intake(store)
+    keyring = KeyRing.from_settings(settings)
+    hl7 = BUILTIN_ADAPTERS["hl7v2"]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    mllp: MLLPServer | None = None
+    if settings.mllp.address != "off":
+        host, port = parse_address(settings.mllp.address)
+        tls = settings.mllp.tls
+        ctx = (
+            ssl_server_context(str(tls.cert), str(tls.key), str(tls.client_ca) if tls.client_ca else None)
+            if tls
+            else None
+        )
+        mllp = MLLPServer(intake, hl7(validation=settings.mllp.validation), settings.mllp)
+        await mllp.start(host, port, ctx)
+        log.info("mllp listening", extra={"address": f"{host}:{mllp.port}", "tls": bool(tls)})
+
+    http_task: asyncio.Task[None] | None = None
+    http: _Uvicorn | None = None
+    if settings.http.address != "off":
+        host, port = parse_address(settings.http.address)
+        app = create_app(
+            store=store,
+            intake=intake,
+            keyring=keyring,
+            hl7_adapter=hl7(validation=settings.http.validation),
+            max_body_bytes=settings.http.max_body_bytes,
+        )
+        tls_http = settings.http.tls
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            lifespan="off",
+            timeout_keep_alive=30,
+            ssl_certfile=str(tls_http.cert) if tls_http else None,
+            ssl_keyfile=str(tls_http.key) if tls_http else None,
+        )
+        http = _Uvicorn(config)
+        http_task = asyncio.create_task(http.serve())
+        while not http.started and not http_task.done():
+            await asyncio.sleep(0.01)
+        if http_task.done():
+            http_task.result()
+        log.info("http listening", extra={"address": f"{host}:{port}", "tls": bool(tls_http)})
+    if not settings.auth.api_keys and not settings.auth.open:
+        log.info("bootstrap api key in use", extra={"key_file": str(data_dir / BOOTSTRAP_KEY_FILE)})
+    log.info("gateway ready", extra={"data_dir": str(data_dir)})
+
+    await stop.wait()
+    log.info("gateway stopping")
+    if mllp is not None:
+        await mllp.stop()
+    if http is not None and http_task is not None:
+        http.should_exit = True
+        await http_task
+    await intake.drain()
+    store.close()
+    log.info("gateway stopped")
+
+
+def run(settings: Settings) -> None:
+    """Run :func:`serve` on uvloop where it is installed."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvicorn[standard] brings it
+        asyncio.run(serve(settings))
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(serve(settings))

@@ -1,0 +1,171 @@
+"""The store contract: what intake, the API and the CLI need from durable storage.
+
+One protocol, implemented first on SQLite (:mod:`gateway.store.sqlite`, the
+embedded default). Intake hands the store complete :class:`IntakeRecord`
+values; the store decides, inside one transaction, whether each is new, a
+duplicate or a conflicting reuse of a control id, writes the message and its
+lineage events, and commits before it answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from gateway.adapter import Issue, OutcomeKind
+from gateway.lineage import EventDraft, LineageEvent, Verification
+
+MessageStatus = Literal["accepted", "rejected", "batch"]
+DecisionKind = Literal["stored", "duplicate", "conflict"]
+
+
+@dataclass(frozen=True, slots=True)
+class IntakeRecord:
+    """One received message (or unparseable unit) and what the pipeline found in it."""
+
+    id: str
+    received_at: str
+    protocol: str
+    raw: bytes
+    raw_sha256: str
+    outcome: OutcomeKind
+    listener: str
+    peer: str = ""
+    client: str = ""
+    version: str = ""
+    message_type: str = ""
+    control_id: str = ""
+    sender: str = ""
+    receiver: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    business_keys: Mapping[str, str] = field(default_factory=dict)
+    issues: Sequence[Issue] = ()
+    parent_id: str | None = None
+    validated: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRecord:
+    """A batch payload kept as received; its messages point to it with ``parent_id``."""
+
+    id: str
+    received_at: str
+    protocol: str
+    kind: str
+    raw: bytes
+    raw_sha256: str
+    listener: str
+    peer: str = ""
+    client: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class IntakeDecision:
+    """What the store did with one record. For a duplicate, ``message_id`` is the original's."""
+
+    kind: DecisionKind
+    message_id: str
+    outcome: OutcomeKind
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyRecord:
+    """The acknowledgement that left the gateway for one message."""
+
+    message_id: str
+    code: str
+    actor: str
+    duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MessageFilter:
+    control_id: str | None = None
+    protocol: str | None = None
+    message_type: str | None = None
+    status: str | None = None
+    since: str | None = None
+    until: str | None = None
+    limit: int = 100
+    before_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRow:
+    """A stored message as the API and CLI show it (no raw bytes)."""
+
+    id: str
+    received_at: str
+    protocol: str
+    version: str
+    message_type: str
+    control_id: str
+    sender: str
+    receiver: str
+    status: str
+    reply_code: str
+    listener: str
+    peer: str
+    client: str
+    raw_sha256: str
+    size: int
+    headers: Mapping[str, str]
+    issues: Sequence[Mapping[str, str]]
+    parent_id: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "received_at": self.received_at,
+            "protocol": self.protocol,
+            "version": self.version,
+            "message_type": self.message_type,
+            "control_id": self.control_id,
+            "sender": self.sender,
+            "receiver": self.receiver,
+            "status": self.status,
+            "reply_code": self.reply_code,
+            "listener": self.listener,
+            "peer": self.peer,
+            "client": self.client,
+            "raw_sha256": self.raw_sha256,
+            "size": self.size,
+            "headers": dict(self.headers),
+            "issues": [dict(i) for i in self.issues],
+            "parent_id": self.parent_id,
+        }
+
+
+class Store(Protocol):
+    """Durable storage for messages and lineage. Writes are async; reads are plain calls."""
+
+    async def record_intake(
+        self, records: Sequence[IntakeRecord], batch: BatchRecord | None = None
+    ) -> list[IntakeDecision]:
+        """Write records (and their batch) with lineage in one committed transaction, then answer."""
+        ...
+
+    async def record_events(self, drafts: Sequence[EventDraft]) -> None:
+        """Append lineage events after the fact (for example ``ReplySent``)."""
+        ...
+
+    async def record_replies(self, replies: Sequence[ReplyRecord]) -> None:
+        """Note the reply sent for each message: a ``ReplySent`` event and the message's reply code."""
+        ...
+
+    def list_messages(self, flt: MessageFilter) -> list[MessageRow]: ...
+
+    def get_message(self, message_id: str) -> MessageRow | None: ...
+
+    def get_raw(self, message_id: str) -> bytes | None: ...
+
+    def lineage_of(self, message_id: str) -> list[LineageEvent]: ...
+
+    def verify_lineage(self) -> Verification: ...
+
+    async def check(self) -> bool:
+        """True when a write transaction can be committed now."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,63 @@
+"""Versioned schema migrations for the SQLite store; ``PRAGMA user_version`` records the level reached.
+
+Append a new script to :data:`MIGRATIONS` to change the schema; never edit one that has shipped.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[str] = [
+    # 1: messages, idempotency keys, lineage
+    """
+    CREATE TABLE messages (
+        id            TEXT PRIMARY KEY,
+        received_at   TEXT NOT NULL,
+        protocol      TEXT NOT NULL,
+        version       TEXT NOT NULL DEFAULT '',
+        message_type  TEXT NOT NULL DEFAULT '',
+        control_id    TEXT NOT NULL DEFAULT '',
+        sender        TEXT NOT NULL DEFAULT '',
+        receiver      TEXT NOT NULL DEFAULT '',
+        status        TEXT NOT NULL,
+        reply_code    TEXT NOT NULL DEFAULT '',
+        listener      TEXT NOT NULL DEFAULT '',
+        peer          TEXT NOT NULL DEFAULT '',
+        client        TEXT NOT NULL DEFAULT '',
+        raw           BLOB NOT NULL,
+        raw_sha256    TEXT NOT NULL,
+        headers       TEXT NOT NULL DEFAULT '{}',
+        business_keys TEXT NOT NULL DEFAULT '{}',
+        issues        TEXT NOT NULL DEFAULT '[]',
+        parent_id     TEXT
+    );
+    CREATE INDEX messages_control_id ON messages (control_id);
+    CREATE INDEX messages_received_at ON messages (received_at);
+    CREATE INDEX messages_type ON messages (protocol, message_type);
+    CREATE INDEX messages_status ON messages (status);
+    CREATE INDEX messages_parent ON messages (parent_id) WHERE parent_id IS NOT NULL;
+
+    CREATE TABLE intake_keys (
+        protocol    TEXT NOT NULL,
+        sender      TEXT NOT NULL,
+        control_id  TEXT NOT NULL,
+        raw_sha256  TEXT NOT NULL,
+        message_id  TEXT NOT NULL,
+        PRIMARY KEY (protocol, sender, control_id)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE lineage (
+        seq          INTEGER PRIMARY KEY,
+        at           TEXT NOT NULL,
+        event        TEXT NOT NULL,
+        envelope_id  TEXT,
+        parent_id    TEXT,
+        actor        TEXT NOT NULL,
+        outcome      TEXT NOT NULL DEFAULT '',
+        error_code   TEXT NOT NULL DEFAULT '',
+        raw_sha256   TEXT NOT NULL DEFAULT '',
+        details      TEXT NOT NULL DEFAULT '{}',
+        prev_hash    TEXT NOT NULL,
+        hash         TEXT NOT NULL
+    );
+    CREATE INDEX lineage_envelope ON lineage (envelope_id);
+    """,
+]

@@ -1,0 +1,609 @@
+"""The embedded store: SQLite in WAL mode, one writer thread with group commit.
+
+Every write goes through one thread that owns the only write connection.
+Work items queue up while the previous transaction is being made durable
+(``synchronous=FULL``: one fsync per commit); the writer then takes *all* of
+them into the next transaction. Under concurrency many messages share one
+fsync, so durability before the acknowledgement does not cost throughput, and
+a lone sender is never made to wait for a commit window.
+
+Each work item runs inside a savepoint, so one failing item does not take its
+neighbours down; a failed COMMIT fails every item in it, and intake then
+answers AE/AR or 503. The hash chain head (last seq and hash) lives in the
+writer thread and is restored whenever a savepoint or commit is rolled back.
+
+Reads use their own short-lived connections and never wait for the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gateway.envelope import utcnow
+from gateway.errors import StoreError, StoreUnavailable
+from gateway.lineage import (
+    GENESIS_HASH,
+    EventDraft,
+    LineageEvent,
+    Verification,
+    pseudonym,
+    seal,
+    verify_chain,
+)
+from gateway.store import (
+    BatchRecord,
+    IntakeDecision,
+    IntakeRecord,
+    MessageFilter,
+    MessageRow,
+    ReplyRecord,
+)
+from gateway.store.migrations import MIGRATIONS
+
+log = logging.getLogger("gateway.store")
+
+T = TypeVar("T")
+MAX_GROUP = 1024
+_STOP = object()
+
+
+def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    if readonly:
+        conn = sqlite3.connect(
+            f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+        )
+    else:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout = 10000")
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema up to date; returns the version reached."""
+    (level,) = conn.execute("PRAGMA user_version").fetchone()
+    for number, script in enumerate(MIGRATIONS, start=1):
+        if number <= level:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in script.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {number}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        level = number
+    return int(level)
+
+
+@dataclass(slots=True)
+class _Work:
+    fn: Callable[[_Txn], Any]
+    done: Callable[[Any, BaseException | None], None]
+
+
+class _Txn:
+    """What a work item may do inside the writer's transaction."""
+
+    def __init__(self, conn: sqlite3.Connection, head: list[Any]) -> None:
+        self.conn = conn
+        self.head = head  # [last_seq, last_hash]
+
+    def append(self, draft: EventDraft, at: str) -> LineageEvent:
+        seq = self.head[0] + 1
+        ev = seal(seq, at, draft, self.head[1])
+        self.conn.execute(
+            "INSERT INTO lineage (seq, at, event, envelope_id, parent_id, actor, outcome, error_code,"
+            " raw_sha256, details, prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                ev.seq,
+                ev.at,
+                ev.event,
+                ev.envelope_id,
+                ev.parent_id,
+                ev.actor,
+                ev.outcome,
+                ev.error_code,
+                ev.raw_sha256,
+                json.dumps(ev.details, sort_keys=True, separators=(",", ":")),
+                ev.prev_hash,
+                ev.hash,
+            ),
+        )
+        self.head[0] = seq
+        self.head[1] = ev.hash
+        return ev
+
+
+class SQLiteStore:
+    """The embedded default store (see the module docstring)."""
+
+    def __init__(self, path: Path, pseudonym_key: bytes) -> None:
+        self.path = path
+        self._key = pseudonym_key
+        self._queue: queue.SimpleQueue[_Work | object] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._head: list[Any] = [0, GENESIS_HASH]
+        self._wconn: sqlite3.Connection | None = None
+        self._local = threading.local()
+        self.commits = 0
+        """Transactions committed by the writer (fewer than work items when group commit works)."""
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Create or migrate the database and start the writer thread."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = _connect(self.path)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        migrate(conn)
+        row = conn.execute("SELECT seq, hash FROM lineage ORDER BY seq DESC LIMIT 1").fetchone()
+        self._head = [row[0], row[1]] if row else [0, GENESIS_HASH]
+        self._wconn = conn
+        self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread.join(timeout=30)
+            self._thread = None
+        if self._wconn is not None:
+            self._wconn.close()
+            self._wconn = None
+
+    # -- the writer ---------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        conn = self._wconn
+        assert conn is not None
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            group: list[_Work] = [first]  # type: ignore[list-item]
+            stop = False
+            while len(group) < MAX_GROUP:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stop = True
+                    break
+                group.append(item)  # type: ignore[arg-type]
+            self._commit_group(conn, group)
+            if stop:
+                return
+
+    def _commit_group(self, conn: sqlite3.Connection, group: list[_Work]) -> None:
+        start_head = list(self._head)
+        results: list[tuple[_Work, Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            log.error("store begin failed", extra={"error": type(exc).__name__})
+            for work in group:
+                work.done(None, StoreUnavailable("the store cannot start a transaction"))
+            return
+        txn = _Txn(conn, self._head)
+        for work in group:
+            item_head = list(self._head)
+            try:
+                conn.execute("SAVEPOINT item")
+                value = work.fn(txn)
+                conn.execute("RELEASE item")
+                results.append((work, value, None))
+            except BaseException as exc:  # one item's failure must not fail its neighbours
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK TO item")
+                    conn.execute("RELEASE item")
+                self._head[:] = item_head
+                err = (
+                    exc
+                    if not isinstance(exc, sqlite3.Error)
+                    else StoreUnavailable("the store could not write")
+                )
+                results.append((work, None, err))
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            log.error("store commit failed", extra={"error": type(exc).__name__})
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            self._head[:] = start_head
+            for work in group:
+                work.done(None, StoreUnavailable("the store could not commit"))
+            return
+        self.commits += 1
+        for work, value, err in results:
+            work.done(value, err)
+
+    def _submit_nowait(
+        self, fn: Callable[[_Txn], Any], done: Callable[[Any, BaseException | None], None]
+    ) -> None:
+        if self._thread is None:
+            raise StoreUnavailable("the store is not open")
+        self._queue.put(_Work(fn, done))
+
+    async def submit(self, fn: Callable[[_Txn], T]) -> T:
+        """Run ``fn`` in the writer's next transaction; return once that transaction is committed."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+
+        def done(value: Any, err: BaseException | None) -> None:
+            loop.call_soon_threadsafe(_settle, fut, value, err)
+
+        self._submit_nowait(fn, done)
+        return await fut
+
+    def submit_sync(self, fn: Callable[[_Txn], T]) -> T:
+        """Blocking form of :meth:`submit`, for the CLI and for threads."""
+        box: dict[str, Any] = {}
+        ready = threading.Event()
+
+        def done(value: Any, err: BaseException | None) -> None:
+            box["value"], box["err"] = value, err
+            ready.set()
+
+        self._submit_nowait(fn, done)
+        ready.wait()
+        if box["err"] is not None:
+            raise box["err"]
+        return box["value"]  # type: ignore[no-any-return]
+
+    # -- writes -------------------------------------------------------------------------------
+
+    async def record_intake(
+        self, records: Sequence[IntakeRecord], batch: BatchRecord | None = None
+    ) -> list[IntakeDecision]:
+        return await self.submit(lambda txn: self._intake(txn, records, batch))
+
+    async def record_events(self, drafts: Sequence[EventDraft]) -> None:
+        def fn(txn: _Txn) -> None:
+            at = utcnow().isoformat()
+            for draft in drafts:
+                txn.append(draft, at)
+
+        await self.submit(fn)
+
+    async def record_replies(self, replies: Sequence[ReplyRecord]) -> None:
+        def fn(txn: _Txn) -> None:
+            at = utcnow().isoformat()
+            for r in replies:
+                txn.append(
+                    EventDraft(
+                        "ReplySent",
+                        r.message_id,
+                        r.actor,
+                        outcome=r.code,
+                        details={"duplicate": True} if r.duplicate else {},
+                    ),
+                    at,
+                )
+                if not r.duplicate:
+                    txn.conn.execute(
+                        "UPDATE messages SET reply_code = ? WHERE id = ?", (r.code, r.message_id)
+                    )
+
+        await self.submit(fn)
+
+    async def check(self) -> bool:
+        try:
+            await asyncio.wait_for(self.submit(lambda txn: None), timeout=5)
+        except (StoreError, TimeoutError):
+            return False
+        return True
+
+    def _intake(
+        self, txn: _Txn, records: Sequence[IntakeRecord], batch: BatchRecord | None
+    ) -> list[IntakeDecision]:
+        conn = txn.conn
+        at = utcnow().isoformat()
+        if batch is not None:
+            conn.execute(
+                "INSERT INTO messages (id, received_at, protocol, message_type, status, listener, peer, client,"
+                " raw, raw_sha256) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    batch.id,
+                    batch.received_at,
+                    batch.protocol,
+                    f"BATCH:{batch.kind}",
+                    "batch",
+                    batch.listener,
+                    batch.peer,
+                    batch.client,
+                    batch.raw,
+                    batch.raw_sha256,
+                ),
+            )
+            txn.append(
+                EventDraft(
+                    "BatchReceived",
+                    batch.id,
+                    batch.listener,
+                    outcome="received",
+                    raw_sha256=batch.raw_sha256,
+                    details={"kind": batch.kind, "messages": len(records), "bytes": len(batch.raw)},
+                ),
+                at,
+            )
+        return [self._intake_one(txn, rec, at) for rec in records]
+
+    def _intake_one(self, txn: _Txn, rec: IntakeRecord, at: str) -> IntakeDecision:
+        conn = txn.conn
+        keyed = bool(rec.control_id) and rec.outcome == "accepted"
+        if keyed:
+            row = conn.execute(
+                "SELECT raw_sha256, message_id FROM intake_keys WHERE protocol = ? AND sender = ? AND control_id = ?",
+                (rec.protocol, rec.sender, rec.control_id),
+            ).fetchone()
+            if row is not None:
+                if row[0] == rec.raw_sha256:
+                    txn.append(
+                        EventDraft(
+                            "DuplicateReceived",
+                            row[1],
+                            rec.listener,
+                            outcome="duplicate",
+                            raw_sha256=rec.raw_sha256,
+                            details=self._receipt_details(rec),
+                        ),
+                        at,
+                    )
+                    return IntakeDecision("duplicate", row[1], "accepted")
+                return self._insert(txn, rec, at, conflict_with=row[1])
+        decision = self._insert(txn, rec, at, conflict_with=None)
+        if keyed:
+            conn.execute(
+                "INSERT INTO intake_keys (protocol, sender, control_id, raw_sha256, message_id) VALUES (?,?,?,?,?)",
+                (rec.protocol, rec.sender, rec.control_id, rec.raw_sha256, rec.id),
+            )
+        return decision
+
+    def _receipt_details(self, rec: IntakeRecord) -> dict[str, Any]:
+        details: dict[str, Any] = {
+            "protocol": rec.protocol,
+            "message_type": rec.message_type,
+            "control_id": rec.control_id,
+            "bytes": len(rec.raw),
+        }
+        if rec.peer:
+            details["peer"] = rec.peer
+        if rec.client:
+            details["client"] = rec.client
+        if rec.business_keys:
+            details["keys"] = {k: pseudonym(self._key, v) for k, v in sorted(rec.business_keys.items())}
+        return details
+
+    def _insert(self, txn: _Txn, rec: IntakeRecord, at: str, conflict_with: str | None) -> IntakeDecision:
+        issues = [
+            {"severity": i.severity, "code": i.code, "location": i.location, "diagnostics": i.diagnostics}
+            for i in rec.issues
+        ]
+        outcome = rec.outcome
+        if conflict_with is not None:
+            outcome = "invalid"
+            issues.append(
+                {
+                    "severity": "error",
+                    "code": "control_id_conflict",
+                    "location": "",
+                    "diagnostics": "This control id was already accepted from this sender with different content.",
+                }
+            )
+        status = "accepted" if outcome == "accepted" else "rejected"
+        txn.conn.execute(
+            "INSERT INTO messages (id, received_at, protocol, version, message_type, control_id, sender, receiver,"
+            " status, listener, peer, client, raw, raw_sha256, headers, business_keys, issues, parent_id)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                rec.id,
+                rec.received_at,
+                rec.protocol,
+                rec.version,
+                rec.message_type,
+                rec.control_id,
+                rec.sender,
+                rec.receiver,
+                status,
+                rec.listener,
+                rec.peer,
+                rec.client,
+                rec.raw,
+                rec.raw_sha256,
+                json.dumps(dict(rec.headers), separators=(",", ":")),
+                json.dumps(dict(rec.business_keys), separators=(",", ":")),
+                json.dumps(issues, separators=(",", ":")),
+                rec.parent_id,
+            ),
+        )
+        txn.append(
+            EventDraft(
+                "MessageReceived",
+                rec.id,
+                rec.listener,
+                outcome="received",
+                raw_sha256=rec.raw_sha256,
+                parent_id=rec.parent_id,
+                details=self._receipt_details(rec),
+            ),
+            at,
+        )
+        errors = [i for i in issues if i["severity"] in ("fatal", "error")]
+        if rec.validated:
+            txn.append(
+                EventDraft(
+                    "MessageValidated",
+                    rec.id,
+                    rec.listener,
+                    outcome="invalid" if errors else "valid",
+                    error_code=errors[0]["code"] if errors else "",
+                    details={
+                        "errors": len(errors),
+                        "warnings": len(issues) - len(errors),
+                        "codes": sorted({i["code"] for i in issues}),
+                    },
+                ),
+                at,
+            )
+        if status == "accepted":
+            txn.append(EventDraft("MessageAccepted", rec.id, rec.listener, outcome="accepted"), at)
+        else:
+            details: dict[str, Any] = {"original": conflict_with} if conflict_with else {}
+            txn.append(
+                EventDraft(
+                    "MessageRejected",
+                    rec.id,
+                    rec.listener,
+                    outcome=outcome,
+                    error_code=errors[0]["code"] if errors else "rejected",
+                    details=details,
+                ),
+                at,
+            )
+        return IntakeDecision("conflict" if conflict_with else "stored", rec.id, outcome)
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            if not self.path.exists():
+                raise StoreError(f"no store at {self.path}")
+            conn = _connect(self.path, readonly=True)
+            self._local.conn = conn
+        return conn
+
+    _COLUMNS = (
+        "id, received_at, protocol, version, message_type, control_id, sender, receiver, status, reply_code,"
+        " listener, peer, client, raw_sha256, length(raw), headers, issues, parent_id"
+    )
+
+    @staticmethod
+    def _row(r: Sequence[Any]) -> MessageRow:
+        return MessageRow(
+            id=r[0],
+            received_at=r[1],
+            protocol=r[2],
+            version=r[3],
+            message_type=r[4],
+            control_id=r[5],
+            sender=r[6],
+            receiver=r[7],
+            status=r[8],
+            reply_code=r[9],
+            listener=r[10],
+            peer=r[11],
+            client=r[12],
+            raw_sha256=r[13],
+            size=r[14],
+            headers=json.loads(r[15]),
+            issues=json.loads(r[16]),
+            parent_id=r[17],
+        )
+
+    def list_messages(self, flt: MessageFilter) -> list[MessageRow]:
+        where: list[str] = []
+        args: list[Any] = []
+        for column, value in (
+            ("control_id", flt.control_id),
+            ("protocol", flt.protocol),
+            ("message_type", flt.message_type),
+            ("status", flt.status),
+        ):
+            if value:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if flt.since:
+            where.append("received_at >= ?")
+            args.append(flt.since)
+        if flt.until:
+            where.append("received_at < ?")
+            args.append(flt.until)
+        if flt.before_id:
+            where.append("id < ?")
+            args.append(flt.before_id)
+        sql = f"SELECT {self._COLUMNS} FROM messages"  # noqa: S608 - columns are constants, values are bound
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id DESC LIMIT ?"
+        args.append(max(1, min(flt.limit, 1000)))
+        return [self._row(r) for r in self._reader().execute(sql, args)]
+
+    def get_message(self, message_id: str) -> MessageRow | None:
+        r = (
+            self._reader()
+            .execute(
+                f"SELECT {self._COLUMNS} FROM messages WHERE id = ?",  # noqa: S608 - constant columns
+                (message_id,),
+            )
+            .fetchone()
+        )
+        return self._row(r) if r else None
+
+    def get_raw(self, message_id: str) -> bytes | None:
+        r = self._reader().execute("SELECT raw FROM messages WHERE id = ?", (message_id,)).fetchone()
+        return bytes(r[0]) if r else None
+
+    def count_messages(self) -> int:
+        (n,) = self._reader().execute("SELECT count(*) FROM messages WHERE status != 'batch'").fetchone()
+        return int(n)
+
+    @staticmethod
+    def _event(r: Sequence[Any]) -> LineageEvent:
+        return LineageEvent(
+            seq=r[0],
+            at=r[1],
+            event=r[2],
+            envelope_id=r[3],
+            parent_id=r[4],
+            actor=r[5],
+            outcome=r[6],
+            error_code=r[7],
+            raw_sha256=r[8],
+            details=json.loads(r[9]),
+            prev_hash=r[10],
+            hash=r[11],
+        )
+
+    _EVENT_COLUMNS = "seq, at, event, envelope_id, parent_id, actor, outcome, error_code, raw_sha256, details, prev_hash, hash"
+
+    def lineage_of(self, message_id: str) -> list[LineageEvent]:
+        rows = self._reader().execute(
+            f"SELECT {self._EVENT_COLUMNS} FROM lineage"  # noqa: S608 - constant columns
+            " WHERE envelope_id = ? OR parent_id = ? ORDER BY seq",
+            (message_id, message_id),
+        )
+        return [self._event(r) for r in rows]
+
+    def verify_lineage(self) -> Verification:
+        conn = _connect(self.path, readonly=True)
+        try:
+            conn.execute("BEGIN")  # one snapshot for the whole walk
+            rows = conn.execute(f"SELECT {self._EVENT_COLUMNS} FROM lineage ORDER BY seq")  # noqa: S608
+            return verify_chain(self._event(r) for r in rows)
+        finally:
+            conn.close()
+
+
+def _settle(fut: asyncio.Future[Any], value: Any, err: BaseException | None) -> None:
+    if fut.done():
+        return
+    if err is not None:
+        fut.set_exception(err)
+    else:
+        fut.set_result(value)

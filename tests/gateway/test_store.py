@@ -1,0 +1,167 @@
+"""The embedded store: durable intake decisions, group commit, and the lineage hash chain."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from gateway.adapter import Issue
+from gateway.envelope import new_id, sha256_hex, utcnow
+from gateway.errors import StoreUnavailable
+from gateway.store import IntakeRecord, MessageFilter, ReplyRecord
+from gateway.store.sqlite import SQLiteStore
+
+
+def record(
+    control_id: str, body: bytes = b"MSH|payload", outcome: str = "accepted", sender: str = "APP^FAC"
+) -> IntakeRecord:
+    return IntakeRecord(
+        id=new_id(),
+        received_at=utcnow().isoformat(),
+        protocol="hl7v2",
+        raw=body,
+        raw_sha256=sha256_hex(body),
+        outcome=outcome,  # type: ignore[arg-type]
+        listener="mllp",
+        peer="127.0.0.1:5000",
+        control_id=control_id,
+        sender=sender,
+        message_type="ADT^A01",
+        business_keys={"patient_id": "MRN-SECRET-1^^^HOSP"},
+        issues=[Issue("error", "required_field_missing", "PID-3", "PID-3 is required.")]
+        if outcome != "accepted"
+        else [],
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    s = SQLiteStore(tmp_path / "gw.db", b"k" * 32)
+    s.open()
+    yield s
+    s.close()
+
+
+def test_new_duplicate_and_conflict(store: SQLiteStore) -> None:
+    async def go() -> None:
+        first = record("C1", b"one")
+        (d1,) = await store.record_intake([first])
+        assert (d1.kind, d1.message_id, d1.outcome) == ("stored", first.id, "accepted")
+        (d2,) = await store.record_intake([record("C1", b"one")])
+        assert (d2.kind, d2.message_id) == ("duplicate", first.id)
+        other = record("C1", b"two")
+        (d3,) = await store.record_intake([other])
+        assert (d3.kind, d3.message_id, d3.outcome) == ("conflict", other.id, "invalid")
+        # another sender may reuse the control id
+        (d4,) = await store.record_intake([record("C1", b"two", sender="OTHER^FAC")])
+        assert d4.kind == "stored"
+
+    asyncio.run(go())
+    rows = store.list_messages(MessageFilter(control_id="C1"))
+    assert sorted(r.status for r in rows) == ["accepted", "accepted", "rejected"]
+    conflict = next(r for r in rows if r.status == "rejected")
+    assert conflict.issues[-1]["code"] == "control_id_conflict"
+    events = [e.event for e in store.lineage_of(rows[-1].id)]
+    assert events == ["MessageReceived", "MessageValidated", "MessageAccepted", "DuplicateReceived"]
+    assert store.verify_lineage().ok
+
+
+def test_rejected_message_does_not_claim_its_control_id(store: SQLiteStore) -> None:
+    async def go() -> None:
+        (bad,) = await store.record_intake([record("C9", b"bad", outcome="invalid")])
+        (good,) = await store.record_intake([record("C9", b"fixed")])
+        assert (bad.kind, good.kind) == ("stored", "stored")
+
+    asyncio.run(go())
+
+
+def test_lineage_holds_pseudonyms_not_business_key_values(store: SQLiteStore) -> None:
+    asyncio.run(store.record_intake([record("C2")]))
+    conn = sqlite3.connect(store.path)
+    dump = "\n".join(str(r) for r in conn.execute("SELECT * FROM lineage"))
+    assert "MRN-SECRET-1" not in dump
+    assert "hk:" in dump
+
+
+def test_concurrent_intake_shares_commits(store: SQLiteStore) -> None:
+    async def go() -> None:
+        await asyncio.gather(*(store.record_intake([record(f"G{i}", f"m{i}".encode())]) for i in range(300)))
+
+    asyncio.run(go())
+    assert store.count_messages() == 300
+    assert store.commits < 300, "group commit should put concurrent messages into shared transactions"
+    v = store.verify_lineage()
+    assert v.ok and v.events == 900
+
+
+def test_reply_events_and_code(store: SQLiteStore) -> None:
+    rec = record("C3")
+
+    async def go() -> None:
+        await store.record_intake([rec])
+        await store.record_replies([ReplyRecord(rec.id, "AA", "mllp")])
+
+    asyncio.run(go())
+    row = store.get_message(rec.id)
+    assert row is not None and row.reply_code == "AA"
+    assert store.lineage_of(rec.id)[-1].event == "ReplySent"
+
+
+def _tamper(path: Path, sql: str) -> None:
+    conn = sqlite3.connect(path)
+    conn.executescript(sql)
+    conn.commit()
+    conn.close()
+
+
+@pytest.mark.parametrize(
+    ("sql", "bad_seq"),
+    [
+        ("UPDATE lineage SET details = replace(details, 'hl7v2', 'hl7v3') WHERE seq = 4", 4),
+        ("DELETE FROM lineage WHERE seq = 5", 5),
+        (
+            "UPDATE lineage SET seq = -1 WHERE seq = 4; UPDATE lineage SET seq = 4 WHERE seq = 5;"
+            " UPDATE lineage SET seq = 5 WHERE seq = -1;",
+            4,
+        ),
+        ("UPDATE lineage SET outcome = 'rejected' WHERE seq = 9", 9),
+    ],
+    ids=["changed-byte", "deleted-event", "reordered", "changed-outcome"],
+)
+def test_verify_detects_tampering(store: SQLiteStore, sql: str, bad_seq: int) -> None:
+    async def go() -> None:
+        for i in range(4):
+            await store.record_intake([record(f"T{i}", f"t{i}".encode())])
+
+    asyncio.run(go())
+    assert store.verify_lineage().ok
+    _tamper(store.path, sql)
+    result = store.verify_lineage()
+    assert not result.ok
+    assert result.first_bad_seq == bad_seq
+
+
+def test_full_disk_fails_the_commit_and_keeps_the_chain(store: SQLiteStore) -> None:
+    """SQLITE_FULL (a real disk-full error, forced with max_page_count) becomes StoreUnavailable."""
+
+    async def go() -> int:
+        await store.record_intake([record("F0")])
+        assert store._wconn is not None
+        (pages,) = store._wconn.execute("PRAGMA page_count").fetchone()
+        store._wconn.execute(f"PRAGMA max_page_count = {pages}")
+        failures = 0
+        for i in range(1, 50):
+            try:
+                await store.record_intake([record(f"F{i}", b"x" * 20000)])
+            except StoreUnavailable:
+                failures += 1
+        store._wconn.execute("PRAGMA max_page_count = 1073741823")
+        (d,) = await store.record_intake([record("F-after", b"small")])
+        assert d.kind == "stored"
+        return failures
+
+    assert asyncio.run(go()) > 0
+    assert store.verify_lineage().ok

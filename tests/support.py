@@ -1,0 +1,126 @@
+"""Helpers for end-to-end tests: run the real ``gateway serve`` process on free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+TEST_KEY = "test-key-0123456789abcdef"
+READ_KEY = "read-key-0123456789abcdef"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"gateway exited with {proc.returncode} before port {port} opened")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"port {port} did not open in {timeout} s")
+
+
+class Gateway:
+    """A ``gateway serve`` child process with its own data directory and ports."""
+
+    def __init__(self, workdir: Path, config: dict[str, object] | None = None) -> None:
+        self.workdir = workdir
+        self.data_dir = workdir / "data"
+        self.mllp_port = free_port()
+        self.http_port = free_port()
+        self.log_path = workdir / "gateway.log"
+        self.config_path = workdir / "gateway.yaml"
+        cfg: dict[str, object] = {
+            "auth": {
+                "api_keys": [
+                    {
+                        "name": "tester",
+                        "key": TEST_KEY,
+                        "scopes": ["ingest:hl7v2", "messages:read", "lineage:read"],
+                    },
+                    {"name": "reader", "key": READ_KEY, "scopes": ["messages:read"]},
+                ]
+            }
+        }
+        cfg.update(config or {})
+        self.config_path.write_text(yaml.safe_dump(cfg))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run another ``gateway`` command against this gateway's config and data directory."""
+        return subprocess.run(
+            [sys.executable, "-m", "gateway.cli", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=self._env(),
+        )
+
+    def store_args(self) -> list[str]:
+        return ["--config", str(self.config_path), "--data-dir", str(self.data_dir)]
+
+    def _env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def start(self) -> Gateway:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gateway.cli",
+                "serve",
+                *self.store_args(),
+                "--mllp",
+                f"127.0.0.1:{self.mllp_port}",
+                "--http",
+                f"127.0.0.1:{self.http_port}",
+            ],
+            stdout=log,
+            stderr=log,
+            env=self._env(),
+        )
+        wait_port(self.mllp_port, proc=self.proc)
+        wait_port(self.http_port, proc=self.proc)
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return int(self.proc.returncode or 0)
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -229,8 +229,8 @@ class SQLiteStore:
                 work.done(None, StoreUnavailable("the store could not commit"))
             return
         self.commits += 1
-        for work, value, err in results:
-            work.done(value, err)
+        for work, value, problem in results:
+            work.done(value, problem)
 
     def _submit_nowait(
         self, fn: Callable[[_Txn], Any], done: Callable[[Any, BaseException | None], None]
@@ -490,11 +490,15 @@ class SQLiteStore:
 
     _COLUMNS = (
         "id, received_at, protocol, version, message_type, control_id, sender, receiver, status, reply_code,"
-        " listener, peer, client, raw_sha256, length(raw), headers, issues, parent_id"
+        " listener, peer, client, raw_sha256, length(raw), headers, issues, parent_id, business_keys"
     )
 
-    @staticmethod
-    def _row(r: Sequence[Any]) -> MessageRow:
+    def _row(self, r: Sequence[Any]) -> MessageRow:
+        """A message for display: header values that are business keys show as their pseudonyms."""
+        headers = json.loads(r[15])
+        for key, value in json.loads(r[18]).items():
+            if key in headers:
+                headers[key] = pseudonym(self._key, value)
         return MessageRow(
             id=r[0],
             received_at=r[1],
@@ -511,7 +515,7 @@ class SQLiteStore:
             client=r[12],
             raw_sha256=r[13],
             size=r[14],
-            headers=json.loads(r[15]),
+            headers=headers,
             issues=json.loads(r[16]),
             parent_id=r[17],
         )

@@ -1,0 +1,255 @@
+"""HL7 v2 acknowledgements: choosing the ACK code, building the ACK, and reading one.
+
+What lives here: :func:`ack_code` (which code answers an outcome, in original
+or enhanced mode), :func:`build_ack` (the ACK bytes, with ERR segments for the
+issues) and :func:`parse_ack` (what ``gateway send`` prints of a reply).
+
+Acknowledgement modes (HL7 v2.5 §2.9):
+
+* **Original mode** — MSH-15 and MSH-16 both empty: ``AA`` accepted, ``AE``
+  invalid, ``AR`` refused.
+* **Enhanced mode** — MSH-15 or MSH-16 present. The gateway replies after the
+  message is durably committed, which is exactly what an *accept*
+  (commit) acknowledgement means, so the reply is ``CA`` / ``CE`` / ``CR``
+  when MSH-15 asks for it for this outcome (``AL`` always, ``ER`` only on
+  error or reject, ``SU`` only on success, ``NE`` never; an unknown value counts
+  as ``AL``; an empty MSH-15 asks for nothing). When MSH-15 does not ask for it
+  but MSH-16 asks for an *application* acknowledgement for this outcome, the
+  gateway answers as the receiving application with ``AA`` / ``AE`` / ``AR``
+  (having committed the message, it is responsible for it). When neither asks
+  (for example ``NE``/``NE``), the standard says to send nothing, but both of
+  our transports pair every message with exactly one reply (an MLLP frame, an
+  HTTP response), and a sender that asked for nothing simply ignores it; so the
+  gateway still sends the accept acknowledgement (``CA``/``CE``/``CR``).
+  Application acknowledgements produced later by downstream systems are not
+  relayed back to the sender.
+
+The ACK swaps sending and receiving application/facility, keeps the
+inbound delimiters, MSH-11 processing id, MSH-12 version and MSH-18
+character set, sets MSH-9 to ``ACK^<trigger>^ACK`` (``ACK^<trigger>`` before
+v2.3.1, which had no message-structure component), mints a new MSH-10 and puts
+the inbound MSH-10 in MSA-2. ``AE``/``AR``/``CE``/``CR`` carry the issues: from
+v2.5 one ERR segment per issue (ERR-2 location as ERL, ERR-3 the HL7 table 0357
+code, ERR-4 severity, ERR-5 our issue code, ERR-7 and ERR-8 the diagnostics
+sentence); before v2.5 a single ERR segment whose repeating ERR-1 holds one
+ELD per issue, plus the first diagnostics sentence in MSA-3. The issue code →
+table 0357 map is the data file ``err_codes.json``. Only issue codes, locations
+and diagnostics sentences (which never contain payload values) are written;
+nothing of the inbound payload is echoed except its addressing header fields.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+
+from adapters.hl7 import er7
+from gateway.adapter import Issue, OutcomeKind
+
+__all__ = [
+    "ACCEPT_CODES",
+    "DEFAULT_VERSION",
+    "ORIGINAL_CODES",
+    "ack_code",
+    "build_ack",
+    "error_condition",
+    "parse_ack",
+]
+
+ORIGINAL_CODES: Mapping[OutcomeKind, str] = {"accepted": "AA", "invalid": "AE", "refused": "AR"}
+ACCEPT_CODES: Mapping[OutcomeKind, str] = {"accepted": "CA", "invalid": "CE", "refused": "CR"}
+POSITIVE_CODES = frozenset({"AA", "CA"})
+DEFAULT_VERSION = "2.5.1"
+"""MSH-12 of an ACK whose inbound message had no readable version."""
+
+_ALL: frozenset[OutcomeKind] = frozenset({"accepted", "invalid", "refused"})
+_WANTED: Mapping[str, frozenset[OutcomeKind]] = {
+    "AL": _ALL,
+    "NE": frozenset(),
+    "ER": frozenset({"invalid", "refused"}),
+    "SU": frozenset({"accepted"}),
+}
+_SEVERITY = {"fatal": "E", "error": "E", "warning": "W", "information": "I"}
+
+
+def _load_codes() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(
+        resources.files("adapters.hl7").joinpath("err_codes.json").read_text(encoding="utf-8")
+    )
+    return data
+
+
+_CODES = _load_codes()
+_TABLE_0357: dict[str, str] = _CODES["table_0357"]
+_ISSUE_CODES: dict[str, str] = _CODES["issue_codes"]
+_DEFAULT_0357: str = _CODES["default"]
+_NEWER: dict[str, dict[str, str]] = _CODES["newer_codes"]
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in version.strip().split("."))
+    except ValueError:
+        return _version_key(DEFAULT_VERSION)
+
+
+def ack_code(kind: OutcomeKind, accept_ack_type: str = "", application_ack_type: str = "") -> str:
+    """The MSA-1 code answering ``kind`` given the inbound MSH-15 and MSH-16 (see the module docstring)."""
+    accept = accept_ack_type.strip().upper()
+    application = application_ack_type.strip().upper()
+    if not accept and not application:
+        return ORIGINAL_CODES[kind]
+    if accept and kind in _WANTED.get(accept, _ALL):
+        return ACCEPT_CODES[kind]
+    if application and kind in _WANTED.get(application, _ALL):
+        return ORIGINAL_CODES[kind]
+    return ACCEPT_CODES[kind]
+
+
+def error_condition(issue_code: str, version: str = DEFAULT_VERSION) -> tuple[str, str]:
+    """The HL7 table 0357 ``(code, text)`` for one of our issue codes, as known in ``version``."""
+    code = _ISSUE_CODES.get(issue_code, _DEFAULT_0357)
+    newer = _NEWER.get(code)
+    if newer is not None and _version_key(version) < _version_key(newer["since"]):
+        code = newer["otherwise"]
+    return code, _TABLE_0357[code]
+
+
+def _delimiters(headers: Mapping[str, str]) -> er7.Delimiters:
+    chars = headers.get("encoding_characters", "")
+    try:
+        return er7.delimiters_from(chars[:1], chars[1:])
+    except er7.ER7Error:
+        return er7.DEFAULT
+
+
+def _error_location(location: str) -> list[str]:
+    """ERL / ELD location components for an issue location such as ``PID-3[2].1``; ``[]`` if none."""
+    if not location:
+        return []
+    try:
+        seg_id, occurrence, field, rep, comp, sub = er7.parse_path(location)
+    except ValueError:
+        return []
+    parts = [seg_id, str(occurrence)]
+    if field:
+        parts += [str(field), str(rep)]
+        if comp:
+            parts.append(str(comp))
+            if sub:
+                parts.append(str(sub))
+    return parts
+
+
+def _err_segments(issues: Sequence[Issue], d: er7.Delimiters, version: str) -> list[list[str]]:
+    if not issues:
+        return []
+    if _version_key(version) < (2, 5):
+        elds = []
+        for issue in issues:
+            loc = (_error_location(issue.location) or ["", ""])[:3]
+            loc += [""] * (3 - len(loc))
+            code, text = error_condition(issue.code, version)
+            elds.append(d.component.join([*loc, d.subcomponent.join([code, text, "HL70357"])]))
+        return [["ERR", d.repetition.join(elds)]]
+    segments = []
+    for issue in issues:
+        code, text = error_condition(issue.code, version)
+        sentence = er7.escape(issue.diagnostics or text, d)
+        segments.append(
+            [
+                "ERR",
+                "",
+                d.component.join(_error_location(issue.location)),
+                d.component.join([code, text, "HL70357"]),
+                _SEVERITY.get(issue.severity, "E"),
+                er7.escape(issue.code, d),
+                "",
+                sentence,
+                sentence,
+            ]
+        )
+    return segments
+
+
+def _line(fields: list[str], sep: str) -> str:
+    while len(fields) > 1 and not fields[-1]:
+        fields.pop()
+    return sep.join(fields)
+
+
+def build_ack(
+    code: str,
+    headers: Mapping[str, str],
+    issues: Sequence[Issue] = (),
+    *,
+    control_id: str | None = None,
+    now: datetime | None = None,
+) -> bytes:
+    """The ACK message answering the message described by ``headers`` (envelope or salvaged headers).
+
+    ``code`` is the MSA-1 code (see :func:`ack_code`); ``issues`` become ERR
+    segments unless the code is positive. ``control_id`` (the ACK's own MSH-10)
+    and ``now`` (MSH-7) default to a fresh 20-character id and the current time.
+    Segments end with ``\\r``; the bytes are encoded in the inbound MSH-18
+    character set (UTF-8 when none).
+    """
+    d = _delimiters(headers)
+    esc = er7.escape
+    version = headers.get("version", "") or DEFAULT_VERSION
+    trigger = headers.get("trigger_event", "")
+    msg_type = ["ACK", trigger, "ACK"] if _version_key(version) >= (2, 3, 1) else ["ACK", trigger]
+    charset = headers.get("charset", "")
+    stamp = (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y%m%d%H%M%S") + "+0000"
+    msh = [
+        "MSH",
+        d.encoding_characters(),
+        esc(headers.get("receiving_application", ""), d),
+        esc(headers.get("receiving_facility", ""), d),
+        esc(headers.get("sending_application", ""), d),
+        esc(headers.get("sending_facility", ""), d),
+        stamp,
+        "",
+        _line([esc(p, d) for p in msg_type], d.component),
+        esc(control_id or uuid.uuid4().hex[:20], d),
+        esc(headers.get("processing_id", "") or "P", d),
+        esc(version, d),
+        "",
+        "",
+        "",
+        "",
+        "",
+        esc(charset, d),
+    ]
+    msa = ["MSA", code, esc(headers.get("control_id", ""), d)]
+    errors = [] if code in POSITIVE_CODES else list(issues)
+    if errors and _version_key(version) < (2, 5):
+        msa.append(esc(errors[0].diagnostics or error_condition(errors[0].code, version)[1], d))
+    lines = [_line(msh, d.field), _line(msa, d.field)]
+    lines.extend(_line(err, d.field) for err in _err_segments(errors, d, version))
+    codec = er7.CHARSETS.get(charset.strip().upper(), "utf-8")
+    return ("\r".join(lines) + "\r").encode(codec, errors="replace")
+
+
+def parse_ack(raw: bytes) -> tuple[str, str, str]:
+    """Read a received ACK: ``(MSA-1 code, MSA-2 acknowledged control id, text)``.
+
+    ``text`` is MSA-3, else the first ERR's ERR-8, ERR-7, ERR-3 text or ELD
+    text, else ``""``. Raises :class:`~adapters.hl7.er7.ER7Error` when the
+    bytes are not an HL7 message or have no MSA segment (code ``missing_msa``).
+    """
+    msg = er7.parse(raw)
+    if msg.segment("MSA") is None:
+        raise er7.ER7Error("missing_msa", "MSA", "The reply has no MSA segment.")
+    text = (
+        msg.get("MSA-3")
+        or msg.get("ERR-8")
+        or msg.get("ERR-7")
+        or msg.get("ERR-3.2")
+        or msg.get("ERR-1.4.2")
+    )
+    return msg.get("MSA-1"), msg.get("MSA-2"), text

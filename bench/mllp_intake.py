@@ -1,0 +1,198 @@
+"""MLLP intake throughput and ACK latency: the gateway beside a bare ceiling, in one run.
+
+Usage: ``python bench/mllp_intake.py [--messages N] [--connections 1 8] [--validation structure]``
+
+For each connection count it measures, with the same client and the same
+1.5 KB ADT^A01 (a fresh MSH-10 per message):
+
+* ``ceiling``: a bare asyncio MLLP server (uvloop) that commits each message to
+  SQLite (WAL, synchronous=FULL, group commit in a writer thread) and then
+  returns a fixed ACK — what this machine can do durably with no HL7 work;
+* ``gateway``: the real ``gateway serve`` process.
+
+It prints msg/s and p50/p99 ACK latency for both and the gateway/ceiling ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import queue
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import uvloop
+
+REPO = Path(__file__).resolve().parents[1]
+MESSAGE = (REPO / "fixtures/hl7/adt_a01__1500_bytes.hl7").read_bytes().replace(b"\n", b"\r")
+START, END = b"\x0b", b"\x1c\x0d"
+FIXED_ACK = b"MSH|^~\\&|GW|GW|S|S|20260101000000||ACK^A01^ACK|1|P|2.5\rMSA|AA|1\r"
+
+
+def with_control_id(msg: bytes, control_id: str) -> bytes:
+    segs = msg.split(b"\r")
+    fields = segs[0].split(b"|")
+    fields[9] = control_id.encode()
+    segs[0] = b"|".join(fields)
+    return b"\r".join(segs)
+
+
+# -- the ceiling: bare MLLP + SQLite FULL group commit ------------------------------------------
+
+
+def run_ceiling(port: int, db: str) -> None:
+    conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("CREATE TABLE IF NOT EXISTS m (id INTEGER PRIMARY KEY, raw BLOB)")
+    work: queue.SimpleQueue[tuple[bytes, asyncio.Future[None], asyncio.AbstractEventLoop]] = queue.SimpleQueue()
+
+    def writer() -> None:
+        while True:
+            group = [work.get()]
+            while True:
+                try:
+                    group.append(work.get_nowait())
+                except queue.Empty:
+                    break
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany("INSERT INTO m (raw) VALUES (?)", [(g[0],) for g in group])
+            conn.execute("COMMIT")
+            loop = group[0][2]
+            loop.call_soon_threadsafe(_resolve, [g[1] for g in group])
+
+    def _resolve(futs: list[asyncio.Future[None]]) -> None:
+        for f in futs:
+            if not f.done():
+                f.set_result(None)
+
+    threading.Thread(target=writer, daemon=True).start()
+
+    async def handle(reader: asyncio.StreamReader, writer_: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                await reader.readuntil(START)
+                data = await reader.readuntil(END)
+                fut: asyncio.Future[None] = loop.create_future()
+                work.put((data[:-2], fut, loop))
+                await fut
+                writer_.write(START + FIXED_ACK + END)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer_.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", port)
+        async with server:
+            await server.serve_forever()
+
+    uvloop.run(main())
+
+
+# -- the client ---------------------------------------------------------------------------------
+
+
+async def client(port: int, prefix: str, count: int, latencies: list[float]) -> int:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    accepted = 0
+    for i in range(count):
+        msg = START + with_control_id(MESSAGE, f"{prefix}-{i}") + END
+        t0 = time.perf_counter()
+        writer.write(msg)
+        await reader.readuntil(START)
+        reply = await reader.readuntil(END)
+        latencies.append(time.perf_counter() - t0)
+        if b"MSA|AA" in reply or b"MSA|CA" in reply:
+            accepted += 1
+    writer.close()
+    return accepted
+
+
+async def load(port: int, connections: int, total: int, tag: str) -> tuple[float, float, float, int]:
+    per = max(1, total // connections)
+    latencies: list[float] = []
+    # warm-up
+    await client(port, f"{tag}-warm", 50, [])
+    t0 = time.perf_counter()
+    results = await asyncio.gather(*(client(port, f"{tag}-{c}", per, latencies) for c in range(connections)))
+    elapsed = time.perf_counter() - t0
+    latencies.sort()
+    p50 = statistics.median(latencies) * 1000
+    p99 = latencies[int(len(latencies) * 0.99) - 1] * 1000
+    return per * connections / elapsed, p50, p99, sum(results)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int) -> None:
+    for _ in range(400):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"port {port} never opened")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--messages", type=int, default=8000, help="messages per measurement")
+    ap.add_argument("--connections", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--validation", default="structure", choices=["none", "header", "structure"])
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ceil_port = free_port()
+        ceiling = subprocess.Popen(
+            [sys.executable, __file__, "--ceiling-server", str(ceil_port), f"{tmp}/ceiling.db"]
+        )
+        gw_port, http_port = free_port(), free_port()
+        cfg = Path(tmp) / "gw.yaml"
+        cfg.write_text(f"mllp:\n  validation: {args.validation}\nlog_level: warning\nauth:\n  open: true\n")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+        gateway = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg), "--data-dir", f"{tmp}/gw",
+             "--mllp", f"127.0.0.1:{gw_port}", "--http", f"127.0.0.1:{http_port}"],
+            env=env,
+        )
+        try:
+            wait_port(ceil_port)
+            wait_port(gw_port)
+            print(f"message: {len(MESSAGE)} bytes ADT^A01, validation={args.validation}, "
+                  f"{args.messages} messages per run, cpus={os.cpu_count()}")
+            print(f"{'conns':>5}  {'server':8}  {'msg/s':>8}  {'p50 ms':>7}  {'p99 ms':>7}  accepted")
+            for conns in args.connections:
+                row = {}
+                for name, port in (("ceiling", ceil_port), ("gateway", gw_port)):
+                    rate, p50, p99, ok = uvloop.run(load(port, conns, args.messages, f"{name}{conns}"))
+                    row[name] = rate
+                    print(f"{conns:>5}  {name:8}  {rate:8.0f}  {p50:7.2f}  {p99:7.2f}  {ok}")
+                print(f"{conns:>5}  ratio     gateway/ceiling = {row['gateway'] / row['ceiling']:.2f}")
+        finally:
+            for p in (ceiling, gateway):
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--ceiling-server":
+        signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+        run_ceiling(int(sys.argv[2]), sys.argv[3])
+    else:
+        main()

@@ -1,0 +1,111 @@
+"""Crash safety: SIGKILL the gateway under MLLP load, restart, and prove that every AA'd message is stored once.
+
+The number of kill cycles is ``GATEWAY_CRASH_CYCLES`` (default 4); ``bench/`` or a
+manual run can raise it for a longer soak.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FIXTURES
+from tests.support import Gateway, wait_port
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+SB, EB = b"\x0b", b"\x1c\x0d"
+BASE = (FIXTURES / "hl7" / "adt_a01__basic.hl7").read_bytes().replace(b"\r\n", b"\r").replace(b"\n", b"\r")
+
+
+def message(control_id: str) -> bytes:
+    segs = BASE.split(b"\r")
+    parts = segs[0].split(b"|")
+    parts[9] = control_id.encode()
+    segs[0] = b"|".join(parts)
+    return b"\r".join(segs)
+
+
+def sender(port: int, prefix: str, stop: threading.Event, acked: list[str], sent: list[str]) -> None:
+    """Stream messages on one connection until the connection dies or ``stop`` is set."""
+    i = 0
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            buf = b""
+            while not stop.is_set():
+                cid = f"{prefix}-{i}"
+                sent.append(cid)
+                s.sendall(SB + message(cid) + EB)
+                while EB not in buf:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        return
+                    buf += chunk
+                frame, buf = buf[: buf.index(EB)], buf[buf.index(EB) + 2 :]
+                if b"MSA|AA|" + cid.encode() + b"\r" in frame + b"\r":
+                    acked.append(cid)
+                i += 1
+    except OSError:
+        return
+
+
+def test_acknowledged_messages_survive_sigkill(tmp_path: Path) -> None:
+    cycles = int(os.environ.get("GATEWAY_CRASH_CYCLES", "4"))
+    rng = random.Random(20261127)
+    gw = Gateway(tmp_path, {"log_level": "warning"})
+    acked: list[str] = []
+    sent: list[str] = []
+    for cycle in range(cycles):
+        gw.start()
+        stop = threading.Event()
+        threads = [
+            threading.Thread(target=sender, args=(gw.mllp_port, f"K{cycle}-{c}", stop, acked, sent))
+            for c in range(4)
+        ]
+        for t in threads:
+            t.start()
+        time.sleep(rng.uniform(0.4, 1.5))
+        gw.kill()  # SIGKILL mid-stream
+        stop.set()
+        for t in threads:
+            t.join(timeout=10)
+    assert len(acked) > 100, "the senders should have been acknowledged many times before each kill"
+
+    gw.start()
+    try:
+        conn = sqlite3.connect(gw.data_dir / "gateway.db")
+        rows = conn.execute("SELECT control_id, count(*) FROM messages WHERE status = 'accepted' GROUP BY control_id")
+        stored = dict(rows.fetchall())
+        conn.close()
+        missing = [c for c in acked if c not in stored]
+        assert not missing, f"{len(missing)} acknowledged messages were lost, e.g. {missing[:5]}"
+        assert all(n == 1 for n in stored.values()), "a control id was stored twice"
+        assert set(stored) <= set(sent)
+
+        # resending everything acknowledged yields duplicates, not new messages
+        wait_port(gw.mllp_port)
+        with socket.create_connection(("127.0.0.1", gw.mllp_port), timeout=10) as s:
+            buf = b""
+            for cid in acked:
+                s.sendall(SB + message(cid) + EB)
+                while EB not in buf:
+                    buf += s.recv(65536)
+                frame, buf = buf[: buf.index(EB)], buf[buf.index(EB) + 2 :]
+                assert b"MSA|AA|" + cid.encode() in frame
+        conn = sqlite3.connect(gw.data_dir / "gateway.db")
+        (after,) = conn.execute("SELECT count(*) FROM messages WHERE status = 'accepted'").fetchone()
+        (dups,) = conn.execute("SELECT count(*) FROM lineage WHERE event = 'DuplicateReceived'").fetchone()
+        conn.close()
+        assert after == len(stored)
+        assert dups >= len(acked)
+        verify = gw.cli("lineage", "verify", *gw.store_args())
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+    finally:
+        gw.stop()

@@ -1,0 +1,317 @@
+"""End to end: the real ``gateway serve`` process, real MLLP over TCP, real HTTP, the real CLI."""
+
+from __future__ import annotations
+
+import socket
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import hl7
+import hl7.client
+import httpx
+import pytest
+
+from tests.conftest import FIXTURES
+from tests.support import READ_KEY, TEST_KEY, Gateway
+
+pytestmark = pytest.mark.e2e
+
+HL7 = FIXTURES / "hl7"
+SB, EB = b"\x0b", b"\x1c\x0d"
+
+
+def fixture(name: str) -> bytes:
+    return (HL7 / name).read_bytes()
+
+
+def cr(data: bytes) -> bytes:
+    return data.replace(b"\r\n", b"\r").replace(b"\n", b"\r")
+
+
+def field(message: bytes, segment: str, n: int) -> str:
+    """Field n of the first segment named ``segment`` (MSH-n counted the HL7 way)."""
+    for seg in cr(message).split(b"\r"):
+        if seg.startswith(segment.encode()):
+            parts = seg.decode("latin-1").split("|")
+            return parts[n - 1] if segment == "MSH" else (parts[n] if n < len(parts) else "")
+    return ""
+
+
+def with_control_id(message: bytes, control_id: str) -> bytes:
+    segs = cr(message).split(b"\r")
+    parts = segs[0].split(b"|")
+    parts[9] = control_id.encode()
+    segs[0] = b"|".join(parts)
+    return b"\r".join(segs)
+
+
+def mllp_exchange(port: int, payload: bytes, timeout: float = 10.0) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(SB + payload + EB)
+        return read_frame(s)
+
+
+def read_frame(s: socket.socket) -> bytes:
+    buf = b""
+    while EB not in buf:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed before a full frame; got {buf!r}")
+        buf += chunk
+    start = buf.index(SB)
+    return buf[start + 1 : buf.index(EB)]
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    g = Gateway(
+        tmp_path_factory.mktemp("gw"),
+        {
+            "mllp": {"max_frame_bytes": 200_000, "frame_timeout_s": 1.0, "idle_timeout_s": 3.0,
+                     "max_connections_per_client": 20},
+            "http": {"max_body_bytes": 200_000},
+        },
+    ).start()
+    yield g
+    g.stop()
+
+
+@pytest.fixture
+def api(gw: Gateway) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=gw.http_url, headers={"Authorization": f"Bearer {TEST_KEY}"}, timeout=30) as c:
+        yield c
+
+
+def test_mllp_ack_from_python_hl7_client(gw: Gateway, api: httpx.Client) -> None:
+    """A client we did not write gets AA, MSA-2 = MSH-10, sender and receiver swapped, version kept."""
+    raw = with_control_id(fixture("adt_a01__basic.hl7"), "E2E-PYHL7-1")
+    with hl7.client.MLLPClient("127.0.0.1", gw.mllp_port) as client:
+        ack = hl7.parse(client.send_message(raw.decode()))
+    assert str(ack.segment("MSA")[1]) == "AA"
+    assert str(ack.segment("MSA")[2]) == "E2E-PYHL7-1"
+    msh = ack.segment("MSH")
+    assert str(msh[3]) == field(raw, "MSH", 5) and str(msh[5]) == field(raw, "MSH", 3)
+    assert str(msh[4]) == field(raw, "MSH", 6) and str(msh[6]) == field(raw, "MSH", 4)
+    assert str(msh[12]) == field(raw, "MSH", 12)
+    assert str(msh[9]).startswith("ACK^A01")
+    items = api.get("/api/messages", params={"control_id": "E2E-PYHL7-1"}).json()["items"]
+    assert len(items) == 1 and items[0]["status"] == "accepted" and items[0]["message_type"] == "ADT^A01"
+
+
+def test_mllp_framing_noise_split_and_pipelined(gw: Gateway) -> None:
+    """Garbage before the start byte is dropped; a frame split across writes and two frames in one write work."""
+    a = with_control_id(fixture("adt_a01__basic.hl7"), "E2E-FRAME-A")
+    b = with_control_id(fixture("adt_a04__register.hl7"), "E2E-FRAME-B")
+    c = with_control_id(fixture("adt_a08__update.hl7"), "E2E-FRAME-C")
+    with socket.create_connection(("127.0.0.1", gw.mllp_port), timeout=10) as s:
+        s.sendall(b"noise\r\n" + SB + a[:40])
+        time.sleep(0.2)
+        s.sendall(a[40:] + EB + SB + b + EB + SB + c + EB)
+        acks = [read_frame(s) for _ in range(3)]
+    assert [field(x, "MSA", 2) for x in acks] == ["E2E-FRAME-A", "E2E-FRAME-B", "E2E-FRAME-C"]
+    assert all(field(x, "MSA", 1) == "AA" for x in acks)
+
+
+def test_mllp_invalid_message_gets_ae_with_err(gw: Gateway) -> None:
+    ack = mllp_exchange(gw.mllp_port, cr(fixture("invalid__missing_msh9.hl7")))
+    assert field(ack, "MSA", 1) in ("AE", "AR")
+    assert field(ack, "MSA", 2) == field(fixture("invalid__missing_msh9.hl7"), "MSH", 10)
+    assert b"\rERR|" in ack
+
+
+def test_mllp_unparseable_frame_gets_a_reply_and_the_listener_survives(gw: Gateway) -> None:
+    ack = mllp_exchange(gw.mllp_port, b"this is not HL7 at all")
+    assert field(ack, "MSA", 1) in ("AE", "AR")
+    ok = mllp_exchange(gw.mllp_port, with_control_id(fixture("adt_a01__basic.hl7"), "E2E-AFTER-JUNK"))
+    assert field(ok, "MSA", 1) == "AA"
+
+
+def test_mllp_oversized_frame_is_refused_and_closed(gw: Gateway) -> None:
+    big = with_control_id(fixture("adt_a01__basic.hl7"), "E2E-BIG") + b"\rNTE|1||" + b"x" * 300_000
+    with socket.create_connection(("127.0.0.1", gw.mllp_port), timeout=10) as s:
+        s.sendall(SB + big + EB)
+        ack = read_frame(s)
+        assert field(ack, "MSA", 1) == "AR"
+        s.settimeout(5)
+        rest = b""
+        try:
+            while chunk := s.recv(65536):
+                rest += chunk
+        except ConnectionResetError:
+            pass
+    assert b"MSA" not in rest
+
+
+def test_mllp_unfinished_frame_and_idle_connections_are_closed(gw: Gateway) -> None:
+    with socket.create_connection(("127.0.0.1", gw.mllp_port), timeout=10) as s:
+        s.sendall(SB + b"MSH|^~\\&|half")
+        t0 = time.monotonic()
+        assert s.recv(100) == b""  # closed by the frame time-out (1 s)
+        assert time.monotonic() - t0 < 5
+    with socket.create_connection(("127.0.0.1", gw.mllp_port), timeout=10) as s:
+        t0 = time.monotonic()
+        assert s.recv(100) == b""  # closed by the idle time-out (3 s)
+        assert 2 < time.monotonic() - t0 < 8
+
+
+def test_mllp_connection_limit_per_client(gw: Gateway) -> None:
+    socks = [socket.create_connection(("127.0.0.1", gw.mllp_port), timeout=5) for _ in range(20)]
+    try:
+        time.sleep(0.3)
+        extra = socket.create_connection(("127.0.0.1", gw.mllp_port), timeout=5)
+        try:
+            extra.sendall(SB + with_control_id(fixture("adt_a01__basic.hl7"), "E2E-LIMIT") + EB)
+        except OSError:
+            pass
+        try:
+            assert extra.recv(100) == b""
+        except ConnectionResetError:
+            pass
+        extra.close()
+    finally:
+        for s in socks:
+            s.close()
+    time.sleep(0.3)
+    ack = mllp_exchange(gw.mllp_port, with_control_id(fixture("adt_a01__basic.hl7"), "E2E-LIMIT-AFTER"))
+    assert field(ack, "MSA", 1) == "AA"
+
+
+def test_duplicate_is_acknowledged_not_stored_again(gw: Gateway, api: httpx.Client) -> None:
+    raw = with_control_id(fixture("adt_a03__discharge.hl7"), "E2E-DUP-1")
+    first = mllp_exchange(gw.mllp_port, raw)
+    again = mllp_exchange(gw.mllp_port, raw)
+    assert field(first, "MSA", 1) == field(again, "MSA", 1) == "AA"
+    items = api.get("/api/messages", params={"control_id": "E2E-DUP-1"}).json()["items"]
+    assert len(items) == 1
+    events = [e["event"] for e in api.get(f"/api/messages/{items[0]['id']}/lineage").json()["events"]]
+    assert events.count("DuplicateReceived") == 1
+    assert events[:3] == ["MessageReceived", "MessageValidated", "MessageAccepted"]
+    assert "ReplySent" in events
+
+    changed = raw.replace(b"PV1|1|", b"PV1|2|", 1)
+    assert changed != raw
+    conflict = mllp_exchange(gw.mllp_port, changed)
+    assert field(conflict, "MSA", 1) == "AE"
+    assert b"205" in conflict  # HL7 table 0357: duplicate key identifier
+    items = api.get("/api/messages", params={"control_id": "E2E-DUP-1"}).json()["items"]
+    assert sorted(i["status"] for i in items) == ["accepted", "rejected"]
+
+
+def test_http_ingest_auth_and_limits(gw: Gateway) -> None:
+    raw = with_control_id(fixture("adt_a01__basic.hl7"), "E2E-HTTP-1")
+    url = f"{gw.http_url}/ingest/hl7v2"
+    ct = {"Content-Type": "x-application/hl7-v2+er7"}
+    assert httpx.post(url, content=raw, headers=ct).status_code == 401
+    assert httpx.post(url, content=raw, headers={**ct, "X-API-Key": "wrong-key-wrong-key"}).status_code == 401
+    assert httpx.post(url, content=raw, headers={**ct, "X-API-Key": READ_KEY}).status_code == 403
+    auth = {"Authorization": f"Bearer {TEST_KEY}"}
+    r = httpx.post(url, content=raw, headers={**auth, "Content-Type": "application/json"})
+    assert r.status_code == 415
+    r = httpx.post(url, content=raw + b"\rNTE|1||" + b"y" * 250_000, headers={**auth, **ct})
+    assert r.status_code == 413
+    r = httpx.post(url, content=raw, headers={**auth, "Content-Type": "text/plain"})
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("x-application/hl7-v2+er7")
+    assert field(r.content, "MSA", 1) == "AA" and field(r.content, "MSA", 2) == "E2E-HTTP-1"
+
+
+def test_http_ingest_invalid_is_4xx_with_reason(gw: Gateway) -> None:
+    r = httpx.post(
+        f"{gw.http_url}/ingest/hl7v2",
+        content=cr(fixture("invalid__unsupported_version.hl7")),
+        headers={"Authorization": f"Bearer {TEST_KEY}", "Content-Type": "x-application/hl7-v2+er7"},
+    )
+    assert 400 <= r.status_code < 500
+    assert field(r.content, "MSA", 1) == "AR"
+    assert b"ERR|" in r.content and b"203" in r.content  # 0357: unsupported version id
+
+
+def test_http_batch_each_message_its_own_envelope(gw: Gateway, api: httpx.Client) -> None:
+    r = api.post(
+        "/ingest/hl7v2", content=fixture("batch__fhs_bhs.hl7"), headers={"Content-Type": "x-application/hl7-v2+er7"}
+    )
+    assert r.status_code == 200
+    acks = [seg for seg in r.content.split(b"\r") if seg.startswith(b"MSA")]
+    assert len(acks) == 3 and all(a.startswith(b"MSA|AA|") for a in acks)
+    control_ids = [a.split(b"|")[2].decode() for a in acks]
+    parents = set()
+    for cid in control_ids:
+        (item,) = api.get("/api/messages", params={"control_id": cid}).json()["items"]
+        parents.add(item["parent_id"])
+    assert len(parents) == 1 and None not in parents
+    batch = api.get(f"/api/messages/{parents.pop()}").json()
+    assert batch["status"] == "batch"
+    assert [e["event"] for e in batch["lineage"]].count("MessageReceived") == 3
+
+
+def test_api_queries_and_lineage(gw: Gateway, api: httpx.Client) -> None:
+    raw = with_control_id(fixture("oru_r01__cbc_20_obx.hl7"), "E2E-API-ORU")
+    assert field(mllp_exchange(gw.mllp_port, raw), "MSA", 1) == "AA"
+    since = "2000-01-01T00:00:00Z"
+    r = api.get("/api/messages", params={"protocol": "hl7v2", "message_type": "ORU^R01", "status": "accepted",
+                                          "since": since})
+    assert r.status_code == 200
+    assert "E2E-API-ORU" in [i["control_id"] for i in r.json()["items"]]
+    assert api.get("/api/messages", params={"until": since}).json()["items"] == []
+    assert api.get("/api/messages", params={"since": "yesterday"}).status_code == 400
+    (item,) = api.get("/api/messages", params={"control_id": "E2E-API-ORU"}).json()["items"]
+    detail = api.get(f"/api/messages/{item['id']}").json()
+    assert detail["headers"]["message_structure"] == "ORU_R01"
+    seqs = [e["seq"] for e in detail["lineage"]]
+    assert seqs == sorted(seqs)
+    assert api.get("/api/messages/NOPE").status_code == 404
+    assert api.get("/api/lineage/verify").json()["ok"] is True
+    assert httpx.get(f"{gw.http_url}/api/messages").status_code == 401
+    assert httpx.get(f"{gw.http_url}/api/lineage/verify", headers={"X-API-Key": READ_KEY}).status_code == 403
+    assert httpx.get(f"{gw.http_url}/healthz").json()["ok"] is True
+
+
+def test_cli_send_over_mllp_and_http(gw: Gateway, tmp_path: Path) -> None:
+    good = tmp_path / "good.hl7"
+    good.write_bytes(with_control_id(fixture("siu_s12__appointment.hl7"), "E2E-CLI-SIU"))
+    r = gw.cli("send", "--mllp", f"127.0.0.1:{gw.mllp_port}", str(good))
+    assert r.returncode == 0, r.stderr
+    assert "MSA|AA|E2E-CLI-SIU" in r.stdout
+    r = gw.cli("send", "--mllp", f"127.0.0.1:{gw.mllp_port}", str(HL7 / "batch__multi_msh.hl7"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("MSA|AA|") == 3
+    r = gw.cli("send", "--mllp", f"127.0.0.1:{gw.mllp_port}", str(HL7 / "invalid__missing_msh10.hl7"))
+    assert r.returncode == 1
+    assert "MSA|A" in r.stdout
+    r = gw.cli("send", "--http", f"{gw.http_url}/ingest/hl7v2", "--api-key", TEST_KEY,
+               str(HL7 / "vxu_v04__immunization.hl7"))
+    assert r.returncode == 0, r.stderr
+    assert "MSA|AA|" in r.stdout
+    r = gw.cli("send", "--http", f"{gw.http_url}/ingest/hl7v2", "--api-key", READ_KEY, str(good))
+    assert r.returncode == 1
+
+
+def test_canary_never_leaks(gw: Gateway, api: httpx.Client) -> None:
+    """A canary patient name and identifier never appear in logs, error bodies or lineage."""
+    canary = cr(fixture("adt_a01__canary.hl7"))
+    assert b"CANARYPATIENT" in canary and b"CANARY-MRN-0001" in canary
+    bodies: list[bytes] = []
+    bodies.append(mllp_exchange(gw.mllp_port, canary))
+    broken = canary.replace(b"|2.5|", b"|9.9|") if b"|2.5|" in canary else canary.replace(b"MSH|", b"MSH|X", 1)
+    bodies.append(mllp_exchange(gw.mllp_port, broken))
+    bodies.append(mllp_exchange(gw.mllp_port, canary.replace(b"ADT^A01", b"ADT^A01^ZZZ_NOPE", 1)))
+    headers = {"Content-Type": "x-application/hl7-v2+er7"}
+    bodies.append(api.post("/ingest/hl7v2", content=broken, headers=headers).content)
+    bodies.append(api.post("/ingest/hl7v2", content=canary, headers=headers).content)
+    bodies.append(api.post("/ingest/hl7v2", content=canary, headers={"Content-Type": "application/json"}).content)
+    items = api.get("/api/messages", params={"control_id": field(canary, "MSH", 10)}).json()
+    bodies.append(api.get("/api/messages", params={"control_id": field(canary, "MSH", 10)}).content)
+    for item in items["items"]:
+        bodies.append(api.get(f"/api/messages/{item['id']}").content)
+        bodies.append(api.get(f"/api/messages/{item['id']}/lineage").content)
+    conn = sqlite3.connect(gw.data_dir / "gateway.db")
+    lineage_dump = "\n".join(repr(r) for r in conn.execute("SELECT * FROM lineage"))
+    conn.close()
+    time.sleep(0.5)
+    for secret in ("CANARYPATIENT", "CANARY-MRN-0001"):
+        assert secret not in gw.logs()
+        assert secret not in lineage_dump
+        for body in bodies:
+            assert secret.encode() not in body

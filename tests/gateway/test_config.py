@@ -1,0 +1,91 @@
+"""Configuration: precedence, ${ENV} keys, and errors that name the key, the value and what was expected."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import main
+from gateway.config import load_settings
+from gateway.errors import ConfigError
+from gateway.security import KeyRing
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "gw.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_defaults() -> None:
+    s = load_settings(None, environ={})
+    assert (s.mllp.address, s.http.address, s.data_dir) == ("127.0.0.1:2575", "127.0.0.1:8080", Path("gateway-data"))
+    assert s.mllp.max_frame_bytes == s.http.max_body_bytes == 10 * 1024 * 1024
+
+
+def test_precedence_file_then_env_then_options(tmp_path: Path) -> None:
+    cfg = write(tmp_path, "mllp: {address: '127.0.0.1:3000'}\nhttp: {address: '127.0.0.1:3001'}\ndata_dir: from-file\n")
+    s = load_settings(cfg, environ={})
+    assert (s.mllp.address, s.http.address, str(s.data_dir)) == ("127.0.0.1:3000", "127.0.0.1:3001", "from-file")
+    env = {"GATEWAY_MLLP": "127.0.0.1:4000", "GATEWAY_DATA_DIR": "from-env"}
+    s = load_settings(cfg, environ=env)
+    assert (s.mllp.address, s.http.address, str(s.data_dir)) == ("127.0.0.1:4000", "127.0.0.1:3001", "from-env")
+    s = load_settings(cfg, {("mllp", "address"): "127.0.0.1:5000"}, environ=env)
+    assert s.mllp.address == "127.0.0.1:5000"
+    s = load_settings(None, environ={"GATEWAY_CONFIG": str(cfg)})
+    assert s.mllp.address == "127.0.0.1:3000"
+
+
+def test_env_reference_in_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = write(tmp_path, "auth:\n  api_keys:\n    - {name: lab, key: '${LAB_KEY}', scopes: [ingest:hl7v2]}\n")
+    monkeypatch.setenv("LAB_KEY", "a-very-secret-key-123")
+    s = load_settings(cfg, environ={})
+    ring = KeyRing.from_settings(s)
+    assert ring.authenticate("a-very-secret-key-123").name == "lab"
+    assert "a-very-secret-key-123" not in repr(ring.__dict__)
+    monkeypatch.delenv("LAB_KEY")
+    with pytest.raises(ConfigError, match="LAB_KEY is not set"):
+        load_settings(cfg, environ={})
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("mllp: {adress: '1.2.3.4:5'}\n", "mllp.adress: unknown key"),
+        ("mllp: {address: 'nonsense'}\n", "mllp.address: 'nonsense' is not valid"),
+        ("http: {max_body_bytes: -1}\n", "http.max_body_bytes: -1 is not valid"),
+        ("mllp: {validation: strict}\n", "mllp.validation: 'strict' is not valid"),
+        ("auth: {api_keys: [{name: x, key: short, scopes: [admin]}]}\n", "auth.api_keys.0.key: (hidden)"),
+        ("auth: {api_keys: [{name: x, key: long-enough-key-123, scopes: [root]}]}\n", "scopes.0: 'root'"),
+        ("- just a list\n", "expected a mapping"),
+    ],
+)
+def test_errors_name_key_and_value(tmp_path: Path, text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, text), environ={})
+    assert expected in str(err.value)
+
+
+def test_gateway_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", str(write(tmp_path, "mllp: {address: '127.0.0.1:2575'}\n"))]) == 0
+    assert main(["check", str(write(tmp_path, "mllp: {bogus: 1}\n"))]) == 2
+    assert "mllp.bogus: unknown key" in capsys.readouterr().err
+
+
+def test_quickstart_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.conftest import FIXTURES
+
+    monkeypatch.setenv("GATEWAY_API_KEY", "k" * 24)
+    s = load_settings(FIXTURES / "config" / "quickstart.yaml", environ={})
+    assert s.auth.api_keys[0].scopes == ["ingest:hl7v2", "messages:read", "lineage:read", "admin"]
+
+
+def test_bootstrap_key_is_private_and_stable(tmp_path: Path) -> None:
+    s = load_settings(None, {("data_dir",): str(tmp_path / "d")}, environ={})
+    ring = KeyRing.from_settings(s)
+    key_file = tmp_path / "d" / "api-key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    key = key_file.read_text().strip()
+    assert ring.authenticate(key).name == "bootstrap"
+    assert KeyRing.from_settings(s).authenticate(key).name == "bootstrap"

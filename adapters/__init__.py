@@ -1,0 +1,14 @@
+"""Protocol adapters, and the one place they are registered.
+
+``BUILTIN_ADAPTERS`` maps each registry key (``Envelope.protocol``) to the
+adapter's constructor; the gateway core knows adapters only through it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from adapters.hl7.adapter import HL7Adapter
+from gateway.adapter import Adapter
+
+BUILTIN_ADAPTERS: dict[str, Callable[..., Adapter]] = {"hl7v2": HL7Adapter}

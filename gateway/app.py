@@ -111,7 +111,8 @@ def create_app(
         return who
 
     def scoped(scope: str) -> Any:
-        def dep(who: Annotated[Principal, Depends(principal)]) -> Principal:
+        def dep(request: Request) -> Principal:
+            who = principal(request)
             KeyRing.require(who, scope)
             return who
 

@@ -84,8 +84,14 @@ class Gateway:
         return env
 
     def start(self) -> Gateway:
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
+        with self.log_path.open("ab") as log:
+            self.proc = self._spawn(log)
+        wait_port(self.mllp_port, proc=self.proc)
+        wait_port(self.http_port, proc=self.proc)
+        return self
+
+    def _spawn(self, log: object) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
             [
                 sys.executable,
                 "-m",
@@ -97,13 +103,10 @@ class Gateway:
                 "--http",
                 f"127.0.0.1:{self.http_port}",
             ],
-            stdout=log,
-            stderr=log,
+            stdout=log,  # type: ignore[arg-type]
+            stderr=log,  # type: ignore[arg-type]
             env=self._env(),
         )
-        wait_port(self.mllp_port, proc=self.proc)
-        wait_port(self.http_port, proc=self.proc)
-        return self
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -135,6 +135,8 @@ def _error_location(location: str) -> list[str]:
         seg_id, occurrence, field, rep, comp, sub = er7.parse_path(location)
     except ValueError:
         return []
+    if len(seg_id) != 3:  # a segment id is three characters; anything else is not a location
+        return []
     parts = [seg_id, str(occurrence)]
     if field:
         parts += [str(field), str(rep)]
@@ -199,36 +201,41 @@ def build_ack(
     character set (UTF-8 when none).
     """
     d = _delimiters(headers)
-    esc = er7.escape
+    table = er7.escape_table(d)
+
+    def esc(value: str) -> str:
+        return value.translate(table)
+
     version = headers.get("version", "") or DEFAULT_VERSION
+    version_key = _version_key(version)
     trigger = headers.get("trigger_event", "")
-    msg_type = ["ACK", trigger, "ACK"] if _version_key(version) >= (2, 3, 1) else ["ACK", trigger]
+    msg_type = ["ACK", trigger, "ACK"] if version_key >= (2, 3, 1) else ["ACK", trigger]
     charset = headers.get("charset", "")
     stamp = (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y%m%d%H%M%S") + "+0000"
     msh = [
         "MSH",
         d.encoding_characters(),
-        esc(headers.get("receiving_application", ""), d),
-        esc(headers.get("receiving_facility", ""), d),
-        esc(headers.get("sending_application", ""), d),
-        esc(headers.get("sending_facility", ""), d),
+        esc(headers.get("receiving_application", "")),
+        esc(headers.get("receiving_facility", "")),
+        esc(headers.get("sending_application", "")),
+        esc(headers.get("sending_facility", "")),
         stamp,
         "",
-        _line([esc(p, d) for p in msg_type], d.component),
-        esc(control_id or uuid.uuid4().hex[:20], d),
-        esc(headers.get("processing_id", "") or "P", d),
-        esc(version, d),
+        _line([esc(p) for p in msg_type], d.component),
+        esc(control_id or uuid.uuid4().hex[:20]),
+        esc(headers.get("processing_id", "") or "P"),
+        esc(version),
         "",
         "",
         "",
         "",
         "",
-        esc(charset, d),
+        esc(charset),
     ]
-    msa = ["MSA", code, esc(headers.get("control_id", ""), d)]
+    msa = ["MSA", code, esc(headers.get("control_id", ""))]
     errors = [] if code in POSITIVE_CODES else list(issues)
-    if errors and _version_key(version) < (2, 5):
-        msa.append(esc(errors[0].diagnostics or error_condition(errors[0].code, version)[1], d))
+    if errors and version_key < (2, 5):
+        msa.append(esc(errors[0].diagnostics or error_condition(errors[0].code, version)[1]))
     lines = [_line(msh, d.field), _line(msa, d.field)]
     lines.extend(_line(err, d.field) for err in _err_segments(errors, d, version))
     codec = er7.CHARSETS.get(charset.strip().upper(), "utf-8")

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import ssl
 from collections import Counter, deque
+from typing import cast
 
 from gateway.adapter import Adapter, Issue, Outcome, ParseError
 from gateway.config import MLLPConfig
@@ -159,15 +160,14 @@ class _Connection(asyncio.Protocol):
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self.host = str(peer[0])
             self.peer = f"{peer[0]}:{peer[1]}"
         if not self.server.admit(self):
             self.closing = True
-            transport.abort()
+            self.transport.abort()
             return
         self.worker = asyncio.get_running_loop().create_task(self._work())
         self._arm_idle()

@@ -91,6 +91,8 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from itertools import compress, count, repeat
+from operator import contains
 from types import ModuleType
 from typing import Any, Final, Protocol
 
@@ -100,6 +102,7 @@ __all__ = [
     "DEFAULT_SEVERITIES",
     "ERR_CODES",
     "KEY_FIELDS",
+    "KEY_SEGMENTS",
     "SUPPORTED_VERSIONS",
     "builtin_tables",
     "compile_version",
@@ -150,13 +153,13 @@ class MessageLike(Protocol):
 
 DEFAULT_SEVERITIES: Final[Mapping[str, Severity]] = {
     "required_field_missing": "warning",  # raised to error for MSH and KEY_FIELDS
-    "required_segment_missing": "error",
+    "required_segment_missing": "warning",  # raised to error for KEY_SEGMENTS
     "segment_sequence_error": "warning",
     "unexpected_segment": "warning",
     "too_many_repetitions": "warning",
     "field_too_long": "warning",
-    "unexpected_field": "warning",
-    "data_type_error": "warning",  # raised to error for MSH and KEY_FIELDS
+    "unexpected_field": "information",
+    "data_type_error": "warning",  # raised to error for MSH fields
     "table_value_not_found": "warning",
     "unknown_structure": "warning",
     "unsupported_version": "warning",
@@ -176,10 +179,15 @@ KEY_FIELDS: Final[frozenset[str]] = frozenset(
         "MSA-2",
     }
 )
-"""Fields whose absence (when the version requires them) or bad format is an error.
+"""Fields whose absence (when the version requires them) is an error.
 
-Every MSH field the version requires is treated as a key field too.
+Every MSH field the version requires is a key field too; a data type error in any
+MSH field is an error.
 """
+
+KEY_SEGMENTS: Final[frozenset[str]] = frozenset({"PID", "MRG", "MSA", "QPD", "SCH", "TXA"})
+"""Segments whose absence (where the structure requires them) is an error: the subject of
+the message (patient, merge source, acknowledgement, query, appointment, document)."""
 
 ERR_CODES: Final[Mapping[str, str]] = {
     "segment_sequence_error": "100",
@@ -243,17 +251,17 @@ def library_for(version: str) -> str | None:
 
 # --------------------------------------------------------------------------- formats
 
-_DATE = r"\d{4}(?:(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])?)?"
+_DATE = r"\d{4}(?:(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])?)?"  # re.ASCII: \d is [0-9]
 _TIME = r"(?:[01]\d|2[0-3])(?:[0-5]\d(?:[0-5]\d(?:\.\d{1,4})?)?)?"
 _OFFSET = r"(?:[+-](?:[01]\d|2[0-3])[0-5]\d)?"
 _FORMATS: Final[Mapping[str, Callable[[str], re.Match[str] | None]]] = {
-    "DT": re.compile(_DATE).fullmatch,
+    "DT": re.compile(_DATE, re.ASCII).fullmatch,
     "DTM": re.compile(
-        r"\d{4}(?:(?:0[1-9]|1[0-2])(?:(?:0[1-9]|[12]\d|3[01])(?:" + _TIME + r")?)?)?" + _OFFSET
+        r"\d{4}(?:(?:0[1-9]|1[0-2])(?:(?:0[1-9]|[12]\d|3[01])(?:" + _TIME + r")?)?)?" + _OFFSET, re.ASCII
     ).fullmatch,
-    "TM": re.compile(_TIME + _OFFSET).fullmatch,
-    "NM": re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)").fullmatch,
-    "SI": re.compile(r"\d+").fullmatch,
+    "TM": re.compile(_TIME + _OFFSET, re.ASCII).fullmatch,
+    "NM": re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)", re.ASCII).fullmatch,
+    "SI": re.compile(r"\d+", re.ASCII).fullmatch,
 }
 _FORMAT_NAMES: Final[Mapping[str, str]] = {
     "DT": "a date (YYYY[MM[DD]])",
@@ -277,6 +285,11 @@ class _Check:
     subcomponent: int
     kind: str | None  # a key of _FORMATS, or None
     table: str | None
+    fmt: Callable[[str], object] | None = None  # _FORMATS[kind]
+
+    def __post_init__(self) -> None:
+        if self.kind is not None:
+            object.__setattr__(self, "fmt", _FORMATS[self.kind])
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,10 +300,12 @@ class _FieldRule:
     max_reps: int  # 0 = unbounded
     leaf: bool
     max_length: int  # 0 = none
-    key: bool
+    key: bool  # required_field_missing is an error
+    header: bool  # MSH: data_type_error is an error
     checks: tuple[_Check, ...]  # data type checks, sorted by position
     tables: tuple[_Check, ...]  # table checks, sorted by position
     first_component: int  # smallest component index in checks (0 for leaf)
+    simple: Callable[[str], object] | None  # the format when the only check is the first primitive
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,15 +313,13 @@ class _SegmentRules:
     id: str
     known: bool
     count: int  # number of defined fields
-    required: tuple[_FieldRule, ...]
-    single: tuple[_FieldRule, ...]  # fields with a finite max_reps
-    typed: tuple[_FieldRule, ...]
-    tabled: tuple[_FieldRule, ...]
-    lengths: tuple[_FieldRule, ...]
     skip: int  # first field index to check (3 for MSH: MSH-1/2 are the delimiters)
-
-
-_UNKNOWN_SEGMENT_KEY = "?"
+    required: tuple[_FieldRule, ...]
+    rep_slots: tuple[_FieldRule | None, ...]  # by field index - skip: rules limiting repetitions
+    lengths: tuple[tuple[int, int, _FieldRule], ...]  # (index, max_length, rule)
+    simple: tuple[tuple[int, Callable[[str], object], _FieldRule], ...]  # one primitive to check
+    complex: tuple[_FieldRule, ...]  # data types inside composites
+    tabled: tuple[_FieldRule, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -419,13 +432,21 @@ def _primitive(ref: Any) -> str:
     return str(ref[2])
 
 
+def _position_of(name: Any, fallback: int) -> int:
+    """The 1-based position in an hl7apy child name (``XTN_2`` → 2); hl7apy omits withdrawn ones."""
+    if isinstance(name, str):
+        tail = name.rsplit("_", 1)[-1]
+        if tail.isdigit():
+            return int(tail)
+    return fallback
+
+
 def _component_checks(children: tuple[Any, ...], field_table: str | None) -> list[_Check]:
     checks: list[_Check] = []
-    parent_ts = False
-    for ci, child in enumerate(children, 1):
+    parent_ts = bool(children) and children[0][0] == "TS_1"
+    for k, child in enumerate(children, 1):
+        ci = _position_of(child[0], k)
         ref = child[1]
-        if ci == 1 and child[0] == "TS_1":
-            parent_ts = True
         if ref[0] == "leaf":
             dt = "DTM" if (parent_ts and ci == 1) else str(ref[2])
             table = ref[4] if isinstance(ref[4], str) else None
@@ -436,15 +457,15 @@ def _component_checks(children: tuple[Any, ...], field_table: str | None) -> lis
         if ref[2] == "TS":
             checks.append(_Check(ci, 0, "DTM", None))
             continue
-        for si, sub in enumerate(ref[1] or (), 1):
+        for j, sub in enumerate(ref[1] or (), 1):
+            si = _position_of(sub[0], j)
             sref = sub[1]
-            dt = _primitive(sref)
-            if si == 1 and sub[0] == "TS_1":
-                dt = "DTM"
+            dt = "DTM" if sub[0] == "TS_1" else _primitive(sref)
             table = sref[4] if sref[0] == "leaf" and isinstance(sref[4], str) else None
             checks.append(_Check(ci, si, dt if dt in _FORMATS else None, table))
         if ci == 1 and field_table:
             checks.append(_Check(1, 1, None, field_table))
+    checks.sort(key=lambda c: (c.component, c.subcomponent))
     return checks
 
 
@@ -456,7 +477,7 @@ def _compile_field(index: int, entry: Any, sid: str) -> _FieldRule:
     table = table if isinstance(table, str) else None
     where = f"{sid}-{index}"
     label = f"{where} ({_label(long_name)})" if _label(long_name) else where
-    key = where in KEY_FIELDS or (sid == "MSH" and lo >= 1)
+    header = sid == "MSH"
     checks: list[_Check]
     leaf = kind == "leaf" or not struct
     if leaf:
@@ -473,16 +494,20 @@ def _compile_field(index: int, entry: Any, sid: str) -> _FieldRule:
         max_reps=hi if hi > 0 else 0,
         leaf=leaf,
         max_length=_MAX_LENGTHS.get(datatype, 0) if leaf else 0,
-        key=key,
+        key=where in KEY_FIELDS or (header and lo >= 1),
+        header=header,
         checks=typed,
         tables=tabled,
         first_component=min((c.component for c in typed), default=0),
+        simple=_FORMATS[typed[0].kind]
+        if len(typed) == 1 and typed[0].component <= 1 and typed[0].kind
+        else None,
     )
 
 
 def _compile_segment(sid: str, definition: Any) -> _SegmentRules:
     if definition is None:
-        return _SegmentRules(sid, False, 0, (), (), (), (), (), 1)
+        return _SegmentRules(sid, False, 0, 1, (), (), (), (), (), ())
     rules: list[_FieldRule] = []
     count = 0
     for entry in _children(definition):
@@ -491,21 +516,27 @@ def _compile_segment(sid: str, definition: Any) -> _SegmentRules:
             continue
         index = int(name[len(sid) + 1 :])
         count = max(count, index)
-        if entry[1] is None:
-            continue
+        if entry[1] is None or int(entry[2][1]) == 0:
+            continue  # (0, 0): withdrawn in this version; feeds still fill it with older meanings
         rules.append(_compile_field(index, entry, sid))
-    skip = 3 if sid == "MSH" else 1
+    skip = 3 if sid in ("MSH", "FHS", "BHS") else 1  # fields 1 and 2 are the delimiters
     rules = [r for r in rules if r.index >= skip]
+    width = max(count + 1 - skip, 0)
+    rep_slots: list[_FieldRule | None] = [None] * width
+    for r in rules:
+        if r.max_reps:
+            rep_slots[r.index - skip] = r
     return _SegmentRules(
         id=sid,
         known=True,
         count=count,
-        required=tuple(r for r in rules if r.required),
-        single=tuple(r for r in rules if r.max_reps),
-        typed=tuple(r for r in rules if r.checks),
-        tabled=tuple(r for r in rules if r.tables),
-        lengths=tuple(r for r in rules if r.max_length),
         skip=skip,
+        required=tuple(r for r in rules if r.required),
+        rep_slots=tuple(rep_slots),
+        lengths=tuple((r.index, r.max_length, r) for r in rules if r.max_length),
+        simple=tuple((r.index, r.simple, r) for r in rules if r.simple is not None),
+        complex=tuple(r for r in rules if r.checks and r.simple is None),
+        tabled=tuple(r for r in rules if r.tables),
     )
 
 
@@ -769,10 +800,6 @@ def _field_location(
 # --------------------------------------------------------------------------- validation
 
 
-def _empty(value: str, separators: str) -> bool:
-    return not value or (value[0] in separators and not value.strip(separators))
-
-
 class _Run:
     """One validation: the issue list and the severity policy."""
 
@@ -804,58 +831,78 @@ def _check_fields(
     rep_sep = delimiters.repetition
     comp_sep = delimiters.component
     sub_sep = delimiters.subcomponent
+    separators = comp_sep + rep_sep + sub_sep
 
     for rule in rules.required:
         i = rule.index
-        if i >= n or _empty(fields[i], comp_sep + rep_sep + sub_sep):
-            run.add(
-                "required_field_missing",
-                _field_location(segments, pos, i),
-                f"{rule.label} is required but empty.",
-                rule.key,
-            )
+        if i < n:
+            value = fields[i]
+            if value and (value[0] not in separators or value.strip(separators)):
+                continue
+        run.add(
+            "required_field_missing",
+            _field_location(segments, pos, i),
+            f"{rule.label} is required but empty.",
+            rule.key,
+        )
 
-    for rule in rules.single:
-        i = rule.index
-        if i < n and rep_sep in fields[i]:
-            reps = fields[i].count(rep_sep) + 1
-            if reps > rule.max_reps:
+    present = fields[rules.skip :]
+    if rep_sep in "".join(present):  # most segments repeat nothing: one C-level test
+        rep_slots = rules.rep_slots
+        # the positions of the fields holding a repetition separator, found by C code
+        for k in compress(count(), map(contains, present, repeat(rep_sep))):
+            if k >= len(rep_slots):
+                break
+            limited = rep_slots[k]
+            if limited is not None and present[k].count(rep_sep) >= limited.max_reps:
                 run.add(
                     "too_many_repetitions",
-                    _field_location(segments, pos, i),
-                    f"{rule.label} allows at most {rule.max_reps} repetition(s) but has {reps}.",
+                    _field_location(segments, pos, limited.index),
+                    f"{limited.label} allows at most {limited.max_reps} repetition(s) "
+                    f"but has {present[k].count(rep_sep) + 1}.",
                 )
 
-    for rule in rules.lengths:
-        i = rule.index
-        if i < n and len(fields[i]) > rule.max_length:
-            value = fields[i]
-            for r, rep_value in enumerate(value.split(rep_sep) if rep_sep in value else (value,), 1):
-                if len(rep_value) > rule.max_length:
+    for i, limit, rule in rules.lengths:
+        if i >= n:
+            break
+        if len(fields[i]) > limit:
+            for r, rep_value in enumerate(fields[i].split(rep_sep), 1):
+                if len(rep_value) > limit:
                     run.add(
                         "field_too_long",
                         _field_location(segments, pos, i, r),
-                        f"{rule.label} is longer than {rule.max_length} characters.",
+                        f"{rule.label} is longer than {limit} characters.",
                     )
 
-    if n - 1 > rules.count and any(fields[rules.count + 1 :]):
-        for i in range(rules.count + 1, n):
-            if fields[i]:
-                run.add(
-                    "unexpected_field",
-                    _field_location(segments, pos, i),
-                    f"{rules.id} defines {rules.count} fields in this version; field {i} is not one of them.",
-                )
-                break
+    for i, fmt, rule in rules.simple:
+        if i >= n:
+            break
+        value = fields[i]
+        if value and fmt(value) is None and value != '""':
+            _check_types(run, segments, pos, rule, value, rep_sep, comp_sep, sub_sep)
 
-    for rule in rules.typed:
+    for rule in rules.complex:
         i = rule.index
         if i >= n:
             break
         value = fields[i]
-        if not value or value == '""':
-            continue
-        _check_values(run, segments, pos, rule, rule.checks, value, rep_sep, comp_sep, sub_sep, None)
+        if (
+            value
+            and value != '""'
+            and (rule.first_component <= 1 or value.count(comp_sep) + 1 >= rule.first_component)
+        ):
+            _check_types(run, segments, pos, rule, value, rep_sep, comp_sep, sub_sep)
+
+    defined = rules.count
+    if n - 1 > defined and any(fields[defined + 1 :]):
+        for i in range(defined + 1, n):
+            if fields[i]:
+                run.add(
+                    "unexpected_field",
+                    _field_location(segments, pos, i),
+                    f"{rules.id} defines {defined} fields in this version; field {i} is not one of them.",
+                )
+                break
 
     if tables:
         for rule in rules.tabled:
@@ -865,36 +912,36 @@ def _check_fields(
             value = fields[i]
             if not value or value == '""':
                 continue
-            _check_values(run, segments, pos, rule, rule.tables, value, rep_sep, comp_sep, sub_sep, tables)
+            _check_tables(run, segments, pos, rule, value, delimiters, tables)
 
 
-def _check_values(
+def _check_types(
     run: _Run,
     segments: Sequence[SegmentLike],
     pos: int,
     rule: _FieldRule,
-    checks: tuple[_Check, ...],
     value: str,
     rep_sep: str,
     comp_sep: str,
     sub_sep: str,
-    tables: Mapping[str, AbstractSet[str]] | None,
 ) -> None:
-    reps = value.split(rep_sep) if rep_sep in value else (value,)
-    for r, rep in enumerate(reps, 1):
+    """Check the data types inside one non-empty field value (all repetitions)."""
+    checks = rule.checks
+    first = rule.first_component
+    for r, rep in enumerate(value.split(rep_sep) if rep_sep in value else (value,), 1):
         if not rep or rep == '""':
             continue
         if rule.leaf:
-            check = checks[0]
             primitive = rep
             if comp_sep in primitive:
                 primitive = primitive[: primitive.index(comp_sep)]
             if sub_sep in primitive:
                 primitive = primitive[: primitive.index(sub_sep)]
-            if primitive and primitive != '""':
-                _check_primitive(run, segments, pos, rule, check, primitive, r, 0, 0, tables)
+            check = checks[0]
+            if primitive and primitive != '""' and check.fmt is not None and check.fmt(primitive) is None:
+                _type_issue(run, segments, pos, rule, check, r)
             continue
-        if tables is None and rep.count(comp_sep) + 1 < rule.first_component:
+        if first > 1 and rep.count(comp_sep) + 1 < first:
             continue
         components = rep.split(comp_sep)
         count = len(components)
@@ -907,50 +954,72 @@ def _check_values(
                 continue
             si = check.subcomponent
             if si:
-                subs = primitive.split(sub_sep) if sub_sep in primitive else (primitive,)
-                if si > len(subs):
-                    continue
-                primitive = subs[si - 1]
+                if sub_sep not in primitive:
+                    if si > 1:
+                        continue
+                else:
+                    subs = primitive.split(sub_sep)
+                    if si > len(subs):
+                        continue
+                    primitive = subs[si - 1]
             elif sub_sep in primitive:
                 primitive = primitive[: primitive.index(sub_sep)]
-            if primitive and primitive != '""':
-                _check_primitive(run, segments, pos, rule, check, primitive, r, ci, si, tables)
+            if primitive and primitive != '""' and check.fmt is not None and check.fmt(primitive) is None:
+                _type_issue(run, segments, pos, rule, check, r)
 
 
-def _check_primitive(
+def _type_issue(
+    run: _Run, segments: Sequence[SegmentLike], pos: int, rule: _FieldRule, check: _Check, rep: int
+) -> None:
+    kind = check.kind or ""
+    run.add(
+        "data_type_error",
+        _field_location(segments, pos, rule.index, rep, check.component, check.subcomponent),
+        f"{_part(rule, check.component, check.subcomponent)} must be {_FORMAT_NAMES[kind]} ({kind}).",
+        rule.header,
+    )
+
+
+def _check_tables(
     run: _Run,
     segments: Sequence[SegmentLike],
     pos: int,
     rule: _FieldRule,
-    check: _Check,
-    primitive: str,
-    rep: int,
-    comp: int,
-    sub: int,
-    tables: Mapping[str, AbstractSet[str]] | None,
+    value: str,
+    delimiters: DelimitersLike,
+    tables: Mapping[str, AbstractSet[str]],
 ) -> None:
-    if tables is None:
-        kind = check.kind
-        if kind is not None and _FORMATS[kind](primitive) is None:
-            run.add(
-                "data_type_error",
-                _field_location(segments, pos, rule.index, rep, comp, sub),
-                f"{_part(rule, comp, sub)} must be {_FORMAT_NAMES[kind]} ({kind}).",
-                rule.key,
-            )
-        return
-    table = check.table
-    if table is None:
-        return
-    allowed = tables.get(table)
-    if allowed is None and table.startswith("HL7"):
-        allowed = tables.get(table[3:])
-    if allowed is not None and primitive not in allowed:
-        run.add(
-            "table_value_not_found",
-            _field_location(segments, pos, rule.index, rep, comp, sub),
-            f"{_part(rule, comp, sub)} is not a value of table {table}.",
-        )
+    """Check the coded values inside one non-empty field value against the tables given."""
+    rep_sep, comp_sep, sub_sep = delimiters.repetition, delimiters.component, delimiters.subcomponent
+    for r, rep in enumerate(value.split(rep_sep), 1):
+        if not rep or rep == '""':
+            continue
+        components = [rep] if rule.leaf else rep.split(comp_sep)
+        for check in rule.tables:
+            table = check.table
+            if table is None:
+                continue
+            allowed = tables.get(table)
+            if allowed is None and table.startswith("HL7"):
+                allowed = tables.get(table[3:])
+            if allowed is None:
+                continue
+            ci, si = check.component, check.subcomponent
+            if ci > len(components):
+                break
+            primitive = components[max(ci, 1) - 1]
+            if rule.leaf:
+                primitive = primitive.split(comp_sep, 1)[0]
+            subs = primitive.split(sub_sep)
+            if si > len(subs):
+                continue
+            primitive = subs[max(si, 1) - 1]
+            if primitive and primitive != '""' and primitive not in allowed:
+                run.add(
+                    "table_value_not_found",
+                    _field_location(segments, pos, rule.index, r, ci, si),
+                    f"{_part(rule, ci, si)} is not a value of table {table}.",
+                )
 
 
 def _part(rule: _FieldRule, comp: int, sub: int) -> str:
@@ -959,69 +1028,98 @@ def _part(rule: _FieldRule, comp: int, sub: int) -> str:
     return f"Component {comp}{f'.{sub}' if sub else ''} of {rule.label}"
 
 
-def _sequence_issue(
-    run: _Run,
-    automaton: _Automaton,
-    segments: Sequence[SegmentLike],
-    previous: int,
-    state: int,
-    stuck: int | None,
-) -> None:
-    """Explain why the automaton stopped in ``state`` at segment position ``stuck`` (None: at the end)."""
+def _shortest_path(automaton: _Automaton, state: int, goal: str | None) -> list[str] | None:
+    """The fewest segments that, inserted, let ``goal`` follow (``None``: let the message end)."""
     trans, accept = automaton.trans, automaton.accept
-
-    def symbol(pos: int) -> str:
-        sid = segments[pos].id
-        return sid if sid in automaton.alphabet else _ANY
-
-    # Shortest run of segments that, supplied, lets the message go on (or end).
-    target = None if stuck is None else symbol(stuck)
-    path: list[str] | None = None
     seen = {state}
     queue: deque[tuple[int, list[str]]] = deque([(state, [])])
     while queue:
-        s, p = queue.popleft()
-        if (target is None and accept[s]) or (target is not None and target in trans[s]):
-            path = p
-            break
-        if len(p) >= 12:
+        s, path = queue.popleft()
+        if accept[s] if goal is None else goal in trans[s]:
+            return path
+        if len(path) >= _MAX_PATH:
             continue
-        for sym, nxt in sorted(trans[s].items()):
-            if nxt not in seen and sym != _ANY:
+        for symbol, nxt in sorted(trans[s].items()):
+            if symbol != _ANY and nxt not in seen:
                 seen.add(nxt)
-                queue.append((nxt, [*p, sym]))
+                queue.append((nxt, [*path, symbol]))
+    return None
 
-    expected = sorted(s for s in trans[state] if s != _ANY)
-    if stuck is None:
-        missing = path[0] if path else (expected[0] if expected else "")
-        run.add(
-            "required_segment_missing",
-            missing,
-            f"Required segment {missing} is missing at the end of the {automaton.structure} message.",
-        )
-        return
 
-    sid = segments[stuck].id
-    later = {segments[k].id for k in range(stuck + 1, len(segments))}
-    if path and not any(s in later for s in path):
-        missing = " ".join(path)
-        run.add(
-            "required_segment_missing",
-            path[0],
-            f"Required segment{'s' if len(path) > 1 else ''} {missing} "
-            f"{'are' if len(path) > 1 else 'is'} missing before {_where(segments, stuck) or 'a segment'} "
-            f"in the {automaton.structure} message.",
-        )
-        return
-    where = _where(segments, stuck)
-    if previous >= 0 and segments[previous].id == sid:
-        reason = f"{where} repeats more often than {automaton.structure} allows here"
-    else:
-        reason = f"{where} is out of sequence for {automaton.structure}"
-    hint = f"; expected {' or '.join(expected)}" if expected and len(expected) <= 8 else ""
-    if not expected and accept[state]:
-        hint = "; the structure is complete before it"
-    run.add("segment_sequence_error", where, f"{reason}{hint}.")
+_MAX_PATH = 12
+_MAX_SEQUENCE_ISSUES = 10
+
+
+class _Walk:
+    """Diagnosis and recovery when the automaton cannot take a segment (the slow path)."""
+
+    __slots__ = ("automaton", "issues", "present", "run", "segments")
+
+    def __init__(self, run: _Run, automaton: _Automaton, segments: Sequence[SegmentLike]) -> None:
+        self.run = run
+        self.automaton = automaton
+        self.segments = segments
+        self.present = {segment.id for segment in segments}
+        self.issues = 0
+
+    def _missing(self, path: list[str], where: str) -> None:
+        structure = self.automaton.structure
+        for sid in path:
+            if sid not in self.present:
+                self.issues += 1
+                self.run.add(
+                    "required_segment_missing",
+                    sid,
+                    f"Required segment {sid} is missing {where} in the {structure} message.",
+                    sid in KEY_SEGMENTS,
+                )
+
+    def stuck(self, state: int, pos: int, previous: int) -> int:
+        """Report why the segment at ``pos`` cannot follow; return the state to go on from."""
+        automaton, segments = self.automaton, self.segments
+        trans = automaton.trans
+        sid = segments[pos].id
+        symbol = sid if sid in automaton.alphabet else _ANY
+        where = _where(segments, pos)
+        path = _shortest_path(automaton, state, symbol)
+        if path is not None:
+            self._missing(path, f"before {where}")
+            displaced = [p for p in path if p in self.present]
+            if displaced:
+                self.issues += 1
+                self.run.add(
+                    "segment_sequence_error",
+                    where,
+                    f"{where} is out of sequence for {automaton.structure}: "
+                    f"{' '.join(displaced)} should come before it.",
+                )
+            for p in path:
+                state = trans[state][p]
+            return trans[state][symbol]
+        expected = sorted(s for s in trans[state] if s != _ANY)
+        if previous >= 0 and segments[previous].id == sid:
+            reason = f"{where} repeats more often than {automaton.structure} allows here"
+        else:
+            reason = f"{where} is out of sequence for {automaton.structure}"
+        if expected and len(expected) <= 8:
+            reason += f"; expected {' or '.join(expected)}"
+        elif not expected:
+            reason += "; the structure is complete before it"
+        self.issues += 1
+        self.run.add("segment_sequence_error", where, f"{reason}.")
+        return state  # skip the segment
+
+    def end(self, state: int) -> None:
+        """Report the required segments missing at the end of the message."""
+        path = _shortest_path(self.automaton, state, None)
+        if path is None:  # cannot happen for hl7apy's structures; say something anyway
+            self.run.add(
+                "required_segment_missing",
+                "",
+                f"The {self.automaton.structure} message ends before its required segments.",
+            )
+            return
+        self._missing(path, "at the end")
 
 
 def _safe(text: str, pattern: re.Pattern[str], fallback: str) -> str:
@@ -1087,27 +1185,31 @@ def validate(
         automaton = lib.automaton(resolved) if resolved else None
         shown = _safe(structure, _STRUCTURE_RE, "")
         named = f"Message structure {shown}" if shown else "The message structure"
+        where = "MSH-9.3" if structure else "MSH-9"
         if automaton is not None:
-            if structure:
+            # Many senders put CODE_EVENT in MSH-9.3 (ADT_A04): that is only a shared structure's alias.
+            if structure and structure != f"{code}_{event}":
                 run.add(
                     "unknown_structure",
-                    "MSH-9",
+                    where,
                     f"{named} is not defined in HL7 {lib.version}; validated as {automaton.structure}, "
                     "the structure of its event.",
                 )
-        else:
+        elif not (code.startswith("Z") or event.startswith("Z") or structure.startswith("Z")):
+            # (site-defined Z message types have no standard structure to check)
             run.add(
                 "unknown_structure",
-                "MSH-9",
+                where,
                 f"{named} is not defined in HL7 {lib.version}; segment order was not checked.",
             )
 
     segments = message.segments
     delimiters = message.delimiters
     seg_rules = lib.segments
+    walk: _Walk | None = None
     state = 0
-    stuck: int | None = -1  # -1: still walking
-    walked = -1  # position of the last segment the automaton took
+    walking = automaton is not None
+    previous = -1  # position of the last segment the automaton took
     trans = automaton.trans if automaton is not None else ()
     alphabet = automaton.alphabet if automaton is not None else frozenset()
     wildcard = automaton.wildcard if automaton is not None else False
@@ -1119,13 +1221,16 @@ def validate(
         if rules.known:
             _check_fields(run, segments, pos, rules, delimiters, tables)
         if sid in alphabet or (wildcard and rules.known):
-            if stuck == -1:
+            if walking:
                 nxt = trans[state].get(sid if sid in alphabet else _ANY)
                 if nxt is None:
-                    stuck = pos
-                else:
-                    state = nxt
-                    walked = pos
+                    assert automaton is not None
+                    if walk is None:
+                        walk = _Walk(run, automaton, segments)
+                    nxt = walk.stuck(state, pos, previous)
+                    walking = walk.issues < _MAX_SEQUENCE_ISSUES
+                previous = pos
+                state = nxt
         elif sid[:1] == "Z":
             pass
         elif automaton is not None or not rules.known:
@@ -1137,11 +1242,10 @@ def validate(
                     else f"Segment {pos + 1} has an invalid segment id."
                 )
             else:
-                text = f"Segment {sid} is not part of the {automaton.structure if automaton else ''} structure."
+                text = (
+                    f"Segment {sid} is not part of the {automaton.structure if automaton else ''} structure."
+                )
             run.add("unexpected_segment", where, text)
-    if automaton is not None:
-        if stuck != -1:
-            _sequence_issue(run, automaton, segments, walked, state, stuck)
-        elif not automaton.accept[state]:
-            _sequence_issue(run, automaton, segments, walked, state, None)
+    if walking and automaton is not None and not automaton.accept[state]:
+        (walk or _Walk(run, automaton, segments)).end(state)
     return run.issues

@@ -1,0 +1,258 @@
+"""ACK building and reading: addressing, modes, ERR segments with HL7 table 0357 codes, and no payload echo."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from importlib import resources
+
+import pytest
+
+from adapters.hl7 import ack, er7, structure
+from adapters.hl7.adapter import HL7Adapter
+from gateway.adapter import Issue, OutcomeKind, ParseError
+from gateway.envelope import Receipt
+from tests.conftest import FIXTURES
+
+HL7 = FIXTURES / "hl7"
+NOW = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
+
+
+def headers_of(name: str) -> dict[str, str]:
+    return dict(HL7Adapter().parse((HL7 / name).read_bytes(), Receipt("test")).headers)
+
+
+def build(name: str, code: str, issues: list[Issue] | None = None, **override: str) -> er7.Message:
+    headers = headers_of(name) | override
+    return er7.parse(ack.build_ack(code, headers, issues or [], control_id="ACK-1", now=NOW))
+
+
+def test_positive_ack_addressing() -> None:
+    msg = build("adt_a01__basic.hl7", "AA")
+    assert msg.get("MSA-1") == "AA" and msg.get("MSA-2") == "NWG-ADT01-0001"
+    # sending and receiving application/facility swapped
+    assert msg.get("MSH-3") == "GW_INBOUND" and msg.get("MSH-4") == "GATEWAY"
+    assert msg.get("MSH-5") == "NW_ADT" and msg.get("MSH-6") == "NORTHWIND_GEN"
+    assert msg.get("MSH-7") == "20240506070809+0000"
+    assert msg.get("MSH-9") == "ACK^A01^ACK"
+    assert msg.get("MSH-10") == "ACK-1"
+    assert msg.get("MSH-11") == "P" and msg.get("MSH-12") == "2.5.1"
+    assert msg.segments_named("ERR") == []
+    assert [s.id for s in msg.segments] == ["MSH", "MSA"]
+
+
+def test_ack_bytes_are_cr_terminated_segments() -> None:
+    body = ack.build_ack("AA", headers_of("adt_a01__basic.hl7"))
+    assert body.endswith(b"\r") and b"\n" not in body
+    assert body.count(b"\r") == 2
+
+
+def test_a_fresh_control_id_each_time() -> None:
+    headers = headers_of("adt_a01__basic.hl7")
+    ids = {er7.parse(ack.build_ack("AA", headers)).get("MSH-10") for _ in range(20)}
+    assert len(ids) == 20 and all(0 < len(i) <= 20 for i in ids)
+    assert "NWG-ADT01-0001" not in ids
+
+
+def test_version_and_trigger_are_kept() -> None:
+    assert build("adt_a08__update.hl7", "AA").get("MSH-12") == "2.4"
+    assert build("adt_a08__update.hl7", "AA").get("MSH-9") == "ACK^A08^ACK"
+    # v2.3 had no message-structure component in MSH-9
+    assert build("adt_a04__register.hl7", "AA").get("MSH-9") == "ACK^A04"
+    assert build("siu_s12__appointment.hl7", "AA").get("MSH-9") == "ACK^S12^ACK"
+
+
+def test_same_delimiters_as_the_inbound_message() -> None:
+    body = ack.build_ack("AA", headers_of("adt_a01__custom_delimiters.hl7"), now=NOW)
+    assert body.startswith(b"MSH|:~\\&#|GW_INBOUND|")
+    msg = er7.parse(body)
+    assert msg.get("MSH-9") == "ACK:A01:ACK" and msg.get("MSA-2") == "NWG-ADT01-DELIM-0001"
+
+
+def test_defaults_when_the_inbound_was_unreadable() -> None:
+    msg = er7.parse(ack.build_ack("AE", {}, [Issue("fatal", "missing_msh", "MSH", "No MSH segment.")]))
+    assert msg.delimiters == er7.DEFAULT
+    assert msg.get("MSA-1") == "AE" and msg.get("MSA-2") == ""
+    assert msg.get("MSH-12") == ack.DEFAULT_VERSION and msg.get("MSH-11") == "P"
+    assert msg.get("MSH-9") == "ACK^^ACK"
+    assert msg.get("ERR-3.1") == "100"
+    # salvaged but unusable encoding characters fall back to the defaults too
+    body = ack.build_ack("AE", {"encoding_characters": "|^~", "control_id": "C-1"})
+    assert body.startswith(b"MSH|^~\\&|") and er7.parse(body).get("MSA-2") == "C-1"
+
+
+def test_header_values_are_escaped_in_the_ack() -> None:
+    headers = headers_of("adt_a01__basic.hl7") | {"sending_facility": "A|B^C", "control_id": "X&Y"}
+    msg = er7.parse(ack.build_ack("AA", headers))
+    assert msg.get("MSH-6") == "A|B^C" and msg.get("MSA-2") == "X&Y"
+
+
+def test_charset_is_echoed_and_used() -> None:
+    headers = headers_of("adt_a01__latin1.hl7") | {"sending_facility": "KLINIK MÜNCHEN"}
+    body = ack.build_ack("AA", headers)
+    assert "MÜNCHEN".encode("latin-1") in body
+    msg = er7.parse(body)
+    assert msg.encoding == "latin-1" and msg.get("MSH-18") == "8859/1" and msg.get("MSH-6") == "KLINIK MÜNCHEN"
+
+
+# -- modes ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "accept", "application", "code"),
+    [
+        # original mode
+        ("accepted", "", "", "AA"),
+        ("invalid", "", "", "AE"),
+        ("refused", "", "", "AR"),
+        # enhanced mode: the accept (commit) acknowledgement
+        ("accepted", "AL", "", "CA"),
+        ("invalid", "AL", "NE", "CE"),
+        ("refused", "AL", "AL", "CR"),
+        ("accepted", "SU", "", "CA"),
+        ("invalid", "ER", "", "CE"),
+        ("accepted", "al", "", "CA"),
+        ("accepted", "XX", "", "CA"),  # unknown value: treated as AL
+        # accept ack not wanted for this outcome, application ack wanted: answer as the application
+        ("accepted", "NE", "AL", "AA"),
+        ("invalid", "NE", "ER", "AE"),
+        ("accepted", "ER", "SU", "AA"),
+        ("refused", "SU", "AL", "AR"),
+        ("accepted", "", "AL", "AA"),
+        # nothing wanted: our transports still pair each message with one reply
+        ("accepted", "NE", "NE", "CA"),
+        ("invalid", "SU", "SU", "CE"),
+        ("accepted", "NE", "", "CA"),
+        ("refused", "NE", "ER", "AR"),
+    ],
+)
+def test_ack_code(kind: OutcomeKind, accept: str, application: str, code: str) -> None:
+    assert ack.ack_code(kind, accept, application) == code
+
+
+def test_enhanced_mode_commit_accept() -> None:
+    headers = headers_of("adt_a01__basic.hl7") | {"accept_ack_type": "AL", "application_ack_type": "NE"}
+    msg = er7.parse(ack.build_ack(ack.ack_code("accepted", "AL", "NE"), headers))
+    assert msg.get("MSA-1") == "CA" and msg.get("MSA-2") == "NWG-ADT01-0001"
+    assert msg.get("MSH-15") == "" and msg.get("MSH-16") == ""  # an ACK asks for no ACK
+
+
+# -- ERR segments -----------------------------------------------------------------------------
+
+ISSUES = [
+    Issue("error", "required_field_missing", "PID-3", "PID-3 (Patient Identifier List) is required but empty."),
+    Issue("warning", "field_too_long", "OBX(2)-5[1].2", "OBX-5 is longer than 199 characters."),
+    Issue("fatal", "store_unavailable", "", "The gateway could not store the message durably."),
+    Issue("information", "some_code_nobody_mapped", "not a path", "Odd | characters ^ & ~ \\ escaped."),
+]
+
+
+def test_err_segments_from_v2_5() -> None:
+    msg = build("adt_a01__basic.hl7", "AE", ISSUES)
+    errs = msg.segments_named("ERR")
+    assert len(errs) == 4
+    assert msg.get("ERR-2") == "PID^1^3^1"
+    assert msg.get("ERR-3") == "101^Required field missing^HL70357"
+    assert msg.get("ERR-4") == "E" and msg.get("ERR-5") == "required_field_missing"
+    assert msg.get("ERR-7") == ISSUES[0].diagnostics and msg.get("ERR-8") == ISSUES[0].diagnostics
+    assert msg.get("ERR(2)-2") == "OBX^2^5^1^2"
+    assert msg.get("ERR(2)-3.1") == "102"  # 104 "value too long" exists only from v2.6
+    assert msg.get("ERR(2)-4") == "W"
+    assert msg.get("ERR(3)-2") == "" and msg.get("ERR(3)-3") == "207^Application internal error^HL70357"
+    assert msg.get("ERR(4)-2") == "" and msg.get("ERR(4)-3.1") == "207" and msg.get("ERR(4)-4") == "I"
+    assert msg.get("ERR(4)-7") == "Odd | characters ^ & ~ \\ escaped."
+    assert msg.get("MSA-3") == ""  # the text lives in ERR from v2.5
+    assert build("adt_a01__custom_delimiters.hl7", "AE", ISSUES[1:2]).get("ERR-3.1") == "104"
+
+
+def test_err_segment_before_v2_5_uses_err1_eld() -> None:
+    msg = build("adt_a08__update.hl7", "AR", ISSUES)  # v2.4
+    errs = msg.segments_named("ERR")
+    assert len(errs) == 1  # ACK has at most one ERR before v2.5; ERR-1 repeats
+    reps = msg.repetitions(errs[0], 1)
+    assert len(reps) == 4
+    assert reps[0] == "PID^1^3^101&Required field missing&HL70357"
+    assert reps[1] == "OBX^2^5^102&Data type error&HL70357"
+    assert reps[2] == "^^^207&Application internal error&HL70357"
+    assert msg.get("ERR-1.4.1") == "101" and msg.get("ERR-1[2].1") == "OBX"
+    assert msg.get("MSA-1") == "AR" and msg.get("MSA-3") == ISSUES[0].diagnostics
+    assert len(errs[0].fields) == 2  # no ERR-2 and later before v2.5
+
+
+def test_positive_acks_carry_no_err() -> None:
+    assert build("adt_a01__basic.hl7", "AA", ISSUES).segments_named("ERR") == []
+    assert build("adt_a01__basic.hl7", "CA", ISSUES).segments_named("ERR") == []
+
+
+def test_ack_never_echoes_payload_values() -> None:
+    raw = (HL7 / "adt_a01__canary.hl7").read_bytes()
+    adapter = HL7Adapter()
+    env = adapter.parse(raw.replace(b"|2.5||", b"|9.9||"), Receipt("test"))
+    issues = adapter.validate(env)
+    assert issues
+    body = ack.build_ack("AR", env.headers, [*issues, *ISSUES])
+    assert b"CANARY" not in body
+    # a location that is not an HL7 path never reaches ERR-2
+    stray = Issue("error", "unexpected_segment", "CANARYPATIENT-1", "A stray line.")
+    assert b"CANARY" not in ack.build_ack("AE", env.headers, [stray])
+    with pytest.raises(ParseError) as info:
+        adapter.parse(raw.replace(b"MSH|^~\\&", b"MSH|^~"), Receipt("test"))
+    body = ack.build_ack("AE", info.value.headers, info.value.issues)
+    assert b"CANARY" not in body and b"NWG-ADT01-CNRY-0001" in body
+
+
+# -- the 0357 map -----------------------------------------------------------------------------
+
+
+def test_err_code_map_is_data_and_complete() -> None:
+    data = json.loads(resources.files("adapters.hl7").joinpath("err_codes.json").read_text())
+    table = data["table_0357"]
+    assert set(data["issue_codes"].values()) <= set(table)
+    assert data["default"] in table
+    # every code this package's validators emit is mapped
+    emitted = set(structure.DEFAULT_SEVERITIES) | {
+        "empty_message", "missing_msh", "truncated", "bad_encoding_characters", "missing_msh9",
+        "missing_msh10", "missing_msh11", "missing_msh12", "unsupported_message_type",
+        "unsupported_processing_id", "unsupported_version", "store_unavailable", "control_id_conflict",
+    }
+    assert emitted <= set(data["issue_codes"])
+    # and agrees with the structure validator's own table where both speak (104 refines 102 from v2.6)
+    for code, value in structure.ERR_CODES.items():
+        ours = ack.error_condition(code, "2.5.1")[0]
+        assert ours == value, code
+
+
+@pytest.mark.parametrize(
+    ("code", "version", "expected"),
+    [
+        ("unsupported_version", "2.5.1", ("203", "Unsupported version id")),
+        ("control_id_conflict", "2.5.1", ("205", "Duplicate key identifier")),
+        ("field_too_long", "2.6", ("104", "Value too long")),
+        ("field_too_long", "2.5", ("102", "Data type error")),
+        ("never_heard_of_it", "2.5", ("207", "Application internal error")),
+    ],
+)
+def test_error_condition(code: str, version: str, expected: tuple[str, str]) -> None:
+    assert ack.error_condition(code, version) == expected
+
+
+# -- parse_ack --------------------------------------------------------------------------------
+
+
+def test_parse_ack_round_trip() -> None:
+    headers = headers_of("adt_a01__basic.hl7")
+    assert ack.parse_ack(ack.build_ack("AA", headers)) == ("AA", "NWG-ADT01-0001", "")
+    code, acked, text = ack.parse_ack(ack.build_ack("AE", headers, ISSUES))
+    assert (code, acked, text) == ("AE", "NWG-ADT01-0001", ISSUES[0].diagnostics)
+    old = headers_of("adt_a08__update.hl7")
+    assert ack.parse_ack(ack.build_ack("AR", old, ISSUES[1:])) == ("AR", "NWG-ADT08-0001", ISSUES[1].diagnostics)
+    bare = b"MSH|^~\\&|A|B|C|D|20240101||ACK^A01^ACK|9|P|2.5.1\rMSA|AE|C-5\rERR||PID^1^3|101^Required field missing^HL70357|E\r"
+    assert ack.parse_ack(bare) == ("AE", "C-5", "Required field missing")
+
+
+def test_parse_ack_needs_an_msa() -> None:
+    with pytest.raises(er7.ER7Error) as info:
+        ack.parse_ack((HL7 / "adt_a01__basic.hl7").read_bytes())
+    assert info.value.code == "missing_msa"
+    with pytest.raises(er7.ER7Error):
+        ack.parse_ack(b"garbage")

@@ -54,7 +54,9 @@ def run_ceiling(port: int, db: str) -> None:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("CREATE TABLE IF NOT EXISTS m (id INTEGER PRIMARY KEY, raw BLOB)")
-    work: queue.SimpleQueue[tuple[bytes, asyncio.Future[None], asyncio.AbstractEventLoop]] = queue.SimpleQueue()
+    work: queue.SimpleQueue[tuple[bytes, asyncio.Future[None], asyncio.AbstractEventLoop]] = (
+        queue.SimpleQueue()
+    )
 
     def writer() -> None:
         while True:
@@ -164,15 +166,29 @@ def main() -> None:
         cfg.write_text(f"mllp:\n  validation: {args.validation}\nlog_level: warning\nauth:\n  open: true\n")
         env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
         gateway = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg), "--data-dir", f"{tmp}/gw",
-             "--mllp", f"127.0.0.1:{gw_port}", "--http", f"127.0.0.1:{http_port}"],
+            [
+                sys.executable,
+                "-m",
+                "gateway.cli",
+                "serve",
+                "--config",
+                str(cfg),
+                "--data-dir",
+                f"{tmp}/gw",
+                "--mllp",
+                f"127.0.0.1:{gw_port}",
+                "--http",
+                f"127.0.0.1:{http_port}",
+            ],
             env=env,
         )
         try:
             wait_port(ceil_port)
             wait_port(gw_port)
-            print(f"message: {len(MESSAGE)} bytes ADT^A01, validation={args.validation}, "
-                  f"{args.messages} messages per run, cpus={os.cpu_count()}")
+            print(
+                f"message: {len(MESSAGE)} bytes ADT^A01, validation={args.validation}, "
+                f"{args.messages} messages per run, cpus={os.cpu_count()}"
+            )
             print(f"{'conns':>5}  {'server':8}  {'msg/s':>8}  {'p50 ms':>7}  {'p99 ms':>7}  accepted")
             for conns in args.connections:
                 row = {}

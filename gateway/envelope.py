@@ -8,19 +8,36 @@ routing reads so that nothing downstream re-parses the payload.
 from __future__ import annotations
 
 import hashlib
+import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from ulid import ULID
-
 Sensitivity = Literal["phi", "pan", "pii", "none"]
 
 
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def _ulid(value: int) -> str:
+    out = []
+    for _ in range(26):
+        out.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "".join(reversed(out))
+
+
 def new_id() -> str:
-    """Mint a sortable, unique envelope id (a ULID string)."""
-    return str(ULID())
+    """Mint a sortable, unique envelope id: a ULID (48-bit millisecond time + 80 random bits, Crockford base32)."""
+    return _ulid((time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big"))
+
+
+def id_floor(when: str | datetime) -> str:
+    """The smallest id minted at or after ``when`` (an aware datetime or ISO 8601 text), for time-range queries."""
+    moment = datetime.fromisoformat(when) if isinstance(when, str) else when
+    return _ulid(int(moment.timestamp() * 1000) << 80)
 
 
 def utcnow() -> datetime:

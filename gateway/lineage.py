@@ -2,7 +2,7 @@
 
 Every event carries ``prev_hash`` and ``hash``: the SHA-256 of the previous
 event's hash joined to this event's canonical form (sorted-key compact JSON of
-every other field). Changing a byte, deleting, inserting or reordering an event
+every other field, UTF-8, as orjson writes it with sorted keys). Changing a byte, deleting, inserting or reordering an event
 breaks the chain at that event, which :func:`verify_chain` reports. Events hold
 identifiers, digests and outcome codes, never payload values.
 """
@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 GENESIS_HASH = "0" * 64
 
@@ -81,7 +82,7 @@ def canonical(seq: int, at: str, draft: EventDraft) -> bytes:
         "raw_sha256": draft.raw_sha256,
         "details": draft.details,
     }
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
 
 
 def chain_hash(prev_hash: str, canonical_bytes: bytes) -> str:

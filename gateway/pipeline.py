@@ -14,7 +14,6 @@ fine, the gateway just does not take that kind.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,19 +21,20 @@ from dataclasses import dataclass, field
 from gateway.adapter import Adapter, Issue, Outcome, OutcomeKind, ParseError, Reply
 from gateway.envelope import Receipt, new_id, sha256_hex
 from gateway.errors import StoreUnavailable
-from gateway.store import BatchRecord, IntakeDecision, IntakeRecord, ReplyRecord
+from gateway.store import (
+    CONTROL_ID_CONFLICT,
+    BatchRecord,
+    DecisionKind,
+    IntakeDecision,
+    IntakeRecord,
+    ReplyRecord,
+)
 from gateway.store.sqlite import SQLiteStore
 
 log = logging.getLogger("gateway.intake")
 
 STORE_UNAVAILABLE = Issue(
     "fatal", "store_unavailable", "", "The gateway could not store the message durably; send it again later."
-)
-CONTROL_ID_CONFLICT = Issue(
-    "error",
-    "control_id_conflict",
-    "",
-    "This control id was already accepted from this sender with different content.",
 )
 
 
@@ -44,7 +44,7 @@ class IntakeResult:
 
     replies: list[Reply]
     message_ids: list[str]
-    duplicates: list[bool] = field(default_factory=list)
+    decisions: list[DecisionKind] = field(default_factory=list)
     listener: str = ""
 
     def combined(self) -> Reply:
@@ -69,11 +69,11 @@ class Intake:
 
     def __init__(self, store: SQLiteStore) -> None:
         self.store = store
-        self._background: set[asyncio.Task[None]] = set()
 
     def _record(
         self, adapter: Adapter, unit: bytes, receipt: Receipt, parent_id: str | None
-    ) -> tuple[IntakeRecord, Outcome]:
+    ) -> tuple[IntakeRecord, Outcome, Reply]:
+        """Parse and validate one unit; prepare its record and the reply it gets if stored as it is."""
         received_at = receipt.received_at.isoformat()
         try:
             env = adapter.parse(unit, receipt)
@@ -82,8 +82,11 @@ class Intake:
             kind = classify(exc.issues) if exc.issues else "invalid"
             if kind == "accepted":
                 kind = "invalid"
+            record_id = new_id()
+            out = Outcome(kind, headers, exc.issues, record_id)
+            reply = adapter.respond(out)
             rec = IntakeRecord(
-                id=new_id(),
+                id=record_id,
                 received_at=received_at,
                 protocol=adapter.name,
                 raw=unit,
@@ -99,10 +102,13 @@ class Intake:
                 issues=exc.issues,
                 parent_id=parent_id,
                 validated=False,
+                reply_code=reply.code,
             )
-            return rec, Outcome(kind, headers, exc.issues, rec.id)
+            return rec, out, reply
         issues = adapter.validate(env)
         kind = classify(issues)
+        out = Outcome(kind, env.headers, issues, env.id)
+        reply = adapter.respond(out)
         rec = IntakeRecord(
             id=env.id,
             received_at=received_at,
@@ -122,8 +128,9 @@ class Intake:
             business_keys=env.business_keys,
             issues=issues,
             parent_id=parent_id,
+            reply_code=reply.code,
         )
-        return rec, Outcome(kind, env.headers, issues, env.id)
+        return rec, out, reply
 
     async def receive(self, adapter: Adapter, raw: bytes, receipt: Receipt) -> IntakeResult:
         """Take one payload (a message or a batch) through intake and return its replies."""
@@ -149,8 +156,8 @@ class Intake:
                 peer=receipt.peer,
                 client=receipt.client,
             )
-        pairs = [self._record(adapter, unit, receipt, parent_id) for unit in units]
-        records = [rec for rec, _ in pairs]
+        prepared = [self._record(adapter, unit, receipt, parent_id) for unit in units]
+        records = [rec for rec, _, _ in prepared]
         try:
             decisions = await self.store.record_intake(records, batch_record)
         except StoreUnavailable:
@@ -159,33 +166,36 @@ class Intake:
             )
             replies = [
                 adapter.respond(Outcome("refused", out.headers, [STORE_UNAVAILABLE], None))
-                for _, out in pairs
+                for _, out, _ in prepared
             ]
             return IntakeResult(replies, [], [], receipt.listener)
         replies = []
-        for (rec, out), decision in zip(pairs, decisions, strict=True):
-            outcome = self._final(out, decision)
-            replies.append(adapter.respond(outcome))
+        for (rec, out, reply), decision in zip(prepared, decisions, strict=True):
+            replies.append(
+                reply if decision.kind == "stored" else adapter.respond(self._final(out, decision))
+            )
             self._log(rec, decision)
         return IntakeResult(
-            replies,
-            [d.message_id for d in decisions],
-            [d.kind == "duplicate" for d in decisions],
-            receipt.listener,
+            replies, [d.message_id for d in decisions], [d.kind for d in decisions], receipt.listener
         )
 
     @staticmethod
     def _final(out: Outcome, decision: IntakeDecision) -> Outcome:
+        """The outcome to answer when the store did not take the record as it was."""
         if decision.kind == "conflict":
             return Outcome("invalid", out.headers, [*out.issues, CONTROL_ID_CONFLICT], decision.message_id)
-        if decision.kind == "duplicate":
-            return Outcome("accepted", out.headers, (), decision.message_id)
-        return out
+        return Outcome("accepted", out.headers, (), decision.message_id)
 
     @staticmethod
     def _log(rec: IntakeRecord, decision: IntakeDecision) -> None:
+        level = (
+            logging.DEBUG if decision.kind == "stored" and decision.outcome == "accepted" else logging.INFO
+        )
+        if not log.isEnabledFor(level):
+            return
         codes = sorted({i.code for i in rec.issues if i.is_error})
-        log.info(
+        log.log(
+            level,
             "message " + (decision.kind if decision.kind != "stored" else decision.outcome),
             extra={
                 "envelope_id": decision.message_id,
@@ -199,24 +209,17 @@ class Intake:
         )
 
     def replied(self, result: IntakeResult) -> None:
-        """Record, in the background, that the replies of ``result`` were sent."""
-        if not result.message_ids:
-            return
-        records = [
-            ReplyRecord(mid, reply.code, result.listener, dup)
-            for mid, reply, dup in zip(result.message_ids, result.replies, result.duplicates, strict=True)
-        ]
-        task = asyncio.get_running_loop().create_task(self._record_replies(records))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _record_replies(self, records: list[ReplyRecord]) -> None:
-        try:
-            await self.store.record_replies(records)
-        except Exception:
-            log.warning("could not record reply events", extra={"messages": len(records)})
+        """Note that the replies of ``result`` were sent (``ReplySent`` events ride on the next commit)."""
+        if result.message_ids:
+            self.store.note_replies(
+                [
+                    ReplyRecord(mid, reply.code, result.listener, kind)
+                    for mid, reply, kind in zip(
+                        result.message_ids, result.replies, result.decisions, strict=True
+                    )
+                ]
+            )
 
     async def drain(self) -> None:
-        """Wait for background lineage writes (used at shutdown)."""
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+        """Commit the last lineage events (used at shutdown)."""
+        await self.store.flush()

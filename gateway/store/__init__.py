@@ -16,6 +16,14 @@ from typing import Any, Literal, Protocol
 from gateway.adapter import Issue, OutcomeKind
 from gateway.lineage import EventDraft, LineageEvent, Verification
 
+CONTROL_ID_CONFLICT = Issue(
+    "error",
+    "control_id_conflict",
+    "",
+    "This control id was already accepted from this sender with different content.",
+)
+"""The issue a message gets when its sender reuses an accepted control id for different content."""
+
 MessageStatus = Literal["accepted", "rejected", "batch"]
 DecisionKind = Literal["stored", "duplicate", "conflict"]
 
@@ -43,6 +51,8 @@ class IntakeRecord:
     issues: Sequence[Issue] = ()
     parent_id: str | None = None
     validated: bool = True
+    reply_code: str = ""
+    """The reply this message gets if it is stored as it is (a duplicate or a conflict gets another)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +86,7 @@ class ReplyRecord:
     message_id: str
     code: str
     actor: str
-    duplicate: bool = False
+    decision: DecisionKind = "stored"
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,8 +160,12 @@ class Store(Protocol):
         """Append lineage events after the fact (for example ``ReplySent``)."""
         ...
 
-    async def record_replies(self, replies: Sequence[ReplyRecord]) -> None:
-        """Note the reply sent for each message: a ``ReplySent`` event and the message's reply code."""
+    def note_replies(self, replies: Sequence[ReplyRecord]) -> None:
+        """Record a ``ReplySent`` event per reply with a coming transaction (nothing waits for it)."""
+        ...
+
+    async def flush(self) -> None:
+        """Commit everything noted so far."""
         ...
 
     def list_messages(self, flt: MessageFilter) -> list[MessageRow]: ...

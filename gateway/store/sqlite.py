@@ -1,35 +1,40 @@
-"""The embedded store: SQLite in WAL mode, one writer thread with group commit.
+"""The embedded store: SQLite in WAL mode with group commit.
 
-Every write goes through one thread that owns the only write connection.
-Work items queue up while the previous transaction is being made durable
-(``synchronous=FULL``: one fsync per commit); the writer then takes *all* of
-them into the next transaction. Under concurrency many messages share one
-fsync, so durability before the acknowledgement does not cost throughput, and
-a lone sender is never made to wait for a commit window.
+Writes are built on the event loop and made durable off it. A work item
+(``submit``) joins the pending group; the store's pump takes *every* pending
+item into one transaction, runs them in the loop thread (inserts are fast),
+and hands only the COMMIT — the fsync that ``synchronous=FULL`` demands — to a
+dedicated thread. Items that arrive while that fsync is in flight form the
+next group. Under concurrency many messages share one fsync; a lone sender
+never waits for a commit window. Keeping the statements on the loop thread
+also means the fsync thread takes the GIL once per commit instead of once per
+statement, which is what a writer thread competing with the event loop for the
+GIL loses most of its time to.
 
 Each work item runs inside a savepoint, so one failing item does not take its
 neighbours down; a failed COMMIT fails every item in it, and intake then
-answers AE/AR or 503. The hash chain head (last seq and hash) lives in the
-writer thread and is restored whenever a savepoint or commit is rolled back.
+answers AE/AR or 503. The hash chain head (last seq and hash) is restored
+whenever a savepoint or a commit is rolled back.
 
-Reads use their own short-lived connections and never wait for the writer.
+Reads use their own connections and never wait for a write.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gateway.envelope import utcnow
+import orjson
+
+from gateway.envelope import id_floor, utcnow
 from gateway.errors import StoreError, StoreUnavailable
 from gateway.lineage import (
     GENESIS_HASH,
@@ -41,6 +46,7 @@ from gateway.lineage import (
     verify_chain,
 )
 from gateway.store import (
+    CONTROL_ID_CONFLICT,
     BatchRecord,
     IntakeDecision,
     IntakeRecord,
@@ -54,7 +60,9 @@ log = logging.getLogger("gateway.store")
 
 T = TypeVar("T")
 MAX_GROUP = 1024
-_STOP = object()
+REPLY_FLUSH_S = 0.05
+WAL_CHECKPOINT_PAGES = 8000
+"""Checkpoint the WAL every ~32 MiB rather than SQLite's 4 MiB: fewer, larger checkpoints cost less per commit."""
 
 
 def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -88,12 +96,6 @@ def migrate(conn: sqlite3.Connection) -> int:
     return int(level)
 
 
-@dataclass(slots=True)
-class _Work:
-    fn: Callable[[_Txn], Any]
-    done: Callable[[Any, BaseException | None], None]
-
-
 class _Txn:
     """What a work item may do inside the writer's transaction."""
 
@@ -101,30 +103,37 @@ class _Txn:
         self.conn = conn
         self.head = head  # [last_seq, last_hash]
 
-    def append(self, draft: EventDraft, at: str) -> LineageEvent:
-        seq = self.head[0] + 1
-        ev = seal(seq, at, draft, self.head[1])
-        self.conn.execute(
+    def append(self, drafts: Sequence[EventDraft], at: str) -> None:
+        """Seal ``drafts`` onto the chain, in order, and insert them in one statement."""
+        seq, prev = self.head
+        rows = []
+        for draft in drafts:
+            seq += 1
+            ev = seal(seq, at, draft, prev)
+            prev = ev.hash
+            rows.append(
+                (
+                    seq,
+                    at,
+                    ev.event,
+                    ev.envelope_id,
+                    ev.parent_id,
+                    ev.actor,
+                    ev.outcome,
+                    ev.error_code,
+                    ev.raw_sha256,
+                    orjson.dumps(ev.details, option=orjson.OPT_SORT_KEYS).decode(),
+                    ev.prev_hash,
+                    ev.hash,
+                )
+            )
+        self.conn.executemany(
             "INSERT INTO lineage (seq, at, event, envelope_id, parent_id, actor, outcome, error_code,"
             " raw_sha256, details, prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                ev.seq,
-                ev.at,
-                ev.event,
-                ev.envelope_id,
-                ev.parent_id,
-                ev.actor,
-                ev.outcome,
-                ev.error_code,
-                ev.raw_sha256,
-                json.dumps(ev.details, sort_keys=True, separators=(",", ":")),
-                ev.prev_hash,
-                ev.hash,
-            ),
+            rows,
         )
         self.head[0] = seq
-        self.head[1] = ev.hash
-        return ev
+        self.head[1] = prev
 
 
 class SQLiteStore:
@@ -133,139 +142,118 @@ class SQLiteStore:
     def __init__(self, path: Path, pseudonym_key: bytes) -> None:
         self.path = path
         self._key = pseudonym_key
-        self._queue: queue.SimpleQueue[_Work | object] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._pending: list[tuple[Callable[[_Txn], Any], asyncio.Future[Any]]] = []
+        self._pump_task: asyncio.Task[None] | None = None
+        self._committer: ThreadPoolExecutor | None = None
         self._head: list[Any] = [0, GENESIS_HASH]
+        self._replies: list[ReplyRecord] = []
+        self._reply_timer: asyncio.TimerHandle | None = None
+        self._background: set[asyncio.Task[None]] = set()
         self._wconn: sqlite3.Connection | None = None
         self._local = threading.local()
         self.commits = 0
-        """Transactions committed by the writer (fewer than work items when group commit works)."""
+        """Transactions committed (fewer than work items when group commit works)."""
 
     # -- life cycle ---------------------------------------------------------------------------
 
     def open(self) -> None:
-        """Create or migrate the database and start the writer thread."""
+        """Create or migrate the database and get ready to write."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = _connect(self.path)
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")
+        conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
         migrate(conn)
         row = conn.execute("SELECT seq, hash FROM lineage ORDER BY seq DESC LIMIT 1").fetchone()
         self._head = [row[0], row[1]] if row else [0, GENESIS_HASH]
         self._wconn = conn
-        self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
-        self._thread.start()
+        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-commit")
 
     def close(self) -> None:
-        if self._thread is not None:
-            self._queue.put(_STOP)
-            self._thread.join(timeout=30)
-            self._thread = None
+        if self._committer is not None:
+            self._committer.shutdown(wait=True)
+            self._committer = None
         if self._wconn is not None:
             self._wconn.close()
             self._wconn = None
 
-    # -- the writer ---------------------------------------------------------------------------
+    # -- writing --------------------------------------------------------------------------------
 
-    def _run(self) -> None:
-        conn = self._wconn
-        assert conn is not None
-        while True:
-            first = self._queue.get()
-            if first is _STOP:
-                return
-            group: list[_Work] = [first]  # type: ignore[list-item]
-            stop = False
-            while len(group) < MAX_GROUP:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stop = True
-                    break
-                group.append(item)  # type: ignore[arg-type]
-            self._commit_group(conn, group)
-            if stop:
-                return
+    async def submit(self, fn: Callable[[_Txn], T]) -> T:
+        """Run ``fn`` in the next group's transaction; return once that transaction is durable."""
+        if self._wconn is None:
+            raise StoreUnavailable("the store is not open")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        self._pending.append((fn, fut))
+        if self._pump_task is None or self._pump_task.done():
+            self._pump_task = loop.create_task(self._pump())
+        return await fut
 
-    def _commit_group(self, conn: sqlite3.Connection, group: list[_Work]) -> None:
+    async def _pump(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._pending and self._wconn is not None:
+            group, self._pending = self._pending[:MAX_GROUP], self._pending[MAX_GROUP:]
+            await self._commit_group(loop, self._wconn, group)
+
+    async def _commit_group(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        conn: sqlite3.Connection,
+        group: list[tuple[Callable[[_Txn], Any], asyncio.Future[Any]]],
+    ) -> None:
         start_head = list(self._head)
-        results: list[tuple[_Work, Any, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             log.error("store begin failed", extra={"error": type(exc).__name__})
-            for work in group:
-                work.done(None, StoreUnavailable("the store cannot start a transaction"))
+            for _, fut in group:
+                _settle(fut, None, StoreUnavailable("the store cannot start a transaction"))
             return
         txn = _Txn(conn, self._head)
-        for work in group:
+        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        for fn, fut in group:
             item_head = list(self._head)
             try:
                 conn.execute("SAVEPOINT item")
-                value = work.fn(txn)
+                value = fn(txn)
                 conn.execute("RELEASE item")
-                results.append((work, value, None))
-            except BaseException as exc:  # one item's failure must not fail its neighbours
+                results.append((fut, value, None))
+            except Exception as exc:  # one item's failure must not fail its neighbours
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK TO item")
                     conn.execute("RELEASE item")
                 self._head[:] = item_head
-                err = (
-                    exc
-                    if not isinstance(exc, sqlite3.Error)
-                    else StoreUnavailable("the store could not write")
-                )
-                results.append((work, None, err))
+                failure: BaseException = exc
+                if isinstance(exc, sqlite3.Error):
+                    failure = StoreUnavailable("the store could not write")
+                results.append((fut, None, failure))
+        if self._replies:
+            replies, head = list(self._replies), list(self._head)
+            try:
+                conn.execute("SAVEPOINT item")
+                self._take_replies(txn)
+                conn.execute("RELEASE item")
+            except sqlite3.Error:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK TO item")
+                    conn.execute("RELEASE item")
+                self._head[:] = head
+                self._replies[:0] = replies
         try:
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+            assert self._committer is not None
+            await loop.run_in_executor(self._committer, conn.execute, "COMMIT")
+        except (sqlite3.Error, RuntimeError, AssertionError) as exc:
             log.error("store commit failed", extra={"error": type(exc).__name__})
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             self._head[:] = start_head
-            for work in group:
-                work.done(None, StoreUnavailable("the store could not commit"))
+            for _, fut in group:
+                _settle(fut, None, StoreUnavailable("the store could not commit"))
             return
         self.commits += 1
-        for work, value, problem in results:
-            work.done(value, problem)
-
-    def _submit_nowait(
-        self, fn: Callable[[_Txn], Any], done: Callable[[Any, BaseException | None], None]
-    ) -> None:
-        if self._thread is None:
-            raise StoreUnavailable("the store is not open")
-        self._queue.put(_Work(fn, done))
-
-    async def submit(self, fn: Callable[[_Txn], T]) -> T:
-        """Run ``fn`` in the writer's next transaction; return once that transaction is committed."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[T] = loop.create_future()
-
-        def done(value: Any, err: BaseException | None) -> None:
-            loop.call_soon_threadsafe(_settle, fut, value, err)
-
-        self._submit_nowait(fn, done)
-        return await fut
-
-    def submit_sync(self, fn: Callable[[_Txn], T]) -> T:
-        """Blocking form of :meth:`submit`, for the CLI and for threads."""
-        box: dict[str, Any] = {}
-        ready = threading.Event()
-
-        def done(value: Any, err: BaseException | None) -> None:
-            box["value"], box["err"] = value, err
-            ready.set()
-
-        self._submit_nowait(fn, done)
-        ready.wait()
-        if box["err"] is not None:
-            raise box["err"]
-        return box["value"]  # type: ignore[no-any-return]
-
-    # -- writes -------------------------------------------------------------------------------
+        for fut, value, problem in results:
+            _settle(fut, value, problem)
 
     async def record_intake(
         self, records: Sequence[IntakeRecord], batch: BatchRecord | None = None
@@ -274,32 +262,54 @@ class SQLiteStore:
 
     async def record_events(self, drafts: Sequence[EventDraft]) -> None:
         def fn(txn: _Txn) -> None:
-            at = utcnow().isoformat()
-            for draft in drafts:
-                txn.append(draft, at)
+            txn.append(drafts, utcnow().isoformat())
 
         await self.submit(fn)
 
-    async def record_replies(self, replies: Sequence[ReplyRecord]) -> None:
-        def fn(txn: _Txn) -> None:
-            at = utcnow().isoformat()
-            for r in replies:
-                txn.append(
-                    EventDraft(
-                        "ReplySent",
-                        r.message_id,
-                        r.actor,
-                        outcome=r.code,
-                        details={"duplicate": True} if r.duplicate else {},
-                    ),
-                    at,
+    def note_replies(self, replies: Sequence[ReplyRecord]) -> None:
+        """Record ``ReplySent`` events with the next transaction; no commit of their own is forced.
+
+        Nothing waits on these events, so they ride along with the next group
+        commit; when no other write comes within :data:`REPLY_FLUSH_S` they are
+        committed alone.
+        """
+        self._replies.extend(replies)
+        if self._reply_timer is None:
+            loop = asyncio.get_running_loop()
+            self._reply_timer = loop.call_later(REPLY_FLUSH_S, self._flush_replies_soon)
+
+    def _flush_replies_soon(self) -> None:
+        self._reply_timer = None
+        if self._replies and self._wconn is not None:
+            task = asyncio.get_running_loop().create_task(self.flush())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def flush(self) -> None:
+        """Commit whatever is waiting (reply events), for example before shutdown."""
+        try:
+            await self.submit(lambda txn: None)
+        except StoreError:
+            log.warning("could not record reply events", extra={"events": len(self._replies)})
+
+    def _take_replies(self, txn: _Txn) -> None:
+        replies, self._replies = self._replies, []
+        txn.append(
+            [
+                EventDraft(
+                    "ReplySent",
+                    r.message_id,
+                    r.actor,
+                    outcome=r.code,
+                    details={"decision": r.decision},
                 )
-                if not r.duplicate:
-                    txn.conn.execute(
-                        "UPDATE messages SET reply_code = ? WHERE id = ?", (r.code, r.message_id)
-                    )
-
-        await self.submit(fn)
+                for r in replies
+            ],
+            utcnow().isoformat(),
+        )
+        conflicts = [(r.code, r.message_id) for r in replies if r.decision == "conflict"]
+        if conflicts:
+            txn.conn.executemany("UPDATE messages SET reply_code = ? WHERE id = ?", conflicts)
 
     async def check(self) -> bool:
         try:
@@ -331,14 +341,16 @@ class SQLiteStore:
                 ),
             )
             txn.append(
-                EventDraft(
-                    "BatchReceived",
-                    batch.id,
-                    batch.listener,
-                    outcome="received",
-                    raw_sha256=batch.raw_sha256,
-                    details={"kind": batch.kind, "messages": len(records), "bytes": len(batch.raw)},
-                ),
+                [
+                    EventDraft(
+                        "BatchReceived",
+                        batch.id,
+                        batch.listener,
+                        outcome="received",
+                        raw_sha256=batch.raw_sha256,
+                        details={"kind": batch.kind, "messages": len(records), "bytes": len(batch.raw)},
+                    )
+                ],
                 at,
             )
         return [self._intake_one(txn, rec, at) for rec in records]
@@ -354,14 +366,16 @@ class SQLiteStore:
             if row is not None:
                 if row[0] == rec.raw_sha256:
                     txn.append(
-                        EventDraft(
-                            "DuplicateReceived",
-                            row[1],
-                            rec.listener,
-                            outcome="duplicate",
-                            raw_sha256=rec.raw_sha256,
-                            details=self._receipt_details(rec),
-                        ),
+                        [
+                            EventDraft(
+                                "DuplicateReceived",
+                                row[1],
+                                rec.listener,
+                                outcome="duplicate",
+                                raw_sha256=rec.raw_sha256,
+                                details=self._receipt_details(rec),
+                            )
+                        ],
                         at,
                     )
                     return IntakeDecision("duplicate", row[1], "accepted")
@@ -390,26 +404,16 @@ class SQLiteStore:
         return details
 
     def _insert(self, txn: _Txn, rec: IntakeRecord, at: str, conflict_with: str | None) -> IntakeDecision:
-        issues = [
-            {"severity": i.severity, "code": i.code, "location": i.location, "diagnostics": i.diagnostics}
-            for i in rec.issues
-        ]
+        issues = list(rec.issues)
         outcome = rec.outcome
         if conflict_with is not None:
             outcome = "invalid"
-            issues.append(
-                {
-                    "severity": "error",
-                    "code": "control_id_conflict",
-                    "location": "",
-                    "diagnostics": "This control id was already accepted from this sender with different content.",
-                }
-            )
+            issues.append(CONTROL_ID_CONFLICT)
         status = "accepted" if outcome == "accepted" else "rejected"
         txn.conn.execute(
             "INSERT INTO messages (id, received_at, protocol, version, message_type, control_id, sender, receiver,"
-            " status, listener, peer, client, raw, raw_sha256, headers, business_keys, issues, parent_id)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " status, listener, peer, client, raw, raw_sha256, headers, business_keys, issues, parent_id,"
+            " reply_code) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 rec.id,
                 rec.received_at,
@@ -425,13 +429,14 @@ class SQLiteStore:
                 rec.client,
                 rec.raw,
                 rec.raw_sha256,
-                json.dumps(dict(rec.headers), separators=(",", ":")),
-                json.dumps(dict(rec.business_keys), separators=(",", ":")),
-                json.dumps(issues, separators=(",", ":")),
+                orjson.dumps(dict(rec.headers)).decode(),
+                orjson.dumps(dict(rec.business_keys)).decode(),
+                orjson.dumps([asdict(i) for i in issues]).decode(),
                 rec.parent_id,
+                rec.reply_code if conflict_with is None else "",
             ),
         )
-        txn.append(
+        drafts = [
             EventDraft(
                 "MessageReceived",
                 rec.id,
@@ -440,41 +445,38 @@ class SQLiteStore:
                 raw_sha256=rec.raw_sha256,
                 parent_id=rec.parent_id,
                 details=self._receipt_details(rec),
-            ),
-            at,
-        )
-        errors = [i for i in issues if i["severity"] in ("fatal", "error")]
+            )
+        ]
+        errors = [i for i in issues if i.is_error]
         if rec.validated:
-            txn.append(
+            drafts.append(
                 EventDraft(
                     "MessageValidated",
                     rec.id,
                     rec.listener,
                     outcome="invalid" if errors else "valid",
-                    error_code=errors[0]["code"] if errors else "",
+                    error_code=errors[0].code if errors else "",
                     details={
                         "errors": len(errors),
                         "warnings": len(issues) - len(errors),
-                        "codes": sorted({i["code"] for i in issues}),
+                        "codes": sorted({i.code for i in issues}),
                     },
-                ),
-                at,
+                )
             )
         if status == "accepted":
-            txn.append(EventDraft("MessageAccepted", rec.id, rec.listener, outcome="accepted"), at)
+            drafts.append(EventDraft("MessageAccepted", rec.id, rec.listener, outcome="accepted"))
         else:
-            details: dict[str, Any] = {"original": conflict_with} if conflict_with else {}
-            txn.append(
+            drafts.append(
                 EventDraft(
                     "MessageRejected",
                     rec.id,
                     rec.listener,
                     outcome=outcome,
-                    error_code=errors[0]["code"] if errors else "rejected",
-                    details=details,
-                ),
-                at,
+                    error_code=errors[0].code if errors else "rejected",
+                    details={"original": conflict_with} if conflict_with else {},
+                )
             )
+        txn.append(drafts, at)
         return IntakeDecision("conflict" if conflict_with else "stored", rec.id, outcome)
 
     # -- reads --------------------------------------------------------------------------------
@@ -495,8 +497,8 @@ class SQLiteStore:
 
     def _row(self, r: Sequence[Any]) -> MessageRow:
         """A message for display: header values that are business keys show as their pseudonyms."""
-        headers = json.loads(r[15])
-        for key, value in json.loads(r[18]).items():
+        headers = orjson.loads(r[15])
+        for key, value in orjson.loads(r[18]).items():
             if key in headers:
                 headers[key] = pseudonym(self._key, value)
         return MessageRow(
@@ -516,7 +518,7 @@ class SQLiteStore:
             raw_sha256=r[13],
             size=r[14],
             headers=headers,
-            issues=json.loads(r[16]),
+            issues=orjson.loads(r[16]),
             parent_id=r[17],
         )
 
@@ -533,11 +535,11 @@ class SQLiteStore:
                 where.append(f"{column} = ?")
                 args.append(value)
         if flt.since:
-            where.append("received_at >= ?")
-            args.append(flt.since)
+            where.append("id >= ?")
+            args.append(id_floor(flt.since))
         if flt.until:
-            where.append("received_at < ?")
-            args.append(flt.until)
+            where.append("id < ?")
+            args.append(id_floor(flt.until))
         if flt.before_id:
             where.append("id < ?")
             args.append(flt.before_id)
@@ -579,7 +581,7 @@ class SQLiteStore:
             outcome=r[6],
             error_code=r[7],
             raw_sha256=r[8],
-            details=json.loads(r[9]),
+            details=orjson.loads(r[9]),
             prev_hash=r[10],
             hash=r[11],
         )

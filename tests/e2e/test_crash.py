@@ -81,7 +81,9 @@ def test_acknowledged_messages_survive_sigkill(tmp_path: Path) -> None:
     gw.start()
     try:
         conn = sqlite3.connect(gw.data_dir / "gateway.db")
-        rows = conn.execute("SELECT control_id, count(*) FROM messages WHERE status = 'accepted' GROUP BY control_id")
+        rows = conn.execute(
+            "SELECT control_id, count(*) FROM messages WHERE status = 'accepted' GROUP BY control_id"
+        )
         stored = dict(rows.fetchall())
         conn.close()
         missing = [c for c in acked if c not in stored]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import sqlite3
 import time
@@ -69,8 +70,12 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     g = Gateway(
         tmp_path_factory.mktemp("gw"),
         {
-            "mllp": {"max_frame_bytes": 200_000, "frame_timeout_s": 1.0, "idle_timeout_s": 3.0,
-                     "max_connections_per_client": 20},
+            "mllp": {
+                "max_frame_bytes": 200_000,
+                "frame_timeout_s": 1.0,
+                "idle_timeout_s": 3.0,
+                "max_connections_per_client": 20,
+            },
             "http": {"max_body_bytes": 200_000},
         },
     ).start()
@@ -161,14 +166,10 @@ def test_mllp_connection_limit_per_client(gw: Gateway) -> None:
     try:
         time.sleep(0.3)
         extra = socket.create_connection(("127.0.0.1", gw.mllp_port), timeout=5)
-        try:
+        with contextlib.suppress(OSError):
             extra.sendall(SB + with_control_id(fixture("adt_a01__basic.hl7"), "E2E-LIMIT") + EB)
-        except OSError:
-            pass
-        try:
+        with contextlib.suppress(ConnectionResetError):
             assert extra.recv(100) == b""
-        except ConnectionResetError:
-            pass
         extra.close()
     finally:
         for s in socks:
@@ -230,7 +231,9 @@ def test_http_ingest_invalid_is_4xx_with_reason(gw: Gateway) -> None:
 
 def test_http_batch_each_message_its_own_envelope(gw: Gateway, api: httpx.Client) -> None:
     r = api.post(
-        "/ingest/hl7v2", content=fixture("batch__fhs_bhs.hl7"), headers={"Content-Type": "x-application/hl7-v2+er7"}
+        "/ingest/hl7v2",
+        content=fixture("batch__fhs_bhs.hl7"),
+        headers={"Content-Type": "x-application/hl7-v2+er7"},
     )
     assert r.status_code == 200
     acks = [seg for seg in r.content.split(b"\r") if seg.startswith(b"MSA")]
@@ -250,8 +253,10 @@ def test_api_queries_and_lineage(gw: Gateway, api: httpx.Client) -> None:
     raw = with_control_id(fixture("oru_r01__cbc_20_obx.hl7"), "E2E-API-ORU")
     assert field(mllp_exchange(gw.mllp_port, raw), "MSA", 1) == "AA"
     since = "2000-01-01T00:00:00Z"
-    r = api.get("/api/messages", params={"protocol": "hl7v2", "message_type": "ORU^R01", "status": "accepted",
-                                          "since": since})
+    r = api.get(
+        "/api/messages",
+        params={"protocol": "hl7v2", "message_type": "ORU^R01", "status": "accepted", "since": since},
+    )
     assert r.status_code == 200
     assert "E2E-API-ORU" in [i["control_id"] for i in r.json()["items"]]
     assert api.get("/api/messages", params={"until": since}).json()["items"] == []
@@ -280,8 +285,14 @@ def test_cli_send_over_mllp_and_http(gw: Gateway, tmp_path: Path) -> None:
     r = gw.cli("send", "--mllp", f"127.0.0.1:{gw.mllp_port}", str(HL7 / "invalid__missing_msh10.hl7"))
     assert r.returncode == 1
     assert "MSA|A" in r.stdout
-    r = gw.cli("send", "--http", f"{gw.http_url}/ingest/hl7v2", "--api-key", TEST_KEY,
-               str(HL7 / "vxu_v04__immunization.hl7"))
+    r = gw.cli(
+        "send",
+        "--http",
+        f"{gw.http_url}/ingest/hl7v2",
+        "--api-key",
+        TEST_KEY,
+        str(HL7 / "vxu_v04__immunization.hl7"),
+    )
     assert r.returncode == 0, r.stderr
     assert "MSA|AA|" in r.stdout
     r = gw.cli("send", "--http", f"{gw.http_url}/ingest/hl7v2", "--api-key", READ_KEY, str(good))
@@ -294,13 +305,17 @@ def test_canary_never_leaks(gw: Gateway, api: httpx.Client) -> None:
     assert b"CANARYPATIENT" in canary and b"CANARY-MRN-0001" in canary
     bodies: list[bytes] = []
     bodies.append(mllp_exchange(gw.mllp_port, canary))
-    broken = canary.replace(b"|2.5|", b"|9.9|") if b"|2.5|" in canary else canary.replace(b"MSH|", b"MSH|X", 1)
+    broken = (
+        canary.replace(b"|2.5|", b"|9.9|") if b"|2.5|" in canary else canary.replace(b"MSH|", b"MSH|X", 1)
+    )
     bodies.append(mllp_exchange(gw.mllp_port, broken))
     bodies.append(mllp_exchange(gw.mllp_port, canary.replace(b"ADT^A01", b"ADT^A01^ZZZ_NOPE", 1)))
     headers = {"Content-Type": "x-application/hl7-v2+er7"}
     bodies.append(api.post("/ingest/hl7v2", content=broken, headers=headers).content)
     bodies.append(api.post("/ingest/hl7v2", content=canary, headers=headers).content)
-    bodies.append(api.post("/ingest/hl7v2", content=canary, headers={"Content-Type": "application/json"}).content)
+    bodies.append(
+        api.post("/ingest/hl7v2", content=canary, headers={"Content-Type": "application/json"}).content
+    )
     items = api.get("/api/messages", params={"control_id": field(canary, "MSH", 10)}).json()
     bodies.append(api.get("/api/messages", params={"control_id": field(canary, "MSH", 10)}).content)
     for item in items["items"]:

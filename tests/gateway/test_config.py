@@ -20,17 +20,32 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_defaults() -> None:
     s = load_settings(None, environ={})
-    assert (s.mllp.address, s.http.address, s.data_dir) == ("127.0.0.1:2575", "127.0.0.1:8080", Path("gateway-data"))
+    assert (s.mllp.address, s.http.address, s.data_dir) == (
+        "127.0.0.1:2575",
+        "127.0.0.1:8080",
+        Path("gateway-data"),
+    )
     assert s.mllp.max_frame_bytes == s.http.max_body_bytes == 10 * 1024 * 1024
 
 
 def test_precedence_file_then_env_then_options(tmp_path: Path) -> None:
-    cfg = write(tmp_path, "mllp: {address: '127.0.0.1:3000'}\nhttp: {address: '127.0.0.1:3001'}\ndata_dir: from-file\n")
+    cfg = write(
+        tmp_path,
+        "mllp: {address: '127.0.0.1:3000'}\nhttp: {address: '127.0.0.1:3001'}\ndata_dir: from-file\n",
+    )
     s = load_settings(cfg, environ={})
-    assert (s.mllp.address, s.http.address, str(s.data_dir)) == ("127.0.0.1:3000", "127.0.0.1:3001", "from-file")
+    assert (s.mllp.address, s.http.address, str(s.data_dir)) == (
+        "127.0.0.1:3000",
+        "127.0.0.1:3001",
+        "from-file",
+    )
     env = {"GATEWAY_MLLP": "127.0.0.1:4000", "GATEWAY_DATA_DIR": "from-env"}
     s = load_settings(cfg, environ=env)
-    assert (s.mllp.address, s.http.address, str(s.data_dir)) == ("127.0.0.1:4000", "127.0.0.1:3001", "from-env")
+    assert (s.mllp.address, s.http.address, str(s.data_dir)) == (
+        "127.0.0.1:4000",
+        "127.0.0.1:3001",
+        "from-env",
+    )
     s = load_settings(cfg, {("mllp", "address"): "127.0.0.1:5000"}, environ=env)
     assert s.mllp.address == "127.0.0.1:5000"
     s = load_settings(None, environ={"GATEWAY_CONFIG": str(cfg)})
@@ -38,7 +53,9 @@ def test_precedence_file_then_env_then_options(tmp_path: Path) -> None:
 
 
 def test_env_reference_in_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    cfg = write(tmp_path, "auth:\n  api_keys:\n    - {name: lab, key: '${LAB_KEY}', scopes: [ingest:hl7v2]}\n")
+    cfg = write(
+        tmp_path, "auth:\n  api_keys:\n    - {name: lab, key: '${LAB_KEY}', scopes: [ingest:hl7v2]}\n"
+    )
     monkeypatch.setenv("LAB_KEY", "a-very-secret-key-123")
     s = load_settings(cfg, environ={})
     ring = KeyRing.from_settings(s)

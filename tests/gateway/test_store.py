@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -97,17 +98,27 @@ def test_concurrent_intake_shares_commits(store: SQLiteStore) -> None:
     assert v.ok and v.events == 900
 
 
-def test_reply_events_and_code(store: SQLiteStore) -> None:
-    rec = record("C3")
+def test_reply_code_and_reply_events_ride_on_the_next_commit(store: SQLiteStore) -> None:
+    rec = replace(record("C3"), reply_code="AA")
+    later = record("C4")
 
     async def go() -> None:
         await store.record_intake([rec])
-        await store.record_replies([ReplyRecord(rec.id, "AA", "mllp")])
+        commits = store.commits
+        store.note_replies([ReplyRecord(rec.id, "AA", "mllp")])
+        await store.record_intake([later])
+        assert store.commits == commits + 1, "reply events must not cost a commit of their own"
+        store.note_replies([ReplyRecord(later.id, "AE", "mllp", "conflict")])
+        await asyncio.sleep(0.2)  # no further write: the events are committed alone, soon
 
     asyncio.run(go())
     row = store.get_message(rec.id)
     assert row is not None and row.reply_code == "AA"
-    assert store.lineage_of(rec.id)[-1].event == "ReplySent"
+    events = store.lineage_of(rec.id)
+    assert events[-1].event == "ReplySent" and events[-1].outcome == "AA"
+    assert store.lineage_of(later.id)[-1].event == "ReplySent"
+    conflict_row = store.get_message(later.id)
+    assert conflict_row is not None and conflict_row.reply_code == "AE"
 
 
 def _tamper(path: Path, sql: str) -> None:

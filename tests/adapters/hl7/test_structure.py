@@ -458,6 +458,16 @@ def test_validate_never_raises_for_content() -> None:
             assert all(isinstance(i, Issue) for i in issues)
 
 
+def test_ids_from_messages_do_not_grow_the_caches() -> None:
+    lib = structure._library("v2_5_1")
+    validate(adt(), "ADT_A01", "2.5.1")
+    before = (len(lib.segments), len(lib.automata))
+    for n in range(200):
+        msg = message(*SEGMENTS, f"Q{n:02d}|1", f"free text line {n}")
+        validate(msg, f"QRY_{n:03d}", "2.5.1")
+    assert (len(lib.segments), len(lib.automata)) == before
+
+
 # -- the real-world corpus -----------------------------------------------------------------------
 
 

@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -93,6 +93,115 @@ class AuthConfig(_Model):
     )
 
 
+class RetryPolicy(_Model):
+    max_attempts: int = Field(default=10, ge=1, description="Attempts before a delivery is dead-lettered.")
+    base_s: float = Field(
+        default=1.0, gt=0, description="Backoff base: attempt n waits up to base_s * 2**(n-1)."
+    )
+    cap_s: float = Field(default=300.0, gt=0, description="Longest wait between two attempts.")
+
+
+class CircuitPolicy(_Model):
+    failure_threshold: int = Field(default=5, ge=1, description="Consecutive failures that open the circuit.")
+    cooldown_s: float = Field(default=30.0, gt=0, description="Time open before one probe is let through.")
+
+
+class RateLimit(_Model):
+    per_s: float = Field(gt=0, description="Deliveries per second allowed to this sink.")
+    burst: int = Field(default=1, ge=1, description="Deliveries allowed at once above the steady rate.")
+
+
+class _SinkBase(_Model):
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    circuit: CircuitPolicy = Field(default_factory=CircuitPolicy)
+    rate_limit: RateLimit | None = Field(
+        default=None, description="Protects a downstream that cannot take a flood."
+    )
+    concurrency: int = Field(
+        default=4, ge=1, le=256, description="Deliveries in flight to this sink at once."
+    )
+
+
+class HTTPSinkConfig(_SinkBase):
+    type: Literal["http"]
+    endpoint: str = Field(description="http(s) URL the message is POSTed to.")
+    timeout_s: float = Field(default=10.0, gt=0, description="Time allowed for the whole request.")
+    body: Literal["raw", "envelope"] = Field(
+        default="raw", description="raw: the message bytes; envelope: JSON with metadata and the body."
+    )
+    headers: dict[str, str] = Field(default_factory=dict, description="Extra request headers.")
+    bearer_token_env: str | None = Field(
+        default=None, description="Name of the environment variable holding a bearer token."
+    )
+    verify_tls: bool = Field(default=True, description="Check the server certificate.")
+    ca_file: Path | None = Field(default=None, description="PEM bundle to trust instead of the system's.")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.fullmatch(r"https?://[^\s/:]+(:\d{1,5})?(/\S*)?", value):
+            raise ValueError("expected an http:// or https:// URL")
+        return value
+
+
+class MLLPSinkConfig(_SinkBase):
+    type: Literal["mllp"]
+    endpoint: str = Field(description="mllp://HOST:PORT (or mllps:// for TLS) of the receiving system.")
+    timeout_s: float = Field(default=30.0, gt=0, description="Time allowed for the ACK after sending.")
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    on_ae: Literal["reject", "retry"] = Field(
+        default="reject", description="What an AE/CE acknowledgement means: dead-letter, or try again."
+    )
+    ca_file: Path | None = Field(default=None, description="PEM bundle to trust for mllps://.")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        if not re.fullmatch(r"mllps?://[^\s/:]+:\d{1,5}", value):
+            raise ValueError("expected mllp://HOST:PORT or mllps://HOST:PORT")
+        return value
+
+
+class FileSinkConfig(_SinkBase):
+    type: Literal["file"]
+    directory: Path = Field(description="Folder that receives one file per message.")
+    name_pattern: str = Field(
+        default="{received:%Y%m%d}/{envelope_id}.{ext}",
+        description="File name: {envelope_id}, {control_id}, {message_type}, {sink}, {ext}, {received:<strftime>}.",
+    )
+
+
+class MemorySinkConfig(_SinkBase):
+    type: Literal["memory"]
+
+
+SinkConfig = Annotated[
+    HTTPSinkConfig | MLLPSinkConfig | FileSinkConfig | MemorySinkConfig, Field(discriminator="type")
+]
+MatchValue = str | int | float | dict[str, float | int | str] | list[str]
+
+
+class RouteConfig(_Model):
+    name: str = Field(min_length=1, description="Unique route name; shown in lineage and docs.")
+    match: dict[str, MatchValue] = Field(
+        default_factory=dict,
+        description="Header → exact value, glob ('ADT^A*'), list of alternatives, or comparisons {gt, ge, lt, le, eq, ne}.",
+    )
+    to: list[str] = Field(min_length=1, description="Sinks every matching envelope is delivered to.")
+    transform: str | None = Field(default=None, description="Named transform applied before delivery.")
+    order_by: str | None = Field(
+        default=None, description="Header whose value keeps deliveries in order per key."
+    )
+    description: str = Field(default="", description="What the route is for, for the generated docs.")
+
+
+class AlertConfig(_Model):
+    sink: str = Field(description="Name of an http sink that receives alert notifications (a webhook).")
+    pending_age_s: float = Field(
+        default=600.0, gt=0, description="Alert when a sink's oldest pending delivery is older than this."
+    )
+
+
 class Settings(_Model):
     data_dir: Path = Field(
         default=Path("gateway-data"), description="Where the embedded store keeps its files."
@@ -101,6 +210,15 @@ class Settings(_Model):
     http: HTTPConfig = Field(default_factory=HTTPConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info")
+    sinks: dict[str, SinkConfig] = Field(default_factory=dict, description="Downstream systems, by name.")
+    routes: list[RouteConfig] = Field(
+        default_factory=list, description="Evaluated in order; the first match wins."
+    )
+    unmatched: str | None = Field(
+        default=None,
+        description="Required with routes: 'reject', or the name of a sink for unmatched envelopes.",
+    )
+    alerts: AlertConfig | None = Field(default=None, description="Where alerts about deliveries go.")
 
 
 _ENV = {

@@ -1,0 +1,78 @@
+"""The sink contract: how the delivery engine hands an envelope to a downstream system.
+
+A sink does one attempt and reports how it went. It never sleeps and never
+retries: the delivery engine owns retry, backoff, circuit breaking, rate
+limits and dead letters. An attempt ends in one of three ways:
+
+* ``send`` returns            — delivered;
+* ``DeliveryRetryable``       — not delivered this time (time-out, 5xx, AR, network); try again later;
+* ``DeliveryRejected``        — the downstream refused this message for good (4xx, AE); dead-letter it.
+
+Error messages name the sink, the status or ACK code and the reason, never payload values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from gateway.envelope import Envelope
+
+
+class DeliveryError(Exception):
+    """Base of the two ways an attempt can fail; ``code`` is short and bounded (``http_503``, ``ack_AE``)."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class DeliveryRetryable(DeliveryError):
+    """The attempt failed for a reason that may pass; ``retry_after_s`` is the downstream's own hint, if any."""
+
+    def __init__(self, code: str, reason: str, retry_after_s: float | None = None) -> None:
+        super().__init__(code, reason)
+        self.retry_after_s = retry_after_s
+
+
+class DeliveryRejected(DeliveryError):
+    """The downstream refused the message; sending it again unchanged will not help."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One attempt to hand ``envelope`` (with ``body`` already transformed, if the route says so) to a sink.
+
+    ``delivery_id`` is stable across retries and restarts (the envelope id plus the sink name), so a
+    downstream can deduplicate re-deliveries; sinks pass it on where the protocol allows
+    (HTTP ``Idempotency-Key``).
+    """
+
+    delivery_id: str
+    envelope: Envelope
+    body: bytes
+    content_type: str
+    attempt: int
+
+
+class Sink(Protocol):
+    """A downstream destination."""
+
+    name: str
+
+    async def open(self) -> None:
+        """Prepare connections or folders; called once before the first ``send``."""
+        ...
+
+    async def send(self, delivery: Delivery) -> None:
+        """Make one attempt; return when delivered, else raise DeliveryRetryable or DeliveryRejected."""
+        ...
+
+    async def check(self) -> bool:
+        """Cheap health probe for ``/healthz`` (can the sink be reached?)."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections; pending work is the engine's business."""
+        ...

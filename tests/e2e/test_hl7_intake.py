@@ -330,3 +330,66 @@ def test_canary_never_leaks(gw: Gateway, api: httpx.Client) -> None:
         assert secret not in lineage_dump
         for body in bodies:
             assert secret.encode() not in body
+
+
+@pytest.mark.corpus
+def test_real_world_corpus_is_accepted_over_mllp(gw: Gateway, corpora_dir: Path) -> None:
+    """Every message of the third-party corpus is accepted (LF endings and BOMs as published, sent with CR).
+
+    The corpus reuses control ids across files from the same sender (for example MSH-10 ``1``): the
+    first is accepted, and a later file with the same sender and control id but other content is
+    answered AE with 0357 code 205 (duplicate key identifier), as the gateway's idempotency demands.
+    """
+    files = sorted((corpora_dir / "hl7v2" / "microsoft-FHIR-Converter" / "messages").glob("*.hl7"))
+    assert len(files) >= 139
+    first_seen: dict[tuple[str, str, str], bytes] = {}
+    wrong = {}
+    with socket.create_connection(("127.0.0.1", gw.mllp_port), timeout=30) as s:
+        for path in files:
+            raw = cr(path.read_bytes())
+            text = raw.lstrip(b"\xef\xbb\xbf")
+            key = (
+                field(text, "MSH", 3).split("^")[0],
+                field(text, "MSH", 4).split("^")[0],
+                field(text, "MSH", 10),
+            )
+            s.sendall(SB + raw + EB)
+            ack = read_frame(s)
+            code = field(ack, "MSA", 1)
+            if key in first_seen and first_seen[key] != raw:
+                if code not in ("AE", "CE") or b"205" not in ack:
+                    wrong[path.name] = f"{code} (expected AE 205: control id reused)"
+            elif code not in ("AA", "CA"):  # CA: enhanced mode (MSH-15) asked for a commit ACK
+                wrong[path.name] = code
+            first_seen.setdefault(key, raw)
+    assert wrong == {}
+    assert len(first_seen) > 20
+
+
+def test_settings_from_environment(tmp_path: Path) -> None:
+    """GATEWAY_* variables configure serve as the options do."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.support import free_port, wait_port
+
+    mllp, http = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env.update(
+        GATEWAY_MLLP=f"127.0.0.1:{mllp}",
+        GATEWAY_HTTP=f"127.0.0.1:{http}",
+        GATEWAY_DATA_DIR=str(tmp_path / "d"),
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "serve"], env=env, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_port(mllp, proc=proc)
+        wait_port(http, proc=proc)
+        key = (tmp_path / "d" / "api-key").read_text().strip()
+        r = httpx.get(f"http://127.0.0.1:{http}/api/messages", headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 200
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0

@@ -92,7 +92,9 @@ def test_charset_is_echoed_and_used() -> None:
     body = ack.build_ack("AA", headers)
     assert "MÜNCHEN".encode("latin-1") in body
     msg = er7.parse(body)
-    assert msg.encoding == "latin-1" and msg.get("MSH-18") == "8859/1" and msg.get("MSH-6") == "KLINIK MÜNCHEN"
+    assert (
+        msg.encoding == "latin-1" and msg.get("MSH-18") == "8859/1" and msg.get("MSH-6") == "KLINIK MÜNCHEN"
+    )
 
 
 # -- modes ------------------------------------------------------------------------------------
@@ -140,7 +142,9 @@ def test_enhanced_mode_commit_accept() -> None:
 # -- ERR segments -----------------------------------------------------------------------------
 
 ISSUES = [
-    Issue("error", "required_field_missing", "PID-3", "PID-3 (Patient Identifier List) is required but empty."),
+    Issue(
+        "error", "required_field_missing", "PID-3", "PID-3 (Patient Identifier List) is required but empty."
+    ),
     Issue("warning", "field_too_long", "OBX(2)-5[1].2", "OBX-5 is longer than 199 characters."),
     Issue("fatal", "store_unavailable", "", "The gateway could not store the message durably."),
     Issue("information", "some_code_nobody_mapped", "not a path", "Odd | characters ^ & ~ \\ escaped."),
@@ -211,9 +215,19 @@ def test_err_code_map_is_data_and_complete() -> None:
     assert data["default"] in table
     # every code this package's validators emit is mapped
     emitted = set(structure.DEFAULT_SEVERITIES) | {
-        "empty_message", "missing_msh", "truncated", "bad_encoding_characters", "missing_msh9",
-        "missing_msh10", "missing_msh11", "missing_msh12", "unsupported_message_type",
-        "unsupported_processing_id", "unsupported_version", "store_unavailable", "control_id_conflict",
+        "empty_message",
+        "missing_msh",
+        "truncated",
+        "bad_encoding_characters",
+        "missing_msh9",
+        "missing_msh10",
+        "missing_msh11",
+        "missing_msh12",
+        "unsupported_message_type",
+        "unsupported_processing_id",
+        "unsupported_version",
+        "store_unavailable",
+        "control_id_conflict",
     }
     assert emitted <= set(data["issue_codes"])
     # and agrees with the structure validator's own table where both speak (104 refines 102 from v2.6)
@@ -245,7 +259,11 @@ def test_parse_ack_round_trip() -> None:
     code, acked, text = ack.parse_ack(ack.build_ack("AE", headers, ISSUES))
     assert (code, acked, text) == ("AE", "NWG-ADT01-0001", ISSUES[0].diagnostics)
     old = headers_of("adt_a08__update.hl7")
-    assert ack.parse_ack(ack.build_ack("AR", old, ISSUES[1:])) == ("AR", "NWG-ADT08-0001", ISSUES[1].diagnostics)
+    assert ack.parse_ack(ack.build_ack("AR", old, ISSUES[1:])) == (
+        "AR",
+        "NWG-ADT08-0001",
+        ISSUES[1].diagnostics,
+    )
     bare = b"MSH|^~\\&|A|B|C|D|20240101||ACK^A01^ACK|9|P|2.5.1\rMSA|AE|C-5\rERR||PID^1^3|101^Required field missing^HL70357|E\r"
     assert ack.parse_ack(bare) == ("AE", "C-5", "Required field missing")
 

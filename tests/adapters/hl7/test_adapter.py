@@ -69,7 +69,16 @@ def test_detect_claims_hl7(raw: bytes) -> None:
 
 @pytest.mark.parametrize(
     "raw",
-    [b"", b"MSH", b"MSHA^~", b"MSH ^~", b'{"resourceType": "Patient"}', b"<Document/>", b"PID|1", b"msh|^~\\&"],
+    [
+        b"",
+        b"MSH",
+        b"MSHA^~",
+        b"MSH ^~",
+        b'{"resourceType": "Patient"}',
+        b"<Document/>",
+        b"PID|1",
+        b"msh|^~\\&",
+    ],
 )
 def test_detect_rejects_the_rest(raw: bytes) -> None:
     assert not HL7Adapter().detect(raw, CONTENT_TYPE)
@@ -194,7 +203,9 @@ def test_parse_error_keeps_the_readable_header() -> None:
     assert [i.code for i in exc.issues] == ["bad_encoding_characters"]
     assert exc.issues[0].severity == "fatal" and exc.issues[0].location == "MSH-2"
     assert exc.headers["control_id"] == "NWG-INV-ENC-0001"
-    assert exc.headers["sending_application"] == "NW_ADT" and exc.headers["sending_facility"] == "NORTHWIND_GEN"
+    assert (
+        exc.headers["sending_application"] == "NW_ADT" and exc.headers["sending_facility"] == "NORTHWIND_GEN"
+    )
     assert exc.headers["version"] == "2.5.1" and exc.headers["message_type"] == "ADT^A01"
     assert "patient_id" not in exc.headers
     with pytest.raises(ParseError) as info:
@@ -255,8 +266,21 @@ def test_header_issues(change: tuple[bytes, bytes], code: str, location: str) ->
 def test_local_message_types_and_every_supported_version() -> None:
     raw = b"MSH|^~\\&|A|F|R|RF|20240101||ZXX^Z01|C1|P|2.5\rZXA|1\r"
     assert HL7Adapter("header").validate(parse(raw)) == []
-    for version in ("2.1", "2.2", "2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8", "2.8.1",
-                    "2.8.2"):
+    for version in (
+        "2.1",
+        "2.2",
+        "2.3",
+        "2.3.1",
+        "2.4",
+        "2.5",
+        "2.5.1",
+        "2.6",
+        "2.7",
+        "2.7.1",
+        "2.8",
+        "2.8.1",
+        "2.8.2",
+    ):
         msg = f"MSH|^~\\&|A|F|R|RF|20240101||ADT^A01|C1|P|{version}\rEVN|A01|20240101\r".encode()
         assert HL7Adapter("header").validate(parse(msg)) == [], version
 
@@ -301,7 +325,9 @@ def test_respond_in_enhanced_mode() -> None:
     adapter = HL7Adapter()
     reply = adapter.respond(outcome("accepted", accept_ack_type="AL", application_ack_type="NE"))
     assert (reply.code, reply.status) == ("CA", 200)
-    reply = adapter.respond(outcome("invalid", Issue("error", "missing_msh12", "MSH-12", "x"), accept_ack_type="AL"))
+    reply = adapter.respond(
+        outcome("invalid", Issue("error", "missing_msh12", "MSH-12", "x"), accept_ack_type="AL")
+    )
     assert (reply.code, reply.status) == ("CE", 400)
     reply = adapter.respond(outcome("refused", Issue("fatal", "store_unavailable"), accept_ack_type="ER"))
     assert (reply.code, reply.status) == ("CR", 503)
@@ -320,7 +346,12 @@ def test_respond_to_an_unparseable_message() -> None:
 
 def test_serialize_is_the_raw_bytes_and_split_is_the_batch_splitter() -> None:
     adapter = HL7Adapter()
-    for name in ("adt_a01__z_segment.hl7", "adt_a01__lf_endings.hl7", "adt_a01__bom.hl7", "adt_a01__latin1.hl7"):
+    for name in (
+        "adt_a01__z_segment.hl7",
+        "adt_a01__lf_endings.hl7",
+        "adt_a01__bom.hl7",
+        "adt_a01__latin1.hl7",
+    ):
         raw = fixture(name)
         assert adapter.serialize(adapter.parse(raw, RECEIPT)) == raw
     assert adapter.split(fixture("adt_a01__basic.hl7")) is None

@@ -61,7 +61,9 @@ def test_repetitions_components_and_subcomponents() -> None:
     assert msg.get("PID-3[2].4") == "OTHER"
     assert msg.get("PID-3[3].1") == ""
     assert msg.get("PID-3.4") == "AUTH&1.2.3&ISO"
-    assert msg.get("PID-3.4.1") == "AUTH" and msg.get("PID-3.4.2") == "1.2.3" and msg.get("PID-3.4.3") == "ISO"
+    assert (
+        msg.get("PID-3.4.1") == "AUTH" and msg.get("PID-3.4.2") == "1.2.3" and msg.get("PID-3.4.3") == "ISO"
+    )
     assert msg.get("PID-3.4.4") == ""
     assert msg.get("PID-5.2") == "JANE"
     assert msg.get("PID-8.1") == "F" and msg.get("PID-8.2") == "" and msg.get("PID-8[2]") == ""
@@ -93,7 +95,9 @@ def test_parse_path(path: str, parts: tuple[str, int, int, int, int, int]) -> No
     assert er7.parse_path(path) == parts
 
 
-@pytest.mark.parametrize("path", ["", "PID-", "PID-0", "PID-3.0", "PID-3.1.2.3", "PID(x)", "PID-3[0]", "PID-a"])
+@pytest.mark.parametrize(
+    "path", ["", "PID-", "PID-0", "PID-3.0", "PID-3.1.2.3", "PID(x)", "PID-3[0]", "PID-a"]
+)
 def test_parse_path_rejects_malformed_paths(path: str) -> None:
     with pytest.raises(ValueError, match="bad HL7 path"):
         er7.parse_path(path)
@@ -103,7 +107,12 @@ def test_custom_delimiters_and_truncation_character() -> None:
     msg = er7.parse(fixture("adt_a01__custom_delimiters.hl7"))
     d = msg.delimiters
     assert (d.field, d.component, d.repetition, d.escape, d.subcomponent, d.truncation) == (
-        "|", ":", "~", "\\", "&", "#",
+        "|",
+        ":",
+        "~",
+        "\\",
+        "&",
+        "#",
     )
     assert d.encoding_characters() == ":~\\&#"
     assert msg.get("MSH-2") == ":~\\&#"
@@ -168,9 +177,7 @@ def test_escape_round_trips() -> None:
 def test_escape_sequences_fixture() -> None:
     msg = er7.parse(fixture("adt_a01__escape_sequences.hl7"))
     assert msg.get("PID-11.1") == "MARKET & 2ND AVE^SUITE 200"
-    assert msg.get("OBX-5") == (
-        "Pipe | caret ^ tilde ~ amp & backslash \\ end.\nSecond line ABCD hex."
-    )
+    assert msg.get("OBX-5") == ("Pipe | caret ^ tilde ~ amp & backslash \\ end.\nSecond line ABCD hex.")
     pid = msg.segment("PID")
     assert pid is not None and "\\T\\" in pid.fields[11]  # fields stay raw
 
@@ -359,7 +366,9 @@ def test_multi_msh_file() -> None:
     assert batch is not None and batch.kind == "multi"
     assert b"".join(batch.units) == raw
     assert [er7.parse(u).get("MSH-10") for u in batch.units] == [
-        "NWG-MULTI-0001", "NWG-MULTI-0002", "NWG-MULTI-0003",
+        "NWG-MULTI-0001",
+        "NWG-MULTI-0002",
+        "NWG-MULTI-0003",
     ]
 
 

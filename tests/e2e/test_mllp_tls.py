@@ -1,0 +1,83 @@
+"""MLLP over TLS and mutual TLS, against the real gateway process, with certificates made by trustme."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from pathlib import Path
+
+import pytest
+import trustme
+
+from tests.conftest import FIXTURES
+from tests.support import Gateway
+
+pytestmark = pytest.mark.e2e
+
+SB, EB = b"\x0b", b"\x1c\x0d"
+MESSAGE = (FIXTURES / "hl7" / "adt_a01__basic.hl7").read_bytes().replace(b"\n", b"\r")
+
+
+def exchange(port: int, ctx: ssl.SSLContext) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            s.sendall(SB + MESSAGE + EB)
+            buf = b""
+            while EB not in buf:
+                chunk = s.recv(65536)
+                if not chunk:
+                    raise ConnectionError("closed")
+                buf += chunk
+            return buf
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    d = tmp_path_factory.mktemp("pki")
+    ca = trustme.CA()
+    server = ca.issue_cert("localhost", "127.0.0.1")
+    server.private_key_and_cert_chain_pem.write_to_path(str(d / "server.pem"))
+    ca.cert_pem.write_to_path(str(d / "ca.pem"))
+    client_ca = trustme.CA()
+    client_ca.cert_pem.write_to_path(str(d / "clients.pem"))
+    return {"dir": d, "ca": ca, "client_ca": client_ca}
+
+
+def test_tls(pki: dict[str, object], tmp_path: Path) -> None:
+    d = pki["dir"]
+    assert isinstance(d, Path)
+    gw = Gateway(tmp_path, {"mllp": {"tls": {"cert": str(d / "server.pem"), "key": str(d / "server.pem")}}})
+    gw.start()
+    try:
+        ctx = ssl.create_default_context()
+        pki["ca"].configure_trust(ctx)  # type: ignore[attr-defined]
+        assert b"MSA|AA|" in exchange(gw.mllp_port, ctx)
+        # a plain-text client gets nothing and does not disturb the listener
+        with socket.create_connection(("127.0.0.1", gw.mllp_port), timeout=5) as s:
+            s.sendall(SB + MESSAGE + EB)
+            s.settimeout(5)
+            try:
+                data = s.recv(100)
+            except (ConnectionResetError, TimeoutError):
+                data = b""
+            assert b"MSA" not in data
+        assert b"MSA|AA|" in exchange(gw.mllp_port, ctx)
+    finally:
+        gw.stop()
+
+
+def test_mutual_tls_requires_a_client_certificate(pki: dict[str, object], tmp_path: Path) -> None:
+    d = pki["dir"]
+    assert isinstance(d, Path)
+    tls = {"cert": str(d / "server.pem"), "key": str(d / "server.pem"), "client_ca": str(d / "clients.pem")}
+    gw = Gateway(tmp_path, {"mllp": {"tls": tls}})
+    gw.start()
+    try:
+        ctx = ssl.create_default_context()
+        pki["ca"].configure_trust(ctx)  # type: ignore[attr-defined]
+        with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+            exchange(gw.mllp_port, ctx)
+        pki["client_ca"].issue_cert("lab-system.example.org").configure_cert(ctx)  # type: ignore[attr-defined]
+        assert b"MSA|AA|" in exchange(gw.mllp_port, ctx)
+    finally:
+        gw.stop()

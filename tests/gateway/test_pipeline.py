@@ -1,0 +1,117 @@
+"""Intake with the real HL7 adapter and the real SQLite store: what is committed and what is answered."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from adapters.hl7.ack import parse_ack
+from adapters.hl7.adapter import HL7Adapter
+from gateway.envelope import Receipt
+from gateway.pipeline import Intake
+from gateway.store import MessageFilter
+from gateway.store.sqlite import SQLiteStore
+from tests.conftest import FIXTURES
+
+HL7 = FIXTURES / "hl7"
+
+
+def load(name: str) -> bytes:
+    return (HL7 / name).read_bytes()
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    s = SQLiteStore(tmp_path / "gw.db", b"k" * 32)
+    s.open()
+    yield s
+    s.close()
+
+
+def with_control_id(raw: bytes, control_id: str) -> bytes:
+    segs = raw.split(b"\r")
+    fields = segs[0].split(b"|")
+    fields[9] = control_id.encode()
+    return b"\r".join([b"|".join(fields), *segs[1:]])
+
+
+def receive(intake: Intake, adapter: HL7Adapter, raw: bytes) -> list[tuple[str, str]]:
+    result = asyncio.run(intake.receive(adapter, raw, Receipt("mllp", "127.0.0.1:1")))
+    return [parse_ack(r.body)[:2] for r in result.replies]
+
+
+def test_store_failure_is_refused_never_accepted(store: SQLiteStore) -> None:
+    """A disk-full store (SQLITE_FULL) answers AR and HTTP 503, and nothing half-written remains."""
+    intake = Intake(store)
+    adapter = HL7Adapter()
+
+    async def go() -> list[int]:
+        assert store._wconn is not None
+        (pages,) = store._wconn.execute("PRAGMA page_count").fetchone()
+        store._wconn.execute(f"PRAGMA max_page_count = {pages}")
+        big = load("oru_r01__cbc_20_obx.hl7").replace(b"\n", b"\r")
+        statuses = []
+        for i in range(20):
+            raw = with_control_id(big, f"FULL-{i}") + b"\rNTE|1||" + b"x" * 8000
+            res = await intake.receive(adapter, raw, Receipt("http"))
+            statuses.append(res.replies[0].status)
+            assert parse_ack(res.replies[0].body)[0] in ("AA", "AR")
+        store._wconn.execute("PRAGMA max_page_count = 1073741823")
+        return statuses
+
+    statuses = asyncio.run(go())
+    assert 503 in statuses
+    stored = {r.control_id for r in store.list_messages(MessageFilter(limit=1000))}
+    assert all(f"FULL-{i}" in stored for i, s in enumerate(statuses) if s == 200)
+    assert not any(f"FULL-{i}" in stored for i, s in enumerate(statuses) if s == 503)
+    assert store.verify_lineage().ok
+
+
+def test_unparseable_is_stored_as_rejected_and_answered(store: SQLiteStore) -> None:
+    intake = Intake(store)
+    acks = receive(intake, HL7Adapter(), load("invalid__truncated.hl7"))
+    assert acks[0][0] in ("AE", "AR")
+    (row,) = store.list_messages(MessageFilter(status="rejected"))
+    assert row.issues and row.size == len(load("invalid__truncated.hl7"))
+
+
+@pytest.mark.parametrize(
+    ("level", "expected"),
+    [("none", "AA"), ("header", "AA"), ("structure", "AE")],
+)
+def test_validation_levels(store: SQLiteStore, level: str, expected: str) -> None:
+    """A message whose body breaks the structure (PID-3 empty) passes header checks but not structure ones."""
+    raw = load("adt_a01__basic.hl7").replace(b"\n", b"\r")
+    segs = raw.split(b"\r")
+    for i, seg in enumerate(segs):
+        if seg.startswith(b"PID|"):
+            fields = seg.split(b"|")
+            fields[3] = b""
+            segs[i] = b"|".join(fields)
+    broken = b"\r".join(segs)
+    intake = Intake(store)
+    assert receive(intake, HL7Adapter(validation=level), broken)[0][0] == expected  # type: ignore[arg-type]
+
+
+def test_header_level_still_refuses_an_unsupported_version(store: SQLiteStore) -> None:
+    intake = Intake(store)
+    assert (
+        receive(intake, HL7Adapter(validation="header"), load("invalid__unsupported_version.hl7"))[0][0]
+        == "AR"
+    )
+
+
+def test_batch_is_kept_and_each_message_answered(store: SQLiteStore) -> None:
+    intake = Intake(store)
+    raw = load("batch__fhs_bhs.hl7")
+    acks = receive(intake, HL7Adapter(), raw)
+    assert [a[0] for a in acks] == ["AA", "AA", "AA"]
+    (batch,) = store.list_messages(MessageFilter(status="batch"))
+    assert store.get_raw(batch.id) == raw
+    children = [r for r in store.list_messages(MessageFilter(status="accepted")) if r.parent_id == batch.id]
+    assert sorted(c.control_id for c in children) == sorted(a[1] for a in acks)
+    # every message's raw bytes are exactly its slice of the batch file
+    for child in children:
+        assert store.get_raw(child.id) in raw

@@ -19,16 +19,18 @@ MESSAGE = (FIXTURES / "hl7" / "adt_a01__basic.hl7").read_bytes().replace(b"\n", 
 
 
 def exchange(port: int, ctx: ssl.SSLContext) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-        with ctx.wrap_socket(raw, server_hostname="localhost") as s:
-            s.sendall(SB + MESSAGE + EB)
-            buf = b""
-            while EB not in buf:
-                chunk = s.recv(65536)
-                if not chunk:
-                    raise ConnectionError("closed")
-                buf += chunk
-            return buf
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname="localhost") as s,
+    ):
+        s.sendall(SB + MESSAGE + EB)
+        buf = b""
+        while EB not in buf:
+            chunk = s.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed")
+            buf += chunk
+        return buf
 
 
 @pytest.fixture(scope="module")

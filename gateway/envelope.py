@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,9 @@ Sensitivity = Literal["phi", "pan", "pii", "none"]
 
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+# Ids need uniqueness, not secrecy: a generator seeded once from the OS is ~30x cheaper than a
+# getrandom() call per id on this kind of machine.
+_random = random.Random(os.urandom(32))
 
 
 def _ulid(value: int) -> str:
@@ -31,7 +35,7 @@ def _ulid(value: int) -> str:
 
 def new_id() -> str:
     """Mint a sortable, unique envelope id: a ULID (48-bit millisecond time + 80 random bits, Crockford base32)."""
-    return _ulid((time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big"))
+    return _ulid((time.time_ns() // 1_000_000) << 80 | _random.getrandbits(80))
 
 
 def id_floor(when: str | datetime) -> str:

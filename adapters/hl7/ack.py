@@ -41,7 +41,6 @@ nothing of the inbound payload is echoed except its addressing header fields.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from importlib import resources
@@ -49,6 +48,7 @@ from typing import Any
 
 from adapters.hl7 import er7
 from gateway.adapter import Issue, OutcomeKind
+from gateway.envelope import new_id
 
 __all__ = [
     "ACCEPT_CODES",
@@ -222,7 +222,7 @@ def build_ack(
         stamp,
         "",
         _line([esc(p) for p in msg_type], d.component),
-        esc(control_id or uuid.uuid4().hex[:20]),
+        esc(control_id or new_id()[-20:]),
         esc(headers.get("processing_id", "") or "P"),
         esc(version),
         "",

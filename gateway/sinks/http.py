@@ -155,9 +155,7 @@ class HTTPSink:
         self._client = httpx.AsyncClient(
             headers=headers,
             timeout=httpx.Timeout(cfg.timeout_s),
-            limits=httpx.Limits(
-                max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency
-            ),
+            limits=httpx.Limits(max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency),
             verify=verify,
             follow_redirects=False,
             trust_env=False,
@@ -198,6 +196,7 @@ class HTTPSink:
             # the status arrived in time; only reading the (discarded) body ran over
         except httpx.HTTPError as exc:
             raise self._transport_error(exc) from None
+        assert status is not None
         self._outcome(status, retry_after)
 
     def _outcome(self, status: int, retry_after: str | None) -> None:

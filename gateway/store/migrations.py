@@ -6,7 +6,8 @@ Append a new script to :data:`MIGRATIONS` to change the schema; never edit one t
 from __future__ import annotations
 
 MIGRATIONS: list[str] = [
-    # 1: messages, idempotency keys, lineage.
+    # 1: messages and lineage. Idempotent intake looks accepted messages up by
+    # (control_id, sender, protocol); one index serves that and the control id search.
     # Message ids are ULIDs minted at receipt, so the primary key orders messages by time and
     # serves time-range queries; every further index costs pages in each commit.
     """
@@ -31,18 +32,9 @@ MIGRATIONS: list[str] = [
         issues        TEXT NOT NULL DEFAULT '[]',
         parent_id     TEXT
     );
-    CREATE INDEX messages_control_id ON messages (control_id);
+    CREATE INDEX messages_control_id ON messages (control_id, sender, protocol);
     CREATE INDEX messages_type ON messages (protocol, message_type);
     CREATE INDEX messages_parent ON messages (parent_id) WHERE parent_id IS NOT NULL;
-
-    CREATE TABLE intake_keys (
-        protocol    TEXT NOT NULL,
-        sender      TEXT NOT NULL,
-        control_id  TEXT NOT NULL,
-        raw_sha256  TEXT NOT NULL,
-        message_id  TEXT NOT NULL,
-        PRIMARY KEY (protocol, sender, control_id)
-    ) WITHOUT ROWID;
 
     CREATE TABLE lineage (
         seq          INTEGER PRIMARY KEY,

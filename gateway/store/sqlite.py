@@ -163,6 +163,7 @@ class SQLiteStore:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
+        conn.execute("PRAGMA cache_size = -65536")  # 64 MiB: index pages stay hot between commits
         migrate(conn)
         row = conn.execute("SELECT seq, hash FROM lineage ORDER BY seq DESC LIMIT 1").fetchone()
         self._head = [row[0], row[1]] if row else [0, GENESIS_HASH]
@@ -360,8 +361,9 @@ class SQLiteStore:
         keyed = bool(rec.control_id) and rec.outcome == "accepted"
         if keyed:
             row = conn.execute(
-                "SELECT raw_sha256, message_id FROM intake_keys WHERE protocol = ? AND sender = ? AND control_id = ?",
-                (rec.protocol, rec.sender, rec.control_id),
+                "SELECT raw_sha256, id FROM messages WHERE control_id = ? AND sender = ? AND protocol = ?"
+                " AND status = 'accepted' LIMIT 1",
+                (rec.control_id, rec.sender, rec.protocol),
             ).fetchone()
             if row is not None:
                 if row[0] == rec.raw_sha256:
@@ -380,13 +382,7 @@ class SQLiteStore:
                     )
                     return IntakeDecision("duplicate", row[1], "accepted")
                 return self._insert(txn, rec, at, conflict_with=row[1])
-        decision = self._insert(txn, rec, at, conflict_with=None)
-        if keyed:
-            conn.execute(
-                "INSERT INTO intake_keys (protocol, sender, control_id, raw_sha256, message_id) VALUES (?,?,?,?,?)",
-                (rec.protocol, rec.sender, rec.control_id, rec.raw_sha256, rec.id),
-            )
-        return decision
+        return self._insert(txn, rec, at, conflict_with=None)
 
     def _receipt_details(self, rec: IntakeRecord) -> dict[str, Any]:
         details: dict[str, Any] = {

@@ -14,12 +14,15 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.adapter import Adapter
 from gateway.envelope import Receipt
-from gateway.errors import AuthError, StoreError
+from gateway.errors import AuthError, ConfigError, StoreError
+from gateway.metrics import Metrics
 from gateway.pipeline import Intake
+from gateway.runtime import Runtime
 from gateway.security import KeyRing, Principal
 from gateway.store import MessageFilter
 from gateway.store.sqlite import SQLiteStore
@@ -75,6 +78,8 @@ def create_app(
     keyring: KeyRing,
     hl7_adapter: Adapter,
     max_body_bytes: int,
+    runtime: Runtime | None = None,
+    metrics: Metrics | None = None,
 ) -> FastAPI:
     app = FastAPI(
         title="Connector gateway", version="0.1.0", docs_url="/api/docs", openapi_url="/api/openapi.json"
@@ -177,8 +182,50 @@ def create_app(
         if row is None:
             raise APIError(404, "not_found", "No message has this id.")
         out = row.as_dict()
+        out["deliveries"] = [d.as_dict() for d in store.deliveries_of(message_id)]
         out["lineage"] = [e.as_dict() for e in store.lineage_of(message_id)]
         return out
+
+    @app.get("/api/deliveries", tags=["deliveries"])
+    def list_deliveries(
+        status: Annotated[str | None, Query(pattern="^(pending|delivered|dead)$")] = None,
+        sink: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        who: Principal = scoped("messages:read"),
+    ) -> dict[str, Any]:
+        """Outbox rows, newest first: ``status=dead`` lists the dead letters."""
+        return {"items": [d.as_dict() for d in store.list_deliveries(status, sink, limit)]}
+
+    @app.post("/api/messages/{message_id}/replay", tags=["deliveries"])
+    async def replay(message_id: str, who: Principal = scoped("admin")) -> dict[str, Any]:
+        """Make the message's dead-lettered deliveries pending again (recorded as ``Replayed``)."""
+        if store.get_message(message_id) is None:
+            raise APIError(404, "not_found", "No message has this id.")
+        count = await store.replay(message_id, None, f"user:{who.name}")
+        if count == 0:
+            raise APIError(409, "nothing_to_replay", "The message has no dead-lettered delivery.")
+        if runtime is not None and runtime.engine is not None:
+            runtime.engine.notify({d.sink for d in store.deliveries_of(message_id)})
+        return {"replayed": count}
+
+    @app.post("/api/admin/reload", tags=["admin"])
+    async def reload(who: Principal = scoped("admin")) -> dict[str, Any]:
+        """Read the config file again and switch routing and sinks; an invalid file changes nothing."""
+        if runtime is None:
+            raise APIError(503, "not_available", "This gateway cannot reload.")
+        try:
+            settings = await runtime.reload()
+        except ConfigError as exc:
+            raise APIError(422, "invalid_config", str(exc)) from None
+        return {"ok": True, "routes": len(settings.routes), "sinks": sorted(settings.sinks)}
+
+    @app.get("/metrics", tags=["health"])
+    def prometheus(who: Principal = scoped("metrics:read")) -> Response:
+        """Prometheus text format."""
+        if metrics is None:
+            raise APIError(503, "not_available", "Metrics are off.")
+        circuits = runtime.circuits() if runtime is not None else {}
+        return Response(metrics.render(store.backlog(), circuits), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/api/messages/{message_id}/lineage", tags=["lineage"])
     def message_lineage(message_id: str, who: Principal = scoped("lineage:read")) -> dict[str, Any]:

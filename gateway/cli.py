@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,13 +22,19 @@ from gateway.errors import ConfigError, StoreError
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    overrides: dict[tuple[str, ...], Any] = {("data_dir",): getattr(args, "data_dir", None)}
+def _overrides(args: argparse.Namespace) -> dict[tuple[str, ...], Any]:
+    overrides: dict[tuple[str, ...], Any] = {}
+    if getattr(args, "data_dir", None) is not None:
+        overrides[("data_dir",)] = args.data_dir
     if getattr(args, "mllp", None) is not None and args.command == "serve":
         overrides[("mllp", "address")] = args.mllp
     if getattr(args, "http", None) is not None and args.command == "serve":
         overrides[("http", "address")] = args.http
-    return load_settings(getattr(args, "config", None), overrides)
+    return overrides
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(getattr(args, "config", None), _overrides(args))
 
 
 def _store_options(p: argparse.ArgumentParser) -> None:
@@ -96,7 +103,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         settings = _settings(args)
         setup_logging(settings.log_level)
-        run(settings)
+        config_file = args.config or os.environ.get("GATEWAY_CONFIG")
+        run(settings, Path(config_file) if config_file else None, _overrides(args))
         return EXIT_OK
     if args.command == "send":
         return _send(args)
@@ -202,7 +210,6 @@ def _lineage(args: argparse.Namespace) -> int:
 
 def _send(args: argparse.Namespace) -> int:
     from adapters.hl7.ack import parse_ack
-
     from adapters.hl7.er7 import split_batch
 
     def normalise(data: bytes) -> bytes:

@@ -20,8 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from gateway.errors import ConfigError
 
 ValidationLevel = Literal["none", "header", "structure"]
-Scope = Literal["ingest:hl7v2", "messages:read", "lineage:read", "admin"]
-ALL_SCOPES: tuple[str, ...] = ("ingest:hl7v2", "messages:read", "lineage:read", "admin")
+Scope = Literal["ingest:hl7v2", "messages:read", "lineage:read", "metrics:read", "admin"]
+ALL_SCOPES: tuple[str, ...] = ("ingest:hl7v2", "messages:read", "lineage:read", "metrics:read", "admin")
 MIB = 1024 * 1024
 
 

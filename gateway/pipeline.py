@@ -15,24 +15,33 @@ fine, the gateway just does not take that kind.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from gateway.adapter import Adapter, Issue, Outcome, OutcomeKind, ParseError, Reply
-from gateway.envelope import Receipt, new_id, sha256_hex
+from gateway.envelope import Envelope, Receipt, new_id, sha256_hex
 from gateway.errors import StoreUnavailable
+from gateway.metrics import Metrics
+from gateway.routing import UNMATCHED_ROUTE, RoutingTable
 from gateway.store import (
     CONTROL_ID_CONFLICT,
     BatchRecord,
     DecisionKind,
     IntakeDecision,
     IntakeRecord,
+    PlannedDelivery,
     ReplyRecord,
 )
 from gateway.store.sqlite import SQLiteStore
 
 log = logging.getLogger("gateway.intake")
 
+ROUTE_UNMATCHED = Issue(
+    "error",
+    "route_unmatched",
+    "",
+    "No route takes this kind of message, and the gateway rejects unmatched ones.",
+)
 STORE_UNAVAILABLE = Issue(
     "fatal", "store_unavailable", "", "The gateway could not store the message durably; send it again later."
 )
@@ -67,8 +76,19 @@ def classify(issues: Sequence[Issue]) -> OutcomeKind:
 class Intake:
     """The one path every received message takes (see the module docstring)."""
 
-    def __init__(self, store: SQLiteStore) -> None:
+    def __init__(
+        self,
+        store: SQLiteStore,
+        routing: RoutingTable | None = None,
+        on_outbox: Callable[[set[str]], None] | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.store = store
+        self.metrics = metrics
+        self.routing = routing
+        """Swapped whole on reload; each message is routed by the table in place when it arrived."""
+        self.on_outbox = on_outbox
+        """Told which sinks got outbox rows, after the commit (wakes their delivery workers)."""
 
     def _record(
         self, adapter: Adapter, unit: bytes, receipt: Receipt, parent_id: str | None
@@ -107,6 +127,13 @@ class Intake:
             return rec, out, reply
         issues = adapter.validate(env)
         kind = classify(issues)
+        route: str = ""
+        deliveries: tuple[PlannedDelivery, ...] = ()
+        if kind == "accepted" and self.routing is not None and self.routing.enabled:
+            route, deliveries = self._route(env)
+            if not deliveries and route == UNMATCHED_ROUTE:
+                issues = [*issues, ROUTE_UNMATCHED]
+                kind = "refused"
         out = Outcome(kind, env.headers, issues, env.id)
         reply = adapter.respond(out)
         rec = IntakeRecord(
@@ -129,8 +156,21 @@ class Intake:
             issues=issues,
             parent_id=parent_id,
             reply_code=reply.code,
+            route=route,
+            deliveries=deliveries,
         )
         return rec, out, reply
+
+    def _route(self, env: Envelope) -> tuple[str, tuple[PlannedDelivery, ...]]:
+        """The route and outbox rows for an accepted envelope; no rows means unmatched and rejected."""
+        assert self.routing is not None
+        decision = self.routing.route_envelope(env) or self.routing.unmatched_decision()
+        if decision is None:
+            return UNMATCHED_ROUTE, ()
+        return decision.route, tuple(
+            PlannedDelivery(sink, decision.route, decision.transform, decision.order_key)
+            for sink in decision.sinks
+        )
 
     async def receive(self, adapter: Adapter, raw: bytes, receipt: Receipt) -> IntakeResult:
         """Take one payload (a message or a batch) through intake and return its replies."""
@@ -169,6 +209,15 @@ class Intake:
                 for _, out, _ in prepared
             ]
             return IntakeResult(replies, [], [], receipt.listener)
+        if self.on_outbox is not None:
+            sinks = {
+                d.sink
+                for (rec, _, _), decision in zip(prepared, decisions, strict=True)
+                if decision.kind == "stored" and decision.outcome == "accepted"
+                for d in rec.deliveries
+            }
+            if sinks:
+                self.on_outbox(sinks)
         replies = []
         for (rec, out, reply), decision in zip(prepared, decisions, strict=True):
             replies.append(

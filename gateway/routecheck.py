@@ -47,7 +47,6 @@ from gateway.envelope import Receipt
 from gateway.errors import ConfigError
 from gateway.routing import (
     ENVELOPE_KEYS,
-    REJECT,
     Compare,
     Condition,
     Equals,
@@ -55,7 +54,6 @@ from gateway.routing import (
     OneOf,
     RoutingTable,
     parse_match,
-    routing_headers,
     routing_problems,
 )
 
@@ -68,6 +66,7 @@ __all__ = [
     "lint",
     "load_route_tests",
     "promoted_headers",
+    "route_protocols",
     "run_route_tests",
 ]
 
@@ -136,12 +135,8 @@ def _compare_covers(earlier: Compare, later: Compare) -> bool:
     if lo2 is not None and hi2 is not None and (lo2 > hi2 or (lo2 == hi2 and not (lo2_in and hi2_in))):
         return False  # the later route matches nothing at all: not a shadowing question
     low_ok = lo1 is None or (lo2 is not None and (lo2 > lo1 or (lo2 == lo1 and (lo1_in or not lo2_in))))
-    high_ok = hi1 is None or (hi2 is not None and (hi2 < hi1 or (hi2 == hi1 and (hi1_in or not hi2_in)))) 
-    return (
-        low_ok
-        and high_ok
-        and all(x in ex2 or not _inside(x, lo2, lo2_in, hi2, hi2_in) for x in ex1)
-    )
+    high_ok = hi1 is None or (hi2 is not None and (hi2 < hi1 or (hi2 == hi1 and (hi1_in or not hi2_in))))
+    return low_ok and high_ok and all(x in ex2 or not _inside(x, lo2, lo2_in, hi2, hi2_in) for x in ex1)
 
 
 def _scalar_covers(earlier: Equals | Glob, later: Equals | Glob) -> bool:
@@ -185,21 +180,19 @@ def covers(earlier: Condition, later: Condition) -> bool:
         return all(isinstance(a, Equals) and earlier.predicate()(a.value) for a in alternatives)
     if isinstance(later, Compare):
         return isinstance(earlier, Glob) and earlier.matches_everything
-    return all(
-        any(_scalar_covers(e, la) for e in _alternatives(earlier)) for la in _alternatives(later)
-    )
+    return all(any(_scalar_covers(e, la) for e in _alternatives(earlier)) for la in _alternatives(later))
 
 
-def _shadowed_by(
-    earlier: Sequence[tuple[str, Condition]], later: Sequence[tuple[str, Condition]]
-) -> bool:
+def _shadowed_by(earlier: Sequence[tuple[str, Condition]], later: Sequence[tuple[str, Condition]]) -> bool:
     later_by_key = dict(later)
     return all(key in later_by_key and covers(cond, later_by_key[key]) for key, cond in earlier)
 
 
 # -- endpoints -----------------------------------------------------------------------------------
 
-_HOSTNAME = re.compile(r"(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
+)
 
 
 def _endpoint_findings(name: str, endpoint: str) -> list[Finding]:
@@ -208,7 +201,7 @@ def _endpoint_findings(name: str, endpoint: str) -> list[Finding]:
         parts = urlsplit(endpoint)
         port = parts.port
     except ValueError:
-        return [Finding("error", key, "the port is not a number from 1 to 65535")]
+        return [Finding("error", key, "the port is out of range; expected 1 to 65535")]
     findings: list[Finding] = []
     host = parts.hostname or ""
     if not host:
@@ -219,8 +212,8 @@ def _endpoint_findings(name: str, endpoint: str) -> list[Finding]:
         except ValueError:
             if not _HOSTNAME.fullmatch(host):
                 findings.append(Finding("error", key, f"{host!r} is not a valid host name"))
-    if port is not None and not 1 <= port <= 65535 or port == 0:
-        findings.append(Finding("error", key, f"port {port} is out of range; expected 1 to 65535"))
+    if port == 0:
+        findings.append(Finding("error", key, "port 0 is out of range; expected 1 to 65535"))
     if parts.username is not None or parts.password is not None:
         findings.append(
             Finding(
@@ -235,7 +228,8 @@ def _endpoint_findings(name: str, endpoint: str) -> list[Finding]:
 # -- lint ----------------------------------------------------------------------------------------
 
 
-def _protocols(conditions: Sequence[tuple[str, Condition]], registered: Sequence[str]) -> list[str]:
+def route_protocols(conditions: Sequence[tuple[str, Condition]], registered: Sequence[str]) -> list[str]:
+    """The registered protocols a route can take: those its ``protocol`` condition accepts, else all."""
     for key, condition in conditions:
         if key == "protocol":
             holds = condition.predicate()
@@ -265,7 +259,7 @@ def lint(settings: Settings) -> list[Finding]:
                 )
                 break
         compiled.append((i, route.name, conditions))
-        protocols = _protocols(conditions, list(registry))
+        protocols = route_protocols(conditions, list(registry))
         if not protocols:
             warnings.append(
                 Finding(
@@ -363,7 +357,7 @@ class RouteOutcome:
         return self.route == other.route and set(self.sinks) == set(other.sinks)
 
     def __str__(self) -> str:
-        sinks = ", ".join(sorted(self.sinks))
+        sinks = ", ".join(self.sinks)
         if self.route is None:
             return f"unmatched (sink {sinks})" if sinks else "unmatched (rejected)"
         return f"route {self.route!r} (sinks {sinks or 'none'})"
@@ -390,9 +384,7 @@ def load_route_tests(tests_file: Path) -> list[tuple[str, RouteOutcome]]:
     except yaml.YAMLError as exc:
         raise ConfigError(f"route tests {tests_file} are not valid YAML: {exc}") from None
     if not isinstance(loaded, list):
-        raise ConfigError(
-            f"route tests {tests_file}: expected a list of {{fixture, route, sinks}} entries"
-        )
+        raise ConfigError(f"route tests {tests_file}: expected a list of {{fixture, route, sinks}} entries")
     cases: list[tuple[str, RouteOutcome]] = []
     lines: list[str] = []
     for i, entry in enumerate(loaded):
@@ -404,7 +396,8 @@ def load_route_tests(tests_file: Path) -> list[tuple[str, RouteOutcome]]:
                 key = f"[{i}].{where}" if where else f"[{i}]"
                 shown = "(missing)" if err["type"] == "missing" else repr(err.get("input"))
                 lines.append(
-                    f"{key}: unknown key" if err["type"] == "extra_forbidden"
+                    f"{key}: unknown key"
+                    if err["type"] == "extra_forbidden"
                     else f"{key}: {shown} is not valid: {err['msg']}"
                 )
             continue
@@ -460,9 +453,7 @@ def run_route_tests(settings: Settings, tests_file: Path) -> list[RouteTestResul
             )
             continue
         if not table.enabled:
-            results.append(
-                RouteTestResult(fixture, expected, None, False, "the configuration has no routes")
-            )
+            results.append(RouteTestResult(fixture, expected, None, False, "the configuration has no routes"))
             continue
         actual, note = _route_unit(table, raw)
         if actual is None:
@@ -476,11 +467,7 @@ def run_route_tests(settings: Settings, tests_file: Path) -> list[RouteTestResul
         want = str(expected).removeprefix("route ")
         if expected.route is not None and expected.route not in {v.name for v in table.describe()}:
             want += " (no route has that name)"
-        results.append(
-            RouteTestResult(
-                fixture, expected, actual, False, f"{prefix}{took.replace('route ', 'route ', 1)}, expected {want}"
-            )
-        )
+        results.append(RouteTestResult(fixture, expected, actual, False, f"{prefix}{took}, expected {want}"))
     return results
 
 
@@ -515,6 +502,8 @@ def check_report(settings: Settings, tests_file: Path | None) -> tuple[bool, lis
                     lines.append(f"FAILED: {r.fixture}: {r.explanation}")
             tests_line = f"route tests: {len(results) - len(failed)} passed, {len(failed)} failed"
             passed = passed and not failed
-    lines.append(f"{len(errors)} errors, {len(warnings)} warnings" + (f"; {tests_line}" if tests_line else ""))
+    lines.append(
+        f"{len(errors)} errors, {len(warnings)} warnings" + (f"; {tests_line}" if tests_line else "")
+    )
     lines.append("check passed" if passed else "check failed")
     return passed, lines

@@ -321,7 +321,9 @@ def routing_problems(settings: Settings) -> list[Problem]:
     unmatched = settings.unmatched
     if unmatched is None:
         if settings.routes:
-            problems.append(Problem("unmatched", f"required when routes are given: {REJECT!r} or a sink name"))
+            problems.append(
+                Problem("unmatched", f"required when routes are given: {REJECT!r} or a sink name")
+            )
     elif unmatched != REJECT and unmatched not in settings.sinks:
         problems.append(
             Problem(

@@ -15,6 +15,7 @@ import signal
 import sys
 from collections.abc import Generator
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -22,7 +23,10 @@ from adapters import BUILTIN_ADAPTERS
 from adapters.hl7.mllp import MLLPServer, ssl_server_context
 from gateway.app import create_app
 from gateway.config import Settings, parse_address
+from gateway.errors import ConfigError
+from gateway.metrics import Metrics
 from gateway.pipeline import Intake
+from gateway.runtime import Runtime
 from gateway.security import BOOTSTRAP_KEY_FILE, KeyRing, pseudonym_key
 from gateway.store.sqlite import SQLiteStore
 
@@ -45,16 +49,36 @@ class _Uvicorn(uvicorn.Server):
         yield
 
 
-async def serve(settings: Settings) -> None:
+async def serve(
+    settings: Settings, config_file: Path | None = None, overrides: dict[tuple[str, ...], Any] | None = None
+) -> None:
     data_dir = settings.data_dir
     store = open_store(data_dir)
-    intake = Intake(store)
+    metrics = Metrics()
+    intake = Intake(store, metrics=metrics)
+    runtime = Runtime(store, intake, metrics, config_file)
+    runtime.overrides = dict(overrides or {})
+    await runtime.apply(settings)
     keyring = KeyRing.from_settings(settings)
     hl7 = BUILTIN_ADAPTERS["hl7v2"]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+
+    def reload() -> None:
+        async def go() -> None:
+            try:
+                await runtime.reload()
+            except ConfigError as exc:
+                log.error("reload refused; the running configuration stays", extra={"reason": str(exc)})
+
+        task = loop.create_task(go())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    reloads: set[asyncio.Task[None]] = set()
+    loop.add_signal_handler(signal.SIGHUP, reload)
 
     mllp: MLLPServer | None = None
     if settings.mllp.address != "off":
@@ -79,6 +103,8 @@ async def serve(settings: Settings) -> None:
             keyring=keyring,
             hl7_adapter=hl7(validation=settings.http.validation),
             max_body_bytes=settings.http.max_body_bytes,
+            runtime=runtime,
+            metrics=metrics,
         )
         tls_http = settings.http.tls
         config = uvicorn.Config(
@@ -111,12 +137,15 @@ async def serve(settings: Settings) -> None:
     if http is not None and http_task is not None:
         http.should_exit = True
         await http_task
+    await runtime.stop()
     await intake.drain()
     store.close()
     log.info("gateway stopped")
 
 
-def run(settings: Settings) -> None:
+def run(
+    settings: Settings, config_file: Path | None = None, overrides: dict[tuple[str, ...], Any] | None = None
+) -> None:
     """Run :func:`serve` on uvloop where it is installed.
 
     The store's writer thread releases the GIL for every fsync and needs it back
@@ -127,7 +156,7 @@ def run(settings: Settings) -> None:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvicorn[standard] brings it
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, config_file, overrides))
         return
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve(settings))
+        runner.run(serve(settings, config_file, overrides))

@@ -253,10 +253,6 @@ def parse_ack(raw: bytes) -> tuple[str, str, str]:
     if msg.segment("MSA") is None:
         raise er7.ER7Error("missing_msa", "MSA", "The reply has no MSA segment.")
     text = (
-        msg.get("MSA-3")
-        or msg.get("ERR-8")
-        or msg.get("ERR-7")
-        or msg.get("ERR-3.2")
-        or msg.get("ERR-1.4.2")
+        msg.get("MSA-3") or msg.get("ERR-8") or msg.get("ERR-7") or msg.get("ERR-3.2") or msg.get("ERR-1.4.2")
     )
     return msg.get("MSA-1"), msg.get("MSA-2"), text

@@ -243,7 +243,9 @@ class HL7Adapter:
             return []
         message = envelope.body
         if not isinstance(message, er7.Message):
-            return [Issue("fatal", "internal_error", "", "The envelope does not hold a parsed HL7 v2 message.")]
+            return [
+                Issue("fatal", "internal_error", "", "The envelope does not hold a parsed HL7 v2 message.")
+            ]
         h = envelope.headers
         issues = self._header_issues(h)
         if self.validation == "structure" and h["message_code"] and h["version"] in SUPPORTED_VERSIONS:
@@ -316,4 +318,3 @@ class HL7Adapter:
 
     def serialize(self, envelope: Envelope) -> bytes:
         return envelope.raw
-

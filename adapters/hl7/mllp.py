@@ -17,6 +17,7 @@ import ssl
 from collections import Counter, deque
 from typing import cast
 
+from adapters.hl7.framing import END, START, FrameReader, FrameTooLarge, frame
 from gateway.adapter import Adapter, Issue, Outcome, ParseError
 from gateway.config import MLLPConfig
 from gateway.envelope import Receipt
@@ -24,64 +25,7 @@ from gateway.pipeline import Intake
 
 log = logging.getLogger("gateway.mllp")
 
-START = b"\x0b"
-END = b"\x1c\x0d"
 MAX_PENDING_FRAMES = 64
-
-
-def frame(message: bytes) -> bytes:
-    return START + message + END
-
-
-class FrameTooLarge(Exception):
-    def __init__(self, head: bytes) -> None:
-        super().__init__("frame too large")
-        self.head = head
-
-
-class FrameReader:
-    """Incremental MLLP deframer: feed bytes, get complete frames."""
-
-    def __init__(self, max_frame_bytes: int) -> None:
-        self.max_frame_bytes = max_frame_bytes
-        self._buf = bytearray()
-        self._in_frame = False
-        self._scan = 0
-
-    @property
-    def in_frame(self) -> bool:
-        return self._in_frame
-
-    def feed(self, data: bytes) -> list[bytes]:
-        buf = self._buf
-        buf += data
-        frames: list[bytes] = []
-        while True:
-            if not self._in_frame:
-                start = buf.find(START)
-                if start < 0:
-                    buf.clear()
-                    return frames
-                del buf[: start + 1]
-                self._in_frame = True
-                self._scan = 0
-            end = buf.find(END, self._scan)
-            if end < 0:
-                if len(buf) > self.max_frame_bytes:
-                    head = bytes(buf[:4096])
-                    buf.clear()
-                    self._in_frame = False
-                    raise FrameTooLarge(head)
-                self._scan = max(0, len(buf) - 1)
-                return frames
-            if end > self.max_frame_bytes:
-                head = bytes(buf[:4096])
-                del buf[: end + 2]
-                self._in_frame = False
-                raise FrameTooLarge(head)
-            frames.append(bytes(buf[:end]))
-            del buf[: end + 2]
-            self._in_frame = False
 
 
 class MLLPServer:

@@ -20,9 +20,10 @@ placeholder, or lacks ``{envelope_id}`` is refused when the sink is built
 no placeholder value can lead outside ``directory``.
 
 A write is atomic and durable: the bytes go to a hidden temporary file in the
-target folder, which is fsynced, renamed over the target with ``os.replace``,
-and the folder is fsynced (as is the parent of every folder created). A
-reader never sees a half-written file, and no temporary file is left behind.
+target folder (``.gateway-<random>.tmp``), which is fsynced, renamed over the
+target with ``os.replace``, and the folder is fsynced (as is the parent of
+every folder created). A reader never sees a half-written file, and no
+temporary file is left behind.
 Files are created with mode 0640: message content is never world-readable.
 
 Re-delivery: the name contains the envelope id, and a sink receives one
@@ -31,11 +32,13 @@ written before. Same bytes → nothing is written and the delivery counts as
 done; different bytes (a route's transform changed between attempts) → the
 file is replaced atomically with the newer body.
 
-A name that would still leave the directory (only a strange ``strftime``
-format can do that) is ``DeliveryRejected("bad_file_name")``.
-Disk errors (``ENOSPC``, ``EIO``, ``EACCES`` ...) are
+Outcomes: disk errors (``ENOSPC``, ``EIO``, ``EACCES`` ...) are
 ``DeliveryRetryable`` (codes ``disk_full``, ``permission_denied``,
-``read_only``, ``io_error``); the blocking I/O runs in a worker thread.
+``read_only``, ``io_error``). A name the file system finds too long is
+``DeliveryRejected("name_too_long")`` and one that would leave the directory
+``DeliveryRejected("bad_file_name")`` (the construction-time check should make
+that impossible): sending again would not help, a better ``name_pattern``
+would. The blocking I/O runs in a worker thread.
 """
 
 from __future__ import annotations
@@ -55,9 +58,11 @@ from gateway.envelope import Envelope
 from gateway.errors import ConfigError
 from gateway.sink import Delivery, DeliveryRejected, DeliveryRetryable
 
-__all__ = ["FILE_MODE", "PLACEHOLDERS", "FileSink", "extension", "render_name", "sanitize"]
+__all__ = ["FILE_MODE", "PLACEHOLDERS", "TEMP_PREFIX", "FileSink", "extension", "render_name", "sanitize"]
 
 FILE_MODE = 0o640
+TEMP_PREFIX = ".gateway-"
+"""Temporary files are named ``.gateway-<random>.tmp``: hidden, and easy for a folder watcher to skip."""
 PLACEHOLDERS = frozenset({"envelope_id", "control_id", "message_type", "sink", "ext", "received"})
 MAX_PART_CHARS = 100
 """A sanitized placeholder value is cut to this length, so names stay under file-system limits."""
@@ -210,6 +215,10 @@ class FileSink:
         try:
             await asyncio.to_thread(_write_once, self.directory, target, delivery.body)
         except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:
+                raise DeliveryRejected(
+                    "name_too_long", f"sink {self.name!r}: the rendered file name is too long"
+                ) from None
             code = _ERRNO_CODES.get(exc.errno or 0, "io_error")
             name = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
             raise DeliveryRetryable(
@@ -264,7 +273,7 @@ def _write_once(root: Path, target: Path, body: bytes) -> None:
         _makedirs(folder)
     if _same_content(target, body):
         return
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=TEMP_PREFIX, suffix=".tmp")
     try:
         try:
             os.fchmod(fd, FILE_MODE)

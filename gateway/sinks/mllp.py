@@ -39,7 +39,7 @@ import re
 import ssl
 
 from adapters.hl7.ack import parse_ack
-from adapters.hl7.mllp import FrameReader, FrameTooLarge, frame
+from adapters.hl7.framing import FrameReader, FrameTooLarge, frame
 from gateway.config import MLLPSinkConfig
 from gateway.errors import ConfigError
 from gateway.sink import Delivery, DeliveryRejected, DeliveryRetryable

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
 from gateway.adapter import Issue, OutcomeKind
@@ -26,6 +27,16 @@ CONTROL_ID_CONFLICT = Issue(
 
 MessageStatus = Literal["accepted", "rejected", "batch"]
 DecisionKind = Literal["stored", "duplicate", "conflict"]
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedDelivery:
+    """An outbox row the routing table asks for: deliver the message to ``sink``."""
+
+    sink: str
+    route: str
+    transform: str | None = None
+    order_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +64,9 @@ class IntakeRecord:
     validated: bool = True
     reply_code: str = ""
     """The reply this message gets if it is stored as it is (a duplicate or a conflict gets another)."""
+    route: str = ""
+    """The route that matched, ``(unmatched)``, or "" when routing is off or the message was rejected."""
+    deliveries: Sequence[PlannedDelivery] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +137,7 @@ class MessageRow:
     headers: Mapping[str, str]
     issues: Sequence[Mapping[str, str]]
     parent_id: str | None
+    route: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -144,7 +159,90 @@ class MessageRow:
             "headers": dict(self.headers),
             "issues": [dict(i) for i in self.issues],
             "parent_id": self.parent_id,
+            "route": self.route,
         }
+
+
+DeliveryStatus = Literal["pending", "delivered", "dead"]
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRow:
+    """One outbox row as the API shows it."""
+
+    id: str
+    message_id: str
+    sink: str
+    route: str
+    transform: str | None
+    order_key: str | None
+    status: str
+    attempts: int
+    next_attempt_at: float
+    last_error_code: str
+    last_error: str
+    created_at: str
+    updated_at: str
+    delivered_at: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        retrying = self.status == "pending" and self.attempts > 0
+        out["state"] = "retrying" if retrying else self.status
+        out["next_attempt_at"] = (
+            datetime.fromtimestamp(self.next_attempt_at, UTC).isoformat()
+            if self.status == "pending"
+            else None
+        )
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class DueDelivery:
+    """A delivery the engine may attempt now, with what it needs to rebuild the envelope."""
+
+    seq: int
+    id: str
+    message_id: str
+    sink: str
+    route: str
+    transform: str | None
+    order_key: str | None
+    attempts: int
+    received_at: str
+    protocol: str
+    version: str
+    message_type: str
+    control_id: str
+    sender: str
+    receiver: str
+    raw: bytes
+    raw_sha256: str
+    headers: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptResult:
+    """What one attempt did; the store turns it into the row's new state and lineage events."""
+
+    delivery_id: str
+    message_id: str
+    sink: str
+    attempt: int
+    outcome: Literal["delivered", "retry", "dead"]
+    error_code: str = ""
+    reason: str = ""
+    next_attempt_at: float = 0.0
+    started_at: str = ""
+    duration_ms: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class SinkBacklog:
+    sink: str
+    pending: int
+    oldest_pending_at: float | None
+    dead: int
 
 
 class Store(Protocol):
@@ -175,6 +273,22 @@ class Store(Protocol):
     def get_raw(self, message_id: str) -> bytes | None: ...
 
     def lineage_of(self, message_id: str) -> list[LineageEvent]: ...
+
+    def due_deliveries(self, sink: str, now: float, limit: int, exclude: set[str]) -> list[DueDelivery]:
+        """Pending deliveries of ``sink`` due by ``now``: for ordered keys only each key's oldest."""
+        ...
+
+    async def record_attempts(self, results: Sequence[AttemptResult]) -> None: ...
+
+    async def replay(self, message_id: str | None, sink: str | None, actor: str) -> int:
+        """Make dead deliveries (of one message, or of a sink) pending again; returns how many."""
+        ...
+
+    def deliveries_of(self, message_id: str) -> list[DeliveryRow]: ...
+
+    def list_deliveries(self, status: str | None, sink: str | None, limit: int) -> list[DeliveryRow]: ...
+
+    def backlog(self) -> list[SinkBacklog]: ...
 
     def verify_lineage(self) -> Verification: ...
 

@@ -53,3 +53,31 @@ MIGRATIONS: list[str] = [
     CREATE INDEX lineage_envelope ON lineage (envelope_id);
     """,
 ]
+
+MIGRATIONS.append(
+    # 2: the outbox. One row per (message, sink): written in the intake transaction, worked off by the
+    # delivery engine. ``seq`` keeps insertion order, which per-key ordering relies on.
+    """
+    ALTER TABLE messages ADD COLUMN route TEXT NOT NULL DEFAULT '';
+    CREATE TABLE deliveries (
+        seq              INTEGER PRIMARY KEY,
+        id               TEXT NOT NULL UNIQUE,
+        message_id       TEXT NOT NULL,
+        sink             TEXT NOT NULL,
+        route            TEXT NOT NULL,
+        transform        TEXT,
+        order_key        TEXT,
+        status           TEXT NOT NULL,
+        attempts         INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at  REAL NOT NULL,
+        last_error_code  TEXT NOT NULL DEFAULT '',
+        last_error       TEXT NOT NULL DEFAULT '',
+        created_at       TEXT NOT NULL,
+        updated_at       TEXT NOT NULL,
+        delivered_at     TEXT
+    );
+    CREATE INDEX deliveries_due ON deliveries (sink, status, next_attempt_at);
+    CREATE INDEX deliveries_message ON deliveries (message_id);
+    CREATE INDEX deliveries_key ON deliveries (sink, order_key, status, seq) WHERE order_key IS NOT NULL;
+    """
+)

@@ -26,9 +26,11 @@ import contextlib
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -45,14 +47,19 @@ from gateway.lineage import (
     seal,
     verify_chain,
 )
+from gateway.routing import UNMATCHED_ROUTE
 from gateway.store import (
     CONTROL_ID_CONFLICT,
+    AttemptResult,
     BatchRecord,
+    DeliveryRow,
+    DueDelivery,
     IntakeDecision,
     IntakeRecord,
     MessageFilter,
     MessageRow,
     ReplyRecord,
+    SinkBacklog,
 )
 from gateway.store.migrations import MIGRATIONS
 
@@ -211,6 +218,10 @@ class SQLiteStore:
             for _, fut in group:
                 _settle(fut, None, StoreUnavailable("the store cannot start a transaction"))
             return
+        # another process (``gateway replay`` beside a running server) may have appended events
+        row = conn.execute("SELECT seq, hash FROM lineage ORDER BY seq DESC LIMIT 1").fetchone()
+        self._head[:] = [row[0], row[1]] if row else [0, GENESIS_HASH]
+        start_head = list(self._head)
         txn = _Txn(conn, self._head)
         results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         for fn, fut in group:
@@ -409,7 +420,7 @@ class SQLiteStore:
         txn.conn.execute(
             "INSERT INTO messages (id, received_at, protocol, version, message_type, control_id, sender, receiver,"
             " status, listener, peer, client, raw, raw_sha256, headers, business_keys, issues, parent_id,"
-            " reply_code) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " reply_code, route) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 rec.id,
                 rec.received_at,
@@ -430,6 +441,7 @@ class SQLiteStore:
                 orjson.dumps([asdict(i) for i in issues]).decode(),
                 rec.parent_id,
                 rec.reply_code if conflict_with is None else "",
+                rec.route if conflict_with is None else "",
             ),
         )
         drafts = [
@@ -459,6 +471,8 @@ class SQLiteStore:
                     },
                 )
             )
+        if rec.route and conflict_with is None:
+            drafts.append(self._route_event(txn, rec, at, status))
         if status == "accepted":
             drafts.append(EventDraft("MessageAccepted", rec.id, rec.listener, outcome="accepted"))
         else:
@@ -475,6 +489,231 @@ class SQLiteStore:
         txn.append(drafts, at)
         return IntakeDecision("conflict" if conflict_with else "stored", rec.id, outcome)
 
+    def _route_event(self, txn: _Txn, rec: IntakeRecord, at: str, status: str) -> EventDraft:
+        """Write the outbox rows of an accepted record; return the routing lineage event."""
+        sinks = [d.sink for d in rec.deliveries]
+        if status == "accepted" and rec.deliveries:
+            now = time.time()
+            txn.conn.executemany(
+                "INSERT INTO deliveries (id, message_id, sink, route, transform, order_key, status, attempts,"
+                " next_attempt_at, created_at, updated_at) VALUES (?,?,?,?,?,?,'pending',0,?,?,?)",
+                [
+                    (f"{rec.id}:{d.sink}", rec.id, d.sink, d.route, d.transform, d.order_key, now, at, at)
+                    for d in rec.deliveries
+                ],
+            )
+        unmatched = rec.route == UNMATCHED_ROUTE
+        return EventDraft(
+            "RouteUnmatched" if unmatched else "RouteMatched",
+            rec.id,
+            f"route:{rec.route}",
+            outcome=("rejected" if not sinks else "routed") if unmatched else "routed",
+            details={"route": rec.route, "sinks": sinks},
+        )
+
+    # -- deliveries -----------------------------------------------------------------------------
+
+    async def record_attempts(self, results: Sequence[AttemptResult]) -> None:
+        await self.submit(lambda txn: self._attempts(txn, results))
+
+    def _attempts(self, txn: _Txn, results: Sequence[AttemptResult]) -> None:
+        at = utcnow().isoformat()
+        drafts: list[EventDraft] = []
+        for r in results:
+            actor = f"sink:{r.sink}"
+            base = {"delivery_id": r.delivery_id, "attempt": r.attempt}
+            drafts.append(
+                EventDraft(
+                    "DeliveryAttempted",
+                    r.message_id,
+                    actor,
+                    outcome="attempted",
+                    details={**base, "started_at": r.started_at, "duration_ms": round(r.duration_ms, 1)},
+                )
+            )
+            if r.outcome == "delivered":
+                txn.conn.execute(
+                    "UPDATE deliveries SET status = 'delivered', attempts = ?, updated_at = ?, delivered_at = ?,"
+                    " last_error_code = '', last_error = '' WHERE id = ?",
+                    (r.attempt, at, at, r.delivery_id),
+                )
+                drafts.append(
+                    EventDraft("DeliverySucceeded", r.message_id, actor, outcome="delivered", details=base)
+                )
+            elif r.outcome == "retry":
+                txn.conn.execute(
+                    "UPDATE deliveries SET attempts = ?, next_attempt_at = ?, last_error_code = ?, last_error = ?,"
+                    " updated_at = ? WHERE id = ?",
+                    (r.attempt, r.next_attempt_at, r.error_code, r.reason, at, r.delivery_id),
+                )
+                drafts.append(
+                    EventDraft(
+                        "DeliveryFailed",
+                        r.message_id,
+                        actor,
+                        outcome="retrying",
+                        error_code=r.error_code,
+                        details={**base, "next_attempt_at": r.next_attempt_at},
+                    )
+                )
+            else:
+                txn.conn.execute(
+                    "UPDATE deliveries SET status = 'dead', attempts = ?, last_error_code = ?, last_error = ?,"
+                    " updated_at = ? WHERE id = ?",
+                    (r.attempt, r.error_code, r.reason, at, r.delivery_id),
+                )
+                drafts.append(
+                    EventDraft(
+                        "DeliveryFailed",
+                        r.message_id,
+                        actor,
+                        outcome="failed",
+                        error_code=r.error_code,
+                        details=base,
+                    )
+                )
+                drafts.append(
+                    EventDraft(
+                        "DeadLettered",
+                        r.message_id,
+                        actor,
+                        outcome="dead",
+                        error_code=r.error_code,
+                        details=base,
+                    )
+                )
+        txn.append(drafts, at)
+
+    async def replay(self, message_id: str | None, sink: str | None, actor: str) -> int:
+        def fn(txn: _Txn) -> int:
+            where, args = ["status = 'dead'"], []
+            if message_id:
+                where.append("message_id = ?")
+                args.append(message_id)
+            if sink:
+                where.append("sink = ?")
+                args.append(sink)
+            rows = txn.conn.execute(
+                "SELECT id, message_id, sink FROM deliveries WHERE " + " AND ".join(where) + " ORDER BY seq",  # noqa: S608
+                args,
+            ).fetchall()
+            if not rows:
+                return 0
+            at = utcnow().isoformat()
+            now = time.time()
+            txn.conn.executemany(
+                "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?, updated_at = ?"
+                " WHERE id = ?",
+                [(now, at, r[0]) for r in rows],
+            )
+            txn.append(
+                [
+                    EventDraft(
+                        "Replayed",
+                        r[1],
+                        actor,
+                        outcome="pending",
+                        details={"delivery_id": r[0], "sink": r[2]},
+                    )
+                    for r in rows
+                ],
+                at,
+            )
+            return len(rows)
+
+        return await self.submit(fn)
+
+    _DELIVERY_COLUMNS = (
+        "id, message_id, sink, route, transform, order_key, status, attempts, next_attempt_at,"
+        " last_error_code, last_error, created_at, updated_at, delivered_at"
+    )
+
+    def deliveries_of(self, message_id: str) -> list[DeliveryRow]:
+        rows = self._reader().execute(
+            f"SELECT {self._DELIVERY_COLUMNS} FROM deliveries WHERE message_id = ? ORDER BY seq",  # noqa: S608
+            (message_id,),
+        )
+        return [DeliveryRow(*r) for r in rows]
+
+    def list_deliveries(self, status: str | None, sink: str | None, limit: int = 100) -> list[DeliveryRow]:
+        where: list[str] = []
+        args: list[Any] = []
+        if status:
+            where.append("status = ?")
+            args.append(status)
+        if sink:
+            where.append("sink = ?")
+            args.append(sink)
+        sql = f"SELECT {self._DELIVERY_COLUMNS} FROM deliveries"  # noqa: S608
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY seq DESC LIMIT ?"
+        args.append(max(1, min(limit, 1000)))
+        return [DeliveryRow(*r) for r in self._reader().execute(sql, args)]
+
+    def due_deliveries(self, sink: str, now: float, limit: int, exclude: set[str]) -> list[DueDelivery]:
+        rows = self._reader().execute(
+            "SELECT d.seq, d.id, d.message_id, d.sink, d.route, d.transform, d.order_key, d.attempts,"
+            " m.received_at, m.protocol, m.version, m.message_type, m.control_id, m.sender, m.receiver,"
+            " m.raw, m.raw_sha256, m.headers"
+            " FROM deliveries d JOIN messages m ON m.id = d.message_id"
+            " WHERE d.sink = ? AND d.status = 'pending' AND d.next_attempt_at <= ?"
+            " AND (d.order_key IS NULL OR d.seq = (SELECT min(e.seq) FROM deliveries e"
+            "      WHERE e.sink = d.sink AND e.order_key = d.order_key AND e.status = 'pending'))"
+            " ORDER BY d.seq LIMIT ?",
+            (sink, now, limit + len(exclude)),
+        )
+        out = []
+        for r in rows:
+            if r[1] in exclude:
+                continue
+            out.append(
+                DueDelivery(
+                    seq=r[0],
+                    id=r[1],
+                    message_id=r[2],
+                    sink=r[3],
+                    route=r[4],
+                    transform=r[5],
+                    order_key=r[6],
+                    attempts=r[7],
+                    received_at=r[8],
+                    protocol=r[9],
+                    version=r[10],
+                    message_type=r[11],
+                    control_id=r[12],
+                    sender=r[13],
+                    receiver=r[14],
+                    raw=bytes(r[15]),
+                    raw_sha256=r[16],
+                    headers=orjson.loads(r[17]),
+                )
+            )
+            if len(out) >= limit:
+                break
+        return out
+
+    def next_due_at(self, sink: str) -> float | None:
+        (when,) = (
+            self._reader()
+            .execute(
+                "SELECT min(next_attempt_at) FROM deliveries WHERE sink = ? AND status = 'pending'", (sink,)
+            )
+            .fetchone()
+        )
+        return float(when) if when is not None else None
+
+    def backlog(self) -> list[SinkBacklog]:
+        rows = self._reader().execute(
+            "SELECT sink, sum(status = 'pending'), min(CASE WHEN status = 'pending' THEN created_at END),"
+            " sum(status = 'dead') FROM deliveries WHERE status != 'delivered' GROUP BY sink"
+        )
+        out = []
+        for sink, pending, oldest, dead in rows:
+            oldest_ts = datetime.fromisoformat(oldest).timestamp() if oldest else None
+            out.append(SinkBacklog(sink, int(pending or 0), oldest_ts, int(dead or 0)))
+        return out
+
     # -- reads --------------------------------------------------------------------------------
 
     def _reader(self) -> sqlite3.Connection:
@@ -488,7 +727,7 @@ class SQLiteStore:
 
     _COLUMNS = (
         "id, received_at, protocol, version, message_type, control_id, sender, receiver, status, reply_code,"
-        " listener, peer, client, raw_sha256, length(raw), headers, issues, parent_id, business_keys"
+        " listener, peer, client, raw_sha256, length(raw), headers, issues, parent_id, business_keys, route"
     )
 
     def _row(self, r: Sequence[Any]) -> MessageRow:
@@ -513,6 +752,7 @@ class SQLiteStore:
             client=r[12],
             raw_sha256=r[13],
             size=r[14],
+            route=r[19],
             headers=headers,
             issues=orjson.loads(r[16]),
             parent_id=r[17],

@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from adapters.hl7.mllp import END, START, FrameReader
+from adapters.hl7.framing import END, START, FrameReader
 from gateway.envelope import Envelope, new_id, sha256_hex
 from gateway.sink import Delivery
 
@@ -349,8 +349,8 @@ class Peer:
             writer.write(START + b"hello there" + END)
         elif name == "late":
             late = asyncio.create_task(self._late(float(arg), ctrl, writer))
-            self._tasks.add(late)  # type: ignore[arg-type]
-            late.add_done_callback(self._tasks.discard)  # type: ignore[arg-type]
+            self._tasks.add(late)
+            late.add_done_callback(self._tasks.discard)
             return True
         elif name == "slow":
             await asyncio.sleep(float(arg))

@@ -248,9 +248,10 @@ def create_app(
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> JSONResponse:
+        """Store writability (decides the status) and each sink's circuit and backlog."""
         ok = await store.check()
-        return JSONResponse(
-            {"ok": ok, "store": "writable" if ok else "unavailable"}, status_code=200 if ok else 503
-        )
+        sinks = runtime.sink_states() if runtime is not None else {}
+        body = {"ok": ok, "store": "writable" if ok else "unavailable", "sinks": sinks}
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     return app

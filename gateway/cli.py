@@ -79,8 +79,31 @@ def _parser() -> argparse.ArgumentParser:
     _store_options(q)
     q.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("check", help="validate a config file without side effects")
+    p = sub.add_parser("check", help="validate a config file (and its route tests) without side effects")
     p.add_argument("config_file", type=Path)
+    p.add_argument(
+        "--test", type=Path, metavar="ROUTE_TESTS", help="YAML table of fixture → expected route and sinks"
+    )
+
+    p = sub.add_parser("docs", help="document the routing table of a config: picture and table")
+    p.add_argument("config_file", type=Path)
+    p.add_argument("--format", choices=["markdown", "mermaid", "svg"], default="markdown")
+    p.add_argument("--output", "-o", type=Path, help="write here instead of standard output")
+
+    p = sub.add_parser("deliveries", help="list outbox rows (dead letters with --status dead)")
+    dsub = p.add_subparsers(dest="action", required=True)
+    q = dsub.add_parser("list")
+    _store_options(q)
+    q.add_argument("--status", choices=["pending", "delivered", "dead"])
+    q.add_argument("--sink")
+    q.add_argument("--limit", type=int, default=50)
+    q.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("replay", help="make dead-lettered deliveries pending again (recorded in lineage)")
+    _store_options(p)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("id", nargs="?", help="message id: replay its dead deliveries")
+    which.add_argument("--sink", help="replay every dead delivery of this sink")
     return parser
 
 
@@ -113,10 +136,58 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "lineage":
         return _lineage(args)
     if args.command == "check":
-        load_settings(args.config_file, environ={})
-        print(f"{args.config_file}: ok")
+        from gateway.routecheck import check_report
+
+        ok, lines = check_report(load_settings(args.config_file, environ={}), args.test)
+        for line in lines:
+            print(line)
+        print(f"{args.config_file}: {'ok' if ok else 'FAILED'}")
+        return EXIT_OK if ok else EXIT_FAILED
+    if args.command == "docs":
+        from gateway.docs import render
+
+        text = render(load_settings(args.config_file, environ={}), args.format)
+        if args.output:
+            args.output.write_text(text, encoding="utf-8")
+        else:
+            sys.stdout.write(text if text.endswith("\n") else text + "\n")
         return EXIT_OK
+    if args.command == "deliveries":
+        return _deliveries(args)
+    if args.command == "replay":
+        return _replay(args)
     return EXIT_USAGE
+
+
+def _deliveries(args: argparse.Namespace) -> int:
+    store = _open_reader(args)
+    rows = store.list_deliveries(args.status, args.sink, args.limit)
+    if args.json:
+        for r in rows:
+            print(json.dumps(r.as_dict()))
+        return EXIT_OK
+    print(f"{'DELIVERY':40}  {'SINK':12}  {'STATE':9}  {'TRIES':>5}  LAST ERROR")
+    for r in rows:
+        d = r.as_dict()
+        print(
+            f"{r.id:40}  {r.sink[:12]:12}  {d['state']:9}  {r.attempts:>5}  {r.last_error_code} {r.last_error}"
+        )
+    return EXIT_OK
+
+
+def _replay(args: argparse.Namespace) -> int:
+    import getpass
+
+    from gateway.server import open_store
+
+    settings = _settings(args)
+    store = open_store(settings.data_dir)
+    try:
+        count = asyncio.run(store.replay(args.id, args.sink, f"user:{getpass.getuser()} (cli)"))
+    finally:
+        store.close()
+    print(f"{count} deliveries made pending again; a running gateway picks them up within a second")
+    return EXIT_OK if count else EXIT_FAILED
 
 
 def _open_reader(args: argparse.Namespace) -> Any:
@@ -163,8 +234,10 @@ def _messages(args: argparse.Namespace) -> int:
         print(f"gateway: no message {args.id}", file=sys.stderr)
         return EXIT_FAILED
     events = store.lineage_of(args.id)
+    deliveries = store.deliveries_of(args.id)
     if args.json:
         out = row.as_dict()
+        out["deliveries"] = [d.as_dict() for d in deliveries]
         out["lineage"] = [e.as_dict() for e in events]
         print(json.dumps(out, indent=2))
         return EXIT_OK
@@ -180,6 +253,7 @@ def _messages(args: argparse.Namespace) -> int:
         "receiver",
         "status",
         "reply_code",
+        "route",
         "listener",
         "peer",
         "raw_sha256",
@@ -189,6 +263,11 @@ def _messages(args: argparse.Namespace) -> int:
         print(f"{key:12} {d[key] if d[key] is not None else ''}")
     for issue in row.issues:
         print(f"issue        {issue['severity']} {issue['code']} {issue['location']} {issue['diagnostics']}")
+    for dl in deliveries:
+        d = dl.as_dict()
+        when = f" next attempt {d['next_attempt_at']}" if d["state"] == "retrying" else ""
+        error = f" last error {dl.last_error_code}: {dl.last_error}" if dl.last_error_code else ""
+        print(f"delivery     {dl.sink}: {d['state']} after {dl.attempts} attempt(s){when}{error}")
     print("lineage:")
     for e in events:
         extra = f" error={e.error_code}" if e.error_code else ""

@@ -407,7 +407,7 @@ def load_route_tests(tests_file: Path) -> list[tuple[str, RouteOutcome]]:
     return cases
 
 
-def _route_unit(table: RoutingTable, raw: bytes) -> tuple[RouteOutcome | None, str]:
+def _route_fixture(table: RoutingTable, raw: bytes) -> tuple[RouteOutcome | None, str]:
     for protocol, constructor in BUILTIN_ADAPTERS.items():
         adapter = constructor()
         if not adapter.detect(raw, None):
@@ -455,7 +455,7 @@ def run_route_tests(settings: Settings, tests_file: Path) -> list[RouteTestResul
         if not table.enabled:
             results.append(RouteTestResult(fixture, expected, None, False, "the configuration has no routes"))
             continue
-        actual, note = _route_unit(table, raw)
+        actual, note = _route_fixture(table, raw)
         if actual is None:
             results.append(RouteTestResult(fixture, expected, None, False, note))
             continue

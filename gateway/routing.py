@@ -38,7 +38,7 @@ import operator
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import TypeAlias
 
 from gateway.config import MatchValue, RouteConfig, Settings
@@ -68,7 +68,7 @@ __all__ = [
 ]
 
 REJECT = "reject"
-"""The ``unmatched`` value that refuses unmatched envelopes (HL7 AR, HTTP 422)."""
+"""The ``unmatched`` value that refuses unmatched envelopes (the protocol's negative acknowledgement)."""
 UNMATCHED_ROUTE = "(unmatched)"
 """``RouteDecision.route`` of an envelope that took the unmatched sink."""
 ENVELOPE_KEYS: frozenset[str] = frozenset({"protocol"})
@@ -83,7 +83,7 @@ COMPARISONS: dict[str, Callable[[Decimal, Decimal], bool]] = {
     "ne": operator.ne,
 }
 _SYMBOLS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<=", "eq": "==", "ne": "!="}
-_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _GLOB_CHARS = frozenset("*?[")
 
 Predicate: TypeAlias = Callable[[str], bool]
@@ -94,7 +94,10 @@ def to_decimal(text: str) -> Decimal | None:
     text = text.strip()
     if not _NUMBER.fullmatch(text):
         return None
-    return Decimal(text)
+    try:
+        return Decimal(text)
+    except InvalidOperation:  # an exponent beyond what Decimal can hold
+        return None
 
 
 # -- conditions ----------------------------------------------------------------------------------

@@ -7,13 +7,16 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 
 TEST_KEY = "test-key-0123456789abcdef"
 READ_KEY = "read-key-0123456789abcdef"
+ADMIN_KEY = "admin-key-0123456789abcdef"
 
 
 def free_port() -> int:
@@ -54,6 +57,7 @@ class Gateway:
                         "scopes": ["ingest:hl7v2", "messages:read", "lineage:read"],
                     },
                     {"name": "reader", "key": READ_KEY, "scopes": ["messages:read"]},
+                    {"name": "operator", "key": ADMIN_KEY, "scopes": ["admin"]},
                 ]
             }
         }
@@ -127,3 +131,68 @@ class Gateway:
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class MLLPPeer:
+    """A real MLLP receiver in a thread: ACKs every message with ``code`` and records its control id."""
+
+    def __init__(self, code: str = "AA") -> None:
+        self.code = code
+        self.received: list[str] = []
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(16)
+        self._stop = False
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    @property
+    def endpoint(self) -> str:
+        return f"mllp://127.0.0.1:{self._sock.getsockname()[1]}"
+
+    def __enter__(self) -> MLLPPeer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop = True
+        self._sock.close()
+
+    def _serve(self) -> None:
+        while not self._stop:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        buf = b""
+        with conn:
+            while True:
+                try:
+                    chunk = conn.recv(65536)
+                except OSError:
+                    return
+                if not chunk:
+                    return
+                buf += chunk
+                while b"\x1c\x0d" in buf:
+                    start = buf.index(b"\x0b")
+                    end = buf.index(b"\x1c\x0d")
+                    message, buf = buf[start + 1 : end], buf[end + 2 :]
+                    control_id = message.split(b"\r", 1)[0].split(b"|")[9].decode()
+                    self.received.append(control_id)
+                    ack = (
+                        "MSH|^~\\&|LAB|LAB|GW|GW|20260101000000||ACK^O01^ACK|A1|P|2.5\r"
+                        f"MSA|{self.code}|{control_id}\r"
+                    ).encode()
+                    conn.sendall(b"\x0b" + ack + b"\x1c\x0d")
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 20.0, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()

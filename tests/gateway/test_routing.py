@@ -123,6 +123,8 @@ def test_list_is_any_alternative_exact_or_glob() -> None:
         ({"gt": 1}, "Infinity", False),
         ({"gt": 1}, "1_000", False),
         ({"gt": 1}, "12,5", False),
+        ({"gt": 1}, "1e99999999999999999999999999", False),
+        ({"gt": 1}, "\u0663", False),  # a non-ASCII digit
     ],
 )
 def test_numeric_comparisons_use_decimal(spec: dict[str, Any], value: str, expected: bool) -> None:

@@ -7,9 +7,10 @@ Incidents, per sink:
 * ``backlog_age``  — the oldest pending delivery is older than ``alerts.pending_age_s``; ends when it is not.
 
 Notifications go to the HTTP sink named in ``alerts.sink`` as JSON
-(``{"alert", "state": "firing"|"resolved", "sink", "since", "detail"}``) in
-the background, with a few attempts; they carry sink names and error codes,
-never message contents.
+(``{"alert", "state": "firing"|"resolved", "sink", "since", "at", "detail"}``;
+``since`` is when the incident started) in the background, one at a time and
+in order (a resolution never overtakes its firing notification), with a few
+attempts each; they carry sink names and error codes, never message contents.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ class Alerter:
         self.sink = sink
         self.pending_age_s = pending_age_s
         self.open: dict[tuple[str, str], float] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._queue: deque[dict[str, object]] = deque()
+        self._worker: asyncio.Task[None] | None = None
         self.sent: deque[dict[str, object]] = deque(maxlen=100)
         """The latest notifications, for /healthz and tests."""
 
@@ -69,18 +71,20 @@ class Alerter:
     def _fire(self, alert: str, sink: str, detail: dict[str, object]) -> None:
         if (alert, sink) in self.open:
             return
-        self.open[(alert, sink)] = time.time()
-        self._send(alert, "firing", sink, detail)
+        since = self.open[(alert, sink)] = time.time()
+        self._send(alert, "firing", sink, since, detail)
 
     def _resolve(self, alert: str, sink: str) -> None:
-        if self.open.pop((alert, sink), None) is not None:
-            self._send(alert, "resolved", sink, {})
+        since = self.open.pop((alert, sink), None)
+        if since is not None:
+            self._send(alert, "resolved", sink, since, {})
 
-    def _send(self, alert: str, state: str, sink: str, detail: dict[str, object]) -> None:
+    def _send(self, alert: str, state: str, sink: str, since: float, detail: dict[str, object]) -> None:
         note: dict[str, object] = {
             "alert": alert,
             "state": state,
             "sink": sink,
+            "since": datetime.fromtimestamp(since, UTC).isoformat(),
             "at": utcnow().isoformat(),
             "detail": detail,
         }
@@ -89,11 +93,17 @@ class Alerter:
         if self.sink is None:
             return
         try:
-            task = asyncio.get_running_loop().create_task(self._deliver(note))
+            loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._queue.append(note)
+        if self._worker is None or self._worker.done():
+            self._worker = loop.create_task(self._drain())
+
+    async def _drain(self) -> None:
+        """Deliver queued notifications one at a time, in the order they were raised."""
+        while self._queue:
+            await self._deliver(self._queue.popleft())
 
     async def _deliver(self, note: dict[str, object]) -> None:
         assert self.sink is not None
@@ -118,8 +128,12 @@ class Alerter:
                 return
             except DeliveryError as exc:
                 log.warning("alert not delivered", extra={"error_code": exc.code, "attempt": attempt})
+            except Exception:  # a sink bug (or a closed sink) must not stop the notifications after this one
+                log.exception("alert not delivered", extra={"attempt": attempt})
+                return
+            if attempt < ATTEMPTS:
                 await asyncio.sleep(attempt)
 
     async def close(self) -> None:
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=5)
+        if self._worker is not None and not self._worker.done():
+            await asyncio.wait([self._worker], timeout=5)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import random
 import time
@@ -50,11 +51,14 @@ CircuitState = Literal["closed", "open", "half_open"]
 
 
 _jitter = random.Random()
+_MAX_DOUBLINGS = 1000
+"""2.0 ** 1000 is still a float; a larger power of two overflows (``max_attempts`` has no upper bound)."""
 
 
 def backoff_s(attempt: int, policy: RetryPolicy) -> float:
     """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**(attempt-1))]."""
-    ceiling = min(policy.cap_s, policy.base_s * (2 ** max(0, attempt - 1)))
+    doublings = min(max(0, attempt - 1), _MAX_DOUBLINGS)
+    ceiling = min(policy.cap_s, policy.base_s * 2.0**doublings)
     return _jitter.uniform(0, ceiling)
 
 
@@ -189,7 +193,12 @@ class SinkWorker:
         self.wake = asyncio.Event()
         self.stopping = False
         self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._recording: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        """Every attempt task, in flight or recording its result."""
         self._inflight_keys: set[str] = set()
+        self._retry_times: list[float] = []
+        """A heap of the times retries were scheduled for, so the worker wakes when one is due."""
         self._task: asyncio.Task[None] | None = None
 
     def _notify(self, kind: str, data: dict[str, object]) -> None:
@@ -213,7 +222,7 @@ class SinkWorker:
         self.wake.set()
         if self._task is not None:
             await asyncio.wait([self._task], timeout=grace_s)
-        pending = list(self._inflight.values())
+        pending = list(self._tasks)
         if pending:
             _, late = await asyncio.wait(pending, timeout=grace_s)
             for task in late:
@@ -229,8 +238,13 @@ class SinkWorker:
             except Exception:
                 log.exception("outbox read failed", extra={"sink": self.name})
             timeout = POLL_S
+            now = time.time()
             if self.breaker.state == "open":
-                timeout = min(POLL_S, max(0.05, self.breaker.retry_in(time.time())))
+                timeout = min(POLL_S, max(0.05, self.breaker.retry_in(now)))
+            while self._retry_times and self._retry_times[0] <= now:
+                heapq.heappop(self._retry_times)  # due: the fill just done saw it
+            if self._retry_times:
+                timeout = min(timeout, max(0.001, self._retry_times[0] - now))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout)
 
@@ -243,26 +257,39 @@ class SinkWorker:
             return
         probing = self.breaker.state == "half_open"
         limit = 1 if probing else free
-        due = self.store.due_deliveries(self.name, now, limit + len(self._inflight_keys), set(self._inflight))
         started = 0
-        for d in due:
-            if d.order_key is not None and d.order_key in self._inflight_keys:
-                continue
-            if started >= limit:
-                break
-            if d.order_key is not None:
-                self._inflight_keys.add(d.order_key)
-            task = asyncio.get_running_loop().create_task(self._attempt(d))
-            self._inflight[d.id] = task
-            started += 1
-        if probing and started == 0:
-            self.breaker.release()
+        try:
+            due = self.store.due_deliveries(
+                self.name, now, limit + len(self._inflight_keys), set(self._inflight) | self._recording
+            )
+            for d in due:
+                if d.order_key is not None and d.order_key in self._inflight_keys:
+                    continue
+                if started >= limit:
+                    break
+                if d.order_key is not None:
+                    self._inflight_keys.add(d.order_key)
+                task = asyncio.get_running_loop().create_task(self._attempt(d))
+                self._inflight[d.id] = task
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+                started += 1
+        finally:
+            if probing and started == 0:
+                self.breaker.release()  # no probe went out (nothing due, or the read failed)
 
     async def _attempt(self, d: DueDelivery) -> None:
         try:
             if self.bucket is not None:
                 await self.bucket.acquire()
             result = await self._send(d)
+            if result.outcome == "retry":
+                heapq.heappush(self._retry_times, result.next_attempt_at)
+            # the slot is free for the next delivery while this result waits for a commit to ride on;
+            # the row (and its key) stay excluded until the result is recorded
+            self._recording.add(d.id)
+            self._inflight.pop(d.id, None)
+            self.wake.set()
             try:
                 await self.store.record_attempts([result])
             except Exception:
@@ -270,6 +297,7 @@ class SinkWorker:
                 log.exception("could not record a delivery attempt", extra={"sink": self.name})
         finally:
             self._inflight.pop(d.id, None)
+            self._recording.discard(d.id)
             if d.order_key is not None:
                 self._inflight_keys.discard(d.order_key)
             self.wake.set()
@@ -284,23 +312,26 @@ class SinkWorker:
         next_at = 0.0
         try:
             envelope = envelope_of(d)
-            if d.transform:
-                transformed = TRANSFORMS[d.transform](envelope)
-                body, content_type = transformed.body, transformed.content_type
+            try:
+                if d.transform:
+                    transformed = TRANSFORMS[d.transform](envelope)
+                    body, content_type = transformed.body, transformed.content_type
+                else:
+                    body, content_type = d.raw, CONTENT_TYPES.get(d.protocol, "application/octet-stream")
+            except (TransformError, KeyError) as exc:
+                self.breaker.release()  # the sink was not asked: if this was the probe, it proved nothing
+                outcome, code, reason = (
+                    "dead",
+                    "transform_failed",
+                    f"transform {d.transform!r} failed: {type(exc).__name__}",
+                )
             else:
-                body, content_type = d.raw, CONTENT_TYPES.get(d.protocol, "application/octet-stream")
-            await self.sink.send(Delivery(d.id, envelope, body, content_type, attempt))
-            outcome = "delivered"
-            self.breaker.success()
+                await self.sink.send(Delivery(d.id, envelope, body, content_type, attempt))
+                outcome = "delivered"
+                self.breaker.success()
         except DeliveryRejected as exc:
             outcome, code, reason = "dead", exc.code, exc.reason
             self.breaker.success()  # the downstream answered: it is up
-        except (TransformError, KeyError) as exc:
-            outcome, code, reason = (
-                "dead",
-                "transform_failed",
-                f"transform {d.transform!r} failed: {type(exc).__name__}",
-            )
         except DeliveryRetryable as exc:
             code, reason = exc.code, exc.reason
             self.breaker.failure(time.time())

@@ -2,11 +2,13 @@
 
 Counters and histograms are updated as things happen; the outbox gauges
 (depth, oldest pending age, dead letters) and circuit states are read when
-``/metrics`` is scraped, so they are never stale.
+``/metrics`` is scraped, so they are never stale: a sink that has left both the
+outbox and the configuration loses its series.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable
 
@@ -62,6 +64,10 @@ class Metrics:
             ["sink"],
             registry=r,
         )
+        self._outbox_sinks: set[str] = set()
+        self._circuit_sinks: set[str] = set()
+        self._render_lock = threading.Lock()
+        """Scrapes run in a thread pool; one at a time keeps the gauges and the sets above in step."""
 
     def observe_delivery(self, kind: str, sink: str, data: dict[str, object]) -> None:
         """The delivery engine's observer hook."""
@@ -80,7 +86,10 @@ class Metrics:
     def render(
         self, backlog: Iterable[SinkBacklog], circuits: dict[str, str], now: Callable[[], float] = time.time
     ) -> bytes:
-        t = now()
+        with self._render_lock:
+            return self._render(backlog, circuits, now())
+
+    def _render(self, backlog: Iterable[SinkBacklog], circuits: dict[str, str], t: float) -> bytes:
         seen = set()
         for b in backlog:
             seen.add(b.sink)
@@ -93,4 +102,12 @@ class Metrics:
                 self.outbox_age.labels(sink).set(0)
                 self.outbox_dead.labels(sink).set(0)
             self.circuit.labels(sink).set(CIRCUIT_VALUE.get(state, 0))
+        # a sink no longer in the outbox (all delivered) nor configured keeps no stale series
+        outbox_sinks = seen | set(circuits)
+        for sink in self._outbox_sinks - outbox_sinks:
+            for gauge in (self.outbox_depth, self.outbox_age, self.outbox_dead):
+                gauge.remove(sink)
+        for sink in self._circuit_sinks - set(circuits):
+            self.circuit.remove(sink)
+        self._outbox_sinks, self._circuit_sinks = outbox_sinks, set(circuits)
         return bytes(generate_latest(self.registry))

@@ -76,7 +76,7 @@ MIGRATIONS.append(
         updated_at       TEXT NOT NULL,
         delivered_at     TEXT
     );
-    CREATE INDEX deliveries_due ON deliveries (sink, status, next_attempt_at);
+    CREATE INDEX deliveries_due ON deliveries (sink, status, seq);
     CREATE INDEX deliveries_message ON deliveries (message_id);
     CREATE INDEX deliveries_key ON deliveries (sink, order_key, status, seq) WHERE order_key IS NOT NULL;
     """

@@ -67,7 +67,8 @@ log = logging.getLogger("gateway.store")
 
 T = TypeVar("T")
 MAX_GROUP = 1024
-REPLY_FLUSH_S = 0.05
+DEFER_S = 0.02
+"""Longest that work which nobody is waiting on for an ACK waits for a group commit to ride along with."""
 WAL_CHECKPOINT_PAGES = 8000
 """Checkpoint the WAL every ~32 MiB rather than SQLite's 4 MiB: fewer, larger checkpoints cost less per commit."""
 
@@ -153,9 +154,9 @@ class SQLiteStore:
         self._pump_task: asyncio.Task[None] | None = None
         self._committer: ThreadPoolExecutor | None = None
         self._head: list[Any] = [0, GENESIS_HASH]
-        self._replies: list[ReplyRecord] = []
-        self._reply_timer: asyncio.TimerHandle | None = None
-        self._background: set[asyncio.Task[None]] = set()
+        self._deferred: list[tuple[Callable[[_Txn], Any], asyncio.Future[Any]]] = []
+        self._defer_timer: asyncio.TimerHandle | None = None
+        self._background: set[asyncio.Task[Any]] = set()
         self._wconn: sqlite3.Connection | None = None
         self._local = threading.local()
         self.commits = 0
@@ -187,21 +188,42 @@ class SQLiteStore:
 
     # -- writing --------------------------------------------------------------------------------
 
-    async def submit(self, fn: Callable[[_Txn], T]) -> T:
-        """Run ``fn`` in the next group's transaction; return once that transaction is durable."""
+    async def submit(self, fn: Callable[[_Txn], T], *, urgent: bool = True) -> T:
+        """Run ``fn`` in a group's transaction; return once that transaction is durable.
+
+        Urgent work (intake: a sender waits for its ACK) starts a group at once.
+        Other work (delivery attempts, reply events) rides along with the next
+        group, or is committed on its own after :data:`DEFER_S`: under load it
+        costs no fsync of its own.
+        """
         if self._wconn is None:
             raise StoreUnavailable("the store is not open")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
-        self._pending.append((fn, fut))
+        if urgent:
+            self._pending.append((fn, fut))
+            self._start_pump(loop)
+        else:
+            self._deferred.append((fn, fut))
+            if self._defer_timer is None:
+                self._defer_timer = loop.call_later(DEFER_S, self._deferred_due)
+        return await fut
+
+    def _start_pump(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._pump_task is None or self._pump_task.done():
             self._pump_task = loop.create_task(self._pump())
-        return await fut
+
+    def _deferred_due(self) -> None:
+        self._defer_timer = None
+        if self._deferred and self._wconn is not None:
+            self._start_pump(asyncio.get_running_loop())
 
     async def _pump(self) -> None:
         loop = asyncio.get_running_loop()
-        while self._pending and self._wconn is not None:
-            group, self._pending = self._pending[:MAX_GROUP], self._pending[MAX_GROUP:]
+        while (self._pending or self._deferred) and self._wconn is not None:
+            work = self._pending + self._deferred
+            group, rest = work[:MAX_GROUP], work[MAX_GROUP:]
+            self._pending, self._deferred = rest, []
             await self._commit_group(loop, self._wconn, group)
 
     async def _commit_group(
@@ -240,18 +262,6 @@ class SQLiteStore:
                 if isinstance(exc, sqlite3.Error):
                     failure = StoreUnavailable("the store could not write")
                 results.append((fut, None, failure))
-        if self._replies:
-            replies, head = list(self._replies), list(self._head)
-            try:
-                conn.execute("SAVEPOINT item")
-                self._take_replies(txn)
-                conn.execute("RELEASE item")
-            except sqlite3.Error:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK TO item")
-                    conn.execute("RELEASE item")
-                self._head[:] = head
-                self._replies[:0] = replies
         try:
             assert self._committer is not None
             await loop.run_in_executor(self._committer, conn.execute, "COMMIT")
@@ -279,33 +289,30 @@ class SQLiteStore:
         await self.submit(fn)
 
     def note_replies(self, replies: Sequence[ReplyRecord]) -> None:
-        """Record ``ReplySent`` events with the next transaction; no commit of their own is forced.
+        """Record a ``ReplySent`` event per reply with a coming transaction; nothing waits for it."""
+        records = list(replies)
+        task = asyncio.get_running_loop().create_task(
+            self.submit(lambda txn: self._append_replies(txn, records), urgent=False)
+        )
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
 
-        Nothing waits on these events, so they ride along with the next group
-        commit; when no other write comes within :data:`REPLY_FLUSH_S` they are
-        committed alone.
-        """
-        self._replies.extend(replies)
-        if self._reply_timer is None:
-            loop = asyncio.get_running_loop()
-            self._reply_timer = loop.call_later(REPLY_FLUSH_S, self._flush_replies_soon)
-
-    def _flush_replies_soon(self) -> None:
-        self._reply_timer = None
-        if self._replies and self._wconn is not None:
-            task = asyncio.get_running_loop().create_task(self.flush())
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("could not record reply events", extra={"error": type(task.exception()).__name__})
 
     async def flush(self) -> None:
-        """Commit whatever is waiting (reply events), for example before shutdown."""
+        """Commit everything waiting (reply events, attempts), for example before shutdown."""
         try:
             await self.submit(lambda txn: None)
         except StoreError:
-            log.warning("could not record reply events", extra={"events": len(self._replies)})
+            log.warning("could not flush the store")
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
 
-    def _take_replies(self, txn: _Txn) -> None:
-        replies, self._replies = self._replies, []
+    @staticmethod
+    def _append_replies(txn: _Txn, replies: Sequence[ReplyRecord]) -> None:
         txn.append(
             [
                 EventDraft(
@@ -514,7 +521,7 @@ class SQLiteStore:
     # -- deliveries -----------------------------------------------------------------------------
 
     async def record_attempts(self, results: Sequence[AttemptResult]) -> None:
-        await self.submit(lambda txn: self._attempts(txn, results))
+        await self.submit(lambda txn: self._attempts(txn, results), urgent=False)
 
     def _attempts(self, txn: _Txn, results: Sequence[AttemptResult]) -> None:
         at = utcnow().isoformat()

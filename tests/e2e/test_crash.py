@@ -111,3 +111,57 @@ def test_acknowledged_messages_survive_sigkill(tmp_path: Path) -> None:
         assert verify.returncode == 0, verify.stdout + verify.stderr
     finally:
         gw.stop()
+
+
+def test_exactly_once_effect_downstream_across_sigkills(tmp_path: Path) -> None:
+    """Stream to a route with an HTTP sink, SIGKILL the gateway repeatedly, restart and drain.
+
+    Every message that got AA is delivered; re-deliveries carry the same Idempotency-Key, so a
+    receiver that deduplicates on it sees each message exactly once.
+    """
+    from tests.gateway.sinks.peers import Receiver
+    from tests.support import wait_until
+
+    cycles = max(2, int(os.environ.get("GATEWAY_CRASH_CYCLES", "4")) - 1)
+    rng = random.Random(20261128)
+    with Receiver() as receiver:
+        cfg = {
+            "log_level": "warning",
+            "sinks": {"ehr": {"type": "http", "endpoint": receiver.url, "retry": {"base_s": 0.05, "cap_s": 0.5}}},
+            "routes": [{"name": "all", "match": {"protocol": "hl7v2"}, "to": ["ehr"]}],
+            "unmatched": "reject",
+        }
+        gw = Gateway(tmp_path, cfg)
+        acked: list[str] = []
+        sent: list[str] = []
+        for cycle in range(cycles):
+            gw.start()
+            stop = threading.Event()
+            threads = [
+                threading.Thread(target=sender, args=(gw.mllp_port, f"X{cycle}-{c}", stop, acked, sent))
+                for c in range(3)
+            ]
+            for t in threads:
+                t.start()
+            time.sleep(rng.uniform(0.4, 1.2))
+            gw.kill()
+            stop.set()
+            for t in threads:
+                t.join(timeout=10)
+        assert len(acked) > 50
+        gw.start()
+        try:
+            conn = sqlite3.connect(gw.data_dir / "gateway.db")
+            stored = {r[0]: r[1] for r in conn.execute("SELECT control_id, id FROM messages WHERE status = 'accepted'")}
+            conn.close()
+            expected_keys = {f"{stored[c]}:ehr" for c in acked}
+            assert wait_until(
+                lambda: expected_keys <= {r.headers["idempotency-key"] for r in list(receiver.requests)}, 60
+            ), "an acknowledged message was never delivered"
+            time.sleep(0.5)
+            delivered = [r.headers["idempotency-key"] for r in list(receiver.requests)]
+            assert set(delivered) <= {f"{mid}:ehr" for mid in stored.values()}
+            # the receiver's view after deduplicating on Idempotency-Key: each stored message once
+            assert len(set(delivered)) == len(stored)
+        finally:
+            gw.stop()

@@ -248,3 +248,62 @@ def test_dead_letter_replay_and_reload(tmp_path: Path, receivers: tuple[Receiver
             assert len(ehr.requests) == 3
         finally:
             gw.stop()
+
+
+def test_a_slow_sink_does_not_hold_up_intake_or_other_sinks(tmp_path: Path) -> None:
+    """One sink answers after 2 s; the other sink's deliveries and every ACK go on at full speed."""
+    with Receiver() as slow, Receiver() as fast:
+        slow.default = Answer(delay_s=2.0)
+        cfg = {
+            "sinks": {
+                "slow": {"type": "http", "endpoint": slow.url, "concurrency": 2, "timeout_s": 30},
+                "fast": {"type": "http", "endpoint": fast.url},
+            },
+            "routes": [{"name": "both", "match": {"protocol": "hl7v2"}, "to": ["slow", "fast"]}],
+            "unmatched": "reject",
+        }
+        gw = Gateway(tmp_path, cfg).start()
+        try:
+            t0 = time.monotonic()
+            for i in range(10):
+                assert field(mllp_exchange(gw.mllp_port, adt(f"SLOW-{i}", "P1")), "MSA", 1) == "AA"
+            acked_in = time.monotonic() - t0
+            assert wait_until(lambda: len(fast.requests) == 10, 10)
+            # the slow sink (2 in flight, 2 s each) has finished at most a few of its 10 by now
+            assert len(slow.requests) <= 4
+            assert acked_in < 5.0, "intake must not wait for any sink (10 messages x 2 s if it did)"
+            with api(gw) as c:
+                states = c.get("/healthz").json()["sinks"]
+            assert states["slow"]["pending"] >= 6 and states["fast"]["pending"] == 0
+        finally:
+            gw.stop()
+
+
+def test_alerts_fire_once_per_incident_and_resolve(tmp_path: Path) -> None:
+    with Receiver() as ehr, Receiver() as pager:
+        ehr.answer(*[Answer(400) for _ in range(3)])
+        cfg = {
+            "sinks": {
+                "ehr": {"type": "http", "endpoint": ehr.url},
+                "pager": {"type": "http", "endpoint": pager.url},
+            },
+            "routes": [{"name": "all", "match": {"protocol": "hl7v2"}, "to": ["ehr"]}],
+            "unmatched": "reject",
+            "alerts": {"sink": "pager"},
+        }
+        gw = Gateway(tmp_path, cfg).start()
+        try:
+            for i in range(3):
+                mllp_exchange(gw.mllp_port, adt(f"ALERT-{i}", "P1"))
+            assert wait_until(lambda: len(ehr.requests) == 3)
+            mllp_exchange(gw.mllp_port, adt("ALERT-OK", "P1"))
+            assert wait_until(lambda: len(pager.requests) == 2, 10)
+            time.sleep(0.5)
+            notes = [json.loads(r.body) for r in pager.requests]
+            assert [(n["alert"], n["state"], n["sink"]) for n in notes] == [
+                ("dead_letters", "firing", "ehr"),
+                ("dead_letters", "resolved", "ehr"),
+            ]
+            assert all(b"ALERT-" not in r.body for r in pager.requests)
+        finally:
+            gw.stop()

@@ -189,6 +189,7 @@ class Receiver:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            wbufsize = 65536  # one write per response: no Nagle / delayed-ACK stall between header and body
 
             def do_POST(self) -> None:  # the method name http.server dispatches to
                 length = int(self.headers.get("Content-Length", "0"))

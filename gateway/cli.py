@@ -313,27 +313,39 @@ def _send(args: argparse.Namespace) -> int:
                 failed |= not _print_ack(path, reply, parse_ack)
         return EXIT_FAILED if failed else EXIT_OK
 
-    import httpx
-
     key = args.api_key or _env_key() or _bootstrap_key(args)
     headers = {"Content-Type": "x-application/hl7-v2+er7"}
     if key:
         headers["Authorization"] = f"Bearer {key}"
-    with httpx.Client(timeout=args.timeout) as client:
-        for path in args.files:
-            try:
-                resp = client.post(args.http, content=normalise(path.read_bytes()), headers=headers)
-            except httpx.HTTPError as exc:
-                print(f"{path}: no reply ({type(exc).__name__})", file=sys.stderr)
-                failed = True
-                continue
-            if "hl7" not in resp.headers.get("content-type", ""):
-                print(f"{path}: HTTP {resp.status_code} {resp.text.strip()}", file=sys.stderr)
-                failed = True
-                continue
-            for ack in _split_acks(resp.content):
-                failed |= not _print_ack(path, ack, parse_ack)
+    for path, outcome in asyncio.run(_post_files(args.http, args.files, headers, args.timeout, normalise)):
+        if isinstance(outcome, str):
+            print(f"{path}: {outcome}", file=sys.stderr)
+            failed = True
+            continue
+        for ack in _split_acks(outcome):
+            failed |= not _print_ack(path, ack, parse_ack)
     return EXIT_FAILED if failed else EXIT_OK
+
+
+async def _post_files(
+    url: str, files: list[Path], headers: dict[str, str], timeout_s: float, normalise: Any
+) -> list[tuple[Path, bytes | str]]:
+    """POST each file in turn; the ACK bytes for each, or a sentence saying why there is none."""
+    import aiohttp
+
+    out: list[tuple[Path, bytes | str]] = []
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
+        for path in files:
+            try:
+                async with session.post(url, data=normalise(path.read_bytes()), headers=headers) as resp:
+                    body = await resp.read()
+                    if "hl7" not in resp.headers.get("Content-Type", ""):
+                        out.append((path, f"HTTP {resp.status} {body.decode('utf-8', 'replace').strip()}"))
+                    else:
+                        out.append((path, body))
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                out.append((path, f"no reply ({type(exc).__name__})"))
+    return out
 
 
 def _split_acks(body: bytes) -> list[bytes]:

@@ -47,6 +47,7 @@ CONTENT_TYPES: Mapping[str, str] = {"hl7v2": "x-application/hl7-v2+er7"}
 POLL_S = 1.0
 """Longest a worker sleeps without looking at the outbox (it also wakes on new rows and finished attempts)."""
 
+RETRY_AFTER_MAX_S = 3600.0
 CircuitState = Literal["closed", "open", "half_open"]
 
 
@@ -363,7 +364,8 @@ class SinkWorker:
             return "dead", 0.0
         wait = backoff_s(attempt, self.retry)
         if retry_after_s is not None:
-            wait = max(wait, min(retry_after_s, self.retry.cap_s))
+            # the downstream's own hint wins over our cap, up to an hour (a bogus hint must not park a delivery)
+            wait = max(wait, min(retry_after_s, max(self.retry.cap_s, RETRY_AFTER_MAX_S)))
         return "retry", time.time() + wait
 
     def _account(self, d: DueDelivery, outcome: str, code: str, attempt: int, duration: float) -> None:

@@ -609,9 +609,10 @@ class SQLiteStore:
             at = utcnow().isoformat()
             now = time.time()
             txn.conn.executemany(
-                "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?, updated_at = ?"
-                " WHERE id = ?",
-                [(now, at, r[0]) for r in rows],
+                # pending anew: its age (for backlog alerts) counts from the replay
+                "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?, updated_at = ?,"
+                " created_at = ? WHERE id = ?",
+                [(now, at, at, r[0]) for r in rows],
             )
             txn.append(
                 [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import sqlite3
 import time
@@ -393,3 +394,28 @@ def test_settings_from_environment(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         assert proc.wait(timeout=30) == 0
+
+
+def test_cli_reads_the_store_while_the_server_is_stopped(tmp_path: Path) -> None:
+    gw = Gateway(tmp_path).start()
+    raw = with_control_id(fixture("adt_a01__basic.hl7"), "E2E-STOPPED-1")
+    assert field(mllp_exchange(gw.mllp_port, raw), "MSA", 1) == "AA"
+    assert gw.stop() == 0
+    listed = gw.cli("messages", "list", "--control-id", "E2E-STOPPED-1", "--json", *gw.store_args())
+    assert listed.returncode == 0, listed.stderr
+    (row,) = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert row["status"] == "accepted" and row["reply_code"] == "AA"
+    shown = gw.cli("messages", "show", row["id"], *gw.store_args())
+    assert shown.returncode == 0 and "MessageAccepted" in shown.stdout and "ReplySent" in shown.stdout
+    assert "ADT^A01" in shown.stdout
+    ok = gw.cli("lineage", "verify", *gw.store_args())
+    assert ok.returncode == 0 and "lineage intact" in ok.stdout
+    conn = sqlite3.connect(gw.data_dir / "gateway.db")
+    conn.execute("UPDATE lineage SET outcome = 'rejected' WHERE event = 'MessageAccepted'")
+    conn.commit()
+    conn.close()
+    broken = gw.cli("lineage", "verify", "--json", *gw.store_args())
+    assert broken.returncode == 1
+    assert json.loads(broken.stdout)["ok"] is False
+    missing = gw.cli("messages", "list", "--data-dir", str(tmp_path / "nowhere"))
+    assert missing.returncode == 2 and "no store" in missing.stderr

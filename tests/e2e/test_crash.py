@@ -56,18 +56,20 @@ def sender(port: int, prefix: str, stop: threading.Event, acked: list[str], sent
         return
 
 
-def test_acknowledged_messages_survive_sigkill(tmp_path: Path) -> None:
-    cycles = int(os.environ.get("GATEWAY_CRASH_CYCLES", "4"))
-    rng = random.Random(20261127)
-    gw = Gateway(tmp_path, {"log_level": "warning"})
+def kill_under_load(gw: Gateway, cycles: int, senders: int, seed: int) -> tuple[list[str], list[str]]:
+    """Start the gateway, stream from ``senders`` connections, SIGKILL it at a random moment; ``cycles`` times.
+
+    Returns the control ids that got AA and every control id sent.
+    """
+    rng = random.Random(seed)
     acked: list[str] = []
     sent: list[str] = []
     for cycle in range(cycles):
         gw.start()
         stop = threading.Event()
         threads = [
-            threading.Thread(target=sender, args=(gw.mllp_port, f"K{cycle}-{c}", stop, acked, sent))
-            for c in range(4)
+            threading.Thread(target=sender, args=(gw.mllp_port, f"K{seed}-{cycle}-{c}", stop, acked, sent))
+            for c in range(senders)
         ]
         for t in threads:
             t.start()
@@ -76,6 +78,12 @@ def test_acknowledged_messages_survive_sigkill(tmp_path: Path) -> None:
         stop.set()
         for t in threads:
             t.join(timeout=10)
+    return acked, sent
+
+
+def test_acknowledged_messages_survive_sigkill(tmp_path: Path) -> None:
+    gw = Gateway(tmp_path, {"log_level": "warning"})
+    acked, sent = kill_under_load(gw, int(os.environ.get("GATEWAY_CRASH_CYCLES", "4")), 4, 20261127)
     assert len(acked) > 100, "the senders should have been acknowledged many times before each kill"
 
     gw.start()
@@ -123,7 +131,6 @@ def test_exactly_once_effect_downstream_across_sigkills(tmp_path: Path) -> None:
     from tests.support import wait_until
 
     cycles = max(2, int(os.environ.get("GATEWAY_CRASH_CYCLES", "4")) - 1)
-    rng = random.Random(20261128)
     with Receiver() as receiver:
         cfg = {
             "log_level": "warning",
@@ -132,22 +139,7 @@ def test_exactly_once_effect_downstream_across_sigkills(tmp_path: Path) -> None:
             "unmatched": "reject",
         }
         gw = Gateway(tmp_path, cfg)
-        acked: list[str] = []
-        sent: list[str] = []
-        for cycle in range(cycles):
-            gw.start()
-            stop = threading.Event()
-            threads = [
-                threading.Thread(target=sender, args=(gw.mllp_port, f"X{cycle}-{c}", stop, acked, sent))
-                for c in range(3)
-            ]
-            for t in threads:
-                t.start()
-            time.sleep(rng.uniform(0.4, 1.2))
-            gw.kill()
-            stop.set()
-            for t in threads:
-                t.join(timeout=10)
+        acked, _ = kill_under_load(gw, cycles, 3, 20261128)
         assert len(acked) > 50
         gw.start()
         try:

@@ -6,7 +6,6 @@ import asyncio
 import json
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,16 +18,6 @@ from gateway.store import IntakeRecord
 from gateway.store.sqlite import SQLiteStore
 from tests.gateway.sinks.peers import Answer, Receiver
 from tests.gateway.test_delivery import commit, pending, record, start, status, until
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SQLiteStore]:
-    s = SQLiteStore(tmp_path / "gw.db", b"k" * 32)
-    s.open()
-    yield s
-    verification = s.verify_lineage()
-    s.close()
-    assert verification.ok, verification
 
 
 @pytest.fixture

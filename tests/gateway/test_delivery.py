@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from pathlib import Path
 
 import pytest
 
@@ -168,16 +167,6 @@ class ScriptedSink(MemorySink):
     @property
     def delivered(self) -> list[str]:
         return [d.envelope.control_id for d in self.deliveries]
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SQLiteStore]:
-    s = SQLiteStore(tmp_path / "gw.db", b"k" * 32)
-    s.open()
-    yield s
-    verification = s.verify_lineage()
-    s.close()
-    assert verification.ok, verification
 
 
 # -- backoff ----------------------------------------------------------------------------------------

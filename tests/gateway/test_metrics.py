@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -16,16 +14,6 @@ from gateway.sinks.memory import MemorySink
 from gateway.store import AttemptResult
 from gateway.store.sqlite import SQLiteStore
 from tests.gateway.test_delivery import ScriptedSink, commit, pending, record, start, status, until
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SQLiteStore]:
-    s = SQLiteStore(tmp_path / "gw.db", b"k" * 32)
-    s.open()
-    yield s
-    verification = s.verify_lineage()
-    s.close()
-    assert verification.ok, verification
 
 
 def samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
 
@@ -20,14 +19,6 @@ HL7 = FIXTURES / "hl7"
 
 def load(name: str) -> bytes:
     return (HL7 / name).read_bytes()
-
-
-@pytest.fixture
-def store(tmp_path: Path):
-    s = SQLiteStore(tmp_path / "gw.db", b"k" * 32)
-    s.open()
-    yield s
-    s.close()
 
 
 def with_control_id(raw: bytes, control_id: str) -> bytes:

@@ -38,14 +38,6 @@ def record(
     )
 
 
-@pytest.fixture
-def store(tmp_path: Path):
-    s = SQLiteStore(tmp_path / "gw.db", b"k" * 32)
-    s.open()
-    yield s
-    s.close()
-
-
 def test_new_duplicate_and_conflict(store: SQLiteStore) -> None:
     async def go() -> None:
         first = record("C1", b"one")
@@ -142,7 +134,9 @@ def _tamper(path: Path, sql: str) -> None:
     ],
     ids=["changed-byte", "deleted-event", "reordered", "changed-outcome"],
 )
-def test_verify_detects_tampering(store: SQLiteStore, sql: str, bad_seq: int) -> None:
+def test_verify_detects_tampering(tmp_path: Path, sql: str, bad_seq: int) -> None:
+    store = SQLiteStore(tmp_path / "tampered.db", b"k" * 32)
+    store.open()
     async def go() -> None:
         for i in range(4):
             await store.record_intake([record(f"T{i}", f"t{i}".encode())])
@@ -151,6 +145,7 @@ def test_verify_detects_tampering(store: SQLiteStore, sql: str, bad_seq: int) ->
     assert store.verify_lineage().ok
     _tamper(store.path, sql)
     result = store.verify_lineage()
+    store.close()
     assert not result.ok
     assert result.first_bad_seq == bad_seq
 

@@ -3,7 +3,7 @@
 =========  ============================  ====================================================
 type       class                         sends to
 =========  ============================  ====================================================
-``http``   :class:`.http.HTTPSink`       an HTTP(S) endpoint, one POST per delivery (httpx)
+``http``   :class:`.http.HTTPSink`       an HTTP(S) endpoint, one POST per delivery (aiohttp)
 ``mllp``   :class:`.mllp.MLLPSink`       an HL7 v2 receiver over MLLP(S), judged by its ACK
 ``file``   :class:`.file.FileSink`       one file per delivery in a folder, written atomically
 ``memory`` :class:`.memory.MemorySink`   a list in memory, for tests only

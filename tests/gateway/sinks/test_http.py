@@ -6,6 +6,8 @@ import asyncio
 import base64
 import hashlib
 import json
+import socket
+import struct
 import time
 from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
@@ -251,3 +253,90 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after("soon", now) is None
     assert parse_retry_after("", now) is None
     assert parse_retry_after(None, now) is None
+
+
+# -- a peer that misbehaves below HTTP ------------------------------------------------------------------
+
+
+async def _read_request(reader: asyncio.StreamReader) -> None:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(
+        (
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        ),
+        0,
+    )
+    await reader.readexactly(length)
+
+
+async def _against(behaviour: str, tls: TLSFiles | None = None, timeout_s: float = 2.0) -> str:
+    """Send one delivery to a raw TCP peer acting out ``behaviour``; "delivered" or the error code."""
+    handlers: set[asyncio.Task[Any]] = set()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.add(task)
+        try:
+            if behaviour == "close_in_handshake":
+                await reader.read(1)  # the ClientHello has arrived
+                return
+            await _read_request(reader)
+            if behaviour == "reset":
+                linger = struct.pack("ii", 1, 0)
+                writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+                writer.transport.abort()
+            elif behaviour == "garbage":
+                writer.write(b"HELLO THERE\r\n\r\n")
+            elif behaviour in ("short_body", "stalled_body"):
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc")
+                await writer.drain()
+                if behaviour == "stalled_body":
+                    await asyncio.sleep(timeout_s * 3)
+            # "close": close without answering
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    extra = {"ca_file": str(tls.ca)} if tls else {}
+    cfg = config(f"{'https' if tls else 'http'}://127.0.0.1:{port}/in", timeout_s=timeout_s, **extra)
+    try:
+        await send_once(cfg)
+        return "delivered"
+    except DeliveryRetryable as exc:
+        assert "ehr" in exc.reason
+        return exc.code
+    finally:
+        server.close()
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+        await server.wait_closed()
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "code"),
+    [
+        ("close", "protocol_error"),  # closed without an answer
+        ("reset", "network_error"),
+        ("garbage", "protocol_error"),  # not an HTTP status line
+        ("short_body", "delivered"),  # the status counts, the body is thrown away anyway
+    ],
+)
+def test_network_failures(behaviour: str, code: str) -> None:
+    assert run(_against(behaviour)) == code
+
+
+def test_status_in_time_body_late_is_delivered() -> None:
+    started = time.monotonic()
+    assert run(_against("stalled_body", timeout_s=0.3)) == "delivered"
+    assert time.monotonic() - started < 1.5
+
+
+def test_server_closing_in_tls_handshake_is_a_tls_error(tls: TLSFiles) -> None:
+    assert run(_against("close_in_handshake", tls=tls)) == "tls_error"

@@ -11,9 +11,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from gateway.envelope import Receipt, utcnow
 from gateway.store import SinkBacklog
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -23,6 +25,9 @@ CIRCUIT_VALUE = {"closed": 0, "half_open": 1, "open": 2}
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        # label children are looked up once: ``labels()`` takes a lock and builds a tuple on every call
+        self._intake_children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._reply_children: dict[tuple[str, str], Any] = {}
         r = self.registry
         self.received = Counter(
             "gateway_messages_received", "Messages received", ["protocol", "listener"], registry=r
@@ -68,6 +73,25 @@ class Metrics:
         self._circuit_sinks: set[str] = set()
         self._render_lock = threading.Lock()
         """Scrapes run in a thread pool; one at a time keeps the gauges and the sets above in step."""
+
+    def observe_intake(self, protocol: str, receipt: Receipt, codes: list[str]) -> None:
+        """Intake's hook: messages received, replies by code, and the time from receipt to reply."""
+        key = (protocol, receipt.listener)
+        children = self._intake_children.get(key)
+        if children is None:
+            children = (
+                self.received.labels(protocol, receipt.listener),
+                self.ack_latency.labels(receipt.listener),
+            )
+            self._intake_children[key] = children
+        received, latency = children
+        received.inc(len(codes))
+        for code in codes:
+            reply = self._reply_children.get((protocol, code))
+            if reply is None:
+                reply = self._reply_children[(protocol, code)] = self.replied.labels(protocol, code)
+            reply.inc()
+        latency.observe((utcnow() - receipt.received_at).total_seconds())
 
     def observe_delivery(self, kind: str, sink: str, data: dict[str, object]) -> None:
         """The delivery engine's observer hook."""

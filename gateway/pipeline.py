@@ -224,6 +224,8 @@ class Intake:
                 reply if decision.kind == "stored" else adapter.respond(self._final(out, decision))
             )
             self._log(rec, decision)
+        if self.metrics is not None:
+            self.metrics.observe_intake(adapter.name, receipt, [r.code for r in replies])
         return IntakeResult(
             replies, [d.message_id for d in decisions], [d.kind for d in decisions], receipt.listener
         )

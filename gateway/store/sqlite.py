@@ -155,6 +155,7 @@ class SQLiteStore:
         self._committer: ThreadPoolExecutor | None = None
         self._head: list[Any] = [0, GENESIS_HASH]
         self._deferred: list[tuple[Callable[[_Txn], Any], asyncio.Future[Any]]] = []
+        self._replies: list[ReplyRecord] = []
         self._defer_timer: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._wconn: sqlite3.Connection | None = None
@@ -289,18 +290,37 @@ class SQLiteStore:
         await self.submit(fn)
 
     def note_replies(self, replies: Sequence[ReplyRecord]) -> None:
-        """Record a ``ReplySent`` event per reply with a coming transaction; nothing waits for it."""
-        records = list(replies)
-        task = asyncio.get_running_loop().create_task(
-            self.submit(lambda txn: self._append_replies(txn, records), urgent=False)
-        )
-        self._background.add(task)
-        task.add_done_callback(self._background_done)
+        """Record a ``ReplySent`` event per reply with a coming transaction; nothing waits for it.
 
-    def _background_done(self, task: asyncio.Task[Any]) -> None:
-        self._background.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("could not record reply events", extra={"error": type(task.exception()).__name__})
+        Replies noted before that transaction runs share one work item; if it
+        fails they are kept and tried again with the next one.
+        """
+        first = not self._replies
+        self._replies.extend(replies)
+        if first:
+            self._schedule_replies()
+
+    def _schedule_replies(self) -> None:
+        taken: list[ReplyRecord] = []
+
+        def fn(txn: _Txn) -> None:
+            taken.extend(self._replies)
+            self._replies.clear()
+            self._append_replies(txn, taken)
+
+        def done(task: asyncio.Task[Any]) -> None:
+            self._background.discard(task)
+            if task.cancelled() or task.exception() is None or not taken:
+                return
+            log.warning("reply events not recorded yet; will retry", extra={"events": len(taken)})
+            retry = not self._replies
+            self._replies[:0] = taken
+            if retry and self._wconn is not None:
+                self._schedule_replies()
+
+        task = asyncio.get_running_loop().create_task(self.submit(fn, urgent=False))
+        self._background.add(task)
+        task.add_done_callback(done)
 
     async def flush(self) -> None:
         """Commit everything waiting (reply events, attempts), for example before shutdown."""
@@ -313,6 +333,8 @@ class SQLiteStore:
 
     @staticmethod
     def _append_replies(txn: _Txn, replies: Sequence[ReplyRecord]) -> None:
+        if not replies:
+            return
         txn.append(
             [
                 EventDraft(

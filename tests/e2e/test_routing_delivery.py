@@ -153,6 +153,10 @@ def test_outage_backs_off_opens_the_circuit_and_delivers_everything_in_key_order
                 assert wait_until(lambda: c.get("/healthz").json()["sinks"]["ehr"]["circuit"] != "closed", 10)
                 metrics = c.get("/metrics").text
                 assert 'gateway_circuit_state{sink="ehr"}' in metrics
+                assert 'gateway_messages_received_total{listener="mllp",protocol="hl7v2"} 12.0' in metrics
+                assert 'gateway_replies_total{code="AA",protocol="hl7v2"} 12.0' in metrics
+                assert 'gateway_ack_latency_seconds_count{listener="mllp"} 12.0' in metrics
+                assert 'gateway_delivery_retries_total{sink="ehr"}' in metrics
             # the receiver answers the first 12 requests 503, every later one 200
             assert wait_until(
                 lambda: len({r.headers["idempotency-key"] for r in ehr.requests[12:]}) == 12, 30

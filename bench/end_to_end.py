@@ -115,40 +115,20 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         ceil_port, recv_port = intake_bench.free_port(), intake_bench.free_port()
-        gw_port, http_port = intake_bench.free_port(), intake_bench.free_port()
+        gw_port = intake_bench.free_port()
         procs = [
             subprocess.Popen(
                 [sys.executable, intake_bench.__file__, "--ceiling-server", str(ceil_port), f"{tmp}/c.db"]
             ),
             subprocess.Popen([sys.executable, __file__, "--receiver", str(recv_port)]),
         ]
-        cfg = Path(tmp) / "gw.yaml"
-        cfg.write_text(
+        config_yaml = (
             "log_level: warning\nauth: {open: true}\n"
             f"sinks:\n  downstream: {{type: http, endpoint: 'http://127.0.0.1:{recv_port}/in', "
             f"concurrency: {args.sink_concurrency}}}\n"
             "routes:\n  - {name: all, match: {protocol: hl7v2}, to: [downstream]}\nunmatched: reject\n"
         )
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-        procs.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "gateway.cli",
-                    "serve",
-                    "--config",
-                    str(cfg),
-                    "--data-dir",
-                    f"{tmp}/gw",
-                    "--mllp",
-                    f"127.0.0.1:{gw_port}",
-                    "--http",
-                    f"127.0.0.1:{http_port}",
-                ],
-                env=env,
-            )
-        )
+        procs.append(intake_bench.spawn_gateway(Path(tmp), config_yaml, gw_port))
         try:
             for port in (ceil_port, recv_port, gw_port):
                 intake_bench.wait_port(port)

@@ -133,6 +133,16 @@ async def load(port: int, connections: int, total: int, tag: str) -> tuple[float
     return per * connections / elapsed, p50, p99, sum(results)
 
 
+def spawn_gateway(tmp: Path, config_yaml: str, mllp_port: int) -> subprocess.Popen[bytes]:
+    """Start ``gateway serve`` with ``config_yaml``, its store under ``tmp`` and MLLP on ``mllp_port``."""
+    cfg = tmp / "gw.yaml"
+    cfg.write_text(config_yaml)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    command = ["gateway.cli", "serve", "--config", str(cfg), "--data-dir", str(tmp / "gw")]
+    addresses = ["--mllp", f"127.0.0.1:{mllp_port}", "--http", f"127.0.0.1:{free_port()}"]
+    return subprocess.Popen([sys.executable, "-m", *command, *addresses], env=env)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -161,26 +171,11 @@ def main() -> None:
         ceiling = subprocess.Popen(
             [sys.executable, __file__, "--ceiling-server", str(ceil_port), f"{tmp}/ceiling.db"]
         )
-        gw_port, http_port = free_port(), free_port()
-        cfg = Path(tmp) / "gw.yaml"
-        cfg.write_text(f"mllp:\n  validation: {args.validation}\nlog_level: warning\nauth:\n  open: true\n")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-        gateway = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gateway.cli",
-                "serve",
-                "--config",
-                str(cfg),
-                "--data-dir",
-                f"{tmp}/gw",
-                "--mllp",
-                f"127.0.0.1:{gw_port}",
-                "--http",
-                f"127.0.0.1:{http_port}",
-            ],
-            env=env,
+        gw_port = free_port()
+        gateway = spawn_gateway(
+            Path(tmp),
+            f"mllp:\n  validation: {args.validation}\nlog_level: warning\nauth:\n  open: true\n",
+            gw_port,
         )
         try:
             wait_port(ceil_port)

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import sys
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -146,13 +145,7 @@ async def serve(
 def run(
     settings: Settings, config_file: Path | None = None, overrides: dict[tuple[str, ...], Any] | None = None
 ) -> None:
-    """Run :func:`serve` on uvloop where it is installed.
-
-    The store's writer thread releases the GIL for every fsync and needs it back
-    at once to answer waiting senders; a short switch interval keeps it from
-    queueing behind the event loop for the default 5 ms.
-    """
-    sys.setswitchinterval(0.0005)
+    """Run :func:`serve` on uvloop where it is installed."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvicorn[standard] brings it

@@ -218,6 +218,27 @@ def test_dead_letter_replay_and_reload(tmp_path: Path, receivers: tuple[Receiver
                 and events[-1] == "DeliverySucceeded"
             )
 
+            # the same from the command line: list the dead letters of a sink and replay them all
+            ehr.answer(Answer(400), Answer(400))
+            for cid in ("DL-CLI-1", "DL-CLI-2"):
+                assert field(mllp_exchange(gw.mllp_port, adt(cid, "P8")), "MSA", 1) == "AA"
+            assert wait_until(lambda: len(ehr.requests) == 4)
+
+            def dead_letters() -> list[str]:
+                args = ("deliveries", "list", "--status", "dead", "--sink", "ehr", "--json")
+                return gw.cli(*args, *gw.store_args()).stdout.splitlines()
+
+            assert wait_until(lambda: len(dead_letters()) == 2)
+            replayed = gw.cli("replay", "--sink", "ehr", *gw.store_args())
+            assert replayed.returncode == 0 and replayed.stdout.startswith("2 deliveries")
+            assert wait_until(lambda: len(ehr.requests) == 6)
+            assert gw.cli("replay", "--sink", "ehr", *gw.store_args()).returncode == 1  # nothing left
+            with api(gw) as c:
+                lineage = c.get(f"/api/messages/{message_id(gw, 'DL-CLI-1')}/lineage").json()["events"]
+            replays = [e for e in lineage if e["event"] == "Replayed"]
+            assert len(replays) == 1 and replays[0]["actor"].endswith("(cli)")
+            assert gw.cli("lineage", "verify", *gw.store_args()).returncode == 0
+
             # reload: a broken config is refused and the old routing stays
             good = yaml.safe_load(gw.config_path.read_text())
             gw.config_path.write_text(
@@ -227,7 +248,7 @@ def test_dead_letter_replay_and_reload(tmp_path: Path, receivers: tuple[Receiver
                 r = admin.post("/api/admin/reload")
                 assert r.status_code == 422 and "nope" in r.json()["detail"]
             assert field(mllp_exchange(gw.mllp_port, adt("DL-2", "P9")), "MSA", 1) == "AA"
-            assert wait_until(lambda: len(ehr.requests) == 3)
+            assert wait_until(lambda: len(ehr.requests) == 7)
             # a good change applies on SIGHUP without dropping the connection in use
             changed = {
                 **good,
@@ -249,7 +270,7 @@ def test_dead_letter_replay_and_reload(tmp_path: Path, receivers: tuple[Receiver
             assert wait_until(
                 lambda: any(json.loads(r.body)["control_id"] == "DL-3" for r in registry.requests)
             )
-            assert len(ehr.requests) == 3
+            assert len(ehr.requests) == 7
         finally:
             gw.stop()
 

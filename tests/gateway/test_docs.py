@@ -14,6 +14,8 @@ from gateway.config import Settings, load_settings
 from gateway.errors import ConfigError
 from tests.conftest import FIXTURES
 
+FIXTURES_CONFIG = FIXTURES / "config"
+
 SVG_NS = "{http://www.w3.org/2000/svg}"
 SECRET = "s3cr3t-Bearer-Value-0123"
 API_KEY = "k3y-material-0987654321"
@@ -209,3 +211,19 @@ def test_every_example_config_renders(config: Path, monkeypatch: pytest.MonkeyPa
     for route in s.routes:
         assert f"| {route.name} |" in md
         assert route.name in docs.mermaid(s)
+
+
+def test_gateway_docs_and_check_commands(tmp_path: Path) -> None:
+    """The CLI renders every format and runs a route-test table, failing on a wrong expectation."""
+    from gateway.cli import main
+
+    config = FIXTURES_CONFIG / "hospital.yaml"
+    out = tmp_path / "routes.svg"
+    assert main(["docs", str(config), "--format", "svg", "--output", str(out)]) == 0
+    assert out.read_text().lstrip().startswith(("<svg", "<?xml"))
+    assert main(["check", str(config), "--test", str(FIXTURES_CONFIG / "hospital.routes-test.yaml")]) == 0
+    wrong = tmp_path / "wrong.routes-test.yaml"
+    wrong.write_text(
+        f"- fixture: {FIXTURES_CONFIG.parent / 'hl7' / 'adt_a01__basic.hl7'}\n  route: orders-to-lab\n  sinks: [lab]\n"
+    )
+    assert main(["check", str(config), "--test", str(wrong)]) == 1

@@ -5,12 +5,13 @@ Usage: ``python bench/mllp_intake.py [--messages N] [--connections 1 8] [--valid
 For each connection count it measures, with the same client and the same
 1.5 KB ADT^A01 (a fresh MSH-10 per message):
 
-* ``ceiling``: a bare asyncio MLLP server (uvloop) that commits each message to
-  SQLite (WAL, synchronous=FULL, group commit in a writer thread) and then
-  returns a fixed ACK — what this machine can do durably with no HL7 work;
+* ``1-commit``: a bare asyncio MLLP server (uvloop) that commits each message
+  to SQLite (WAL, synchronous=FULL) on its own and then returns a fixed ACK;
+* ``ceiling``: the same with group commit in a writer thread — what this
+  machine can do durably with no HL7 work;
 * ``gateway``: the real ``gateway serve`` process.
 
-It prints msg/s and p50/p99 ACK latency for both and the gateway/ceiling ratio.
+It prints msg/s and p50/p99 ACK latency for each and the gateway/ceiling ratio.
 """
 
 from __future__ import annotations
@@ -49,7 +50,12 @@ def with_control_id(msg: bytes, control_id: str) -> bytes:
 # -- the ceiling: bare MLLP + SQLite FULL group commit ------------------------------------------
 
 
-def run_ceiling(port: int, db: str) -> None:
+def run_ceiling(port: int, db: str, group_commit: bool = True) -> None:
+    """Bare MLLP server: store each frame with a FULL commit, then a fixed ACK.
+
+    With ``group_commit`` every frame that queued during the last fsync shares the next commit;
+    without it each frame gets a commit of its own.
+    """
     conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
@@ -61,7 +67,7 @@ def run_ceiling(port: int, db: str) -> None:
     def writer() -> None:
         while True:
             group = [work.get()]
-            while True:
+            while group_commit:
                 try:
                     group.append(work.get_nowait())
                 except queue.Empty:
@@ -167,9 +173,12 @@ def main() -> None:
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        ceil_port = free_port()
+        ceil_port, single_port = free_port(), free_port()
         ceiling = subprocess.Popen(
             [sys.executable, __file__, "--ceiling-server", str(ceil_port), f"{tmp}/ceiling.db"]
+        )
+        single = subprocess.Popen(
+            [sys.executable, __file__, "--single-commit-server", str(single_port), f"{tmp}/single.db"]
         )
         gw_port = free_port()
         gateway = spawn_gateway(
@@ -179,6 +188,7 @@ def main() -> None:
         )
         try:
             wait_port(ceil_port)
+            wait_port(single_port)
             wait_port(gw_port)
             print(
                 f"message: {len(MESSAGE)} bytes ADT^A01, validation={args.validation}, "
@@ -187,13 +197,13 @@ def main() -> None:
             print(f"{'conns':>5}  {'server':8}  {'msg/s':>8}  {'p50 ms':>7}  {'p99 ms':>7}  accepted")
             for conns in args.connections:
                 row = {}
-                for name, port in (("ceiling", ceil_port), ("gateway", gw_port)):
+                for name, port in (("1-commit", single_port), ("ceiling", ceil_port), ("gateway", gw_port)):
                     rate, p50, p99, ok = uvloop.run(load(port, conns, args.messages, f"{name}{conns}"))
                     row[name] = rate
                     print(f"{conns:>5}  {name:8}  {rate:8.0f}  {p50:7.2f}  {p99:7.2f}  {ok}")
                 print(f"{conns:>5}  ratio     gateway/ceiling = {row['gateway'] / row['ceiling']:.2f}")
         finally:
-            for p in (ceiling, gateway):
+            for p in (ceiling, single, gateway):
                 p.send_signal(signal.SIGTERM)
                 try:
                     p.wait(timeout=20)
@@ -202,7 +212,10 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "--ceiling-server":
+    if len(sys.argv) == 4 and sys.argv[1] == "--single-commit-server":
+        signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+        run_ceiling(int(sys.argv[2]), sys.argv[3], group_commit=False)
+    elif len(sys.argv) == 4 and sys.argv[1] == "--ceiling-server":
         signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
         run_ceiling(int(sys.argv[2]), sys.argv[3])
     else:

@@ -196,6 +196,7 @@ class SinkWorker:
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._recording: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._results: list[tuple[AttemptResult, asyncio.Future[None]]] = []
         """Every attempt task, in flight or recording its result."""
         self._inflight_keys: set[str] = set()
         self._retry_times: list[float] = []
@@ -292,7 +293,7 @@ class SinkWorker:
             self._inflight.pop(d.id, None)
             self.wake.set()
             try:
-                await self.store.record_attempts([result])
+                await self._record(result)
             except Exception:
                 # the row stays as it was: the attempt will be repeated, which the delivery id makes safe
                 log.exception("could not record a delivery attempt", extra={"sink": self.name})
@@ -302,6 +303,34 @@ class SinkWorker:
             if d.order_key is not None:
                 self._inflight_keys.discard(d.order_key)
             self.wake.set()
+
+    async def _record(self, result: AttemptResult) -> None:
+        """Record ``result``; results that finish in the same turn of the loop share one store write."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._results.append((result, done))
+        if len(self._results) == 1:
+            loop.call_soon(self._write_results)
+        await done
+
+    def _write_results(self) -> None:
+        batch, self._results = self._results, []
+
+        async def write() -> None:
+            try:
+                await self.store.record_attempts([r for r, _ in batch])
+            except Exception as exc:
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+                return
+            for _, done in batch:
+                if not done.done():
+                    done.set_result(None)
+
+        task = asyncio.get_running_loop().create_task(write())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _send(self, d: DueDelivery) -> AttemptResult:
         attempt = d.attempts + 1

@@ -548,6 +548,7 @@ class SQLiteStore:
     def _attempts(self, txn: _Txn, results: Sequence[AttemptResult]) -> None:
         at = utcnow().isoformat()
         drafts: list[EventDraft] = []
+        delivered: list[tuple[int, str, str, str]] = []
         for r in results:
             actor = f"sink:{r.sink}"
             base = {"delivery_id": r.delivery_id, "attempt": r.attempt}
@@ -561,11 +562,7 @@ class SQLiteStore:
                 )
             )
             if r.outcome == "delivered":
-                txn.conn.execute(
-                    "UPDATE deliveries SET status = 'delivered', attempts = ?, updated_at = ?, delivered_at = ?,"
-                    " last_error_code = '', last_error = '' WHERE id = ?",
-                    (r.attempt, at, at, r.delivery_id),
-                )
+                delivered.append((r.attempt, at, at, r.delivery_id))
                 drafts.append(
                     EventDraft("DeliverySucceeded", r.message_id, actor, outcome="delivered", details=base)
                 )
@@ -611,6 +608,12 @@ class SQLiteStore:
                         details=base,
                     )
                 )
+        if delivered:
+            txn.conn.executemany(
+                "UPDATE deliveries SET status = 'delivered', attempts = ?, updated_at = ?, delivered_at = ?,"
+                " last_error_code = '', last_error = '' WHERE id = ?",
+                delivered,
+            )
         txn.append(drafts, at)
 
     async def replay(self, message_id: str | None, sink: str | None, actor: str) -> int:

@@ -80,6 +80,8 @@ class Runtime:
                 )
             except Exception as exc:
                 await engine.stop(0)
+                if alert_sink is not None:
+                    await alert_sink.close()
                 raise ConfigError(f"a sink could not be opened: {exc}") from None
             old_engine, old_alerter = self.engine, self.alerter
             self.engine, self.alerter, self.settings = engine, alerter, settings

@@ -24,8 +24,7 @@ from gateway.metrics import Metrics
 from gateway.pipeline import Intake
 from gateway.runtime import Runtime
 from gateway.security import KeyRing, Principal
-from gateway.store import MessageFilter
-from gateway.store.sqlite import SQLiteStore
+from gateway.store import MessageFilter, Store
 
 log = logging.getLogger("gateway.http")
 
@@ -73,7 +72,7 @@ def _timestamp(value: str | None, name: str) -> str | None:
 
 def create_app(
     *,
-    store: SQLiteStore,
+    store: Store,
     intake: Intake,
     keyring: KeyRing,
     hl7_adapter: Adapter,

@@ -37,8 +37,7 @@ from typing import Literal
 from gateway.config import CircuitPolicy, RateLimit, RetryPolicy
 from gateway.envelope import Envelope, utcnow
 from gateway.sink import Delivery, DeliveryRejected, DeliveryRetryable, Sink
-from gateway.store import AttemptResult, DueDelivery
-from gateway.store.sqlite import SQLiteStore
+from gateway.store import AttemptResult, DueDelivery, Store
 from gateway.transforms import TRANSFORMS, TransformError
 
 log = logging.getLogger("gateway.delivery")
@@ -173,7 +172,7 @@ class SinkWorker:
 
     def __init__(
         self,
-        store: SQLiteStore,
+        store: Store,
         sink: Sink,
         *,
         retry: RetryPolicy,
@@ -421,7 +420,7 @@ class SinkWorker:
 class DeliveryEngine:
     """One worker per sink; ``notify`` wakes the workers whose sinks just got outbox rows."""
 
-    def __init__(self, store: SQLiteStore, observer: Observer | None = None) -> None:
+    def __init__(self, store: Store, observer: Observer | None = None) -> None:
         self.store = store
         self.observer = observer
         self.workers: dict[str, SinkWorker] = {}

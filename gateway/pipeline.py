@@ -31,8 +31,8 @@ from gateway.store import (
     IntakeRecord,
     PlannedDelivery,
     ReplyRecord,
+    Store,
 )
-from gateway.store.sqlite import SQLiteStore
 
 log = logging.getLogger("gateway.intake")
 
@@ -78,7 +78,7 @@ class Intake:
 
     def __init__(
         self,
-        store: SQLiteStore,
+        store: Store,
         routing: RoutingTable | None = None,
         on_outbox: Callable[[set[str]], None] | None = None,
         metrics: Metrics | None = None,

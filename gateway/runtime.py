@@ -28,7 +28,7 @@ from gateway.routecheck import lint
 from gateway.routing import RoutingTable
 from gateway.sink import Sink
 from gateway.sinks import build_sink
-from gateway.store.sqlite import SQLiteStore
+from gateway.store import Store
 
 log = logging.getLogger("gateway.runtime")
 
@@ -37,7 +37,7 @@ BACKLOG_CHECK_S = 5.0
 
 class Runtime:
     def __init__(
-        self, store: SQLiteStore, intake: Intake, metrics: Metrics, config_file: Path | None
+        self, store: Store, intake: Intake, metrics: Metrics, config_file: Path | None
     ) -> None:
         self.store = store
         self.intake = intake

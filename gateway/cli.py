@@ -78,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     q = lsub.add_parser("verify")
     _store_options(q)
     q.add_argument("--json", action="store_true")
+    q.add_argument("--checkpoints", type=Path, help="signed checkpoint file (default: from the config)")
+    q.add_argument("--public-key", type=Path, help="Ed25519 public key (PEM) the checkpoints are signed with")
+    q.add_argument("--require-checkpoints", action="store_true", help="fail when there is no checkpoint")
 
     p = sub.add_parser("check", help="validate a config file (and its route tests) without side effects")
     p.add_argument("config_file", type=Path)
@@ -276,12 +279,20 @@ def _messages(args: argparse.Namespace) -> int:
 
 
 def _lineage(args: argparse.Namespace) -> int:
+    from gateway.checkpoints import public_path, verify_store
+
+    settings = _settings(args)
     store = _open_reader(args)
-    result = store.verify_lineage()
+    checkpoints = args.checkpoints or settings.checkpoint_file()
+    public_key = args.public_key or public_path(settings.signing_key())
+    result = verify_store(store, checkpoints, public_key, require_checkpoints=args.require_checkpoints)
     if args.json:
         print(json.dumps(result.as_dict()))
     elif result.ok:
-        print(f"lineage intact: {result.events} events, last seq {result.last_seq}")
+        held = f", held against {result.checkpoints} signed checkpoints" if result.checkpoints else ""
+        print(f"lineage intact: {result.events} events, last seq {result.last_seq}{held}")
+        for warning in result.warnings:
+            print(f"warning: {warning}")
     else:
         print(f"lineage BROKEN at seq {result.first_bad_seq}: {result.reason}")
     return EXIT_OK if result.ok else EXIT_FAILED

@@ -202,6 +202,23 @@ class AlertConfig(_Model):
     )
 
 
+class LineageConfig(_Model):
+    checkpoint_file: Path | None = Field(
+        default=None,
+        description="Where signed checkpoints are appended; keep it off the database's disk "
+        "(default DATA_DIR/lineage-checkpoints.jsonl).",
+    )
+    signing_key: Path | None = Field(
+        default=None,
+        description="Ed25519 key that signs checkpoints, created on first start with its .pub "
+        "(default DATA_DIR/lineage-signing.key).",
+    )
+    checkpoint_every_events: int = Field(default=1000, ge=1, description="Checkpoint after this many events.")
+    checkpoint_every_s: float = Field(
+        default=60.0, gt=0, description="Or after this long, if the chain moved."
+    )
+
+
 class Settings(_Model):
     data_dir: Path = Field(
         default=Path("gateway-data"), description="Where the embedded store keeps its files."
@@ -219,6 +236,13 @@ class Settings(_Model):
         description="Required with routes: 'reject', or the name of a sink for unmatched envelopes.",
     )
     alerts: AlertConfig | None = Field(default=None, description="Where alerts about deliveries go.")
+    lineage: LineageConfig = Field(default_factory=LineageConfig)
+
+    def checkpoint_file(self) -> Path:
+        return self.lineage.checkpoint_file or self.data_dir / "lineage-checkpoints.jsonl"
+
+    def signing_key(self) -> Path:
+        return self.lineage.signing_key or self.data_dir / "lineage-signing.key"
 
 
 _ENV = {

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,6 +117,9 @@ class Verification:
     last_seq: int
     first_bad_seq: int | None = None
     reason: str = ""
+    checkpoints: int = 0
+    """Signed checkpoints the chain was held against."""
+    warnings: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -125,11 +128,21 @@ class Verification:
             "last_seq": self.last_seq,
             "first_bad_seq": self.first_bad_seq,
             "reason": self.reason,
+            "checkpoints": self.checkpoints,
+            "warnings": list(self.warnings),
         }
 
 
-def verify_chain(events: Iterable[LineageEvent]) -> Verification:
-    """Recompute every hash in order; report the first gap, broken link or altered event."""
+def verify_chain(events: Iterable[LineageEvent], checkpoints: Sequence[tuple[int, str]] = ()) -> Verification:
+    """Recompute every hash in order; report the first gap, broken link or altered event.
+
+    ``checkpoints`` are signed (seq, hash) pairs kept outside the database. An
+    event whose hash differs from its checkpoint means the chain was rewritten
+    and hashed again after the last checkpoint that still matches; a checkpoint
+    beyond the last event means the tail was cut off.
+    """
+    pinned = dict(checkpoints)
+    good_until = 0
     prev = GENESIS_HASH
     expected_seq = 1
     count = 0
@@ -155,9 +168,32 @@ def verify_chain(events: Iterable[LineageEvent]) -> Verification:
         )
         if not hmac.compare_digest(chain_hash(prev, canonical(ev.seq, ev.at, draft)), ev.hash):
             return Verification(False, count, ev.seq, ev.seq, "event content does not match its hash")
+        if ev.seq in pinned:
+            if not hmac.compare_digest(pinned[ev.seq], ev.hash):
+                return Verification(
+                    False,
+                    count,
+                    ev.seq,
+                    good_until + 1,
+                    f"the chain was rewritten: event {ev.seq} differs from its signed checkpoint"
+                    f" (the last checkpoint that matches is at seq {good_until})",
+                    len(pinned),
+                )
+            good_until = ev.seq
         prev = ev.hash
         expected_seq += 1
-    return Verification(True, count, expected_seq - 1)
+    last = expected_seq - 1
+    beyond = [seq for seq in pinned if seq > last]
+    if beyond:
+        return Verification(
+            False,
+            count,
+            last,
+            last + 1,
+            f"the chain was cut: a signed checkpoint names seq {max(beyond)}, the last event is {last}",
+            len(pinned),
+        )
+    return Verification(True, count, last, checkpoints=len(pinned))
 
 
 def pseudonym(key: bytes, value: str) -> str:

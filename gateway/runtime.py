@@ -36,9 +36,7 @@ BACKLOG_CHECK_S = 5.0
 
 
 class Runtime:
-    def __init__(
-        self, store: Store, intake: Intake, metrics: Metrics, config_file: Path | None
-    ) -> None:
+    def __init__(self, store: Store, intake: Intake, metrics: Metrics, config_file: Path | None) -> None:
         self.store = store
         self.intake = intake
         self.metrics = metrics

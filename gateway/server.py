@@ -21,6 +21,7 @@ import uvicorn
 from adapters import BUILTIN_ADAPTERS
 from adapters.hl7.mllp import MLLPServer, ssl_server_context
 from gateway.app import create_app
+from gateway.checkpoints import Checkpointer, load_or_create_key, public_path, verify_store
 from gateway.config import Settings, parse_address
 from gateway.errors import ConfigError
 from gateway.metrics import Metrics
@@ -59,6 +60,14 @@ async def serve(
     runtime.overrides = dict(overrides or {})
     await runtime.apply(settings)
     keyring = KeyRing.from_settings(settings)
+    checkpointer = Checkpointer(
+        store,
+        load_or_create_key(settings.signing_key()),
+        settings.checkpoint_file(),
+        settings.lineage.checkpoint_every_events,
+        settings.lineage.checkpoint_every_s,
+    )
+    checkpointer.start()
     hl7 = BUILTIN_ADAPTERS["hl7v2"]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -104,6 +113,9 @@ async def serve(
             max_body_bytes=settings.http.max_body_bytes,
             runtime=runtime,
             metrics=metrics,
+            verify=lambda: verify_store(
+                store, settings.checkpoint_file(), public_path(settings.signing_key())
+            ),
         )
         tls_http = settings.http.tls
         config = uvicorn.Config(
@@ -138,6 +150,7 @@ async def serve(
         await http_task
     await runtime.stop()
     await intake.drain()
+    await checkpointer.stop()
     store.close()
     log.info("gateway stopped")
 

@@ -290,7 +290,13 @@ class Store(Protocol):
 
     def backlog(self) -> list[SinkBacklog]: ...
 
-    def verify_lineage(self) -> Verification: ...
+    def verify_lineage(self, checkpoints: Sequence[tuple[int, str]] = ()) -> Verification:
+        """Recompute the hash chain, holding it against signed (seq, hash) checkpoints."""
+        ...
+
+    def lineage_head(self) -> tuple[int, str] | None:
+        """The last committed event's (seq, hash)."""
+        ...
 
     async def check(self) -> bool:
         """True when a write transaction can be committed now."""

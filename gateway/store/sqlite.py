@@ -865,14 +865,22 @@ class SQLiteStore:
         )
         return [self._event(r) for r in rows]
 
-    def verify_lineage(self) -> Verification:
+    def verify_lineage(self, checkpoints: Sequence[tuple[int, str]] = ()) -> Verification:
         conn = _connect(self.path, readonly=True)
         try:
             conn.execute("BEGIN")  # one snapshot for the whole walk
             rows = conn.execute(f"SELECT {self._EVENT_COLUMNS} FROM lineage ORDER BY seq")  # noqa: S608
-            return verify_chain(self._event(r) for r in rows)
+            return verify_chain((self._event(r) for r in rows), checkpoints)
         finally:
             conn.close()
+
+    def lineage_head(self) -> tuple[int, str] | None:
+        row = (
+            _connect(self.path, readonly=True)
+            .execute("SELECT seq, hash FROM lineage ORDER BY seq DESC LIMIT 1")
+            .fetchone()
+        )
+        return (int(row[0]), str(row[1])) if row else None
 
 
 def _settle(fut: asyncio.Future[Any], value: Any, err: BaseException | None) -> None:

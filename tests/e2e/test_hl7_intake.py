@@ -419,3 +419,40 @@ def test_cli_reads_the_store_while_the_server_is_stopped(tmp_path: Path) -> None
     assert json.loads(broken.stdout)["ok"] is False
     missing = gw.cli("messages", "list", "--data-dir", str(tmp_path / "nowhere"))
     assert missing.returncode == 2 and "no store" in missing.stderr
+
+
+def test_signed_checkpoints_catch_a_cut_tail(tmp_path: Path) -> None:
+    """The running gateway signs checkpoints outside the database; after a stop, cutting events is found."""
+    cp_file = tmp_path / "audit" / "checkpoints.jsonl"
+    gw = Gateway(
+        tmp_path, {"lineage": {"checkpoint_file": str(cp_file), "checkpoint_every_events": 5}}
+    ).start()
+    for i in range(4):
+        assert (
+            field(
+                mllp_exchange(gw.mllp_port, with_control_id(fixture("adt_a01__basic.hl7"), f"CUT-{i}")),
+                "MSA",
+                1,
+            )
+            == "AA"
+        )
+    from tests.support import wait_until
+
+    assert wait_until(lambda: cp_file.exists(), 10), "the running gateway writes checkpoints on its own"
+    assert (
+        field(mllp_exchange(gw.mllp_port, with_control_id(fixture("adt_a01__basic.hl7"), "CUT-4")), "MSA", 1)
+        == "AA"
+    )
+    assert gw.stop() == 0  # and a final one at shutdown
+    assert len(cp_file.read_text().splitlines()) >= 2
+    ok = gw.cli("lineage", "verify", "--require-checkpoints", *gw.store_args())
+    assert ok.returncode == 0 and "signed checkpoints" in ok.stdout
+    conn = sqlite3.connect(gw.data_dir / "gateway.db")
+    (last,) = conn.execute("SELECT max(seq) FROM lineage").fetchone()
+    conn.execute("DELETE FROM lineage WHERE seq > ?", (last - 3,))
+    conn.commit()
+    conn.close()
+    cut = gw.cli("lineage", "verify", "--json", *gw.store_args())
+    assert cut.returncode == 1
+    verdict = json.loads(cut.stdout)
+    assert verdict["ok"] is False and verdict["first_bad_seq"] == last - 2

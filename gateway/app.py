@@ -7,6 +7,7 @@ values. Ingest bodies are read with a size limit of our own (uvicorn has none).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from datetime import datetime
@@ -21,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from gateway.adapter import Adapter
 from gateway.envelope import Receipt
 from gateway.errors import AuthError, ConfigError, StoreError
-from gateway.lineage import Verification
+from gateway.lineage import EventDraft, Verification
 from gateway.metrics import Metrics
 from gateway.pipeline import Intake
 from gateway.runtime import Runtime
@@ -94,6 +95,9 @@ def create_app(
     @app.exception_handler(AuthError)
     async def _auth_error(request: Request, exc: AuthError) -> JSONResponse:
         code = "unauthorized" if exc.status == 401 else "forbidden"
+        who = getattr(request.state, "principal", None)
+        if exc.status == 403 and isinstance(who, Principal):
+            audit(who, "AccessDenied", "", "forbidden", request.path_params.get("message_id"))
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         return _error(exc.status, code, exc.reason, headers)
 
@@ -109,6 +113,16 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return _error(exc.status_code, "http_error", str(exc.detail))
+
+    loop = asyncio.get_running_loop()
+
+    def audit(who: Principal, event: str, scope: str, outcome: str, envelope_id: str | None = None) -> None:
+        """Record a read of messages or lineage as a lineage event (who, which scope, what outcome).
+
+        Endpoints run in a thread pool; the event is handed to the loop that owns the store.
+        """
+        draft = EventDraft(event, envelope_id, f"user:{who.name}", outcome=outcome, details={"scope": scope})
+        loop.call_soon_threadsafe(store.note_events, [draft])
 
     def principal(request: Request) -> Principal:
         auth = request.headers.get("authorization", "")
@@ -176,6 +190,7 @@ def create_app(
             )
         )
         items = [r.as_dict() for r in rows]
+        audit(who, "MessagesSearched", "messages:read", f"{len(items)} found")
         return {"items": items, "next_before": items[-1]["id"] if len(items) == limit else None}
 
     @app.get("/api/messages/{message_id}", tags=["messages"])
@@ -183,6 +198,7 @@ def create_app(
         row = store.get_message(message_id)
         if row is None:
             raise APIError(404, "not_found", "No message has this id.")
+        audit(who, "MessageRead", "messages:read", "ok", message_id)
         out = row.as_dict()
         out["deliveries"] = [d.as_dict() for d in store.deliveries_of(message_id)]
         out["lineage"] = [e.as_dict() for e in store.lineage_of(message_id)]
@@ -233,7 +249,9 @@ def create_app(
     def message_lineage(message_id: str, who: Principal = scoped("lineage:read")) -> dict[str, Any]:
         if store.get_message(message_id) is None:
             raise APIError(404, "not_found", "No message has this id.")
-        return {"envelope_id": message_id, "events": [e.as_dict() for e in store.lineage_of(message_id)]}
+        events = [e.as_dict() for e in store.lineage_of(message_id)]
+        audit(who, "LineageQueried", "lineage:read", "ok", message_id)
+        return {"envelope_id": message_id, "events": events}
 
     @app.get("/api/messages/{message_id}/raw", tags=["messages"])
     def message_raw(message_id: str, who: Principal = scoped("admin")) -> Response:
@@ -241,6 +259,7 @@ def create_app(
         raw = store.get_raw(message_id)
         if raw is None:
             raise APIError(404, "not_found", "No message has this id.")
+        audit(who, "MessageBodyRead", "admin", "ok", message_id)
         return Response(raw, media_type="application/octet-stream")
 
     @app.get("/api/lineage/verify", tags=["lineage"])

@@ -258,6 +258,10 @@ class Store(Protocol):
         """Append lineage events after the fact (for example ``ReplySent``)."""
         ...
 
+    def note_events(self, drafts: Sequence[EventDraft]) -> None:
+        """Append lineage events with a coming transaction; nothing waits for them."""
+        ...
+
     def note_replies(self, replies: Sequence[ReplyRecord]) -> None:
         """Record a ``ReplySent`` event per reply with a coming transaction (nothing waits for it)."""
         ...

@@ -289,6 +289,15 @@ class SQLiteStore:
 
         await self.submit(fn)
 
+    def note_events(self, drafts: Sequence[EventDraft]) -> None:
+        """Append lineage events with a coming transaction (access records and the like); nothing waits."""
+        events = list(drafts)
+        task = asyncio.get_running_loop().create_task(
+            self.submit(lambda txn: txn.append(events, utcnow().isoformat()), urgent=False)
+        )
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     def note_replies(self, replies: Sequence[ReplyRecord]) -> None:
         """Record a ``ReplySent`` event per reply with a coming transaction; nothing waits for it.
 

@@ -456,3 +456,27 @@ def test_signed_checkpoints_catch_a_cut_tail(tmp_path: Path) -> None:
     assert cut.returncode == 1
     verdict = json.loads(cut.stdout)
     assert verdict["ok"] is False and verdict["first_bad_seq"] == last - 2
+
+
+def test_every_read_is_recorded_with_who_and_outcome(gw: Gateway) -> None:
+    """Reads through the API are lineage events: who read which message, with which scope, and refusals."""
+    from tests.support import wait_until
+
+    raw = with_control_id(fixture("adt_a04__register.hl7"), "E2E-AUDIT-1")
+    assert field(mllp_exchange(gw.mllp_port, raw), "MSA", 1) == "AA"
+    reader = httpx.Client(base_url=gw.http_url, headers={"X-API-Key": READ_KEY}, timeout=30)
+    (item,) = reader.get("/api/messages", params={"control_id": "E2E-AUDIT-1"}).json()["items"]
+    assert reader.get(f"/api/messages/{item['id']}").status_code == 200
+    assert reader.get(f"/api/messages/{item['id']}/lineage").status_code == 403  # reader lacks lineage:read
+    reader.close()
+    with httpx.Client(base_url=gw.http_url, headers={"Authorization": f"Bearer {TEST_KEY}"}, timeout=30) as c:
+
+        def events() -> list[tuple[str, str, str]]:
+            body = c.get(f"/api/messages/{item['id']}/lineage").json()
+            return [(e["event"], e["actor"], e["outcome"]) for e in body["events"]]
+
+        assert wait_until(lambda: ("AccessDenied", "user:reader", "forbidden") in events(), 5)
+        # a read is recorded after it is answered: the next read shows it
+        assert wait_until(lambda: ("LineageQueried", "user:tester", "ok") in events(), 5)
+        assert ("MessageRead", "user:reader", "ok") in events()
+        assert c.get("/api/lineage/verify").json()["ok"] is True

@@ -253,6 +253,21 @@ def create_app(
         audit(who, "LineageQueried", "lineage:read", "ok", message_id)
         return {"envelope_id": message_id, "events": events}
 
+    @app.get("/api/lineage/messages/{message_id}", tags=["lineage"])
+    def trace(message_id: str, who: Principal = scoped("lineage:read")) -> dict[str, Any]:
+        """A message's journey: the message, what it carried or produced, its deliveries, every event."""
+        row = store.get_message(message_id)
+        if row is None:
+            raise APIError(404, "not_found", "No message has this id.")
+        out = {
+            "message": row.as_dict(),
+            "children": [c.as_dict() for c in store.children_of(message_id)],
+            "deliveries": [d.as_dict() for d in store.deliveries_of(message_id)],
+            "events": [e.as_dict() for e in store.lineage_of(message_id)],
+        }
+        audit(who, "LineageQueried", "lineage:read", "ok", message_id)
+        return out
+
     @app.get("/api/messages/{message_id}/raw", tags=["messages"])
     def message_raw(message_id: str, who: Principal = scoped("admin")) -> Response:
         """The message bytes exactly as received (admin scope: they carry PHI)."""

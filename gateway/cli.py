@@ -81,6 +81,16 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--checkpoints", type=Path, help="signed checkpoint file (default: from the config)")
     q.add_argument("--public-key", type=Path, help="Ed25519 public key (PEM) the checkpoints are signed with")
     q.add_argument("--require-checkpoints", action="store_true", help="fail when there is no checkpoint")
+    q = lsub.add_parser("trace", help="a message's journey: receipt, validation, route, deliveries, reads")
+    _store_options(q)
+    q.add_argument("id")
+    q.add_argument("--json", action="store_true")
+    q = lsub.add_parser("export", help="lineage events of a time range as CSV or JSON lines")
+    _store_options(q)
+    q.add_argument("--since", help="ISO 8601 date or date-time (UTC if no zone)")
+    q.add_argument("--until", help="ISO 8601 date or date-time, exclusive")
+    q.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    q.add_argument("--output", "-o", type=Path)
 
     p = sub.add_parser("check", help="validate a config file (and its route tests) without side effects")
     p.add_argument("config_file", type=Path)
@@ -279,6 +289,10 @@ def _messages(args: argparse.Namespace) -> int:
 
 
 def _lineage(args: argparse.Namespace) -> int:
+    if args.action == "trace":
+        return _trace(args)
+    if args.action == "export":
+        return _export(args)
     from gateway.checkpoints import public_path, verify_store
 
     settings = _settings(args)
@@ -296,6 +310,89 @@ def _lineage(args: argparse.Namespace) -> int:
     else:
         print(f"lineage BROKEN at seq {result.first_bad_seq}: {result.reason}")
     return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _trace(args: argparse.Namespace) -> int:
+    store = _open_reader(args)
+    row = store.get_message(args.id)
+    if row is None:
+        print(f"gateway: no message {args.id}", file=sys.stderr)
+        return EXIT_FAILED
+    children = store.children_of(args.id)
+    deliveries = store.deliveries_of(args.id)
+    events = store.lineage_of(args.id)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "message": row.as_dict(),
+                    "children": [c.as_dict() for c in children],
+                    "deliveries": [d.as_dict() for d in deliveries],
+                    "events": [e.as_dict() for e in events],
+                },
+                indent=2,
+            )
+        )
+        return EXIT_OK
+    print(f"{row.id}  {row.message_type}  control id {row.control_id}  from {row.sender}  via {row.listener}")
+    print(
+        f"  received {row.received_at} from {row.peer or '-'}  status {row.status}  route {row.route or '-'}"
+    )
+    for child in children:
+        print(f"  carries {child.id}  {child.message_type}  {child.status}")
+    for d in deliveries:
+        print(f"  delivery to {d.sink}: {d.as_dict()['state']} after {d.attempts} attempt(s)")
+    for e in events:
+        subject = "" if e.envelope_id == args.id else f"  ({e.envelope_id})"
+        error = f" {e.error_code}" if e.error_code else ""
+        print(f"  {e.seq:>8}  {e.at[:23]}  {e.event:18} {e.outcome}{error}  {e.actor}{subject}")
+    return EXIT_OK
+
+
+def _export(args: argparse.Namespace) -> int:
+    import csv
+
+    def moment(text: str | None) -> str | None:
+        if text is None:
+            return None
+        from datetime import UTC, datetime
+
+        parsed = datetime.fromisoformat(text)
+        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
+
+    store = _open_reader(args)
+    out = args.output.open("w", encoding="utf-8", newline="") if args.output else sys.stdout
+    count = 0
+    try:
+        fields = [
+            "seq",
+            "at",
+            "event",
+            "envelope_id",
+            "parent_id",
+            "actor",
+            "outcome",
+            "error_code",
+            "raw_sha256",
+            "details",
+            "prev_hash",
+            "hash",
+        ]
+        writer = csv.DictWriter(out, fieldnames=fields) if args.format == "csv" else None
+        if writer is not None:
+            writer.writeheader()
+        for event in store.events_between(moment(args.since), moment(args.until)):
+            row = event.as_dict()
+            if writer is not None:
+                writer.writerow({**row, "details": json.dumps(row["details"], sort_keys=True)})
+            else:
+                out.write(json.dumps(row, sort_keys=True) + "\n")
+            count += 1
+    finally:
+        if args.output:
+            out.close()
+    print(f"{count} events exported", file=sys.stderr)
+    return EXIT_OK
 
 
 def _send(args: argparse.Namespace) -> int:

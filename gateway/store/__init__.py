@@ -9,7 +9,7 @@ lineage events, and commits before it answers.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
@@ -296,6 +296,14 @@ class Store(Protocol):
 
     def verify_lineage(self, checkpoints: Sequence[tuple[int, str]] = ()) -> Verification:
         """Recompute the hash chain, holding it against signed (seq, hash) checkpoints."""
+        ...
+
+    def events_between(self, since: str | None, until: str | None) -> Iterator[LineageEvent]:
+        """Lineage events in a time range, in chain order (for exports)."""
+        ...
+
+    def children_of(self, message_id: str) -> list[MessageRow]:
+        """Messages derived from or carried by this one (the messages of a batch)."""
         ...
 
     def lineage_head(self) -> tuple[int, str] | None:

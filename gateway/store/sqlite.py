@@ -27,7 +27,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from datetime import datetime
@@ -873,6 +873,32 @@ class SQLiteStore:
             (message_id, message_id),
         )
         return [self._event(r) for r in rows]
+
+    def events_between(self, since: str | None, until: str | None) -> Iterator[LineageEvent]:
+        """Lineage events with ``since <= at < until`` (ISO 8601, UTC), in chain order."""
+        where, args = [], []
+        if since:
+            where.append("at >= ?")
+            args.append(since)
+        if until:
+            where.append("at < ?")
+            args.append(until)
+        sql = f"SELECT {self._EVENT_COLUMNS} FROM lineage"  # noqa: S608 - constant columns, bound values
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        conn = _connect(self.path, readonly=True)
+        try:
+            for row in conn.execute(sql + " ORDER BY seq", args):
+                yield self._event(row)
+        finally:
+            conn.close()
+
+    def children_of(self, message_id: str) -> list[MessageRow]:
+        rows = self._reader().execute(
+            f"SELECT {self._COLUMNS} FROM messages WHERE parent_id = ? ORDER BY id",  # noqa: S608
+            (message_id,),
+        )
+        return [self._row(r) for r in rows]
 
     def verify_lineage(self, checkpoints: Sequence[tuple[int, str]] = ()) -> Verification:
         conn = _connect(self.path, readonly=True)

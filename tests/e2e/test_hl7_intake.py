@@ -245,8 +245,12 @@ def test_http_batch_each_message_its_own_envelope(gw: Gateway, api: httpx.Client
         (item,) = api.get("/api/messages", params={"control_id": cid}).json()["items"]
         parents.add(item["parent_id"])
     assert len(parents) == 1 and None not in parents
-    batch = api.get(f"/api/messages/{parents.pop()}").json()
+    batch_id = parents.pop()
+    batch = api.get(f"/api/messages/{batch_id}").json()
     assert batch["status"] == "batch"
+    trace = api.get(f"/api/lineage/messages/{batch_id}").json()
+    assert sorted(c["control_id"] for c in trace["children"]) == sorted(control_ids)
+    assert trace["events"][0]["event"] == "BatchReceived"
     assert [e["event"] for e in batch["lineage"]].count("MessageReceived") == 3
 
 
@@ -410,6 +414,15 @@ def test_cli_reads_the_store_while_the_server_is_stopped(tmp_path: Path) -> None
     assert "ADT^A01" in shown.stdout
     ok = gw.cli("lineage", "verify", *gw.store_args())
     assert ok.returncode == 0 and "lineage intact" in ok.stdout
+    trace = gw.cli("lineage", "trace", row["id"], *gw.store_args())
+    assert trace.returncode == 0 and "MessageReceived" in trace.stdout and "ReplySent" in trace.stdout
+    export = gw.cli("lineage", "export", "--format", "csv", "--since", "2000-01-01", *gw.store_args())
+    assert export.returncode == 0
+    exported = export.stdout.splitlines()
+    assert exported[0].startswith("seq,at,event") and int(ok.stdout.split()[2]) == len(exported) - 1
+    assert "CANARY" not in export.stdout
+    later = gw.cli("lineage", "export", "--since", "2999-01-01", *gw.store_args())
+    assert later.returncode == 0 and later.stdout == "" and "0 events" in later.stderr
     conn = sqlite3.connect(gw.data_dir / "gateway.db")
     conn.execute("UPDATE lineage SET outcome = 'rejected' WHERE event = 'MessageAccepted'")
     conn.commit()

@@ -17,6 +17,7 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.adapter import Adapter
@@ -40,6 +41,16 @@ class APIError(Exception):
         self.status = status
         self.code = code
         self.detail = detail
+
+
+class KeySearch(BaseModel):
+    """The body of ``POST /api/lineage/search``."""
+
+    model_config = ConfigDict(extra="forbid")
+    key: str = Field(min_length=1, max_length=256, description="A business key value, e.g. a patient id.")
+    since: str | None = None
+    until: str | None = None
+    limit: int = Field(default=1000, ge=1, le=10000)
 
 
 def _error(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -267,6 +278,19 @@ def create_app(
         }
         audit(who, "LineageQueried", "lineage:read", "ok", message_id)
         return out
+
+    @app.post("/api/lineage/search", tags=["lineage"])
+    def search_by_key(query: KeySearch, who: Principal = scoped("lineage:read")) -> dict[str, Any]:
+        """Everything that happened to messages carrying a business key, reads included.
+
+        The key travels in the body, not the URL, so that proxies never log it; the gateway looks
+        it up by its keyed pseudonym and never stores the value.
+        """
+        events = store.events_for_key(
+            query.key, _timestamp(query.since, "since"), _timestamp(query.until, "until"), query.limit
+        )
+        audit(who, "LineageQueried", "lineage:read", f"{len(events)} events by business key")
+        return {"events": [e.as_dict() for e in events]}
 
     @app.get("/api/messages/{message_id}/raw", tags=["messages"])
     def message_raw(message_id: str, who: Principal = scoped("admin")) -> Response:

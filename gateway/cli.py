@@ -85,6 +85,12 @@ def _parser() -> argparse.ArgumentParser:
     _store_options(q)
     q.add_argument("id")
     q.add_argument("--json", action="store_true")
+    q = lsub.add_parser("search", help="every event of the messages that carry a business key")
+    _store_options(q)
+    q.add_argument("--key", required=True, help="the business key value, e.g. a patient id as ID^^^AUTHORITY")
+    q.add_argument("--since")
+    q.add_argument("--until")
+    q.add_argument("--json", action="store_true")
     q = lsub.add_parser("export", help="lineage events of a time range as CSV or JSON lines")
     _store_options(q)
     q.add_argument("--since", help="ISO 8601 date or date-time (UTC if no zone)")
@@ -293,6 +299,14 @@ def _lineage(args: argparse.Namespace) -> int:
         return _trace(args)
     if args.action == "export":
         return _export(args)
+    if args.action == "search":
+        store = _open_reader(args)
+        for e in store.events_for_key(args.key, _moment(args.since), _moment(args.until)):
+            if args.json:
+                print(json.dumps(e.as_dict(), sort_keys=True))
+            else:
+                print(f"{e.seq:>8}  {e.at[:23]}  {e.envelope_id}  {e.event:18} {e.outcome}  {e.actor}")
+        return EXIT_OK
     from gateway.checkpoints import public_path, verify_store
 
     settings = _settings(args)
@@ -349,16 +363,18 @@ def _trace(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _moment(text: str | None) -> str | None:
+    """An ISO 8601 date or date-time (UTC when it has no zone) in the form lineage times are stored."""
+    if text is None:
+        return None
+    from datetime import UTC, datetime
+
+    parsed = datetime.fromisoformat(text)
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
+
+
 def _export(args: argparse.Namespace) -> int:
     import csv
-
-    def moment(text: str | None) -> str | None:
-        if text is None:
-            return None
-        from datetime import UTC, datetime
-
-        parsed = datetime.fromisoformat(text)
-        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
 
     store = _open_reader(args)
     out = args.output.open("w", encoding="utf-8", newline="") if args.output else sys.stdout
@@ -381,7 +397,7 @@ def _export(args: argparse.Namespace) -> int:
         writer = csv.DictWriter(out, fieldnames=fields) if args.format == "csv" else None
         if writer is not None:
             writer.writeheader()
-        for event in store.events_between(moment(args.since), moment(args.until)):
+        for event in store.events_between(_moment(args.since), _moment(args.until)):
             row = event.as_dict()
             if writer is not None:
                 writer.writerow({**row, "details": json.dumps(row["details"], sort_keys=True)})

@@ -302,6 +302,12 @@ class Store(Protocol):
         """Lineage events in a time range, in chain order (for exports)."""
         ...
 
+    def events_for_key(
+        self, value: str, since: str | None = None, until: str | None = None, limit: int = 1000
+    ) -> list[LineageEvent]:
+        """Lineage events of every message carrying the business key ``value`` (by its pseudonym)."""
+        ...
+
     def children_of(self, message_id: str) -> list[MessageRow]:
         """Messages derived from or carried by this one (the messages of a batch)."""
         ...

@@ -81,3 +81,15 @@ MIGRATIONS.append(
     CREATE INDEX deliveries_key ON deliveries (sink, order_key, status, seq) WHERE order_key IS NOT NULL;
     """
 )
+
+MIGRATIONS.append(
+    # 3: business keys by pseudonym, so lineage can be searched by patient, account or order without
+    # holding their values: one row per (pseudonym, message).
+    """
+    CREATE TABLE message_keys (
+        pseudonym   TEXT NOT NULL,
+        message_id  TEXT NOT NULL,
+        PRIMARY KEY (pseudonym, message_id)
+    ) WITHOUT ROWID;
+    """
+)

@@ -482,6 +482,11 @@ class SQLiteStore:
                 rec.route if conflict_with is None else "",
             ),
         )
+        if rec.business_keys:
+            txn.conn.executemany(
+                "INSERT OR IGNORE INTO message_keys (pseudonym, message_id) VALUES (?, ?)",
+                [(pseudonym(self._key, v), rec.id) for v in rec.business_keys.values()],
+            )
         drafts = [
             EventDraft(
                 "MessageReceived",
@@ -892,6 +897,23 @@ class SQLiteStore:
                 yield self._event(row)
         finally:
             conn.close()
+
+    def events_for_key(
+        self, value: str, since: str | None = None, until: str | None = None, limit: int = 1000
+    ) -> list[LineageEvent]:
+        """Every lineage event of every message that carries the business key ``value`` (receipt,
+        routing, deliveries, reads), found by its pseudonym: the value itself is never stored."""
+        where = ["envelope_id IN (SELECT message_id FROM message_keys WHERE pseudonym = ?)"]
+        args: list[Any] = [pseudonym(self._key, value)]
+        if since:
+            where.append("at >= ?")
+            args.append(since)
+        if until:
+            where.append("at < ?")
+            args.append(until)
+        sql = f"SELECT {self._EVENT_COLUMNS} FROM lineage WHERE " + " AND ".join(where)  # noqa: S608
+        rows = self._reader().execute(sql + " ORDER BY seq LIMIT ?", [*args, max(1, min(limit, 10000))])
+        return [self._event(r) for r in rows]
 
     def children_of(self, message_id: str) -> list[MessageRow]:
         rows = self._reader().execute(

@@ -493,3 +493,32 @@ def test_every_read_is_recorded_with_who_and_outcome(gw: Gateway) -> None:
         assert wait_until(lambda: ("LineageQueried", "user:tester", "ok") in events(), 5)
         assert ("MessageRead", "user:reader", "ok") in events()
         assert c.get("/api/lineage/verify").json()["ok"] is True
+
+
+def test_search_lineage_by_business_key(gw: Gateway) -> None:
+    """Who received, routed and read messages about one patient, found by the patient id it never stores."""
+    from tests.support import wait_until
+
+    raw = with_control_id(fixture("adt_a01__canary.hl7"), "E2E-KEY-1")
+    assert field(mllp_exchange(gw.mllp_port, raw), "MSA", 1) == "AA"
+    patient = field(raw, "PID", 3).split("~")[0].split("^")
+    key = f"{patient[0]}^^^{patient[3]}" if len(patient) > 3 and patient[3] else patient[0]
+    assert "CANARY-MRN-0001" in key
+    with httpx.Client(base_url=gw.http_url, headers={"Authorization": f"Bearer {TEST_KEY}"}, timeout=30) as c:
+        (item,) = c.get("/api/messages", params={"control_id": "E2E-KEY-1"}).json()["items"]
+        assert c.get(f"/api/messages/{item['id']}").status_code == 200
+
+        def found() -> list[tuple[str, str, str]]:
+            r = c.post("/api/lineage/search", json={"key": key, "since": "2000-01-01T00:00:00Z"})
+            assert r.status_code == 200
+            return [(e["envelope_id"], e["event"], e["actor"]) for e in r.json()["events"]]
+
+        assert wait_until(lambda: (item["id"], "MessageRead", "user:tester") in found(), 5)
+        events = found()
+        assert {e[1] for e in events} >= {"MessageReceived", "MessageAccepted", "ReplySent", "MessageRead"}
+        assert c.post("/api/lineage/search", json={"key": "NO-SUCH-PATIENT"}).json()["events"] == []
+        assert c.post("/api/lineage/search", json={"key": key, "extra": 1}).status_code == 400
+        body = c.post("/api/lineage/search", json={"key": key}).text
+    assert "CANARY-MRN-0001" not in body
+    cli = gw.cli("lineage", "search", "--key", key, *gw.store_args())
+    assert cli.returncode == 0 and item["id"] in cli.stdout and "CANARY" not in cli.stdout

@@ -93,3 +93,8 @@ MIGRATIONS.append(
     ) WITHOUT ROWID;
     """
 )
+
+MIGRATIONS.append(
+    # 4: time-range reads of lineage (exports, audits); times grow with seq, so it appends at the right.
+    "CREATE INDEX lineage_at ON lineage (at)"
+)

@@ -194,9 +194,11 @@ class SinkWorker:
         self.stopping = False
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._recording: set[str] = set()
+        """Rows whose attempt is over and whose result waits for a commit: not to be fetched again."""
         self._tasks: set[asyncio.Task[None]] = set()
+        """Every attempt task, in flight or recording its result, and result writers."""
         self._results: list[tuple[AttemptResult, asyncio.Future[None]]] = []
-        """Every attempt task, in flight or recording its result."""
+        """Results finished in this turn of the loop, written together."""
         self._inflight_keys: set[str] = set()
         self._retry_times: list[float] = []
         """A heap of the times retries were scheduled for, so the worker wakes when one is due."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
@@ -32,6 +33,7 @@ from gateway.store import MessageFilter, Store
 
 log = logging.getLogger("gateway.http")
 
+ULID_SHAPE = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
 HL7_CONTENT_TYPES = frozenset({"x-application/hl7-v2+er7", "application/hl7-v2", "text/plain"})
 
 
@@ -108,7 +110,15 @@ def create_app(
         code = "unauthorized" if exc.status == 401 else "forbidden"
         who = getattr(request.state, "principal", None)
         if exc.status == 403 and isinstance(who, Principal):
-            audit(who, "AccessDenied", "", "forbidden", request.path_params.get("message_id"))
+            target = request.path_params.get("message_id")
+            # only an id of ours goes into lineage, never whatever text the caller put in the path
+            audit(
+                who,
+                "AccessDenied",
+                "",
+                "forbidden",
+                target if target and ULID_SHAPE.fullmatch(target) else None,
+            )
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         return _error(exc.status, code, exc.reason, headers)
 

@@ -4,7 +4,7 @@ Usage: ``python bench/lineage.py [--events 1000000] [--queries 200]``
 
 Fills a fresh store (the real schema and migrations) with ``--events`` lineage
 events over 50,000 patients — five events per message, as intake writes them —
-then measures, for random patients, :meth:`SQLiteStore.events_for_key` (the
+then measures, for random patients, :meth:`SQLiteStore.search_events` by key (the
 pseudonym index), and as the baseline in the same run the query one would run
 without that index (a scan of the events' JSON details for the pseudonym).
 It also times a one-hour export window. Figures: p50/p99 in milliseconds.
@@ -23,6 +23,7 @@ from pathlib import Path
 import orjson
 
 from gateway.lineage import pseudonym
+from gateway.store import EventQuery
 from gateway.store.sqlite import SQLiteStore, _connect, migrate
 
 KEY = b"k" * 32
@@ -98,7 +99,7 @@ def main() -> None:
         found = 0
         for patient in patients:
             t = time.perf_counter()
-            found += len(store.events_for_key(patient))
+            found += len(store.search_events(EventQuery(key=patient)))
             indexed.append(time.perf_counter() - t)
         print(
             f"by business key (pseudonym index): {percentiles(indexed)}   ({found / len(patients):.1f} events each)"

@@ -29,7 +29,7 @@ from gateway.metrics import Metrics
 from gateway.pipeline import Intake
 from gateway.runtime import Runtime
 from gateway.security import KeyRing, Principal
-from gateway.store import MessageFilter, Store
+from gateway.store import EventQuery, MessageFilter, Store
 
 log = logging.getLogger("gateway.http")
 
@@ -45,13 +45,24 @@ class APIError(Exception):
         self.detail = detail
 
 
-class KeySearch(BaseModel):
-    """The body of ``POST /api/lineage/search``."""
+class LineageSearch(BaseModel):
+    """The body of ``POST /api/lineage/search``: every given field must hold."""
 
     model_config = ConfigDict(extra="forbid")
-    key: str = Field(min_length=1, max_length=256, description="A business key value, e.g. a patient id.")
+    key: str | None = Field(
+        default=None, min_length=1, max_length=256, description="A business key value, e.g. a patient id."
+    )
+    control_id: str | None = None
+    sender: str | None = None
+    protocol: str | None = None
+    message_type: str | None = None
+    route: str | None = None
+    sink: str | None = None
+    event: str | None = None
+    outcome: str | None = None
     since: str | None = None
     until: str | None = None
+    after_seq: int = Field(default=0, ge=0, description="Page on: the last seq of the previous page.")
     limit: int = Field(default=1000, ge=1, le=10000)
 
 
@@ -290,17 +301,20 @@ def create_app(
         return out
 
     @app.post("/api/lineage/search", tags=["lineage"])
-    def search_by_key(query: KeySearch, who: Principal = scoped("lineage:read")) -> dict[str, Any]:
-        """Everything that happened to messages carrying a business key, reads included.
+    def search_lineage(query: LineageSearch, who: Principal = scoped("lineage:read")) -> dict[str, Any]:
+        """Search lineage: by business key, control id, sender, protocol, type, route, sink, event,
+        outcome and time range; page with ``after_seq`` = the returned ``next_after_seq``.
 
-        The key travels in the body, not the URL, so that proxies never log it; the gateway looks
-        it up by its keyed pseudonym and never stores the value.
+        Criteria travel in the body, not the URL, so that proxies never log a patient id; a key is
+        looked up by its keyed pseudonym and never stored.
         """
-        events = store.events_for_key(
-            query.key, _timestamp(query.since, "since"), _timestamp(query.until, "until"), query.limit
-        )
-        audit(who, "LineageQueried", "lineage:read", f"{len(events)} events by business key")
-        return {"events": [e.as_dict() for e in events]}
+        fields = query.model_dump()
+        fields["since"] = _timestamp(query.since, "since")
+        fields["until"] = _timestamp(query.until, "until")
+        events = store.search_events(EventQuery(**fields))
+        audit(who, "LineageQueried", "lineage:read", f"{len(events)} events found")
+        full = len(events) == query.limit
+        return {"events": [e.as_dict() for e in events], "next_after_seq": events[-1].seq if full else None}
 
     @app.get("/api/messages/{message_id}/raw", tags=["messages"])
     def message_raw(message_id: str, who: Principal = scoped("admin")) -> Response:

@@ -85,11 +85,15 @@ def _parser() -> argparse.ArgumentParser:
     _store_options(q)
     q.add_argument("id")
     q.add_argument("--json", action="store_true")
-    q = lsub.add_parser("search", help="every event of the messages that carry a business key")
+    q = lsub.add_parser("search", help="lineage events by business key, message, route, sink, outcome, time")
     _store_options(q)
-    q.add_argument("--key", required=True, help="the business key value, e.g. a patient id as ID^^^AUTHORITY")
+    q.add_argument("--key", help="a business key value, e.g. a patient id as ID^^^AUTHORITY")
+    for name in ("control-id", "sender", "protocol", "message-type", "route", "sink", "event", "outcome"):
+        q.add_argument(f"--{name}")
     q.add_argument("--since")
     q.add_argument("--until")
+    q.add_argument("--after-seq", type=int, default=0)
+    q.add_argument("--limit", type=int, default=1000)
     q.add_argument("--json", action="store_true")
     q = lsub.add_parser("export", help="lineage events of a time range as CSV or JSON lines")
     _store_options(q)
@@ -300,8 +304,25 @@ def _lineage(args: argparse.Namespace) -> int:
     if args.action == "export":
         return _export(args)
     if args.action == "search":
+        from gateway.store import EventQuery
+
         store = _open_reader(args)
-        for e in store.events_for_key(args.key, _moment(args.since), _moment(args.until)):
+        query = EventQuery(
+            key=args.key,
+            control_id=args.control_id,
+            sender=args.sender,
+            protocol=args.protocol,
+            message_type=args.message_type,
+            route=args.route,
+            sink=args.sink,
+            event=args.event,
+            outcome=args.outcome,
+            since=_moment(args.since),
+            until=_moment(args.until),
+            after_seq=args.after_seq,
+            limit=args.limit,
+        )
+        for e in store.search_events(query):
             if args.json:
                 print(json.dumps(e.as_dict(), sort_keys=True))
             else:

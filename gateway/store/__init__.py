@@ -116,6 +116,26 @@ class MessageFilter:
 
 
 @dataclass(frozen=True, slots=True)
+class EventQuery:
+    """What an auditor searches lineage by; every given field must hold."""
+
+    key: str | None = None
+    """A business key value (patient id, account, order): matched by its pseudonym."""
+    control_id: str | None = None
+    sender: str | None = None
+    protocol: str | None = None
+    message_type: str | None = None
+    route: str | None = None
+    sink: str | None = None
+    event: str | None = None
+    outcome: str | None = None
+    since: str | None = None
+    until: str | None = None
+    after_seq: int = 0
+    limit: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
 class MessageRow:
     """A stored message as the API and CLI show it (no raw bytes)."""
 
@@ -302,10 +322,8 @@ class Store(Protocol):
         """Lineage events in a time range, in chain order (for exports)."""
         ...
 
-    def events_for_key(
-        self, value: str, since: str | None = None, until: str | None = None, limit: int = 1000
-    ) -> list[LineageEvent]:
-        """Lineage events of every message carrying the business key ``value`` (by its pseudonym)."""
+    def search_events(self, q: EventQuery) -> list[LineageEvent]:
+        """Lineage events matching a query, in chain order (page with ``after_seq``)."""
         ...
 
     def children_of(self, message_id: str) -> list[MessageRow]:

@@ -54,6 +54,7 @@ from gateway.store import (
     BatchRecord,
     DeliveryRow,
     DueDelivery,
+    EventQuery,
     IntakeDecision,
     IntakeRecord,
     MessageFilter,
@@ -898,21 +899,47 @@ class SQLiteStore:
         finally:
             conn.close()
 
-    def events_for_key(
-        self, value: str, since: str | None = None, until: str | None = None, limit: int = 1000
-    ) -> list[LineageEvent]:
-        """Every lineage event of every message that carries the business key ``value`` (receipt,
-        routing, deliveries, reads), found by its pseudonym: the value itself is never stored."""
-        where = ["envelope_id IN (SELECT message_id FROM message_keys WHERE pseudonym = ?)"]
-        args: list[Any] = [pseudonym(self._key, value)]
-        if since:
-            where.append("at >= ?")
-            args.append(since)
-        if until:
-            where.append("at < ?")
-            args.append(until)
-        sql = f"SELECT {self._EVENT_COLUMNS} FROM lineage WHERE " + " AND ".join(where)  # noqa: S608
-        rows = self._reader().execute(sql + " ORDER BY seq LIMIT ?", [*args, max(1, min(limit, 10000))])
+    def search_events(self, q: EventQuery) -> list[LineageEvent]:
+        """Lineage events matching every given criterion, in chain order, from ``after_seq`` on.
+
+        A business key is looked up by its pseudonym (the value is never stored); message
+        criteria (control id, sender, protocol, type, route) select the events of those messages;
+        ``sink`` selects the events its delivery worker wrote.
+        """
+        where: list[str] = []
+        args: list[Any] = []
+        if q.key:
+            where.append("l.envelope_id IN (SELECT message_id FROM message_keys WHERE pseudonym = ?)")
+            args.append(pseudonym(self._key, q.key))
+        for column, value in (
+            ("m.control_id", q.control_id),
+            ("m.sender", q.sender),
+            ("m.protocol", q.protocol),
+            ("m.message_type", q.message_type),
+            ("m.route", q.route),
+            ("l.event", q.event),
+            ("l.outcome", q.outcome),
+        ):
+            if value:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if q.sink:
+            where.append("l.actor = ?")
+            args.append(f"sink:{q.sink}")
+        if q.since:
+            where.append("l.at >= ?")
+            args.append(q.since)
+        if q.until:
+            where.append("l.at < ?")
+            args.append(q.until)
+        where.append("l.seq > ?")
+        args.append(q.after_seq)
+        columns = ", ".join(f"l.{c.strip()}" for c in self._EVENT_COLUMNS.split(","))
+        sql = (
+            f"SELECT {columns} FROM lineage l LEFT JOIN messages m ON m.id = l.envelope_id"  # noqa: S608
+            " WHERE " + " AND ".join(where) + " ORDER BY l.seq LIMIT ?"
+        )
+        rows = self._reader().execute(sql, [*args, max(1, min(q.limit, 10000))])
         return [self._event(r) for r in rows]
 
     def children_of(self, message_id: str) -> list[MessageRow]:

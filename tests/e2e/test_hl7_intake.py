@@ -517,6 +517,17 @@ def test_search_lineage_by_business_key(gw: Gateway) -> None:
         events = found()
         assert {e[1] for e in events} >= {"MessageReceived", "MessageAccepted", "ReplySent", "MessageRead"}
         assert c.post("/api/lineage/search", json={"key": "NO-SUCH-PATIENT"}).json()["events"] == []
+        # other criteria, and paging
+        by_type = c.post(
+            "/api/lineage/search", json={"control_id": "E2E-KEY-1", "event": "MessageAccepted"}
+        ).json()["events"]
+        assert [(e["envelope_id"], e["event"]) for e in by_type] == [(item["id"], "MessageAccepted")]
+        first = c.post("/api/lineage/search", json={"key": key, "limit": 2}).json()
+        assert len(first["events"]) == 2 and first["next_after_seq"] == first["events"][-1]["seq"]
+        rest = c.post("/api/lineage/search", json={"key": key, "after_seq": first["next_after_seq"]}).json()
+        assert [e["seq"] for e in first["events"] + rest["events"]] == [
+            e["seq"] for e in c.post("/api/lineage/search", json={"key": key}).json()["events"]
+        ]
         assert c.post("/api/lineage/search", json={"key": key, "extra": 1}).status_code == 400
         body = c.post("/api/lineage/search", json={"key": key}).text
     assert "CANARY-MRN-0001" not in body

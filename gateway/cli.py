@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,14 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
     q.add_argument("--output", "-o", type=Path)
 
+    p = sub.add_parser("access", help="periodic access review of the API keys")
+    asub = p.add_subparsers(dest="action", required=True)
+    q = asub.add_parser("review", help="every API key: scopes, last use, what it read and wrote in a period")
+    _store_options(q)
+    q.add_argument("--since", required=True, help="ISO 8601 date or date-time (UTC if no zone)")
+    q.add_argument("--until")
+    q.add_argument("--json", action="store_true")
+
     p = sub.add_parser("check", help="validate a config file (and its route tests) without side effects")
     p.add_argument("config_file", type=Path)
     p.add_argument(
@@ -177,9 +186,43 @@ def _dispatch(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.command == "deliveries":
         return _deliveries(args)
+    if args.command == "access":
+        return _access_review(args)
     if args.command == "replay":
         return _replay(args)
     return EXIT_USAGE
+
+
+def _access_review(args: argparse.Namespace) -> int:
+    """Configured keys with their scopes, plus any name seen in the period that is no longer configured."""
+    from gateway.security import BOOTSTRAP_KEY_FILE
+
+    settings = _settings(args)
+    store = _open_reader(args)
+    usage = store.access_summary(_moment(args.since), _moment(args.until))
+    keys: dict[str, dict[str, Any]] = {
+        k.name: {"scopes": list(k.scopes), "source": "config"} for k in settings.auth.api_keys
+    }
+    bootstrap = settings.data_dir / BOOTSTRAP_KEY_FILE
+    if not keys and bootstrap.exists():
+        created = datetime.fromtimestamp(bootstrap.stat().st_mtime, UTC).isoformat()
+        keys["bootstrap"] = {"scopes": ["(all)"], "source": f"{bootstrap} created {created}"}
+    report: list[dict[str, Any]] = []
+    for name in sorted(set(keys) | set(usage)):
+        entry: dict[str, Any] = {
+            "name": name,
+            **keys.get(name, {"scopes": [], "source": "NOT CONFIGURED NOW"}),
+        }
+        entry.update(usage.get(name, {"events": {}, "last_used": ""}))
+        report.append(entry)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return EXIT_OK
+    for e in report:
+        activity = ", ".join(f"{k} {v}" for k, v in sorted(e["events"].items())) or "no activity"
+        print(f"{e['name']}: scopes {', '.join(e['scopes']) or '-'} ({e['source']})")
+        print(f"    last used {e['last_used'] or 'never in the period'}; {activity}")
+    return EXIT_OK
 
 
 def _deliveries(args: argparse.Namespace) -> int:
@@ -388,8 +431,6 @@ def _moment(text: str | None) -> str | None:
     """An ISO 8601 date or date-time (UTC when it has no zone) in the form lineage times are stored."""
     if text is None:
         return None
-    from datetime import UTC, datetime
-
     parsed = datetime.fromisoformat(text)
     return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
 

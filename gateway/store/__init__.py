@@ -326,6 +326,10 @@ class Store(Protocol):
         """Lineage events matching a query, in chain order (page with ``after_seq``)."""
         ...
 
+    def access_summary(self, since: str | None, until: str | None) -> dict[str, dict[str, Any]]:
+        """Per API key name: reads, refusals and ingested messages in a period, and when last used."""
+        ...
+
     def children_of(self, message_id: str) -> list[MessageRow]:
         """Messages derived from or carried by this one (the messages of a batch)."""
         ...

@@ -942,6 +942,41 @@ class SQLiteStore:
         rows = self._reader().execute(sql, [*args, max(1, min(q.limit, 10000))])
         return [self._event(r) for r in rows]
 
+    def access_summary(self, since: str | None, until: str | None) -> dict[str, dict[str, Any]]:
+        """Per API key name: its reads and refusals (lineage) and its ingested messages in a period."""
+        out: dict[str, dict[str, Any]] = {}
+        where, args = ["actor LIKE 'user:%'"], []
+        for clause, value in (("at >= ?", since), ("at < ?", until)):
+            if value:
+                where.append(clause)
+                args.append(value)
+        rows = self._reader().execute(
+            "SELECT substr(actor, 6), event, count(*), max(at) FROM lineage WHERE "  # noqa: S608
+            + " AND ".join(where)
+            + " GROUP BY 1, 2",
+            args,
+        )
+        for name, event, count, last in rows:
+            entry = out.setdefault(name, {"events": {}, "last_used": ""})
+            entry["events"][event] = count
+            entry["last_used"] = max(entry["last_used"], last)
+        where, args = ["client != ''", "status != 'batch'"], []
+        for clause, value in (("received_at >= ?", since), ("received_at < ?", until)):
+            if value:
+                where.append(clause)
+                args.append(value)
+        rows = self._reader().execute(
+            "SELECT client, count(*), max(received_at) FROM messages WHERE "  # noqa: S608
+            + " AND ".join(where)
+            + " GROUP BY 1",
+            args,
+        )
+        for name, count, last in rows:
+            entry = out.setdefault(name, {"events": {}, "last_used": ""})
+            entry["events"]["MessageIngested"] = count
+            entry["last_used"] = max(entry["last_used"], last)
+        return out
+
     def children_of(self, message_id: str) -> list[MessageRow]:
         rows = self._reader().execute(
             f"SELECT {self._COLUMNS} FROM messages WHERE parent_id = ? ORDER BY id",  # noqa: S608

@@ -533,3 +533,24 @@ def test_search_lineage_by_business_key(gw: Gateway) -> None:
     assert "CANARY-MRN-0001" not in body
     cli = gw.cli("lineage", "search", "--key", key, *gw.store_args())
     assert cli.returncode == 0 and item["id"] in cli.stdout and "CANARY" not in cli.stdout
+
+
+def test_access_review_lists_every_key_and_what_it_did(gw: Gateway) -> None:
+    from tests.support import wait_until
+
+    with httpx.Client(base_url=gw.http_url, headers={"X-API-Key": READ_KEY}, timeout=30) as reader:
+        assert reader.get("/api/messages", params={"limit": 1}).status_code == 200
+
+    def review() -> dict[str, dict[str, object]]:
+        r = gw.cli("access", "review", "--since", "2000-01-01", "--json", *gw.store_args())
+        assert r.returncode == 0, r.stderr
+        return {e["name"]: e for e in json.loads(r.stdout)}
+
+    assert wait_until(lambda: review()["reader"]["events"].get("MessagesSearched", 0) >= 1, 5)
+    report = review()
+    assert set(report) >= {"tester", "reader", "operator"}
+    assert report["reader"]["scopes"] == ["messages:read"] and report["reader"]["last_used"]
+    assert report["tester"]["events"].get("MessageIngested", 0) >= 1  # HTTP ingest earlier in this module
+    assert report["operator"]["last_used"] == ""  # configured, unused in the period
+    later = gw.cli("access", "review", "--since", "2999-01-01", *gw.store_args())
+    assert later.returncode == 0 and "never in the period" in later.stdout

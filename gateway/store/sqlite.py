@@ -85,6 +85,19 @@ def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
+def _where(*conditions: tuple[str, Any]) -> tuple[str, list[Any]]:
+    """`` WHERE ...`` for the conditions whose value is given, and their arguments.
+
+    Each condition is ``("column = ?", value)``; a ``None`` or empty value leaves it out, and a
+    condition whose text has no ``?`` (``("status = 'dead'", True)``) is kept without an argument.
+    """
+    given = [(clause, value) for clause, value in conditions if value is not None and value != ""]
+    if not given:
+        return "", []
+    text = " WHERE " + " AND ".join(clause for clause, _ in given)
+    return text, [value for clause, value in given if "?" in clause]
+
+
 def migrate(conn: sqlite3.Connection) -> int:
     """Bring the schema up to date; returns the version reached."""
     (level,) = conn.execute("PRAGMA user_version").fetchone()
@@ -633,15 +646,11 @@ class SQLiteStore:
 
     async def replay(self, message_id: str | None, sink: str | None, actor: str) -> int:
         def fn(txn: _Txn) -> int:
-            where, args = ["status = 'dead'"], []
-            if message_id:
-                where.append("message_id = ?")
-                args.append(message_id)
-            if sink:
-                where.append("sink = ?")
-                args.append(sink)
+            where, args = _where(
+                ("status = 'dead'", True), ("message_id = ?", message_id), ("sink = ?", sink)
+            )
             rows = txn.conn.execute(
-                "SELECT id, message_id, sink FROM deliveries WHERE " + " AND ".join(where) + " ORDER BY seq",  # noqa: S608
+                "SELECT id, message_id, sink FROM deliveries" + where + " ORDER BY seq",  # noqa: S608
                 args,
             ).fetchall()
             if not rows:
@@ -684,20 +693,9 @@ class SQLiteStore:
         return [DeliveryRow(*r) for r in rows]
 
     def list_deliveries(self, status: str | None, sink: str | None, limit: int = 100) -> list[DeliveryRow]:
-        where: list[str] = []
-        args: list[Any] = []
-        if status:
-            where.append("status = ?")
-            args.append(status)
-        if sink:
-            where.append("sink = ?")
-            args.append(sink)
-        sql = f"SELECT {self._DELIVERY_COLUMNS} FROM deliveries"  # noqa: S608
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY seq DESC LIMIT ?"
-        args.append(max(1, min(limit, 1000)))
-        return [DeliveryRow(*r) for r in self._reader().execute(sql, args)]
+        where, args = _where(("status = ?", status), ("sink = ?", sink))
+        sql = f"SELECT {self._DELIVERY_COLUMNS} FROM deliveries{where} ORDER BY seq DESC LIMIT ?"  # noqa: S608
+        return [DeliveryRow(*r) for r in self._reader().execute(sql, [*args, max(1, min(limit, 1000))])]
 
     def due_deliveries(self, sink: str, now: float, limit: int, exclude: set[str]) -> list[DueDelivery]:
         rows = self._reader().execute(
@@ -807,32 +805,17 @@ class SQLiteStore:
         )
 
     def list_messages(self, flt: MessageFilter) -> list[MessageRow]:
-        where: list[str] = []
-        args: list[Any] = []
-        for column, value in (
-            ("control_id", flt.control_id),
-            ("protocol", flt.protocol),
-            ("message_type", flt.message_type),
-            ("status", flt.status),
-        ):
-            if value:
-                where.append(f"{column} = ?")
-                args.append(value)
-        if flt.since:
-            where.append("id >= ?")
-            args.append(id_floor(flt.since))
-        if flt.until:
-            where.append("id < ?")
-            args.append(id_floor(flt.until))
-        if flt.before_id:
-            where.append("id < ?")
-            args.append(flt.before_id)
-        sql = f"SELECT {self._COLUMNS} FROM messages"  # noqa: S608 - columns are constants, values are bound
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY id DESC LIMIT ?"
-        args.append(max(1, min(flt.limit, 1000)))
-        return [self._row(r) for r in self._reader().execute(sql, args)]
+        where, args = _where(
+            ("control_id = ?", flt.control_id),
+            ("protocol = ?", flt.protocol),
+            ("message_type = ?", flt.message_type),
+            ("status = ?", flt.status),
+            ("id >= ?", id_floor(flt.since) if flt.since else None),
+            ("id < ?", id_floor(flt.until) if flt.until else None),
+            ("id < ?", flt.before_id),
+        )
+        sql = f"SELECT {self._COLUMNS} FROM messages{where} ORDER BY id DESC LIMIT ?"  # noqa: S608 - bound values
+        return [self._row(r) for r in self._reader().execute(sql, [*args, max(1, min(flt.limit, 1000))])]
 
     def get_message(self, message_id: str) -> MessageRow | None:
         r = (
@@ -882,19 +865,11 @@ class SQLiteStore:
 
     def events_between(self, since: str | None, until: str | None) -> Iterator[LineageEvent]:
         """Lineage events with ``since <= at < until`` (ISO 8601, UTC), in chain order."""
-        where, args = [], []
-        if since:
-            where.append("at >= ?")
-            args.append(since)
-        if until:
-            where.append("at < ?")
-            args.append(until)
-        sql = f"SELECT {self._EVENT_COLUMNS} FROM lineage"  # noqa: S608 - constant columns, bound values
-        if where:
-            sql += " WHERE " + " AND ".join(where)
+        where, args = _where(("at >= ?", since), ("at < ?", until))
+        sql = f"SELECT {self._EVENT_COLUMNS} FROM lineage{where} ORDER BY seq"  # noqa: S608 - bound values
         conn = _connect(self.path, readonly=True)
         try:
-            for row in conn.execute(sql + " ORDER BY seq", args):
+            for row in conn.execute(sql, args):
                 yield self._event(row)
         finally:
             conn.close()
@@ -906,38 +881,27 @@ class SQLiteStore:
         criteria (control id, sender, protocol, type, route) select the events of those messages;
         ``sink`` selects the events its delivery worker wrote.
         """
-        where: list[str] = []
-        args: list[Any] = []
-        if q.key:
-            where.append("l.envelope_id IN (SELECT message_id FROM message_keys WHERE pseudonym = ?)")
-            args.append(pseudonym(self._key, q.key))
-        for column, value in (
-            ("m.control_id", q.control_id),
-            ("m.sender", q.sender),
-            ("m.protocol", q.protocol),
-            ("m.message_type", q.message_type),
-            ("m.route", q.route),
-            ("l.event", q.event),
-            ("l.outcome", q.outcome),
-        ):
-            if value:
-                where.append(f"{column} = ?")
-                args.append(value)
-        if q.sink:
-            where.append("l.actor = ?")
-            args.append(f"sink:{q.sink}")
-        if q.since:
-            where.append("l.at >= ?")
-            args.append(q.since)
-        if q.until:
-            where.append("l.at < ?")
-            args.append(q.until)
-        where.append("l.seq > ?")
-        args.append(q.after_seq)
+        where, args = _where(
+            (
+                "l.envelope_id IN (SELECT message_id FROM message_keys WHERE pseudonym = ?)",
+                pseudonym(self._key, q.key) if q.key else None,
+            ),
+            ("m.control_id = ?", q.control_id),
+            ("m.sender = ?", q.sender),
+            ("m.protocol = ?", q.protocol),
+            ("m.message_type = ?", q.message_type),
+            ("m.route = ?", q.route),
+            ("l.event = ?", q.event),
+            ("l.outcome = ?", q.outcome),
+            ("l.actor = ?", f"sink:{q.sink}" if q.sink else None),
+            ("l.at >= ?", q.since),
+            ("l.at < ?", q.until),
+            ("l.seq > ?", q.after_seq),
+        )
         columns = ", ".join(f"l.{c.strip()}" for c in self._EVENT_COLUMNS.split(","))
         sql = (
             f"SELECT {columns} FROM lineage l LEFT JOIN messages m ON m.id = l.envelope_id"  # noqa: S608
-            " WHERE " + " AND ".join(where) + " ORDER BY l.seq LIMIT ?"
+            f"{where} ORDER BY l.seq LIMIT ?"
         )
         rows = self._reader().execute(sql, [*args, max(1, min(q.limit, 10000))])
         return [self._event(r) for r in rows]
@@ -945,30 +909,23 @@ class SQLiteStore:
     def access_summary(self, since: str | None, until: str | None) -> dict[str, dict[str, Any]]:
         """Per API key name: its reads and refusals (lineage) and its ingested messages in a period."""
         out: dict[str, dict[str, Any]] = {}
-        where, args = ["actor LIKE 'user:%'"], []
-        for clause, value in (("at >= ?", since), ("at < ?", until)):
-            if value:
-                where.append(clause)
-                args.append(value)
+        where, args = _where(("actor LIKE 'user:%'", True), ("at >= ?", since), ("at < ?", until))
         rows = self._reader().execute(
-            "SELECT substr(actor, 6), event, count(*), max(at) FROM lineage WHERE "  # noqa: S608
-            + " AND ".join(where)
-            + " GROUP BY 1, 2",
+            f"SELECT substr(actor, 6), event, count(*), max(at) FROM lineage{where} GROUP BY 1, 2",  # noqa: S608
             args,
         )
         for name, event, count, last in rows:
             entry = out.setdefault(name, {"events": {}, "last_used": ""})
             entry["events"][event] = count
             entry["last_used"] = max(entry["last_used"], last)
-        where, args = ["client != ''", "status != 'batch'"], []
-        for clause, value in (("received_at >= ?", since), ("received_at < ?", until)):
-            if value:
-                where.append(clause)
-                args.append(value)
+        where, args = _where(
+            ("client != ''", True),
+            ("status != 'batch'", True),
+            ("received_at >= ?", since),
+            ("received_at < ?", until),
+        )
         rows = self._reader().execute(
-            "SELECT client, count(*), max(received_at) FROM messages WHERE "  # noqa: S608
-            + " AND ".join(where)
-            + " GROUP BY 1",
+            f"SELECT client, count(*), max(received_at) FROM messages{where} GROUP BY 1",  # noqa: S608
             args,
         )
         for name, count, last in rows:

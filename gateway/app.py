@@ -18,7 +18,6 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.adapter import Adapter
@@ -43,27 +42,6 @@ class APIError(Exception):
         self.status = status
         self.code = code
         self.detail = detail
-
-
-class LineageSearch(BaseModel):
-    """The body of ``POST /api/lineage/search``: every given field must hold."""
-
-    model_config = ConfigDict(extra="forbid")
-    key: str | None = Field(
-        default=None, min_length=1, max_length=256, description="A business key value, e.g. a patient id."
-    )
-    control_id: str | None = None
-    sender: str | None = None
-    protocol: str | None = None
-    message_type: str | None = None
-    route: str | None = None
-    sink: str | None = None
-    event: str | None = None
-    outcome: str | None = None
-    since: str | None = None
-    until: str | None = None
-    after_seq: int = Field(default=0, ge=0, description="Page on: the last seq of the previous page.")
-    limit: int = Field(default=1000, ge=1, le=10000)
 
 
 def _error(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -301,17 +279,18 @@ def create_app(
         return out
 
     @app.post("/api/lineage/search", tags=["lineage"])
-    def search_lineage(query: LineageSearch, who: Principal = scoped("lineage:read")) -> dict[str, Any]:
+    def search_lineage(query: EventQuery, who: Principal = scoped("lineage:read")) -> dict[str, Any]:
         """Search lineage: by business key, control id, sender, protocol, type, route, sink, event,
         outcome and time range; page with ``after_seq`` = the returned ``next_after_seq``.
 
         Criteria travel in the body, not the URL, so that proxies never log a patient id; a key is
         looked up by its keyed pseudonym and never stored.
         """
-        fields = query.model_dump()
-        fields["since"] = _timestamp(query.since, "since")
-        fields["until"] = _timestamp(query.until, "until")
-        events = store.search_events(EventQuery(**fields))
+        events = store.search_events(
+            query.model_copy(
+                update={"since": _timestamp(query.since, "since"), "until": _timestamp(query.until, "until")}
+            )
+        )
         audit(who, "LineageQueried", "lineage:read", f"{len(events)} events found")
         full = len(events) == query.limit
         return {"events": [e.as_dict() for e in events], "next_after_seq": events[-1].seq if full else None}

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from gateway.adapter import Issue, OutcomeKind
 from gateway.lineage import EventDraft, LineageEvent, Verification
 
@@ -115,12 +117,20 @@ class MessageFilter:
     before_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class EventQuery:
-    """What an auditor searches lineage by; every given field must hold."""
+class EventQuery(BaseModel):
+    """What an auditor searches lineage by; every given field must hold.
 
-    key: str | None = None
-    """A business key value (patient id, account, order): matched by its pseudonym."""
+    The same model is the body of ``POST /api/lineage/search``, so its bounds are the API's.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="A business key value, matched by its pseudonym.",
+    )
     control_id: str | None = None
     sender: str | None = None
     protocol: str | None = None
@@ -131,8 +141,8 @@ class EventQuery:
     outcome: str | None = None
     since: str | None = None
     until: str | None = None
-    after_seq: int = 0
-    limit: int = 1000
+    after_seq: int = Field(default=0, ge=0, description="Page on: the last seq of the previous page.")
+    limit: int = Field(default=1000, ge=1, le=10000)
 
 
 @dataclass(frozen=True, slots=True)

@@ -148,12 +148,7 @@ def main() -> None:
                     f"{conns:>5}  {rate:15.0f}  {p50:8.2f}  {p99:8.2f}  {ceiling:20.0f}  {rate / ceiling:.2f}"
                 )
         finally:
-            for p in procs:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            intake_bench.stop_all(procs)
 
 
 if __name__ == "__main__":

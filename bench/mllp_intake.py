@@ -149,6 +149,16 @@ def spawn_gateway(tmp: Path, config_yaml: str, mllp_port: int) -> subprocess.Pop
     return subprocess.Popen([sys.executable, "-m", *command, *addresses], env=env)
 
 
+def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM each helper process, and SIGKILL the ones that have not gone within 20 s."""
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -203,12 +213,7 @@ def main() -> None:
                     print(f"{conns:>5}  {name:8}  {rate:8.0f}  {p50:7.2f}  {p99:7.2f}  {ok}")
                 print(f"{conns:>5}  ratio     gateway/ceiling = {row['gateway'] / row['ceiling']:.2f}")
         finally:
-            for p in (ceiling, single, gateway):
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            stop_all([ceiling, single, gateway])
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ bytes. A ``typing.Protocol`` is the whole contract; no base class is needed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -51,6 +51,10 @@ class Outcome:
     headers: Mapping[str, str]
     issues: Sequence[Issue] = ()
     envelope_id: str | None = None
+    envelope: Envelope | None = None
+    """The parsed message, when there is one: a reply that must echo fields the headers do not
+    carry (an ISO 20022 status report's per-transaction references, an ISO 8583 response's
+    echoed data elements) reads them here, in memory."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,13 +76,21 @@ class ParseError(Exception):
     """No envelope could be built from the bytes.
 
     ``headers`` holds whatever header fields were readable, so that the reply
-    still names the sender's control id; ``issues`` explain why.
+    still names the sender's control id; ``issues`` explain why. ``stored`` is
+    what the store keeps of the bytes when it must not keep them as received
+    (an ISO 8583 message that may carry a card number keeps nothing).
     """
 
-    def __init__(self, issues: Sequence[Issue], headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        issues: Sequence[Issue],
+        headers: Mapping[str, str] | None = None,
+        stored: bytes | None = None,
+    ) -> None:
         super().__init__(issues[0].diagnostics if issues else "unparseable message")
         self.issues = list(issues)
         self.headers: Mapping[str, str] = dict(headers or {})
+        self.stored = stored
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +107,9 @@ class Adapter(Protocol):
 
     name: str
     """Registry key and ``Envelope.protocol`` value, for example ``hl7v2``."""
+
+    rule_sets: Mapping[str, Callable[[Envelope], list[Issue]]]
+    """Extra named rule sets a route may demand (``rules: [sepa]``); empty for most adapters."""
 
     def detect(self, raw: bytes, content_type: str | None) -> bool:
         """Cheap, non-validating guess whether ``raw`` is this protocol. Never raises."""

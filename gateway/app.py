@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -33,7 +34,39 @@ from gateway.store import EventQuery, MessageFilter, Store
 log = logging.getLogger("gateway.http")
 
 ULID_SHAPE = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
-HL7_CONTENT_TYPES = frozenset({"x-application/hl7-v2+er7", "application/hl7-v2", "text/plain"})
+
+
+@dataclass(frozen=True, slots=True)
+class Ingest:
+    """One HTTP ingest channel, ``POST /ingest/{adapter name}``, with scope ``ingest:{adapter name}``."""
+
+    adapter: Adapter
+    content_types: frozenset[str]
+    media_hint: str
+    """The 415 answer: which content types to send."""
+    title: str
+    description: str
+
+
+def ingest_channels(hl7v2: Adapter, iso20022: Adapter) -> dict[str, Ingest]:
+    """The HTTP ingest channels of the built-in adapters."""
+    return {
+        "hl7v2": Ingest(
+            hl7v2,
+            frozenset({"x-application/hl7-v2+er7", "application/hl7-v2", "text/plain"}),
+            "Send HL7 v2 as x-application/hl7-v2+er7 or text/plain.",
+            "an HL7 v2 message or batch",
+            "Answers with the ACK: 200 for AA/CA, 4xx/503 otherwise.",
+        ),
+        "iso20022": Ingest(
+            iso20022,
+            frozenset({"application/xml", "text/xml", "application/iso20022+xml"}),
+            "Send ISO 20022 messages as application/xml or text/xml.",
+            "an ISO 20022 message (pain, pacs, camt; optionally in a head.001 envelope)",
+            "Answers with the status report: pain.002 for pain.001, pacs.002 for pacs.008 and pacs.004, "
+            "admi.007 otherwise; 200 when accepted (ACCP/ACTC), 4xx/503 with RJCT.",
+        ),
+    }
 
 
 class APIError(Exception):
@@ -80,7 +113,7 @@ def create_app(
     store: Store,
     intake: Intake,
     keyring: KeyRing,
-    hl7_adapter: Adapter,
+    ingest_channels: Mapping[str, Ingest],
     max_body_bytes: int,
     runtime: Runtime | None = None,
     metrics: Metrics | None = None,
@@ -149,30 +182,37 @@ def create_app(
 
         return Depends(dep)
 
-    @app.post("/ingest/hl7v2", tags=["ingest"])
-    async def ingest_hl7v2(request: Request, who: Principal = scoped("ingest:hl7v2")) -> Response:
-        """Take an HL7 v2 message or batch; answer with the ACK (200 for AA/CA, 4xx/503 otherwise)."""
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if content_type not in HL7_CONTENT_TYPES:
-            raise APIError(
-                415,
-                "unsupported_media_type",
-                "Send HL7 v2 as x-application/hl7-v2+er7 or text/plain.",
+    def add_ingest(name: str, channel: Ingest) -> None:
+        async def ingest(request: Request, who: Principal = scoped(f"ingest:{name}")) -> Response:
+            content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if content_type not in channel.content_types:
+                raise APIError(415, "unsupported_media_type", channel.media_hint)
+            body = await read_body(request, max_body_bytes)
+            if not body.strip():
+                raise APIError(400, "empty_body", "The request body is empty.")
+            client = request.client
+            receipt = Receipt(
+                listener="http",
+                peer=f"{client.host}:{client.port}" if client else "",
+                client=who.name,
+                content_type=content_type,
             )
-        body = await read_body(request, max_body_bytes)
-        if not body.strip():
-            raise APIError(400, "empty_body", "The request body is empty.")
-        client = request.client
-        receipt = Receipt(
-            listener="http",
-            peer=f"{client.host}:{client.port}" if client else "",
-            client=who.name,
-            content_type=content_type,
+            result = await intake.receive(channel.adapter, body, receipt)
+            reply = result.combined()
+            intake.replied(result)
+            return Response(reply.body, status_code=reply.status, media_type=reply.content_type)
+
+        app.add_api_route(
+            f"/ingest/{name}",
+            ingest,
+            methods=["POST"],
+            tags=["ingest"],
+            summary=f"Take {channel.title}",
+            description=channel.description,
         )
-        result = await intake.receive(hl7_adapter, body, receipt)
-        reply = result.combined()
-        intake.replied(result)
-        return Response(reply.body, status_code=reply.status, media_type=reply.content_type)
+
+    for name, channel in ingest_channels.items():
+        add_ingest(name, channel)
 
     @app.get("/api/messages", tags=["messages"])
     def list_messages(

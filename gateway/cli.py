@@ -31,6 +31,8 @@ def _overrides(args: argparse.Namespace) -> dict[tuple[str, ...], Any]:
         overrides[("mllp", "address")] = args.mllp
     if getattr(args, "http", None) is not None and args.command == "serve":
         overrides[("http", "address")] = args.http
+    if getattr(args, "iso8583", None) is not None and args.command == "serve":
+        overrides[("iso8583", "address")] = args.iso8583
     return overrides
 
 
@@ -51,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     _store_options(p)
     p.add_argument("--mllp", help="MLLP address HOST:PORT, or 'off' (default 127.0.0.1:2575)")
     p.add_argument("--http", help="HTTP address HOST:PORT, or 'off' (default 127.0.0.1:8080)")
+    p.add_argument("--iso8583", help="ISO 8583 TCP address HOST:PORT, or 'off' (the default)")
 
     p = sub.add_parser("send", help="send HL7 v2 files over MLLP or HTTP and print each ACK's MSA line")
     target = p.add_mutually_exclusive_group(required=True)

@@ -20,8 +20,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from gateway.errors import ConfigError
 
 ValidationLevel = Literal["none", "header", "structure"]
-Scope = Literal["ingest:hl7v2", "messages:read", "lineage:read", "metrics:read", "admin"]
-ALL_SCOPES: tuple[str, ...] = ("ingest:hl7v2", "messages:read", "lineage:read", "metrics:read", "admin")
+Scope = Literal["ingest:hl7v2", "ingest:iso20022", "messages:read", "lineage:read", "metrics:read", "admin"]
+ALL_SCOPES: tuple[str, ...] = (
+    "ingest:hl7v2",
+    "ingest:iso20022",
+    "messages:read",
+    "lineage:read",
+    "metrics:read",
+    "admin",
+)
 MIB = 1024 * 1024
 
 
@@ -74,6 +81,43 @@ class HTTPConfig(_Model):
     validation: ValidationLevel = Field(default="structure", description="none | header | structure.")
     max_body_bytes: int = Field(default=10 * MIB, gt=0, description="Largest request body; larger gets 413.")
     tls: TLSConfig | None = Field(default=None, description="Serve HTTPS.")
+
+    _addr = field_validator("address")(_check_address)
+
+
+class ISO20022Config(_Model):
+    schema_dir: Path | None = Field(
+        default=None,
+        description="Folder of official ISO 20022 XSDs (*.xsd, found by target namespace); messages whose "
+        "version has a schema there are validated against it. Without it only the business rules run.",
+    )
+    max_depth: int = Field(default=64, ge=8, le=256, description="Deepest element nesting accepted.")
+
+
+class ISO8583Config(_Model):
+    address: str = Field(default="off", description="HOST:PORT of the ISO 8583 TCP listener, or 'off'.")
+    length_header: Literal["binary2", "ascii4"] = Field(
+        default="binary2",
+        description="Message length prefix: 2 bytes big-endian (binary2) or 4 ASCII digits (ascii4).",
+    )
+    spec: str = Field(
+        default="default_ascii",
+        description="Field specification: pyiso8583's default_ascii or default (binary), "
+        "or the path of a JSON file holding a site's own spec in pyiso8583's format.",
+    )
+    max_message_bytes: int = Field(
+        default=8192,
+        gt=0,
+        le=65535,
+        description="Largest message accepted; a larger length closes the connection.",
+    )
+    read_timeout_s: float = Field(default=30.0, gt=0, description="Time allowed to finish a started message.")
+    idle_timeout_s: float = Field(default=600.0, gt=0, description="A connection idle this long is closed.")
+    max_connections: int = Field(default=512, gt=0, description="Open connections allowed in all.")
+    max_connections_per_client: int = Field(
+        default=64, gt=0, description="Open connections per client address."
+    )
+    tls: TLSConfig | None = Field(default=None, description="Serve ISO 8583 over TLS (optionally mutual).")
 
     _addr = field_validator("address")(_check_address)
 
@@ -192,6 +236,11 @@ class RouteConfig(_Model):
     order_by: str | None = Field(
         default=None, description="Header whose value keeps deliveries in order per key."
     )
+    rules: list[str] = Field(
+        default_factory=list,
+        description="Extra rule sets an envelope must pass to take this route (for ISO 20022: sepa); "
+        "one that fails is rejected with the rule's reason.",
+    )
     description: str = Field(default="", description="What the route is for, for the generated docs.")
 
 
@@ -225,6 +274,8 @@ class Settings(_Model):
     )
     mllp: MLLPConfig = Field(default_factory=MLLPConfig)
     http: HTTPConfig = Field(default_factory=HTTPConfig)
+    iso20022: ISO20022Config = Field(default_factory=ISO20022Config)
+    iso8583: ISO8583Config = Field(default_factory=ISO8583Config)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info")
     sinks: dict[str, SinkConfig] = Field(default_factory=dict, description="Downstream systems, by name.")
@@ -249,6 +300,7 @@ _ENV = {
     "GATEWAY_DATA_DIR": ("data_dir",),
     "GATEWAY_MLLP": ("mllp", "address"),
     "GATEWAY_HTTP": ("http", "address"),
+    "GATEWAY_ISO8583": ("iso8583", "address"),
     "GATEWAY_LOG_LEVEL": ("log_level",),
     "GATEWAY_VALIDATION": ("mllp", "validation"),
 }

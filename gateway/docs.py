@@ -167,6 +167,8 @@ def _graph(settings: Settings) -> _Graph:
         lines = [f"{view.order}. {view.name}", *view.match_lines]
         if view.order_by:
             lines.append(f"order by {view.order_by}")
+        if view.rules:
+            lines.append("rules: " + ", ".join(view.rules))
         rid = g.add(_Node(f"route{view.order}", 1, "route", lines))
         g.edges.extend(_Edge(source_ids[p], rid) for p in accepted)
         start = rid

@@ -84,6 +84,10 @@ class Envelope:
     body: Any
     headers: Mapping[str, str]
     business_keys: Mapping[str, str] = field(default_factory=dict)
+    """Values lineage searches find the message by; the store keeps only their keyed pseudonyms
+    in lineage, and in the message row the ``masked_keys`` form where the adapter gives one."""
+    masked_keys: Mapping[str, str] = field(default_factory=dict)
+    """How a business key may be shown (an IBAN as ``DE89…3000``, a card as BIN + last four)."""
     sensitivity: Sensitivity = "none"
     correlation_id: str = ""
     parent_id: str | None = None

@@ -105,12 +105,13 @@ class Intake:
             record_id = new_id()
             out = Outcome(kind, headers, exc.issues, record_id)
             reply = adapter.respond(out)
+            kept = unit if exc.stored is None else exc.stored
             rec = IntakeRecord(
                 id=record_id,
                 received_at=received_at,
                 protocol=adapter.name,
-                raw=unit,
-                raw_sha256=sha256_hex(unit),
+                raw=kept,
+                raw_sha256=sha256_hex(kept),
                 outcome=kind,
                 listener=receipt.listener,
                 peer=receipt.peer,
@@ -130,11 +131,16 @@ class Intake:
         route: str = ""
         deliveries: tuple[PlannedDelivery, ...] = ()
         if kind == "accepted" and self.routing is not None and self.routing.enabled:
-            route, deliveries = self._route(env)
+            route, deliveries, rules = self._route(env)
             if not deliveries and route == UNMATCHED_ROUTE:
                 issues = [*issues, ROUTE_UNMATCHED]
                 kind = "refused"
-        out = Outcome(kind, env.headers, issues, env.id)
+            elif rules:
+                issues = [*issues, *self._rule_issues(adapter, env, rules)]
+                kind = classify(issues)
+                if kind != "accepted":
+                    route, deliveries = "", ()
+        out = Outcome(kind, env.headers, issues, env.id, env)
         reply = adapter.respond(out)
         rec = IntakeRecord(
             id=env.id,
@@ -153,6 +159,7 @@ class Intake:
             receiver=env.receiver,
             headers=env.headers,
             business_keys=env.business_keys,
+            masked_keys=env.masked_keys,
             issues=issues,
             parent_id=parent_id,
             reply_code=reply.code,
@@ -161,16 +168,40 @@ class Intake:
         )
         return rec, out, reply
 
-    def _route(self, env: Envelope) -> tuple[str, tuple[PlannedDelivery, ...]]:
-        """The route and outbox rows for an accepted envelope; no rows means unmatched and rejected."""
+    def _route(self, env: Envelope) -> tuple[str, tuple[PlannedDelivery, ...], tuple[str, ...]]:
+        """The route, outbox rows and demanded rule sets for an accepted envelope; no rows means
+        unmatched and rejected."""
         assert self.routing is not None
         decision = self.routing.route_envelope(env) or self.routing.unmatched_decision()
         if decision is None:
-            return UNMATCHED_ROUTE, ()
-        return decision.route, tuple(
-            PlannedDelivery(sink, decision.route, decision.transform, decision.order_key)
-            for sink in decision.sinks
+            return UNMATCHED_ROUTE, (), ()
+        return (
+            decision.route,
+            tuple(
+                PlannedDelivery(sink, decision.route, decision.transform, decision.order_key)
+                for sink in decision.sinks
+            ),
+            decision.rules,
         )
+
+    @staticmethod
+    def _rule_issues(adapter: Adapter, env: Envelope, rules: Sequence[str]) -> list[Issue]:
+        """The issues of the rule sets a route demands; a set this adapter lacks refuses the message."""
+        issues: list[Issue] = []
+        for name in rules:
+            check = adapter.rule_sets.get(name)
+            if check is None:
+                issues.append(
+                    Issue(
+                        "error",
+                        "unsupported_rule_set",
+                        "",
+                        f"The route demands the rule set {name}, which {adapter.name} messages do not have.",
+                    )
+                )
+            else:
+                issues.extend(check(env))
+        return issues
 
     async def receive(self, adapter: Adapter, raw: bytes, receipt: Receipt) -> IntakeResult:
         """Take one payload (a message or a batch) through intake and return its replies."""
@@ -205,7 +236,7 @@ class Intake:
                 "store unavailable; refusing", extra={"listener": receipt.listener, "messages": len(records)}
             )
             replies = [
-                adapter.respond(Outcome("refused", out.headers, [STORE_UNAVAILABLE], None))
+                adapter.respond(Outcome("refused", out.headers, [STORE_UNAVAILABLE], None, out.envelope))
                 for _, out, _ in prepared
             ]
             return IntakeResult(replies, [], [], receipt.listener)
@@ -234,8 +265,10 @@ class Intake:
     def _final(out: Outcome, decision: IntakeDecision) -> Outcome:
         """The outcome to answer when the store did not take the record as it was."""
         if decision.kind == "conflict":
-            return Outcome("invalid", out.headers, [*out.issues, CONTROL_ID_CONFLICT], decision.message_id)
-        return Outcome("accepted", out.headers, (), decision.message_id)
+            return Outcome(
+                "invalid", out.headers, [*out.issues, CONTROL_ID_CONFLICT], decision.message_id, out.envelope
+            )
+        return Outcome("accepted", out.headers, (), decision.message_id, out.envelope)
 
     @staticmethod
     def _log(rec: IntakeRecord, decision: IntakeDecision) -> None:

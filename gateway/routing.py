@@ -46,10 +46,14 @@ from gateway.envelope import Envelope
 from gateway.errors import ConfigError
 from gateway.transforms import TRANSFORMS
 
+RULE_SETS: dict[str, str] = {"sepa": "iso20022"}
+"""Rule sets a route may demand (``rules: [sepa]``), by name, with the protocol whose adapter checks them."""
+
 __all__ = [
     "COMPARISONS",
     "ENVELOPE_KEYS",
     "REJECT",
+    "RULE_SETS",
     "UNMATCHED_ROUTE",
     "Compare",
     "Condition",
@@ -313,6 +317,14 @@ def routing_problems(settings: Settings) -> list[Problem]:
                     f"{route.transform!r} is not a transform; known transforms: {_known(list(TRANSFORMS))}",
                 )
             )
+        for j, name in enumerate(route.rules):
+            if name not in RULE_SETS:
+                problems.append(
+                    Problem(
+                        f"{where}.rules[{j}]",
+                        f"{name!r} is not a rule set; known rule sets: {_known(list(RULE_SETS))}",
+                    )
+                )
         if route.order_by is not None and not route.order_by.strip():
             problems.append(
                 Problem(
@@ -350,6 +362,8 @@ class RouteDecision:
     transform: str | None
     order_key: str | None
     """The value of the route's ``order_by`` header; ``None`` without order_by or when the header is empty."""
+    rules: tuple[str, ...] = ()
+    """Extra rule sets (for example ``sepa``) the envelope must pass to take this route."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,6 +377,7 @@ class RouteView:
     transform: str | None
     order_by: str | None
     description: str
+    rules: tuple[str, ...] = ()
 
     @property
     def match_lines(self) -> list[str]:
@@ -399,7 +414,7 @@ class RoutingTable:
             _Compiled(
                 checks=tuple((key, condition.predicate()) for key, condition in view.conditions),
                 order_by=view.order_by,
-                decision=RouteDecision(view.name, view.sinks, view.transform, None),
+                decision=RouteDecision(view.name, view.sinks, view.transform, None, view.rules),
             )
             for view in self.views
         )
@@ -432,7 +447,11 @@ class RoutingTable:
                     return compiled.decision
                 decision = compiled.decision
                 return RouteDecision(
-                    decision.route, decision.sinks, decision.transform, headers.get(compiled.order_by) or None
+                    decision.route,
+                    decision.sinks,
+                    decision.transform,
+                    headers.get(compiled.order_by) or None,
+                    decision.rules,
                 )
         return None
 
@@ -460,4 +479,5 @@ def _view(index: int, route: RouteConfig) -> RouteView:
         transform=route.transform,
         order_by=route.order_by,
         description=route.description,
+        rules=tuple(route.rules),
     )

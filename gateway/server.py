@@ -20,7 +20,7 @@ import uvicorn
 
 from adapters import BUILTIN_ADAPTERS
 from adapters.hl7.mllp import MLLPServer, ssl_server_context
-from gateway.app import create_app
+from gateway.app import create_app, ingest_channels
 from gateway.checkpoints import Checkpointer, load_or_create_key, public_path, verify_store
 from gateway.config import Settings, parse_address
 from gateway.errors import ConfigError
@@ -101,6 +101,23 @@ async def serve(
         await mllp.start(host, port, ctx)
         log.info("mllp listening", extra={"address": f"{host}:{mllp.port}", "tls": bool(tls)})
 
+    iso8583: Any = None
+    if settings.iso8583.address != "off":
+        from adapters.finance.iso8583_listener import ISO8583Server
+
+        host, port = parse_address(settings.iso8583.address)
+        tls8583 = settings.iso8583.tls
+        ctx8583 = (
+            ssl_server_context(
+                str(tls8583.cert), str(tls8583.key), str(tls8583.client_ca) if tls8583.client_ca else None
+            )
+            if tls8583
+            else None
+        )
+        iso8583 = ISO8583Server(intake, BUILTIN_ADAPTERS["iso8583"](settings.iso8583), settings.iso8583)
+        await iso8583.start(host, port, ctx8583)
+        log.info("iso8583 listening", extra={"address": f"{host}:{iso8583.port}", "tls": bool(tls8583)})
+
     http_task: asyncio.Task[None] | None = None
     http: _Uvicorn | None = None
     if settings.http.address != "off":
@@ -109,7 +126,10 @@ async def serve(
             store=store,
             intake=intake,
             keyring=keyring,
-            hl7_adapter=hl7(validation=settings.http.validation),
+            ingest_channels=ingest_channels(
+                hl7(validation=settings.http.validation),
+                BUILTIN_ADAPTERS["iso20022"](settings.iso20022),
+            ),
             max_body_bytes=settings.http.max_body_bytes,
             runtime=runtime,
             metrics=metrics,
@@ -145,6 +165,8 @@ async def serve(
     log.info("gateway stopping")
     if mllp is not None:
         await mllp.stop()
+    if iso8583 is not None:
+        await iso8583.stop()
     if http is not None and http_task is not None:
         http.should_exit = True
         await http_task

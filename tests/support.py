@@ -54,7 +54,7 @@ class Gateway:
                     {
                         "name": "tester",
                         "key": TEST_KEY,
-                        "scopes": ["ingest:hl7v2", "messages:read", "lineage:read"],
+                        "scopes": ["ingest:hl7v2", "ingest:iso20022", "messages:read", "lineage:read"],
                     },
                     {"name": "reader", "key": READ_KEY, "scopes": ["messages:read"]},
                     {"name": "operator", "key": ADMIN_KEY, "scopes": ["admin"]},

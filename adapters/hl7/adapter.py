@@ -47,7 +47,8 @@ from __future__ import annotations
 
 import functools
 import importlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 
 from adapters.hl7 import ack, er7, structure
 from gateway.adapter import Batch, Issue, Outcome, ParseError, Reply, ValidationLevel
@@ -175,6 +176,7 @@ class HL7Adapter:
     """HL7 v2 (ER7) adapter; ``validation`` is ``none``, ``header`` (MSH only) or ``structure``."""
 
     name: str = "hl7v2"
+    rule_sets: Mapping[str, Callable[[Envelope], list[Issue]]] = MappingProxyType({})
 
     def __init__(self, validation: ValidationLevel = "structure") -> None:
         if validation not in ("none", "header", "structure"):

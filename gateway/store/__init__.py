@@ -61,6 +61,8 @@ class IntakeRecord:
     receiver: str = ""
     headers: Mapping[str, str] = field(default_factory=dict)
     business_keys: Mapping[str, str] = field(default_factory=dict)
+    masked_keys: Mapping[str, str] = field(default_factory=dict)
+    """How business keys may be shown; the message row keeps these forms in place of the values."""
     issues: Sequence[Issue] = ()
     parent_id: str | None = None
     validated: bool = True

@@ -460,6 +460,8 @@ class SQLiteStore:
             details["client"] = rec.client
         if rec.business_keys:
             details["keys"] = {k: pseudonym(self._key, v) for k, v in sorted(rec.business_keys.items())}
+        if rec.masked_keys:
+            details["masked_keys"] = dict(sorted(rec.masked_keys.items()))
         return details
 
     def _insert(self, txn: _Txn, rec: IntakeRecord, at: str, conflict_with: str | None) -> IntakeDecision:
@@ -489,7 +491,7 @@ class SQLiteStore:
                 rec.raw,
                 rec.raw_sha256,
                 orjson.dumps(dict(rec.headers)).decode(),
-                orjson.dumps(dict(rec.business_keys)).decode(),
+                orjson.dumps({k: rec.masked_keys.get(k, v) for k, v in rec.business_keys.items()}).decode(),
                 orjson.dumps([asdict(i) for i in issues]).decode(),
                 rec.parent_id,
                 rec.reply_code if conflict_with is None else "",

@@ -134,7 +134,9 @@ def test_exactly_once_effect_downstream_across_sigkills(tmp_path: Path) -> None:
     with Receiver() as receiver:
         cfg = {
             "log_level": "warning",
-            "sinks": {"ehr": {"type": "http", "endpoint": receiver.url, "retry": {"base_s": 0.05, "cap_s": 0.5}}},
+            "sinks": {
+                "ehr": {"type": "http", "endpoint": receiver.url, "retry": {"base_s": 0.05, "cap_s": 0.5}}
+            },
             "routes": [{"name": "all", "match": {"protocol": "hl7v2"}, "to": ["ehr"]}],
             "unmatched": "reject",
         }
@@ -144,7 +146,10 @@ def test_exactly_once_effect_downstream_across_sigkills(tmp_path: Path) -> None:
         gw.start()
         try:
             conn = sqlite3.connect(gw.data_dir / "gateway.db")
-            stored = {r[0]: r[1] for r in conn.execute("SELECT control_id, id FROM messages WHERE status = 'accepted'")}
+            stored = {
+                r[0]: r[1]
+                for r in conn.execute("SELECT control_id, id FROM messages WHERE status = 'accepted'")
+            }
             conn.close()
             expected_keys = {f"{stored[c]}:ehr" for c in acked}
             assert wait_until(

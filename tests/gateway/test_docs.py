@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from adapters import BUILTIN_ADAPTERS
 from gateway import docs
 from gateway.config import Settings, load_settings
 from gateway.errors import ConfigError
@@ -128,8 +129,9 @@ def test_svg_is_well_formed_with_four_columns(s: Settings) -> None:
     assert {"source", "route", "transform", "sink", "unmatched", "alerts"} <= groups
     paths = [p for p in root.iter(f"{SVG_NS}path") if p.get("marker-end")]
     # source→routes 3, adt→ehr and archive 2, orders→transform→lab 2, odd→lab 1,
-    # source→unmatched→archive 2, alerts→hook 1
-    assert len(paths) == 11
+    # source→unmatched→archive 2, alerts→hook 1; every other registered protocol reaches the two
+    # routes that do not name a protocol, and the unmatched path: 3 more each
+    assert len(paths) == 11 + 3 * (len(BUILTIN_ADAPTERS) - 1)
     assert not re.search(r"<script|href=|xlink", text)
 
 

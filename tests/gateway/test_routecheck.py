@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from adapters import BUILTIN_ADAPTERS
 from adapters.hl7.adapter import HEADER_KEYS
 from gateway.config import Settings, load_settings
 from gateway.errors import ConfigError
@@ -344,7 +345,12 @@ def test_good_endpoints_are_quiet() -> None:
 def test_order_by_and_match_keys_must_be_promoted_headers() -> None:
     tree = {
         "routes": [
-            {"name": "a", "match": {"sending_facilty": "GHH"}, "to": ["ehr"], "order_by": "patient"},
+            {
+                "name": "a",
+                "match": {"protocol": "hl7v2", "sending_facilty": "GHH"},
+                "to": ["ehr"],
+                "order_by": "patient",
+            },
             {"name": "b", "match": {"protocol": "hl7v2"}, "to": ["lab"], "order_by": "patient_id"},
         ],
         "unmatched": "reject",
@@ -362,7 +368,8 @@ def test_order_by_and_match_keys_must_be_promoted_headers() -> None:
 
 def test_protocol_that_no_adapter_handles() -> None:
     assert warnings(routes({"protocol": "fhir"})) == [
-        "routes[0].match.protocol: matches no registered protocol; known protocols: hl7v2"
+        "routes[0].match.protocol: matches no registered protocol; known protocols: "
+        + ", ".join(sorted(BUILTIN_ADAPTERS))
     ]
 
 

@@ -137,6 +137,7 @@ def _tamper(path: Path, sql: str) -> None:
 def test_verify_detects_tampering(tmp_path: Path, sql: str, bad_seq: int) -> None:
     store = SQLiteStore(tmp_path / "tampered.db", b"k" * 32)
     store.open()
+
     async def go() -> None:
         for i in range(4):
             await store.record_intake([record(f"T{i}", f"t{i}".encode())])

@@ -53,6 +53,8 @@ __all__ = ["CONTENT_TYPE", "ISO20022Adapter"]
 CONTENT_TYPE = "application/xml"
 HEADER_KEYS: frozenset[str] = frozenset(
     {
+        "message_type",
+        "version",
         "message_definition",
         "namespace",
         "msg_id",
@@ -242,6 +244,8 @@ def _agent(doc: Document, *places: str) -> str:
 
 def _headers(doc: Document) -> dict[str, str]:
     h: dict[str, str] = {
+        "message_type": doc.message_type,
+        "version": doc.version,
         "message_definition": doc.definition,
         "namespace": doc.namespace,
     }

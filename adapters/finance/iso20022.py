@@ -79,7 +79,7 @@ HEADER_KEYS: frozenset[str] = frozenset(
 """Every header this adapter promotes (``gateway check`` warns about routes matching others)."""
 _STATUS = {"accepted": 200, "invalid": 400, "refused": 422}
 _NAMESPACE_SNIFF = re.compile(
-    rb"(?:urn:iso:std:iso:20022:tech:xsd:|six-interbank-clearing\.com/)[a-z]{4}\.\d{3}"
+    rb"(?:urn:iso:std:iso:20022:tech:xsd:|six-interbank-clearing\.com/(?:[a-z]{2}/)?)[a-z]{4}\.\d{3}"
 )
 _MAX_ACCOUNT_KEYS = 100
 _PARTY_IDS = ("Id/OrgId/AnyBIC", "Id/OrgId/BICOrBEI", "Id/OrgId/Othr/Id", "Id/PrvtId/Othr/Id", "Nm")

@@ -32,6 +32,7 @@ __all__ = [
     "Kind",
     "Transaction",
     "definition_of",
+    "element_path",
     "find_document",
     "q",
     "read_document",
@@ -192,24 +193,30 @@ class Document:
 
     def path_of(self, el: etree._Element) -> str:
         """An XPath-like location without namespace prefixes: ``/Document/CstmrCdtTrfInitn/PmtInf[2]``."""
-        steps: list[str] = []
-        node: etree._Element | None = el
-        while node is not None:
-            parent = node.getparent()
-            name = local(node)
-            if parent is not None:
-                same = [c for c in parent.iterchildren(etree.Element) if c.tag == node.tag]
-                if len(same) > 1:
-                    name += f"[{same.index(node) + 1}]"
-            steps.append(name)
-            if node is self.document:
-                break
-            node = parent
-        return "/" + "/".join(reversed(steps))
+        return element_path(el, self.document)
 
     def iter_local(self, *names: str) -> Iterator[etree._Element]:
         """Every element of the document with one of these local names (any namespace)."""
         yield from self.document.iter(*(f"{{{self.ns}}}{n}" if self.ns else n for n in names))
+
+
+def element_path(el: etree._Element, top: etree._Element | None = None) -> str:
+    """``el``'s location as local names with 1-based indexes where a name repeats, up to ``top``
+    (or the root): ``/Document/CstmrCdtTrfInitn/PmtInf[2]/NbOfTxs``."""
+    steps: list[str] = []
+    node: etree._Element | None = el
+    while node is not None:
+        parent = node.getparent()
+        name = local(node)
+        if parent is not None and node is not top:
+            same = [c for c in parent.iterchildren(etree.Element) if c.tag == node.tag]
+            if len(same) > 1:
+                name += f"[{same.index(node) + 1}]"
+        steps.append(name)
+        if node is top:
+            break
+        node = parent
+    return "/" + "/".join(reversed(steps))
 
 
 def read_document(document: etree._Element, app_header: etree._Element | None) -> Document:

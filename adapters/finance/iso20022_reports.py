@@ -19,12 +19,14 @@ issues' diagnostics, which never carry payload values.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from importlib import resources
 
 from lxml import etree
 
+from adapters.finance.identifiers import uetr_problem
 from adapters.finance.iso20022_document import Document, Transaction
 from gateway.adapter import Issue
 
@@ -70,6 +72,28 @@ class _Builder:
             self.el(self.el(info, "Rsn"), "Cd", reason_code(issue))
             if issue.diagnostics:
                 self.el(info, "AddtlInf", issue.diagnostics[:_ADDITIONAL_INFO_MAX])
+
+
+_MAX_ID = 35
+_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})?")
+
+
+def _ref(value: str | None) -> str | None:
+    """An original reference as a Max35Text element may carry it, or ``None``."""
+    value = (value or "").strip()
+    return value if 0 < len(value) <= _MAX_ID else None
+
+
+def _date_time(value: str | None) -> str | None:
+    """An original creation time as an ISODateTime element may carry it, or ``None``."""
+    value = (value or "").strip()
+    if not _DATE_TIME.fullmatch(value):
+        return None
+    try:
+        datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return value
 
 
 def _now() -> str:
@@ -146,14 +170,14 @@ def _status_report(
     transactions = doc.transactions if doc is not None else []
     group_issues, own = _split_issues(issues, transactions)
     original = b.el(body, "OrgnlGrpInfAndSts")
-    b.el(original, "OrgnlMsgId", headers.get("control_id") or "NOTPROVIDED")
+    b.el(original, "OrgnlMsgId", _ref(headers.get("control_id")) or "NOTPROVIDED")
     b.el(
         original,
         "OrgnlMsgNmId",
         (doc.definition if doc is not None else headers.get("message_definition")) or "NOTPROVIDED",
     )
-    if headers.get("creation_time"):
-        b.el(original, "OrgnlCreDtTm", headers["creation_time"])
+    if created := _date_time(headers.get("creation_time")):
+        b.el(original, "OrgnlCreDtTm", created)
     if doc is not None and doc.kind is not None and doc.kind.counted:
         b.el(original, "OrgnlNbOfTxs", str(len(transactions)))
     b.el(original, "GrpSts", "ACTC" if accepted else "RJCT")
@@ -167,7 +191,7 @@ def _status_report(
             if not any(i in own for i, _ in members):
                 continue
             info = b.el(body, "OrgnlPmtInfAndSts")
-            b.el(info, "OrgnlPmtInfId", doc.text("PmtInfId", block) or "NOTPROVIDED")
+            b.el(info, "OrgnlPmtInfId", _ref(doc.text("PmtInfId", block)) or "NOTPROVIDED")
             b.el(info, "PmtInfSts", "RJCT")
             for i, tx in members:
                 if i in own:
@@ -186,13 +210,13 @@ def _transaction_status(
     b: _Builder, parent: etree._Element, tx: Transaction, issues: Sequence[Issue], *, pacs: bool, report: str
 ) -> None:
     status = b.el(parent, "TxInfAndSts")
-    if tx.instr_id:
-        b.el(status, "OrgnlInstrId", tx.instr_id)
-    if tx.end_to_end_id:
-        b.el(status, "OrgnlEndToEndId", tx.end_to_end_id)
-    if pacs and tx.tx_id:
-        b.el(status, "OrgnlTxId", tx.tx_id)
-    if tx.uetr and _has_uetr(report):
+    if instr_id := _ref(tx.instr_id):
+        b.el(status, "OrgnlInstrId", instr_id)
+    if end_to_end_id := _ref(tx.end_to_end_id):
+        b.el(status, "OrgnlEndToEndId", end_to_end_id)
+    if pacs and (tx_id := _ref(tx.tx_id)):
+        b.el(status, "OrgnlTxId", tx_id)
+    if tx.uetr and uetr_problem(tx.uetr) is None and _has_uetr(report):
         b.el(status, "OrgnlUETR", tx.uetr)
     b.el(status, "TxSts", "RJCT")
     b.reasons(status, issues)
@@ -219,7 +243,7 @@ def _receipt(
     b.el(ident, "CreDtTm", _now())
     report = b.el(ack, "Rpt")
     related = b.el(report, "RltdRef")
-    b.el(related, "Ref", headers.get("control_id") or "NOTPROVIDED")
+    b.el(related, "Ref", _ref(headers.get("control_id")) or "NOTPROVIDED")
     if definition:
         b.el(related, "MsgNm", definition)
     handling = b.el(report, "ReqHdlg")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from lxml import etree
 
+from adapters.finance.iso20022_document import element_path
 from gateway.adapter import Issue
 
 __all__ = ["SchemaCatalogue"]
@@ -108,8 +109,20 @@ class SchemaCatalogue:
             if len(issues) >= _MAX_SCHEMA_ISSUES:
                 break
             sentence = _SENTENCES.get(error.type_name, "The document does not follow its schema.")
-            issues.append(Issue("error", "schema_invalid", _location(error.path), sentence))
+            issues.append(
+                Issue("error", "schema_invalid", _element_location(standalone, error.path), sentence)
+            )
         return issues
+
+
+def _element_location(document: etree._Element, path: str | None) -> str:
+    """The element libxml2 names (``/*/*[2]/*[3]``) as ``/Document/CstmrCdtTrfInitn/PmtInf[2]/NbOfTxs``."""
+    try:
+        found = document.getroottree().xpath(path) if path else []
+    except etree.XPathError:
+        found = []
+    node = found[0] if isinstance(found, list) and found and isinstance(found[0], etree._Element) else None
+    return _location(path) if node is None else element_path(node)
 
 
 def _detached(document: etree._Element) -> etree._Element:

@@ -8,8 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from adapters.finance.iso8583 import ISO8583Adapter
 from adapters.finance.iso20022 import ISO20022Adapter
 from adapters.hl7.adapter import HL7Adapter
 from gateway.adapter import Adapter
 
-BUILTIN_ADAPTERS: dict[str, Callable[..., Adapter]] = {"hl7v2": HL7Adapter, "iso20022": ISO20022Adapter}
+BUILTIN_ADAPTERS: dict[str, Callable[..., Adapter]] = {
+    "hl7v2": HL7Adapter,
+    "iso20022": ISO20022Adapter,
+    "iso8583": ISO8583Adapter,
+}

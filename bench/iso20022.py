@@ -68,7 +68,10 @@ def main() -> None:
         checked = ISO20022Adapter(ISO20022Config(schema_dir=args.schemas))
         checked.validate(checked.parse(raw, receipt))  # compile the schema outside the timing
         rows.append(
-            ("parse + rules + xsd", median_ms(lambda: checked.validate(checked.parse(raw, receipt)), args.files))
+            (
+                "parse + rules + xsd",
+                median_ms(lambda: checked.validate(checked.parse(raw, receipt)), args.files),
+            )
         )
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -92,9 +95,13 @@ def main() -> None:
     rows.append(("intake (parse + rules + commit + reply)", intake_ms))
 
     base = rows[0][1]
-    print(f"pain.001.001.12, {args.transactions} transactions, {len(raw) / 1024:.0f} KiB, median of {args.files}")
+    print(
+        f"pain.001.001.12, {args.transactions} transactions, {len(raw) / 1024:.0f} KiB, median of {args.files}"
+    )
     for name, ms in rows:
-        print(f"  {name:42s} {ms:8.1f} ms/file  {args.transactions / ms * 1000:10.0f} tx/s  x{ms / base:6.1f}")
+        print(
+            f"  {name:42s} {ms:8.1f} ms/file  {args.transactions / ms * 1000:10.0f} tx/s  x{ms / base:6.1f}"
+        )
 
 
 if __name__ == "__main__":

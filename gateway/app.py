@@ -337,7 +337,8 @@ def create_app(
 
     @app.get("/api/messages/{message_id}/raw", tags=["messages"])
     def message_raw(message_id: str, who: Principal = scoped("admin")) -> Response:
-        """The message bytes exactly as received (admin scope: they carry PHI)."""
+        """The message bytes as stored: as received, or redacted where the adapter must not keep
+        them (ISO 8583 card data); admin scope, as they carry PHI."""
         raw = store.get_raw(message_id)
         if raw is None:
             raise APIError(404, "not_found", "No message has this id.")

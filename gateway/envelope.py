@@ -83,7 +83,7 @@ class Envelope:
     raw_sha256: str
     body: Any
     headers: Mapping[str, str]
-    business_keys: Mapping[str, str] = field(default_factory=dict)
+    business_keys: Mapping[str, str] = field(default_factory=dict, repr=False)
     """Values lineage searches find the message by; the store keeps only their keyed pseudonyms
     in lineage, and in the message row the ``masked_keys`` form where the adapter gives one."""
     masked_keys: Mapping[str, str] = field(default_factory=dict)

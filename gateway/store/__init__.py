@@ -60,7 +60,7 @@ class IntakeRecord:
     sender: str = ""
     receiver: str = ""
     headers: Mapping[str, str] = field(default_factory=dict)
-    business_keys: Mapping[str, str] = field(default_factory=dict)
+    business_keys: Mapping[str, str] = field(default_factory=dict, repr=False)
     masked_keys: Mapping[str, str] = field(default_factory=dict)
     """How business keys may be shown; the message row keeps these forms in place of the values."""
     issues: Sequence[Issue] = ()

@@ -112,9 +112,7 @@ def test_bank_config_is_valid_and_its_routes_compile(monkeypatch: pytest.MonkeyP
     from gateway.routecheck import lint
     from gateway.routing import RoutingTable
 
-    for name in ("CORE_BANKING_URL", "REVIEW_URL"):
-        monkeypatch.setenv(name, "http://127.0.0.1:9001/in")
-    monkeypatch.setenv("PAYMENTS_KEY", "k" * 24)
+    monkeypatch.setenv("GATEWAY_API_KEY", "k" * 24)
     s = load_settings(FIXTURES / "config" / "bank.yaml", environ={})
     assert s.iso8583.address == "127.0.0.1:8583" and s.mllp.address == "off"
     table = RoutingTable.from_settings(s)

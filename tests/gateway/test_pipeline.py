@@ -106,3 +106,24 @@ def test_batch_is_kept_and_each_message_answered(store: SQLiteStore) -> None:
     # every message's raw bytes are exactly its slice of the batch file
     for child in children:
         assert store.get_raw(child.id) in raw
+
+
+def test_a_rule_set_the_adapter_lacks_refuses_and_routes_nothing(store: SQLiteStore) -> None:
+    """A route demanding rules its protocol has not (SEPA on HL7 v2) refuses rather than skipping them."""
+    from gateway.config import Settings
+    from gateway.routing import RoutingTable
+
+    settings = Settings.model_validate(
+        {
+            "sinks": {"ehr": {"type": "memory"}},
+            "routes": [{"name": "all", "match": {"protocol": "hl7v2"}, "rules": ["sepa"], "to": ["ehr"]}],
+            "unmatched": "reject",
+        }
+    )
+    intake = Intake(store, RoutingTable.from_settings(settings))
+    raw = with_control_id(load("adt_a01__basic.hl7").replace(b"\n", b"\r"), "RULES-1")
+    assert receive(intake, HL7Adapter(), raw) == [("AR", "RULES-1")]
+    (row,) = store.list_messages(MessageFilter(control_id="RULES-1"))
+    assert row.status == "rejected" and row.route == ""
+    assert store.deliveries_of(row.id) == []
+    assert [i["code"] for i in row.as_dict()["issues"]] == ["unsupported_rule_set"]

@@ -6,7 +6,8 @@ pacs.002, in the report version that pairs with the received one
 is ``ACTC`` (accepted after technical validation: schema and business rules)
 or ``RJCT``; a rejected message lists each issue as a status reason with its
 ISO external code (``reason_codes.json``): group-level issues under
-``OrgnlGrpInfAndSts``, a transaction's own issues under its ``TxInfAndSts``
+``OrgnlGrpInfAndSts``, a payment-information block's under its
+``OrgnlPmtInfAndSts``, a transaction's own issues under its ``TxInfAndSts``
 with the original InstrId / EndToEndId / TxId / UETR. The gateway takes a
 message whole, so one rejected transaction rejects the message.
 
@@ -169,6 +170,15 @@ def _status_report(
     b.el(header, "CreDtTm", _now())
     transactions = doc.transactions if doc is not None else []
     group_issues, own = _split_issues(issues, transactions)
+    block_own: dict[int, list[Issue]] = {}
+    if pain and doc is not None and not accepted:
+        # an issue inside a payment-information block but in no transaction (the debtor's IBAN) is the block's
+        prefixes = [(i, path + "/") for i, (path, _) in enumerate(doc.blocks, 1)]
+        for issue in list(group_issues):
+            hit = next((i for i, prefix in prefixes if (issue.location + "/").startswith(prefix)), None)
+            if hit is not None:
+                group_issues.remove(issue)
+                block_own.setdefault(hit, []).append(issue)
     original = b.el(body, "OrgnlGrpInfAndSts")
     b.el(original, "OrgnlMsgId", _ref(headers.get("control_id")) or "NOTPROVIDED")
     b.el(
@@ -182,17 +192,18 @@ def _status_report(
         b.el(original, "OrgnlNbOfTxs", str(len(transactions)))
     b.el(original, "GrpSts", "ACTC" if accepted else "RJCT")
     if not accepted:
-        b.reasons(original, group_issues or ([] if own else [_UNSPECIFIED]))
-    if accepted or not own or doc is None:
+        b.reasons(original, group_issues or ([] if own or block_own else [_UNSPECIFIED]))
+    if accepted or not (own or block_own) or doc is None:
         return document
     if pain:
         for block_index, (_path, block) in enumerate(doc.blocks, 1):
             members = [(i, tx) for i, tx in enumerate(transactions) if tx.block == block_index]
-            if not any(i in own for i, _ in members):
+            if block_index not in block_own and not any(i in own for i, _ in members):
                 continue
             info = b.el(body, "OrgnlPmtInfAndSts")
             b.el(info, "OrgnlPmtInfId", _ref(doc.text("PmtInfId", block)) or "NOTPROVIDED")
             b.el(info, "PmtInfSts", "RJCT")
+            b.reasons(info, block_own.get(block_index, []))
             for i, tx in members:
                 if i in own:
                     _transaction_status(b, info, tx, own[i], pacs=False, report=report)

@@ -345,7 +345,7 @@ REJECTIONS: list[tuple[str, str, dict[str, set[str]], set[str]]] = [
     ("invalid__currency_unknown.xml", "pain.002.001.14", {"ACME-E2E-20240603-2": {"AM03"}}, set()),
     ("invalid__ctrl_sum_mismatch.xml", "pain.002.001.14", {}, {"AM10"}),
     ("invalid__nb_of_txs_mismatch.xml", "pain.002.001.14", {}, {"AM18"}),
-    ("invalid__schema_invalid.xml", "pain.002.001.14", {}, {"FF01"}),
+    ("invalid__schema_invalid.xml", "pain.002.001.14", {}, set()),  # its block's: see below
     ("invalid__not_well_formed.xml", "pain.002.001.14", {}, {"FF01"}),
     ("invalid__doctype_forbidden.xml", "pain.002.001.14", {}, {"FF01"}),
     ("invalid__amount_zero.xml", "pacs.002.001.15", {"ACME-INV-2024-0118": {"AM01"}}, set()),
@@ -488,3 +488,16 @@ def test_sepa_fixture_fails_only_its_sepa_rule(adapter: ISO20022Adapter, path: P
     assert [i for i in adapter.validate(env) if i.is_error] == [], "the base rules and the XSD pass"
     assert set(sepa_codes(adapter, env)) == {code}
     assert adapter.serialize(env) == path.read_bytes()
+
+
+def test_an_issue_of_a_payment_block_is_reported_under_that_block(
+    adapter: ISO20022Adapter, xsd: Schemas
+) -> None:
+    """A fault inside PmtInf but in no transaction (here its NbOfTxs) is the block's, not the group's."""
+    reply, issues = reject(adapter, (FOLDER / "invalid__schema_invalid.xml").read_bytes())
+    root = etree.fromstring(reply.body)
+    assert_schema_valid(xsd["pain.002.001.14"], root, "block-level rejection")
+    assert any("/PmtInf" in i.location for i in issues if i.is_error)
+    assert xpath(root, "r:*/r:OrgnlGrpInfAndSts/r:GrpSts") == ["RJCT"]
+    assert xpath(root, "r:*/r:OrgnlPmtInfAndSts/r:PmtInfSts") == ["RJCT"]
+    assert xpath(root, "r:*/r:OrgnlPmtInfAndSts/r:StsRsnInf/r:Rsn/r:Cd") == ["FF01"]

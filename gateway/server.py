@@ -19,11 +19,13 @@ from typing import Any
 import uvicorn
 
 from adapters import BUILTIN_ADAPTERS
-from adapters.hl7.mllp import MLLPServer, ssl_server_context
+from adapters.finance.iso8583_listener import ISO8583Server
+from adapters.hl7.mllp import MLLPServer
 from gateway.app import create_app, ingest_channels
 from gateway.checkpoints import Checkpointer, load_or_create_key, public_path, verify_store
 from gateway.config import Settings, parse_address
 from gateway.errors import ConfigError
+from gateway.listeners import server_tls
 from gateway.metrics import Metrics
 from gateway.pipeline import Intake
 from gateway.runtime import Runtime
@@ -88,35 +90,19 @@ async def serve(
     reloads: set[asyncio.Task[None]] = set()
     loop.add_signal_handler(signal.SIGHUP, reload)
 
-    mllp: MLLPServer | None = None
+    listeners: list[MLLPServer | ISO8583Server] = []
     if settings.mllp.address != "off":
-        host, port = parse_address(settings.mllp.address)
-        tls = settings.mllp.tls
-        ctx = (
-            ssl_server_context(str(tls.cert), str(tls.key), str(tls.client_ca) if tls.client_ca else None)
-            if tls
-            else None
-        )
-        mllp = MLLPServer(intake, hl7(validation=settings.mllp.validation), settings.mllp)
-        await mllp.start(host, port, ctx)
-        log.info("mllp listening", extra={"address": f"{host}:{mllp.port}", "tls": bool(tls)})
-
-    iso8583: Any = None
+        listeners.append(MLLPServer(intake, hl7(validation=settings.mllp.validation), settings.mllp))
     if settings.iso8583.address != "off":
-        from adapters.finance.iso8583_listener import ISO8583Server
-
-        host, port = parse_address(settings.iso8583.address)
-        tls8583 = settings.iso8583.tls
-        ctx8583 = (
-            ssl_server_context(
-                str(tls8583.cert), str(tls8583.key), str(tls8583.client_ca) if tls8583.client_ca else None
-            )
-            if tls8583
-            else None
+        iso8583 = BUILTIN_ADAPTERS["iso8583"](settings.iso8583)
+        listeners.append(ISO8583Server(intake, iso8583, settings.iso8583))
+    for listener in listeners:
+        host, port = parse_address(listener.config.address)
+        await listener.start(host, port, server_tls(listener.config.tls))
+        log.info(
+            f"{listener.name} listening",
+            extra={"address": f"{host}:{listener.port}", "tls": listener.config.tls is not None},
         )
-        iso8583 = ISO8583Server(intake, BUILTIN_ADAPTERS["iso8583"](settings.iso8583), settings.iso8583)
-        await iso8583.start(host, port, ctx8583)
-        log.info("iso8583 listening", extra={"address": f"{host}:{iso8583.port}", "tls": bool(tls8583)})
 
     http_task: asyncio.Task[None] | None = None
     http: _Uvicorn | None = None
@@ -163,10 +149,8 @@ async def serve(
 
     await stop.wait()
     log.info("gateway stopping")
-    if mllp is not None:
-        await mllp.stop()
-    if iso8583 is not None:
-        await iso8583.stop()
+    for listener in listeners:
+        await listener.stop()
     if http is not None and http_task is not None:
         http.should_exit = True
         await http_task

@@ -33,14 +33,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
-from collections import Counter, deque
+from collections import deque
 from typing import cast
 
 from adapters.finance.iso8583 import ISO8583Adapter
-from gateway.adapter import Adapter, Issue, Outcome, ParseError
+from gateway.adapter import Adapter, Issue, Outcome
 from gateway.config import ISO8583Config
 from gateway.envelope import Receipt
+from gateway.listeners import TCPListener, peer_of, readable_headers
 from gateway.pipeline import Intake
 
 __all__ = ["MAX_IN_FLIGHT", "ISO8583Server", "frame"]
@@ -63,34 +63,23 @@ def frame(message: bytes, length_header: str = "binary2") -> bytes:
     return n.to_bytes(2, "big") + message
 
 
-class ISO8583Server:
+class ISO8583Server(TCPListener["_Connection"]):
     """The ISO 8583 listener: one :class:`_Connection` per client, all feeding one :class:`Intake`."""
 
     def __init__(self, intake: Intake, adapter: Adapter, config: ISO8583Config) -> None:
+        super().__init__(LISTENER, config, log)
         self.intake = intake
         self.adapter = adapter
         self.config = config
         self.codec = adapter if isinstance(adapter, ISO8583Adapter) else ISO8583Adapter(config)
         """Answers network management; the adapter itself when it is the ISO 8583 one."""
-        self._server: asyncio.Server | None = None
-        self._connections: set[_Connection] = set()
-        self._per_client: Counter[str] = Counter()
 
-    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> None:
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _Connection(self), host, port, ssl=ssl_context, reuse_address=True, backlog=512
-        )
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None
-        return int(self._server.sockets[0].getsockname()[1])
+    def protocol(self) -> _Connection:
+        return _Connection(self)
 
     async def stop(self, grace_s: float = 10.0) -> None:
         """Stop accepting, let requests in flight finish (and be answered), then close every connection."""
-        if self._server is not None:
-            self._server.close()
+        self.stop_accepting()
         for conn in list(self._connections):
             conn.stop_reading()
         pending = [task for conn in self._connections for task in conn.tasks]
@@ -98,26 +87,6 @@ class ISO8583Server:
             await asyncio.wait(pending, timeout=grace_s)
         for conn in list(self._connections):
             conn.close()
-
-    def admit(self, conn: _Connection) -> bool:
-        if len(self._connections) >= self.config.max_connections:
-            log.warning("iso8583 connection refused: too many connections", extra={"peer": conn.peer})
-            return False
-        if self._per_client[conn.host] >= self.config.max_connections_per_client:
-            log.warning(
-                "iso8583 connection refused: too many connections from client", extra={"peer": conn.peer}
-            )
-            return False
-        self._connections.add(conn)
-        self._per_client[conn.host] += 1
-        return True
-
-    def release(self, conn: _Connection) -> None:
-        if conn in self._connections:
-            self._connections.discard(conn)
-            self._per_client[conn.host] -= 1
-            if self._per_client[conn.host] <= 0:
-                del self._per_client[conn.host]
 
 
 class _Connection(asyncio.Protocol):
@@ -146,10 +115,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
-        peer = transport.get_extra_info("peername")
-        if isinstance(peer, tuple):
-            self.host = str(peer[0])
-            self.peer = f"{peer[0]}:{peer[1]}"
+        self.host, self.peer = peer_of(transport)
         if not self.server.admit(self):
             self.closing = True
             self.transport.abort()
@@ -260,7 +226,7 @@ class _Connection(asyncio.Protocol):
                 "iso8583 intake failed; refused", extra={"peer": self.peer, "error": type(exc).__name__}
             )
             issue = Issue("fatal", "internal_error", "", "The gateway failed to take the message.")
-            reply = adapter.respond(Outcome("refused", _readable_headers(adapter, message), [issue]))
+            reply = adapter.respond(Outcome("refused", readable_headers(adapter, message, LISTENER), [issue]))
             if reply.body:
                 self._write(reply.body)
             return
@@ -326,13 +292,3 @@ class _Connection(asyncio.Protocol):
         self.queued.clear()
         if self.transport is not None:
             self.transport.close()
-
-
-def _readable_headers(adapter: Adapter, message: bytes) -> dict[str, str]:
-    """Whatever header fields can be read, for addressing a refusal."""
-    try:
-        return dict(adapter.parse(message, Receipt(listener=LISTENER)).headers)
-    except ParseError as exc:
-        return dict(exc.headers)
-    except Exception:
-        return {}

@@ -14,13 +14,14 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections import Counter, deque
+from collections import deque
 from typing import cast
 
 from adapters.hl7.framing import END, START, FrameReader, FrameTooLarge, frame
-from gateway.adapter import Adapter, Issue, Outcome, ParseError
+from gateway.adapter import Adapter, Issue, Outcome
 from gateway.config import MLLPConfig
 from gateway.envelope import Receipt
+from gateway.listeners import TCPListener, peer_of, readable_headers
 from gateway.pipeline import Intake
 
 log = logging.getLogger("gateway.mllp")
@@ -28,32 +29,21 @@ log = logging.getLogger("gateway.mllp")
 MAX_PENDING_FRAMES = 64
 
 
-class MLLPServer:
+class MLLPServer(TCPListener["_Connection"]):
     """The MLLP listener: one :class:`_Connection` per client, all feeding one :class:`Intake`."""
 
     def __init__(self, intake: Intake, adapter: Adapter, config: MLLPConfig) -> None:
+        super().__init__("mllp", config, log)
         self.intake = intake
         self.adapter = adapter
         self.config = config
-        self._server: asyncio.Server | None = None
-        self._connections: set[_Connection] = set()
-        self._per_client: Counter[str] = Counter()
 
-    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> None:
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _Connection(self), host, port, ssl=ssl_context, reuse_address=True, backlog=512
-        )
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None
-        return int(self._server.sockets[0].getsockname()[1])
+    def protocol(self) -> _Connection:
+        return _Connection(self)
 
     async def stop(self, grace_s: float = 10.0) -> None:
         """Stop accepting, let in-flight messages finish, then close every connection."""
-        if self._server is not None:
-            self._server.close()
+        self.stop_accepting()
         pending = [c.worker for c in self._connections if c.worker is not None]
         for conn in list(self._connections):
             conn.stop_reading()
@@ -61,27 +51,6 @@ class MLLPServer:
             await asyncio.wait(pending, timeout=grace_s)
         for conn in list(self._connections):
             conn.close()
-
-    def admit(self, conn: _Connection) -> bool:
-        host = conn.host
-        if len(self._connections) >= self.config.max_connections:
-            log.warning("mllp connection refused: too many connections", extra={"peer": conn.peer})
-            return False
-        if self._per_client[host] >= self.config.max_connections_per_client:
-            log.warning(
-                "mllp connection refused: too many connections from client", extra={"peer": conn.peer}
-            )
-            return False
-        self._connections.add(conn)
-        self._per_client[host] += 1
-        return True
-
-    def release(self, conn: _Connection) -> None:
-        if conn in self._connections:
-            self._connections.discard(conn)
-            self._per_client[conn.host] -= 1
-            if self._per_client[conn.host] <= 0:
-                del self._per_client[conn.host]
 
 
 class _Connection(asyncio.Protocol):
@@ -105,10 +74,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
-        peer = transport.get_extra_info("peername")
-        if isinstance(peer, tuple):
-            self.host = str(peer[0])
-            self.peer = f"{peer[0]}:{peer[1]}"
+        self.host, self.peer = peer_of(transport)
         if not self.server.admit(self):
             self.closing = True
             self.transport.abort()
@@ -185,7 +151,8 @@ class _Connection(asyncio.Protocol):
             "",
             f"The frame exceeds the listener's limit of {self.server.config.max_frame_bytes} bytes.",
         )
-        headers = _readable_headers(self.server.adapter, head)
+        first = head.split(b"\r", 1)[0].split(b"\n", 1)[0]  # MSH is enough to address the refusal
+        headers = readable_headers(self.server.adapter, first, "mllp")
         reply = self.server.adapter.respond(Outcome("refused", headers, [issue]))
         self.closing = True
         if self.transport is not None:
@@ -229,17 +196,6 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
 
-def _readable_headers(adapter: Adapter, head: bytes) -> dict[str, str]:
-    """Whatever header fields can be read from the first segment, for addressing a refusal."""
-    first = head.split(b"\r", 1)[0].split(b"\n", 1)[0]
-    try:
-        return dict(adapter.parse(first, Receipt(listener="mllp")).headers)
-    except ParseError as exc:
-        return dict(exc.headers)
-    except Exception:
-        return {}
-
-
 async def send_frames(
     host: str,
     port: int,
@@ -262,12 +218,3 @@ async def send_frames(
         with contextlib.suppress(Exception):
             await writer.wait_closed()
     return replies
-
-
-def ssl_server_context(cert: str, key: str, client_ca: str | None) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(cert, key)
-    if client_ca:
-        ctx.load_verify_locations(client_ca)
-        ctx.verify_mode = ssl.CERT_REQUIRED
-    return ctx

@@ -1,0 +1,132 @@
+"""What every TCP listener shares: binding, connection limits per client and overall, TLS, peers.
+
+:class:`TCPListener` binds an asyncio server and admits or refuses each new
+connection against ``max_connections`` and ``max_connections_per_client``;
+the MLLP and ISO 8583 listeners add their framing and their work on top.
+:func:`readable_headers` is how a listener addresses a refusal when it could
+not take a message through intake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections import Counter
+from typing import Generic, Protocol, TypeVar
+
+from gateway.adapter import Adapter, ParseError
+from gateway.config import TLSConfig
+from gateway.envelope import Receipt
+
+__all__ = ["Connection", "ConnectionLimits", "TCPListener", "peer_of", "readable_headers", "server_tls"]
+
+
+class ConnectionLimits(Protocol):
+    @property
+    def max_connections(self) -> int: ...
+
+    @property
+    def max_connections_per_client(self) -> int: ...
+
+
+class Connection(Protocol):
+    host: str
+    """Client address, the key of the per-client limit."""
+    peer: str
+    """``host:port``, for logs."""
+
+
+C = TypeVar("C", bound=Connection)
+
+
+def peer_of(transport: asyncio.BaseTransport) -> tuple[str, str]:
+    """``(host, "host:port")`` of the transport's remote end; empty strings when it has none."""
+    peer = transport.get_extra_info("peername")
+    if isinstance(peer, tuple):
+        return str(peer[0]), f"{peer[0]}:{peer[1]}"
+    return "", ""
+
+
+class TCPListener(Generic[C]):
+    """Binds ``protocol_factory`` on ``host:port`` and keeps the connection limits of ``limits``.
+
+    ``name`` prefixes the log lines (``mllp``, ``iso8583``). Connections call
+    :meth:`admit` when made (and close at once on ``False``) and
+    :meth:`release` when lost.
+    """
+
+    def __init__(self, name: str, limits: ConnectionLimits, log: logging.Logger) -> None:
+        self.name = name
+        self.limits = limits
+        self.log = log
+        self._server: asyncio.Server | None = None
+        self._connections: set[C] = set()
+        self._per_client: Counter[str] = Counter()
+
+    def protocol(self) -> asyncio.Protocol:
+        """A new connection's protocol object."""
+        raise NotImplementedError
+
+    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self.protocol, host, port, ssl=ssl_context, reuse_address=True, backlog=512
+        )
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    def stop_accepting(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    def admit(self, conn: C) -> bool:
+        if len(self._connections) >= self.limits.max_connections:
+            self.log.warning(
+                f"{self.name} connection refused: too many connections", extra={"peer": conn.peer}
+            )
+            return False
+        if self._per_client[conn.host] >= self.limits.max_connections_per_client:
+            self.log.warning(
+                f"{self.name} connection refused: too many connections from client", extra={"peer": conn.peer}
+            )
+            return False
+        self._connections.add(conn)
+        self._per_client[conn.host] += 1
+        return True
+
+    def release(self, conn: C) -> None:
+        if conn in self._connections:
+            self._connections.discard(conn)
+            self._per_client[conn.host] -= 1
+            if self._per_client[conn.host] <= 0:
+                del self._per_client[conn.host]
+
+
+def readable_headers(adapter: Adapter, raw: bytes, listener: str) -> dict[str, str]:
+    """Whatever header fields ``adapter`` can read from ``raw``, for addressing a refusal."""
+    try:
+        return dict(adapter.parse(raw, Receipt(listener=listener)).headers)
+    except ParseError as exc:
+        return dict(exc.headers)
+    except Exception:
+        return {}
+
+
+def ssl_server_context(cert: str, key: str, client_ca: str | None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    if client_ca:
+        ctx.load_verify_locations(client_ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def server_tls(tls: TLSConfig | None) -> ssl.SSLContext | None:
+    """The server context of a listener's ``tls`` setting (mutual TLS with ``client_ca``), or ``None``."""
+    if tls is None:
+        return None
+    return ssl_server_context(str(tls.cert), str(tls.key), str(tls.client_ca) if tls.client_ca else None)

@@ -16,7 +16,7 @@ import re
 
 from lxml import etree
 
-__all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_DEPTH", "XMLRejected", "parse_xml"]
+__all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_DEPTH", "XMLRejected", "hardened_parser", "parse_xml"]
 
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_MAX_DEPTH = 64
@@ -35,7 +35,8 @@ class XMLRejected(ValueError):
         self.line = line
 
 
-def _parser() -> etree.XMLParser:
+def hardened_parser() -> etree.XMLParser:
+    """lxml's parser with entities, DTDs, the network and huge trees off (also for reading XSDs)."""
     return etree.XMLParser(
         resolve_entities=False,
         no_network=True,
@@ -60,7 +61,7 @@ def parse_xml(
     if _DOCTYPE.search(raw) or _ENTITY.search(raw):
         raise XMLRejected("doctype_forbidden", "Documents with a DOCTYPE or entity declarations are refused.")
     try:
-        root = etree.fromstring(raw, _parser())
+        root = etree.fromstring(raw, hardened_parser())
     except etree.XMLSyntaxError as exc:
         line = exc.lineno or 0
         raise XMLRejected(

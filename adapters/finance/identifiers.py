@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 
 import iso4217
@@ -31,6 +32,8 @@ __all__ = [
     "bic_problem",
     "currency_exponent",
     "currency_problem",
+    "date_problem",
+    "date_time_problem",
     "decimals_problem",
     "iban_problem",
     "mask_account",
@@ -40,6 +43,8 @@ __all__ = [
 
 _BIC = re.compile(r"[A-Z]{4}[A-Z]{2}[A-Z0-9]{2}([A-Z0-9]{3})?")
 _AMOUNT = re.compile(r"[0-9]{1,18}(\.[0-9]{1,18})?")
+_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})?")
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 _IBAN_PROBLEMS: tuple[tuple[type[SchwiftyException], str], ...] = (
     (InvalidCountryCode, "The IBAN's country code is not a country that issues IBANs."),
@@ -130,6 +135,30 @@ def uetr_problem(value: str) -> str | None:
     if len(value) != 36 or parsed.version != 4 or parsed.variant != uuid.RFC_4122:
         return "The UETR must be a version 4 UUID."
     return None
+
+
+def date_problem(text: str) -> str | None:
+    """Why ``text`` is not a real ISO 8601 date or date-time (ISODate, ISODateTime), or ``None``."""
+    if _DATE.fullmatch(text):
+        try:
+            date.fromisoformat(text)
+        except ValueError:
+            return "The date does not exist in the calendar."
+        return None
+    if _DATE_TIME.fullmatch(text):
+        try:
+            datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            return "The date-time does not exist in the calendar."
+        return None
+    return "The value is not an ISO 8601 date or date-time."
+
+
+def date_time_problem(text: str) -> str | None:
+    """Why ``text`` is not a real ISO 8601 date-time (a date alone is not one), or ``None``."""
+    if not _DATE_TIME.fullmatch(text):
+        return "The value is not an ISO 8601 date-time."
+    return date_problem(text)
 
 
 def mask_account(value: str) -> str:

@@ -207,10 +207,9 @@ class ISO20022Adapter:
 
 def _sniffed(raw: bytes) -> dict[str, str]:
     """The message definition named in the first bytes of an unparseable document, for the reply."""
-    m = re.search(rb"[a-z]{4}\.\d{3}\.\d{3}\.\d{2}", raw[:4096])
-    if not m:
+    definition = definition_of(raw[:4096].decode("latin-1"))
+    if definition is None:
         return {}
-    definition = m.group().decode("ascii")
     return {"message_definition": definition, "message_type": definition[:8]}
 
 

@@ -20,14 +20,13 @@ issues' diagnostics, which never carry payload values.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from importlib import resources
 
 from lxml import etree
 
-from adapters.finance.identifiers import uetr_problem
+from adapters.finance.identifiers import date_time_problem, uetr_problem
 from adapters.finance.iso20022_document import Document, Transaction
 from gateway.adapter import Issue
 
@@ -76,25 +75,12 @@ class _Builder:
 
 
 _MAX_ID = 35
-_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})?")
 
 
 def _ref(value: str | None) -> str | None:
     """An original reference as a Max35Text element may carry it, or ``None``."""
     value = (value or "").strip()
     return value if 0 < len(value) <= _MAX_ID else None
-
-
-def _date_time(value: str | None) -> str | None:
-    """An original creation time as an ISODateTime element may carry it, or ``None``."""
-    value = (value or "").strip()
-    if not _DATE_TIME.fullmatch(value):
-        return None
-    try:
-        datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return value
 
 
 def _now() -> str:
@@ -106,22 +92,23 @@ def _report_id(envelope_id: str | None) -> str:
 
 
 def _split_issues(
-    issues: Sequence[Issue], transactions: Sequence[Transaction]
+    issues: Sequence[Issue], owners: Sequence[tuple[int, str]]
 ) -> tuple[list[Issue], dict[int, list[Issue]]]:
-    """Group-level issues, and each transaction's own (by index), told apart by location."""
+    """The error issues nobody in ``owners`` holds, and each owner's (by key), told apart by location:
+    an owner ``(key, path)`` holds the issues located at ``path`` or inside it."""
     own: dict[int, list[Issue]] = {}
-    group: list[Issue] = []
-    prefixes = [(i, tx.path + "/") for i, tx in enumerate(transactions)]
+    rest: list[Issue] = []
+    prefixes = [(key, path + "/") for key, path in owners]
     for issue in issues:
         if not issue.is_error:
             continue
         location = issue.location + "/"
-        hit = next((i for i, prefix in prefixes if location.startswith(prefix)), None)
+        hit = next((key for key, prefix in prefixes if location.startswith(prefix)), None)
         if hit is None:
-            group.append(issue)
+            rest.append(issue)
         else:
             own.setdefault(hit, []).append(issue)
-    return group, own
+    return rest, own
 
 
 def build_reply(
@@ -169,16 +156,13 @@ def _status_report(
     b.el(header, "MsgId", _report_id(envelope_id))
     b.el(header, "CreDtTm", _now())
     transactions = doc.transactions if doc is not None else []
-    group_issues, own = _split_issues(issues, transactions)
+    group_issues, own = _split_issues(issues, [(i, tx.path) for i, tx in enumerate(transactions)])
     block_own: dict[int, list[Issue]] = {}
     if pain and doc is not None and not accepted:
         # an issue inside a payment-information block but in no transaction (the debtor's IBAN) is the block's
-        prefixes = [(i, path + "/") for i, (path, _) in enumerate(doc.blocks, 1)]
-        for issue in list(group_issues):
-            hit = next((i for i, prefix in prefixes if (issue.location + "/").startswith(prefix)), None)
-            if hit is not None:
-                group_issues.remove(issue)
-                block_own.setdefault(hit, []).append(issue)
+        group_issues, block_own = _split_issues(
+            group_issues, [(i, path) for i, (path, _) in enumerate(doc.blocks, 1)]
+        )
     original = b.el(body, "OrgnlGrpInfAndSts")
     b.el(original, "OrgnlMsgId", _ref(headers.get("control_id")) or "NOTPROVIDED")
     b.el(
@@ -186,7 +170,8 @@ def _status_report(
         "OrgnlMsgNmId",
         (doc.definition if doc is not None else headers.get("message_definition")) or "NOTPROVIDED",
     )
-    if created := _date_time(headers.get("creation_time")):
+    created = headers.get("creation_time", "").strip()
+    if created and date_time_problem(created) is None:
         b.el(original, "OrgnlCreDtTm", created)
     if doc is not None and doc.kind is not None and doc.kind.counted:
         b.el(original, "OrgnlNbOfTxs", str(len(transactions)))

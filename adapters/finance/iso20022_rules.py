@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
-from datetime import date, datetime
 from decimal import Decimal
 
 from lxml import etree
@@ -24,6 +23,8 @@ from lxml import etree
 from adapters.finance.identifiers import (
     bic_problem,
     currency_problem,
+    date_problem,
+    date_time_problem,
     decimals_problem,
     iban_problem,
     parse_amount,
@@ -37,8 +38,6 @@ __all__ = ["RULES", "SEPA_RULES", "check", "check_sepa"]
 Rule = Callable[[Document], Iterator[Issue]]
 
 _BIC_ELEMENTS = ("BIC", "BICFI", "AnyBIC", "BICOrBEI")
-_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})?")
-_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _REQUESTED_DATES = ("ReqdExctnDt", "ReqdColltnDt", "IntrBkSttlmDt")
 
 
@@ -155,35 +154,17 @@ def identifiers(doc: Document) -> Iterator[Issue]:
 # -- dates -------------------------------------------------------------------------------------
 
 
-def _date_problem(text: str) -> str | None:
-    if _DATE.fullmatch(text):
-        try:
-            date.fromisoformat(text)
-        except ValueError:
-            return "The date does not exist in the calendar."
-        return None
-    if _DATE_TIME.fullmatch(text):
-        try:
-            datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
-            return "The date-time does not exist in the calendar."
-        return None
-    return "The value is not an ISO 8601 date or date-time."
-
-
 def dates(doc: Document) -> Iterator[Issue]:
     """CreDtTm is a real date-time; requested execution, collection and settlement dates are real dates."""
     for el in doc.iter_local("CreDtTm"):
         text = (el.text or "").strip()
-        problem = (
-            _date_problem(text) if _DATE_TIME.fullmatch(text) else "CreDtTm is not an ISO 8601 date-time."
-        )
+        problem = date_time_problem(text)
         if problem is not None:
             yield _error("creation_time_invalid", doc.path_of(el), problem)
     for el in doc.iter_local(*_REQUESTED_DATES):
         # since pain.001.001.09 ReqdExctnDt holds a Dt or DtTm child instead of text
         target = next(el.iterchildren(etree.Element), el)
-        if (problem := _date_problem((target.text or "").strip())) is not None:
+        if (problem := date_problem((target.text or "").strip())) is not None:
             yield _error("requested_date_invalid", doc.path_of(target), problem)
 
 

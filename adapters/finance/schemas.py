@@ -4,7 +4,7 @@ The operator points ``iso20022.schema_dir`` at a folder of ``*.xsd`` files
 (from iso20022.org, or a bank's distribution; file names do not matter). At
 start the folder is indexed by each schema's ``targetNamespace``; a schema is
 compiled the first time a document in its namespace arrives and kept. The
-schemas are parsed with the same hardened settings as messages (no network,
+schemas are parsed with the same hardened parser as messages (no network,
 no entities), and a schema that does not compile is logged once and skipped.
 
 Errors become issues with code ``schema_invalid``, the element's path as
@@ -22,6 +22,7 @@ from lxml import etree
 
 from adapters.finance.iso20022_document import element_path
 from gateway.adapter import Issue
+from gateway.xml import hardened_parser
 
 __all__ = ["SchemaCatalogue"]
 
@@ -61,7 +62,7 @@ class SchemaCatalogue:
         catalogue = cls(directory)
         if directory is None:
             return catalogue
-        parser = _schema_parser()
+        parser = hardened_parser()
         for path in sorted(directory.glob("*.xsd")):
             try:
                 root = etree.parse(str(path), parser).getroot()
@@ -85,7 +86,7 @@ class SchemaCatalogue:
             compiled: etree.XMLSchema | None = None
             if path is not None:
                 try:
-                    compiled = etree.XMLSchema(etree.parse(str(path), _schema_parser()))
+                    compiled = etree.XMLSchema(etree.parse(str(path), hardened_parser()))
                 except (etree.XMLSchemaParseError, etree.XMLSyntaxError, OSError):
                     log.error(
                         "schema does not compile; documents of its namespace are not validated",
@@ -126,7 +127,7 @@ def _element_location(document: etree._Element, path: str | None) -> str:
 
 
 def _detached(document: etree._Element) -> etree._Element:
-    return etree.fromstring(etree.tostring(document), _schema_parser())
+    return etree.fromstring(etree.tostring(document), hardened_parser())
 
 
 def _location(path: str | None) -> str:
@@ -142,7 +143,3 @@ def _location(path: str | None) -> str:
         else:
             steps.append(step.split(":", 1)[-1])
     return "/" + "/".join(steps)
-
-
-def _schema_parser() -> etree.XMLParser:
-    return etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)

@@ -38,6 +38,7 @@ import iso8583  # noqa: E402
 import uvloop  # noqa: E402
 from iso8583.specs import default_ascii  # noqa: E402
 
+from adapters.finance.iso8583_listener import frame  # noqa: E402
 from bench.mllp_intake import free_port, spawn_gateway, stop_all, wait_port  # noqa: E402
 
 REQUEST = {
@@ -62,10 +63,6 @@ FIXED_0210 = bytes(
         default_ascii,
     )[0]
 )
-
-
-def frame(message: bytes) -> bytes:
-    return len(message).to_bytes(2, "big") + message
 
 
 def request(tag: int, conn: int, i: int) -> bytes:

@@ -24,12 +24,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from gateway.adapter import Adapter
 from gateway.envelope import Receipt
 from gateway.errors import AuthError, ConfigError, StoreError
+from gateway.inventory import InventorySync, StockCount, inventory_view
 from gateway.lineage import EventDraft, Verification
 from gateway.metrics import Metrics
 from gateway.pipeline import Intake
 from gateway.runtime import Runtime
 from gateway.security import KeyRing, Principal
 from gateway.store import EventQuery, MessageFilter, Store
+from gateway.webhooks import Signature
 
 log = logging.getLogger("gateway.http")
 
@@ -38,7 +40,13 @@ ULID_SHAPE = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
 
 @dataclass(frozen=True, slots=True)
 class Ingest:
-    """One HTTP ingest channel, ``POST /ingest/{adapter name}``, with scope ``ingest:{adapter name}``."""
+    """One HTTP ingest channel, ``POST /ingest/{adapter name}``.
+
+    A channel takes an API key with scope ``ingest:{adapter name}``, or, for a
+    webhook platform that cannot send one, a verified :class:`Signature`
+    instead. ``attributes`` names the request headers copied into the receipt
+    for the adapter (a webhook's topic and ids).
+    """
 
     adapter: Adapter
     content_types: frozenset[str]
@@ -46,27 +54,78 @@ class Ingest:
     """The 415 answer: which content types to send."""
     title: str
     description: str
+    signature: Signature | None = None
+    attributes: frozenset[str] = frozenset()
 
 
-def ingest_channels(hl7v2: Adapter, iso20022: Adapter) -> dict[str, Ingest]:
-    """The HTTP ingest channels of the built-in adapters."""
-    return {
-        "hl7v2": Ingest(
-            hl7v2,
+_JSON = frozenset({"application/json"})
+_XML = frozenset({"application/xml", "text/xml"})
+
+
+def ingest_channels(
+    adapters: Mapping[str, Adapter], signatures: Mapping[str, Signature]
+) -> dict[str, Ingest]:
+    """The HTTP ingest channels of the given built-in adapters; webhook channels take their signature."""
+    known: dict[str, Callable[[Adapter], Ingest]] = {
+        "hl7v2": lambda a: Ingest(
+            a,
             frozenset({"x-application/hl7-v2+er7", "application/hl7-v2", "text/plain"}),
             "Send HL7 v2 as x-application/hl7-v2+er7 or text/plain.",
             "an HL7 v2 message or batch",
             "Answers with the ACK: 200 for AA/CA, 4xx/503 otherwise.",
         ),
-        "iso20022": Ingest(
-            iso20022,
-            frozenset({"application/xml", "text/xml", "application/iso20022+xml"}),
+        "iso20022": lambda a: Ingest(
+            a,
+            _XML | {"application/iso20022+xml"},
             "Send ISO 20022 messages as application/xml or text/xml.",
             "an ISO 20022 message (pain, pacs, camt; optionally in a head.001 envelope)",
             "Answers with the status report: pain.002 for pain.001, pacs.002 for pacs.008 and pacs.004, "
             "admi.007 otherwise; 200 when accepted (ACCP/ACTC), 4xx/503 with RJCT.",
         ),
+        "poslog": lambda a: Ingest(
+            a,
+            _XML,
+            "Send POSLog as application/xml or text/xml.",
+            "an ARTS POSLog document (one transaction or many)",
+            "200 once every transaction is stored; 400/422 with the issues otherwise.",
+        ),
+        "pos_json": lambda a: Ingest(
+            a,
+            _JSON,
+            "Send POS JSON as application/json.",
+            "a POS sale, return, void or reservation in the pos_json/1 shape (GET /api/schemas/pos_json)",
+            "200 once stored; 400/422 with the issues otherwise; 409 when the ticket was taken with other content.",
+        ),
+        "shopify": lambda a: Ingest(
+            a,
+            _JSON,
+            "Shopify webhooks are application/json.",
+            "a Shopify webhook (orders, refunds, inventory levels, products)",
+            "Authenticated by X-Shopify-Hmac-Sha256, not an API key. 200 once stored (also for a redelivery); "
+            "401 for a bad signature, with nothing stored.",
+            signatures.get("shopify"),
+            frozenset(
+                {
+                    "x-shopify-topic",
+                    "x-shopify-shop-domain",
+                    "x-shopify-api-version",
+                    "x-shopify-webhook-id",
+                    "x-shopify-event-id",
+                    "x-shopify-triggered-at",
+                }
+            ),
+        ),
+        "square": lambda a: Ingest(
+            a,
+            _JSON,
+            "Square webhooks are application/json.",
+            "a Square webhook event (payments, orders, refunds, inventory counts)",
+            "Authenticated by x-square-hmacsha256-signature, not an API key. 200 once stored (also for a "
+            "redelivery); 401 for a bad signature, with nothing stored.",
+            signatures.get("square"),
+        ),
     }
+    return {name: make(adapters[name]) for name, make in known.items() if name in adapters}
 
 
 class APIError(Exception):
@@ -118,7 +177,9 @@ def create_app(
     runtime: Runtime | None = None,
     metrics: Metrics | None = None,
     verify: Callable[[], Verification] | None = None,
+    schemas: Mapping[str, dict[str, Any]] | None = None,
 ) -> FastAPI:
+    schemas = dict(schemas or {})
     app = FastAPI(
         title="Connector gateway", version="0.1.0", docs_url="/api/docs", openapi_url="/api/openapi.json"
     )
@@ -183,28 +244,58 @@ def create_app(
         return Depends(dep)
 
     def add_ingest(name: str, channel: Ingest) -> None:
-        async def ingest(request: Request, who: Principal = scoped(f"ingest:{name}")) -> Response:
+        async def take(request: Request, who: str) -> Response:
             content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
             if content_type not in channel.content_types:
                 raise APIError(415, "unsupported_media_type", channel.media_hint)
             body = await read_body(request, max_body_bytes)
+            return await deliver(request, who, content_type, body)
+
+        async def deliver(request: Request, who: str, content_type: str, body: bytes) -> Response:
             if not body.strip():
                 raise APIError(400, "empty_body", "The request body is empty.")
             client = request.client
             receipt = Receipt(
                 listener="http",
                 peer=f"{client.host}:{client.port}" if client else "",
-                client=who.name,
+                client=who,
                 content_type=content_type,
+                attributes={k: request.headers[k] for k in channel.attributes if k in request.headers},
             )
             result = await intake.receive(channel.adapter, body, receipt)
             reply = result.combined()
             intake.replied(result)
             return Response(reply.body, status_code=reply.status, media_type=reply.content_type)
 
+        async def with_key(request: Request, who: Principal = scoped(f"ingest:{name}")) -> Response:
+            return await take(request, who.name)
+
+        async def with_signature(request: Request) -> Response:
+            signature = channel.signature
+            assert signature is not None
+            body = await read_body(request, max_body_bytes)
+            try:
+                signature.verify(body, request.headers)
+            except AuthError as exc:
+                client = request.client
+                log.warning("webhook refused", extra={"channel": name, "reason": exc.reason})
+                draft = EventDraft(
+                    "AccessDenied",
+                    None,
+                    f"webhook:{name}",
+                    outcome="bad_signature",
+                    details={"peer": f"{client.host}:{client.port}" if client else ""},
+                )
+                store.note_events([draft])
+                raise
+            content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if content_type not in channel.content_types:
+                raise APIError(415, "unsupported_media_type", channel.media_hint)
+            return await deliver(request, f"webhook:{name}", content_type, body)
+
         app.add_api_route(
             f"/ingest/{name}",
-            ingest,
+            with_key if channel.signature is None else with_signature,
             methods=["POST"],
             tags=["ingest"],
             summary=f"Take {channel.title}",
@@ -286,6 +377,48 @@ def create_app(
         except ConfigError as exc:
             raise APIError(422, "invalid_config", str(exc)) from None
         return {"ok": True, "routes": len(settings.routes), "sinks": sorted(settings.sinks)}
+
+    def sync() -> InventorySync:
+        if runtime is None or runtime.inventory is None:
+            raise APIError(404, "inventory_off", "This gateway keeps no inventory (no inventory section).")
+        return runtime.inventory
+
+    @app.get("/api/inventory/{sku}", tags=["inventory"])
+    def inventory_show(
+        sku: str,
+        movements: Annotated[int, Query(ge=1, le=1000)] = 20,
+        who: Principal = scoped("inventory:read"),
+    ) -> dict[str, Any]:
+        """A SKU's on hand, reserved and available-to-sell, per location, with its last movements and
+        what each channel was last sent."""
+        return inventory_view(store, sync().config, sku, movements)
+
+    @app.put("/api/inventory/{sku}/locations/{location}", tags=["inventory"])
+    async def inventory_count(
+        sku: str, location: str, count: StockCount, who: Principal = scoped("inventory:write")
+    ) -> dict[str, Any]:
+        """Set the counted quantity on hand at a location (a stock take); recorded as a movement."""
+        inventory = sync()
+        await store.adjust_stock(sku, location, count.on_hand, f"user:{who.name}")
+        inventory.notify({sku})
+        return inventory_view(store, inventory.config, sku, 20)
+
+    @app.post("/api/inventory/reconcile", tags=["inventory"])
+    async def inventory_reconcile(
+        fix: bool = False, who: Principal = scoped("inventory:write")
+    ) -> dict[str, Any]:
+        """Compare the levels channels reported with the ledger; with ``fix=true`` push the ledger's level
+        again to every channel that drifted."""
+        drift = await sync().reconcile(fix, f"user:{who.name}")
+        return {"fix": fix, "drift": [d.as_dict() for d in drift]}
+
+    @app.get("/api/schemas/{name}", tags=["ingest"])
+    def published_schema(name: str) -> dict[str, Any]:
+        """The JSON Schema of a JSON ingest format (``pos_json``)."""
+        schema = schemas.get(name)
+        if schema is None:
+            raise APIError(404, "not_found", "No published schema has this name.")
+        return schema
 
     @app.get("/metrics", tags=["health"])
     def prometheus(who: Principal = scoped("metrics:read")) -> Response:

@@ -134,6 +134,27 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--limit", type=int, default=50)
     q.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("inventory", help="the inventory ledger: show a SKU, record a stock count, reconcile")
+    isub = p.add_subparsers(dest="action", required=True)
+    q = isub.add_parser(
+        "show", help="on hand, reserved, available-to-sell, last movements and pushes of a SKU"
+    )
+    _store_options(q)
+    q.add_argument("sku")
+    q.add_argument("--movements", type=int, default=20)
+    q.add_argument("--json", action="store_true")
+    q = isub.add_parser("count", help="record a stock take: the quantity counted on hand at a location")
+    _store_options(q)
+    q.add_argument("sku")
+    q.add_argument("--location", required=True)
+    q.add_argument("--on-hand", type=int, required=True)
+    q = isub.add_parser(
+        "reconcile", help="compare channels' reported levels with the ledger (exit 1 on drift)"
+    )
+    _store_options(q)
+    q.add_argument("--fix", action="store_true", help="have the gateway push the ledger's level again")
+    q.add_argument("--json", action="store_true")
+
     p = sub.add_parser("replay", help="make dead-lettered deliveries pending again (recorded in lineage)")
     _store_options(p)
     which = p.add_mutually_exclusive_group(required=True)
@@ -193,7 +214,65 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _access_review(args)
     if args.command == "replay":
         return _replay(args)
+    if args.command == "inventory":
+        return _inventory(args)
     return EXIT_USAGE
+
+
+def _inventory(args: argparse.Namespace) -> int:
+    """Read the ledger from the store (the server may be running or stopped); counts and fixes are written
+    with lineage, and a running gateway pushes the result at its next sweep."""
+    import getpass
+
+    from gateway.inventory import find_drift, inventory_view, record_reconciliation
+    from gateway.server import open_store
+
+    settings = _settings(args)
+    if settings.inventory is None:
+        raise ConfigError("inventory: the configuration has no inventory section")
+    actor = f"user:{getpass.getuser()} (cli)"
+    if args.action == "show":
+        view = inventory_view(_open_reader(args), settings.inventory, args.sku, args.movements)
+        if args.json:
+            print(json.dumps(view, indent=2))
+            return EXIT_OK
+        print(
+            f"{view['sku']}: on hand {view['on_hand']}, reserved {view['reserved']}, safety stock "
+            f"{view['safety_stock']}, available {view['available']} (ledger version {view['version']})"
+        )
+        for loc in view["locations"]:
+            print(f"    {loc['location']}: on hand {loc['on_hand']}, reserved {loc['reserved']}")
+        for name, pushed in view["channels"].items():
+            shown = f"{pushed['available']} at {pushed['pushed_at']}" if pushed else "nothing yet"
+            print(f"    channel {name}: last pushed {shown}")
+        for m in view["movements"]:
+            print(
+                f"    {m['at']}  {m['kind']:10} {m['on_hand']:+d} on hand {m['reserved']:+d} reserved  "
+                f"{m['location']}  {m['source']} {m['message_id'] or ''}"
+            )
+        return EXIT_OK
+    store = open_store(settings.data_dir)
+    try:
+        if args.action == "count":
+            level = asyncio.run(store.adjust_stock(args.sku, args.location, args.on_hand, actor))
+            print(f"{args.sku}: on hand {level.on_hand} over all locations (version {level.version})")
+            return EXIT_OK
+        drift = find_drift(store, settings.inventory)
+        asyncio.run(record_reconciliation(store, drift, args.fix, actor))
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps([d.as_dict() for d in drift], indent=2))
+    else:
+        for d in drift:
+            print(
+                f"{d.channel} {d.sku}: channel shows {d.reported}, ledger {d.available} ({d.reported - d.available:+d})"
+            )
+        print(
+            f"{len(drift)} drifted"
+            + (" (fixed: the gateway pushes them again)" if args.fix and drift else "")
+        )
+    return EXIT_FAILED if drift and not args.fix else EXIT_OK
 
 
 def _access_review(args: argparse.Namespace) -> int:

@@ -20,10 +20,25 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from gateway.errors import ConfigError
 
 ValidationLevel = Literal["none", "header", "structure"]
-Scope = Literal["ingest:hl7v2", "ingest:iso20022", "messages:read", "lineage:read", "metrics:read", "admin"]
+Scope = Literal[
+    "ingest:hl7v2",
+    "ingest:iso20022",
+    "ingest:poslog",
+    "ingest:pos_json",
+    "messages:read",
+    "lineage:read",
+    "metrics:read",
+    "inventory:read",
+    "inventory:write",
+    "admin",
+]
 ALL_SCOPES: tuple[str, ...] = (
     "ingest:hl7v2",
     "ingest:iso20022",
+    "ingest:poslog",
+    "ingest:pos_json",
+    "inventory:read",
+    "inventory:write",
     "messages:read",
     "lineage:read",
     "metrics:read",
@@ -120,6 +135,100 @@ class ISO8583Config(_Model):
     tls: TLSConfig | None = Field(default=None, description="Serve ISO 8583 over TLS (optionally mutual).")
 
     _addr = field_validator("address")(_check_address)
+
+
+class ShopifyConfig(_Model):
+    webhook_secret: str | None = Field(
+        default=None,
+        description="The app's client secret that signs webhooks (X-Shopify-Hmac-Sha256), or ${ENV_VAR}; "
+        "also GATEWAY_SHOPIFY_WEBHOOK_SECRET. Without one, /ingest/shopify refuses every delivery.",
+    )
+
+
+class SquareConfig(_Model):
+    signature_key: str | None = Field(
+        default=None,
+        description="The webhook subscription's signature key, or ${ENV_VAR}; also "
+        "GATEWAY_SQUARE_SIGNATURE_KEY. Without one, /ingest/square refuses every delivery.",
+    )
+    notification_url: str | None = Field(
+        default=None,
+        description="The notification URL exactly as registered with Square (it is part of what is signed); "
+        "also GATEWAY_SQUARE_NOTIFICATION_URL.",
+    )
+
+
+class POSLogConfig(_Model):
+    drop_dir: Path | None = Field(
+        default=None,
+        description="Folder a POS drops POSLog files into; each file is taken in and moved to done/ or "
+        "failed/ beside it. Off when unset.",
+    )
+    poll_s: float = Field(default=1.0, gt=0, le=3600, description="How often the drop folder is looked at.")
+    settle_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="A file is taken only once it has not changed for this long (the POS may still be writing).",
+    )
+    max_depth: int = Field(default=64, ge=8, le=256, description="Deepest element nesting accepted.")
+
+
+class InventoryChannel(_Model):
+    sink: str = Field(description="The sink (an http sink) that pushes levels reach.")
+    format: Literal["shopify", "json"] = Field(
+        description="shopify: an inventory_levels/set request body for the Admin API; "
+        "json: {sku, available, version, at} for a POS or a warehouse.",
+    )
+    location_id: str | None = Field(
+        default=None, description="shopify: the Shopify location whose level is set (and compared)."
+    )
+    items: dict[str, str] = Field(
+        default_factory=dict,
+        description="SKU → the channel's own item id (Shopify inventory item id, Square catalog object id). "
+        "SKUs not listed are not pushed to a shopify channel.",
+    )
+    reports: Literal["shopify", "square"] | None = Field(
+        default=None,
+        description="Whose reported levels (inventory_levels/update, inventory.count.updated) show what this "
+        "channel displays, for reconciliation.",
+    )
+    report_location: str | None = Field(
+        default=None, description="Only reports of this channel location are compared (default: location_id)."
+    )
+
+
+class InventoryConfig(_Model):
+    enabled: bool = Field(
+        default=True, description="Keep the ledger and push levels (an inventory section switches it on)."
+    )
+    safety_stock: int = Field(
+        default=0, ge=0, description="Units held back from every SKU's available-to-sell."
+    )
+    safety_stock_by_sku: dict[str, int] = Field(
+        default_factory=dict, description="Per-SKU safety stock, overriding the default."
+    )
+    min_change: int = Field(
+        default=1,
+        ge=1,
+        description="Push a new level when it differs from the last pushed one by at least this much...",
+    )
+    low_stock: int = Field(
+        default=5,
+        ge=0,
+        description="...or whenever either level is at or below this (every change counts there).",
+    )
+    sweep_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="How often every SKU is compared with what each channel was last sent (recovers pushes "
+        "lost to a crash or a down channel).",
+    )
+    channels: dict[str, InventoryChannel] = Field(
+        default_factory=dict, description="Where available-to-sell levels are pushed, by channel name."
+    )
+
+    def safety(self, sku: str) -> int:
+        return self.safety_stock_by_sku.get(sku, self.safety_stock)
 
 
 class APIKey(_Model):
@@ -276,6 +385,12 @@ class Settings(_Model):
     http: HTTPConfig = Field(default_factory=HTTPConfig)
     iso20022: ISO20022Config = Field(default_factory=ISO20022Config)
     iso8583: ISO8583Config = Field(default_factory=ISO8583Config)
+    shopify: ShopifyConfig = Field(default_factory=ShopifyConfig)
+    square: SquareConfig = Field(default_factory=SquareConfig)
+    poslog: POSLogConfig = Field(default_factory=POSLogConfig)
+    inventory: InventoryConfig | None = Field(
+        default=None, description="The inventory ledger and level sync; off when absent."
+    )
     auth: AuthConfig = Field(default_factory=AuthConfig)
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info")
     sinks: dict[str, SinkConfig] = Field(default_factory=dict, description="Downstream systems, by name.")
@@ -303,6 +418,10 @@ _ENV = {
     "GATEWAY_ISO8583": ("iso8583", "address"),
     "GATEWAY_LOG_LEVEL": ("log_level",),
     "GATEWAY_VALIDATION": ("mllp", "validation"),
+    "GATEWAY_SHOPIFY_WEBHOOK_SECRET": ("shopify", "webhook_secret"),
+    "GATEWAY_SQUARE_SIGNATURE_KEY": ("square", "signature_key"),
+    "GATEWAY_SQUARE_NOTIFICATION_URL": ("square", "notification_url"),
+    "GATEWAY_POSLOG_DROP_DIR": ("poslog", "drop_dir"),
 }
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -376,7 +495,8 @@ def explain(exc: ValidationError, tree: Mapping[str, Any]) -> str:
             continue
         given = err.get("input")
         shown = "(missing)" if err["type"] == "missing" else repr(given)
-        if "key" in key.split(".")[-1:]:
+        last = key.split(".")[-1]
+        if "key" in last or "secret" in last:
             shown = "(hidden)"
         lines.append(f"{key}: {shown} is not valid: {err['msg']}")
     return "invalid configuration:\n  " + "\n  ".join(lines)

@@ -65,6 +65,9 @@ class Receipt:
     """Authenticated client (API key name) where there is one."""
     content_type: str | None = None
     received_at: datetime = field(default_factory=utcnow)
+    attributes: Mapping[str, str] = field(default_factory=dict)
+    """Transport metadata an adapter reads, with lower-case names: a webhook's ``x-shopify-topic``,
+    ``x-shopify-shop-domain`` … (only the headers the ingest channel names; never credentials)."""
 
 
 @dataclass(frozen=True, slots=True)

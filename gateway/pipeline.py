@@ -23,6 +23,7 @@ from gateway.envelope import Envelope, Receipt, new_id, sha256_hex
 from gateway.errors import StoreUnavailable
 from gateway.metrics import Metrics
 from gateway.routing import UNMATCHED_ROUTE, RoutingTable
+from gateway.stock import Movement, ReportedLevel, StockSource
 from gateway.store import (
     CONTROL_ID_CONFLICT,
     BatchRecord,
@@ -57,11 +58,16 @@ class IntakeResult:
     listener: str = ""
 
     def combined(self) -> Reply:
-        """One reply for the whole payload: the ACKs joined, with the least favourable status."""
+        """One reply for the whole payload: the ACKs joined (JSON replies as an array), with the least
+        favourable status."""
         if len(self.replies) == 1:
             return self.replies[0]
         worst = max(self.replies, key=lambda r: (not r.accepted, r.status))
-        return Reply(b"".join(r.body for r in self.replies), worst.content_type, worst.status, worst.code)
+        if worst.content_type == "application/json":  # JSON replies join as one array
+            body = b"[" + b",".join(r.body for r in self.replies) + b"]"
+        else:
+            body = b"".join(r.body for r in self.replies)
+        return Reply(body, worst.content_type, worst.status, worst.code)
 
 
 def classify(issues: Sequence[Issue]) -> OutcomeKind:
@@ -82,6 +88,7 @@ class Intake:
         routing: RoutingTable | None = None,
         on_outbox: Callable[[set[str]], None] | None = None,
         metrics: Metrics | None = None,
+        on_stock: Callable[[set[str]], None] | None = None,
     ) -> None:
         self.store = store
         self.metrics = metrics
@@ -89,6 +96,9 @@ class Intake:
         """Swapped whole on reload; each message is routed by the table in place when it arrived."""
         self.on_outbox = on_outbox
         """Told which sinks got outbox rows, after the commit (wakes their delivery workers)."""
+        self.on_stock = on_stock
+        """Set when the inventory ledger is kept: the stock movements of accepted messages are applied in
+        their transaction, and this is told which SKUs they touched, after the commit."""
 
     def _record(
         self, adapter: Adapter, unit: bytes, receipt: Receipt, parent_id: str | None
@@ -142,6 +152,11 @@ class Intake:
                     route, deliveries = "", ()
         out = Outcome(kind, env.headers, issues, env.id, env)
         reply = adapter.respond(out)
+        movements: Sequence[Movement] = ()
+        reports: Sequence[ReportedLevel] = ()
+        if kind == "accepted" and self.on_stock is not None and isinstance(adapter, StockSource):
+            movements = adapter.movements(env)
+            reports = adapter.reported_levels(env)
         rec = IntakeRecord(
             id=env.id,
             received_at=received_at,
@@ -165,6 +180,8 @@ class Intake:
             reply_code=reply.code,
             route=route,
             deliveries=deliveries,
+            movements=movements,
+            reports=reports,
         )
         return rec, out, reply
 
@@ -249,6 +266,15 @@ class Intake:
             }
             if sinks:
                 self.on_outbox(sinks)
+        if self.on_stock is not None:
+            skus = {
+                m.sku
+                for (rec, _, _), decision in zip(prepared, decisions, strict=True)
+                if decision.kind == "stored" and decision.outcome == "accepted"
+                for m in rec.movements
+            }
+            if skus:
+                self.on_stock(skus)
         replies = []
         for (rec, out, reply), decision in zip(prepared, decisions, strict=True):
             replies.append(

@@ -22,6 +22,7 @@ from gateway.alerts import Alerter
 from gateway.config import Settings, load_settings
 from gateway.delivery import DeliveryEngine
 from gateway.errors import ConfigError
+from gateway.inventory import InventorySync
 from gateway.metrics import Metrics
 from gateway.pipeline import Intake
 from gateway.routecheck import lint
@@ -47,6 +48,8 @@ class Runtime:
         self._lock = asyncio.Lock()
         self._watch: asyncio.Task[None] | None = None
         self.overrides: dict[tuple[str, ...], Any] = {}
+        self.inventory: InventorySync | None = None
+        """The inventory sync, when the configuration has an ``inventory`` section."""
 
     def _observer(self, alerter: Alerter) -> Callable[[str, str, dict[str, object]], None]:
         def observe(kind: str, sink: str, data: dict[str, object]) -> None:
@@ -63,6 +66,13 @@ class Runtime:
             if errors:
                 raise ConfigError("invalid routing configuration:\n  " + "\n  ".join(str(f) for f in errors))
             sinks: dict[str, Sink] = {name: build_sink(name, cfg) for name, cfg in settings.sinks.items()}
+            inventory = (
+                InventorySync(
+                    self.store, settings.inventory, sinks, {n: c.retry for n, c in settings.sinks.items()}
+                )
+                if settings.inventory is not None and settings.inventory.enabled
+                else None
+            )
             alert_sink: Sink | None = None
             if settings.alerts is not None:
                 alert_sink = build_sink(settings.alerts.sink, settings.sinks[settings.alerts.sink])
@@ -81,10 +91,16 @@ class Runtime:
                 if alert_sink is not None:
                     await alert_sink.close()
                 raise ConfigError(f"a sink could not be opened: {exc}") from None
-            old_engine, old_alerter = self.engine, self.alerter
+            old_engine, old_alerter, old_inventory = self.engine, self.alerter, self.inventory
             self.engine, self.alerter, self.settings = engine, alerter, settings
             self.intake.routing = table
             self.intake.on_outbox = engine.notify
+            if old_inventory is not None:
+                await old_inventory.stop()
+            self.inventory = inventory
+            self.intake.on_stock = inventory.notify if inventory is not None else None
+            if inventory is not None:
+                await inventory.start()
             if old_engine is not None:
                 await old_engine.stop()
             await old_alerter.close()
@@ -136,6 +152,8 @@ class Runtime:
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
+        if self.inventory is not None:
+            await self.inventory.stop()
         if self.engine is not None:
             await self.engine.stop(grace_s)
         await self.alerter.close()

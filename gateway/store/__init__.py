@@ -18,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.adapter import Issue, OutcomeKind
 from gateway.lineage import EventDraft, LineageEvent, Verification
+from gateway.stock import Movement, ReportedLevel
+from gateway.store.ledger import MovementRow, PushRow, ReportRow, StockLevel
 
 CONTROL_ID_CONFLICT = Issue(
     "error",
@@ -71,6 +73,10 @@ class IntakeRecord:
     route: str = ""
     """The route that matched, ``(unmatched)``, or "" when routing is off or the message was rejected."""
     deliveries: Sequence[PlannedDelivery] = ()
+    movements: Sequence[Movement] = ()
+    """Stock movements applied to the inventory ledger with the message (accepted messages only)."""
+    reports: Sequence[ReportedLevel] = ()
+    """Levels a channel reported in the message, kept for reconciliation."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,6 +355,32 @@ class Store(Protocol):
     def lineage_head(self) -> tuple[int, str] | None:
         """The last committed event's (seq, hash)."""
         ...
+
+    # -- inventory ledger (gateway.store.ledger) -------------------------------------------
+
+    async def adjust_stock(self, sku: str, location: str, on_hand: int, actor: str) -> StockLevel:
+        """Set the counted quantity on hand at a location (a movement of the difference)."""
+        ...
+
+    async def record_push(self, channel: str, sku: str, available: int, version: int) -> None:
+        """Note the level pushed to a channel (and its lineage event)."""
+        ...
+
+    async def forget_pushes(
+        self, channel: str, skus: Sequence[str], actor: str, drift: Mapping[str, int]
+    ) -> None:
+        """Drop what a channel was last sent for ``skus`` so that the next sweep pushes again (drift fixed)."""
+        ...
+
+    def stock(self, sku: str) -> StockLevel: ...
+
+    def stock_skus(self) -> list[str]: ...
+
+    def stock_movements(self, sku: str, limit: int = 20) -> list[MovementRow]: ...
+
+    def stock_pushes(self, channel: str | None = None) -> list[PushRow]: ...
+
+    def stock_reports(self, channel: str) -> list[ReportRow]: ...
 
     async def check(self) -> bool:
         """True when a write transaction can be committed now."""

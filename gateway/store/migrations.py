@@ -98,3 +98,50 @@ MIGRATIONS.append(
     # 4: time-range reads of lineage (exports, audits); times grow with seq, so it appends at the right.
     "CREATE INDEX lineage_at ON lineage (at)"
 )
+
+MIGRATIONS.append(
+    # 5: the inventory ledger. Every stock movement once, by its key (source + line + effect); the levels
+    # per (SKU, location) they add up to, stamped with the seq of the last movement (the ledger version);
+    # the level last pushed to each channel; the levels channels last reported, for reconciliation.
+    """
+    CREATE TABLE stock_movements (
+        seq         INTEGER PRIMARY KEY,
+        key         TEXT NOT NULL UNIQUE,
+        message_id  TEXT,
+        at          TEXT NOT NULL,
+        location    TEXT NOT NULL,
+        sku         TEXT NOT NULL,
+        on_hand     INTEGER NOT NULL,
+        reserved    INTEGER NOT NULL,
+        kind        TEXT NOT NULL,
+        actor       TEXT NOT NULL
+    );
+    CREATE INDEX stock_movements_sku ON stock_movements (sku, seq);
+    CREATE TABLE stock_levels (
+        sku       TEXT NOT NULL,
+        location  TEXT NOT NULL,
+        on_hand   INTEGER NOT NULL,
+        reserved  INTEGER NOT NULL,
+        version   INTEGER NOT NULL,
+        PRIMARY KEY (sku, location)
+    ) WITHOUT ROWID;
+    CREATE TABLE stock_pushes (
+        channel    TEXT NOT NULL,
+        sku        TEXT NOT NULL,
+        available  INTEGER NOT NULL,
+        version    INTEGER NOT NULL,
+        pushed_at  TEXT NOT NULL,
+        PRIMARY KEY (channel, sku)
+    ) WITHOUT ROWID;
+    CREATE TABLE stock_reports (
+        channel     TEXT NOT NULL,
+        location    TEXT NOT NULL,
+        item        TEXT NOT NULL,
+        sku         TEXT NOT NULL,
+        available   INTEGER NOT NULL,
+        message_id  TEXT,
+        at          TEXT NOT NULL,
+        PRIMARY KEY (channel, location, item)
+    ) WITHOUT ROWID;
+    """
+)

@@ -27,7 +27,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from datetime import datetime
@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from gateway.envelope import id_floor, utcnow
+from gateway.envelope import id_floor, new_id, utcnow
 from gateway.errors import StoreError, StoreUnavailable
 from gateway.lineage import (
     GENESIS_HASH,
@@ -48,6 +48,7 @@ from gateway.lineage import (
     verify_chain,
 )
 from gateway.routing import UNMATCHED_ROUTE
+from gateway.stock import Movement
 from gateway.store import (
     CONTROL_ID_CONFLICT,
     AttemptResult,
@@ -61,7 +62,9 @@ from gateway.store import (
     MessageRow,
     ReplyRecord,
     SinkBacklog,
+    ledger,
 )
+from gateway.store.ledger import MovementRow, PushRow, ReportRow, StockLevel
 from gateway.store.migrations import MIGRATIONS
 
 log = logging.getLogger("gateway.store")
@@ -532,6 +535,12 @@ class SQLiteStore:
             )
         if rec.route and conflict_with is None:
             drafts.append(self._route_event(txn, rec, at, status))
+        if status == "accepted" and (rec.movements or rec.reports):
+            if rec.movements:
+                applied = ledger.apply_movements(txn.conn, rec.movements, rec.id, rec.protocol, at)
+                drafts.append(ledger.movement_event(applied, rec.id, "inventory"))
+            if rec.reports:
+                ledger.record_reports(txn.conn, rec.reports, rec.id, at)
         if status == "accepted":
             drafts.append(EventDraft("MessageAccepted", rec.id, rec.listener, outcome="accepted"))
         else:
@@ -761,6 +770,62 @@ class SQLiteStore:
             oldest_ts = datetime.fromisoformat(oldest).timestamp() if oldest else None
             out.append(SinkBacklog(sink, int(pending or 0), oldest_ts, int(dead or 0)))
         return out
+
+    # -- inventory ledger -----------------------------------------------------------------------
+
+    async def adjust_stock(self, sku: str, location: str, on_hand: int, actor: str) -> StockLevel:
+        def fn(txn: _Txn) -> StockLevel:
+            at = utcnow().isoformat()
+            delta = on_hand - ledger.on_hand_at(txn.conn, sku, location)
+            move = Movement(f"adjustment:{new_id()}", location, sku, on_hand=delta, kind="adjustment")
+            applied = ledger.apply_movements(txn.conn, [move], None, actor, at)
+            txn.append([ledger.movement_event(applied, None, actor, "StockAdjusted")], at)
+            return ledger.stock_level(txn.conn, sku)
+
+        return await self.submit(fn)
+
+    async def record_push(self, channel: str, sku: str, available: int, version: int) -> None:
+        def fn(txn: _Txn) -> None:
+            at = utcnow().isoformat()
+            ledger.record_push(txn.conn, channel, sku, available, version, at)
+            details = {"channel": channel, "sku": sku, "available": available, "version": version}
+            txn.append(
+                [EventDraft("InventoryPushed", None, f"inventory:{channel}", "delivered", details=details)],
+                at,
+            )
+
+        await self.submit(fn, urgent=False)
+
+    async def forget_pushes(
+        self, channel: str, skus: Sequence[str], actor: str, drift: Mapping[str, int]
+    ) -> None:
+        def fn(txn: _Txn) -> None:
+            at = utcnow().isoformat()
+            for sku in skus:
+                ledger.forget_push(txn.conn, channel, sku)
+            details = {
+                "channel": channel,
+                "skus": sorted(skus)[: ledger.MAX_SKUS_IN_EVENT],
+                "drift": dict(drift),
+            }
+            txn.append([EventDraft("InventoryDriftFixed", None, actor, "repush", details=details)], at)
+
+        await self.submit(fn)
+
+    def stock(self, sku: str) -> StockLevel:
+        return ledger.stock_level(self._reader(), sku)
+
+    def stock_skus(self) -> list[str]:
+        return ledger.skus(self._reader())
+
+    def stock_movements(self, sku: str, limit: int = 20) -> list[MovementRow]:
+        return ledger.movements_of(self._reader(), sku, max(1, min(limit, 1000)))
+
+    def stock_pushes(self, channel: str | None = None) -> list[PushRow]:
+        return ledger.pushes(self._reader(), channel)
+
+    def stock_reports(self, channel: str) -> list[ReportRow]:
+        return ledger.reports(self._reader(), channel)
 
     # -- reads --------------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ import datetime as dt
 import ipaddress
 import ssl
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -175,6 +176,8 @@ class Recorded:
     headers: dict[str, str]
     body: bytes
     client_port: int
+    at: float = field(default_factory=time.time)
+    """When the request's body had arrived (wall clock, comparable with the gateway's timestamps)."""
 
 
 class Receiver:

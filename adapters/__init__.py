@@ -11,10 +11,18 @@ from collections.abc import Callable
 from adapters.finance.iso8583 import ISO8583Adapter
 from adapters.finance.iso20022 import ISO20022Adapter
 from adapters.hl7.adapter import HL7Adapter
+from adapters.retail.pos_json import POSJSONAdapter
+from adapters.retail.poslog import POSLogAdapter
+from adapters.retail.shopify import ShopifyAdapter
+from adapters.retail.square import SquareAdapter
 from gateway.adapter import Adapter
 
 BUILTIN_ADAPTERS: dict[str, Callable[..., Adapter]] = {
     "hl7v2": HL7Adapter,
     "iso20022": ISO20022Adapter,
     "iso8583": ISO8583Adapter,
+    "shopify": ShopifyAdapter,
+    "square": SquareAdapter,
+    "poslog": POSLogAdapter,
+    "pos_json": POSJSONAdapter,
 }

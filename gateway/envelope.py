@@ -82,9 +82,9 @@ class Envelope:
     control_id: str
     sender: str
     receiver: str
-    raw: bytes
+    raw: bytes = field(repr=False)
     raw_sha256: str
-    body: Any
+    body: Any = field(repr=False)
     headers: Mapping[str, str]
     business_keys: Mapping[str, str] = field(default_factory=dict, repr=False)
     """Values lineage searches find the message by; the store keeps only their keyed pseudonyms

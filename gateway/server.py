@@ -21,6 +21,8 @@ import uvicorn
 from adapters import BUILTIN_ADAPTERS
 from adapters.finance.iso8583_listener import ISO8583Server
 from adapters.hl7.mllp import MLLPServer
+from adapters.retail.pos_json import json_schema as pos_json_schema
+from adapters.retail.poslog_drop import DropFolder
 from gateway.app import create_app, ingest_channels
 from gateway.checkpoints import Checkpointer, load_or_create_key, public_path, verify_store
 from gateway.config import Settings, parse_address
@@ -31,6 +33,7 @@ from gateway.pipeline import Intake
 from gateway.runtime import Runtime
 from gateway.security import BOOTSTRAP_KEY_FILE, KeyRing, pseudonym_key
 from gateway.store.sqlite import SQLiteStore
+from gateway.webhooks import shopify_signature, square_signature
 
 log = logging.getLogger("gateway.server")
 
@@ -104,6 +107,27 @@ async def serve(
             extra={"address": f"{host}:{listener.port}", "tls": listener.config.tls is not None},
         )
 
+    poslog = BUILTIN_ADAPTERS["poslog"](max_depth=settings.poslog.max_depth)
+    drop: DropFolder | None = None
+    if settings.poslog.drop_dir is not None:
+        drop = DropFolder(
+            intake,
+            poslog,
+            settings.poslog.drop_dir,
+            poll_s=settings.poslog.poll_s,
+            settle_s=settings.poslog.settle_s,
+            max_bytes=settings.http.max_body_bytes,
+        )
+        await drop.start()
+        log.info("poslog drop folder watched", extra={"folder": str(settings.poslog.drop_dir)})
+    http_adapters = {
+        "hl7v2": hl7(validation=settings.http.validation),
+        "iso20022": BUILTIN_ADAPTERS["iso20022"](settings.iso20022),
+        "poslog": poslog,
+        "pos_json": BUILTIN_ADAPTERS["pos_json"](),
+        "shopify": BUILTIN_ADAPTERS["shopify"](),
+        "square": BUILTIN_ADAPTERS["square"](),
+    }
     http_task: asyncio.Task[None] | None = None
     http: _Uvicorn | None = None
     if settings.http.address != "off":
@@ -113,9 +137,15 @@ async def serve(
             intake=intake,
             keyring=keyring,
             ingest_channels=ingest_channels(
-                hl7(validation=settings.http.validation),
-                BUILTIN_ADAPTERS["iso20022"](settings.iso20022),
+                http_adapters,
+                {
+                    "shopify": shopify_signature(settings.shopify.webhook_secret),
+                    "square": square_signature(
+                        settings.square.signature_key, settings.square.notification_url
+                    ),
+                },
             ),
+            schemas={"pos_json": pos_json_schema()},
             max_body_bytes=settings.http.max_body_bytes,
             runtime=runtime,
             metrics=metrics,
@@ -151,6 +181,8 @@ async def serve(
     log.info("gateway stopping")
     for listener in listeners:
         await listener.stop()
+    if drop is not None:
+        await drop.stop()
     if http is not None and http_task is not None:
         http.should_exit = True
         await http_task

@@ -1,0 +1,143 @@
+"""The POSLog drop folder: a listener that takes the files a POS writes into a folder.
+
+Many stores' back-office systems write a POSLog file per transaction or per
+day into a shared folder rather than calling an API. Every ``poll_s`` the
+listener looks at the folder; a regular file that has not changed for
+``settle_s`` (the POS may still be writing it) goes through intake exactly
+like a ``POST /ingest/poslog``. Then:
+
+* every transaction stored and accepted → the file moves to ``done/``;
+* any transaction invalid or refused → the file moves to ``failed/``, with the
+  reply beside it as ``<name>.reply.json`` (issue codes and locations, no
+  payload values);
+* the store could not take it (503) → the file stays where it is and is tried
+  again at the next poll: nothing is lost;
+* a file over ``max_bytes`` → ``failed/`` with a reply that says so, unread.
+
+A crash between the commit and the move only means the file is taken again
+at start, and intake recognises it as a duplicate (same control ids, same
+content), so nothing is applied twice. Hidden files (``.name``) and files
+ending ``.tmp`` or ``.part`` are never picked up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from gateway.adapter import Adapter
+from gateway.envelope import Receipt
+from gateway.pipeline import Intake
+
+log = logging.getLogger("gateway.poslog_drop")
+
+SKIPPED_SUFFIXES = (".tmp", ".part", ".reply.json")
+
+
+class DropFolder:
+    """Polls ``folder`` and hands each settled file to intake (see the module docstring)."""
+
+    name = "poslog-drop"
+
+    def __init__(
+        self,
+        intake: Intake,
+        adapter: Adapter,
+        folder: Path,
+        *,
+        poll_s: float = 1.0,
+        settle_s: float = 1.0,
+        max_bytes: int = 10 * 1024 * 1024,
+    ) -> None:
+        self.intake = intake
+        self.adapter = adapter
+        self.folder = folder
+        self.done = folder / "done"
+        self.failed = folder / "failed"
+        self.poll_s = poll_s
+        self.settle_s = settle_s
+        self.max_bytes = max_bytes
+        self._task: asyncio.Task[None] | None = None
+        self.taken = 0
+        """Files moved to done/ or failed/ since start."""
+
+    async def start(self) -> None:
+        for folder in (self.folder, self.done, self.failed):
+            folder.mkdir(parents=True, exist_ok=True)
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.poll()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bad poll must not end the listener
+                log.exception("drop folder poll failed", extra={"folder": str(self.folder)})
+            await asyncio.sleep(self.poll_s)
+
+    def _ready(self) -> list[Path]:
+        now = time.time()
+        out = []
+        with os.scandir(self.folder) as entries:
+            for entry in entries:
+                if entry.name.startswith(".") or entry.name.endswith(SKIPPED_SUFFIXES):
+                    continue
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                if now - entry.stat().st_mtime >= self.settle_s:
+                    out.append(Path(entry.path))
+        return sorted(out)
+
+    async def poll(self) -> int:
+        """Take every settled file once; return how many were moved."""
+        moved = 0
+        for path in self._ready():
+            if await self.take(path):
+                moved += 1
+        return moved
+
+    async def take(self, path: Path) -> bool:
+        size = path.stat().st_size
+        receipt = Receipt(self.name, peer=f"file:{path.name}", content_type="application/xml")
+        if size > self.max_bytes:
+            refusal = {"outcome": "invalid", "issues": [{"code": "too_large", "severity": "fatal"}]}
+            self._move(path, self.failed, json.dumps(refusal).encode())
+            log.warning("poslog file over the size limit", extra={"file": path.name, "bytes": size})
+            return True
+        raw = path.read_bytes()
+        result = await self.intake.receive(self.adapter, raw, receipt)
+        reply = result.combined()
+        self.intake.replied(result)
+        if reply.status == 503:
+            log.warning("store unavailable; the file stays for the next poll", extra={"file": path.name})
+            return False
+        if reply.accepted:
+            self._move(path, self.done, None)
+        else:
+            self._move(path, self.failed, reply.body)
+        log.info(
+            "poslog file taken",
+            extra={"file": path.name, "outcome": reply.code, "messages": len(result.message_ids)},
+        )
+        return True
+
+    def _move(self, path: Path, folder: Path, reply: bytes | None) -> None:
+        target = folder / path.name
+        if target.exists():  # the same name again: keep both
+            target = folder / f"{path.stem}.{int(time.time() * 1000)}{path.suffix}"
+        if reply is not None:
+            (folder / f"{target.name}.reply.json").write_bytes(reply)
+        os.replace(path, target)
+        self.taken += 1

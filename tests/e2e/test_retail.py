@@ -1,0 +1,358 @@
+"""End to end: retail webhooks and POS files into the real gateway, the inventory ledger, levels pushed.
+
+The gateway runs as a real process; Shopify's Admin API and the store POS are
+real HTTP receivers that record every level pushed to them and when it arrived.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.webhooks import shopify_signature, square_signature
+from tests.gateway.sinks.peers import Receiver, Recorded
+from tests.retail_messages import (
+    CUSTOMER_EMAIL,
+    CUSTOMER_PHONE,
+    poslog_sale,
+    shopify_headers,
+    shopify_level,
+    shopify_order,
+    shopify_refund,
+    square_payment,
+)
+from tests.support import Gateway, wait_until
+
+pytestmark = pytest.mark.e2e
+
+SECRET = "shpss_0123456789abcdef0123456789abcdef"
+SQUARE_KEY = "sq-signature-key-0123456789"
+SQUARE_URL = "https://gateway.example.com/ingest/square"
+KEY = "retail-key-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+XML = {**AUTH, "Content-Type": "application/xml"}
+LOCATION = 655441491
+ITEMS = {"SKU-A": "1001", "SKU-B": "1002"}
+SAFETY = 2
+SHOPIFY = shopify_signature(SECRET)
+
+
+@pytest.fixture
+def shop(tmp_path: Path) -> Iterator[tuple[Gateway, Receiver, Receiver, Receiver]]:
+    with Receiver() as erp, Receiver() as admin, Receiver() as pos:
+        fast = {"max_attempts": 5, "base_s": 0.05, "cap_s": 0.2}
+        gw = Gateway(
+            tmp_path,
+            {
+                "auth": {
+                    "api_keys": [
+                        {
+                            "name": "store",
+                            "key": KEY,
+                            "scopes": [
+                                "ingest:poslog",
+                                "ingest:pos_json",
+                                "inventory:read",
+                                "inventory:write",
+                                "messages:read",
+                                "lineage:read",
+                            ],
+                        }
+                    ]
+                },
+                "shopify": {"webhook_secret": SECRET},
+                "square": {"signature_key": SQUARE_KEY, "notification_url": SQUARE_URL},
+                "poslog": {"drop_dir": str(tmp_path / "drop"), "poll_s": 0.1, "settle_s": 0.1},
+                "sinks": {
+                    "erp": {"type": "http", "endpoint": erp.url, "retry": fast},
+                    "shopify_admin": {"type": "http", "endpoint": admin.url, "retry": fast},
+                    "pos": {"type": "http", "endpoint": pos.url, "retry": fast},
+                },
+                "routes": [
+                    {
+                        "name": "retail-to-erp",
+                        "match": {"protocol": ["shopify", "square", "poslog", "pos_json"]},
+                        "to": ["erp"],
+                    }
+                ],
+                "unmatched": "reject",
+                "inventory": {
+                    "safety_stock": SAFETY,
+                    "sweep_s": 0.5,
+                    "channels": {
+                        "web": {
+                            "sink": "shopify_admin",
+                            "format": "shopify",
+                            "location_id": str(LOCATION),
+                            "items": ITEMS,
+                            "reports": "shopify",
+                        },
+                        "store": {"sink": "pos", "format": "json"},
+                    },
+                },
+            },
+        ).start()
+        try:
+            yield gw, erp, admin, pos
+        finally:
+            gw.stop()
+
+
+def count(gw: Gateway, sku: str, location: str, on_hand: int) -> None:
+    r = httpx.put(
+        f"{gw.http_url}/api/inventory/{sku}/locations/{location}", json={"on_hand": on_hand}, headers=AUTH
+    )
+    assert r.status_code == 200, r.text
+
+
+def inventory(gw: Gateway, sku: str) -> dict[str, Any]:
+    r = httpx.get(f"{gw.http_url}/api/inventory/{sku}", params={"movements": 1000}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def webhook(gw: Gateway, body: bytes, topic: str, webhook_id: str, event_id: str) -> httpx.Response:
+    return httpx.post(
+        f"{gw.http_url}/ingest/shopify",
+        content=body,
+        headers=shopify_headers(SHOPIFY, body, topic, webhook_id, event_id),
+    )
+
+
+def pushes(receiver: Receiver, sku: str) -> list[tuple[Recorded, int, int]]:
+    """(request, level, ledger version) of every push of ``sku`` to ``receiver``, in arrival order."""
+    out = []
+    for req in list(receiver.requests):
+        version = int(req.headers["idempotency-key"].rsplit(":", 1)[1])
+        body = json.loads(req.body)
+        if body.get("sku", sku) != sku or (
+            "inventory_item_id" in body and str(body["inventory_item_id"]) != ITEMS[sku]
+        ):
+            continue
+        out.append((req, int(body["available"]), version))
+    return out
+
+
+def available_at(moves: list[dict[str, Any]], *, seq: int | None = None, at: str | None = None) -> int:
+    """Available-to-sell from the movements up to a ledger version (seq) or a moment (ISO time)."""
+    on_hand = reserved = 0
+    for m in moves:
+        if (seq is not None and m["seq"] <= seq) or (at is not None and m["at"] <= at):
+            on_hand += m["on_hand"]
+            reserved += m["reserved"]
+    return max(0, on_hand - reserved - SAFETY)
+
+
+def iso(ts: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def test_store_and_web_sales_never_push_more_than_is_available(
+    shop: tuple[Gateway, Receiver, Receiver, Receiver],
+) -> None:
+    gw, erp, admin, pos = shop
+    count(gw, "SKU-A", "warehouse", 9)
+    count(gw, "SKU-B", "warehouse", 5)
+    assert wait_until(lambda: len(pushes(admin, "SKU-A")) >= 1 and len(pushes(pos, "SKU-B")) >= 1)
+
+    errors: list[str] = []
+    orders: list[tuple[bytes, str, str]] = []
+
+    def web() -> None:
+        for n in range(6):
+            sku = "SKU-A" if n % 3 else "SKU-B"
+            body = shopify_order(5000 + n, [(9000 + n, sku, 1)])
+            orders.append((body, f"wh-{n}", f"ev-{n}"))
+            r = webhook(gw, body, "orders/create", f"wh-{n}", f"ev-{n}")
+            if r.status_code != 200:
+                errors.append(f"web {n}: {r.status_code} {r.text}")
+
+    def store() -> None:
+        for n in range(6):
+            sku = "SKU-A" if n % 2 == 0 else "SKU-B"
+            r = httpx.post(
+                f"{gw.http_url}/ingest/poslog",
+                content=poslog_sale("12", "3", 100 + n, [(sku, 1)]),
+                headers=XML,
+            )
+            if r.status_code != 200:
+                errors.append(f"store {n}: {r.status_code} {r.text}")
+
+    threads = [threading.Thread(target=web), threading.Thread(target=store)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+    # 4 web + 3 store sales of SKU-A (9 on hand), 2 web + 3 store of SKU-B (5 on hand)
+    a, b = inventory(gw, "SKU-A"), inventory(gw, "SKU-B")
+    assert (a["on_hand"], a["available"]) == (2, 0)
+    assert (b["on_hand"], b["available"]) == (0, 0)
+    for view in (a, b):
+        assert view["on_hand"] == sum(m["on_hand"] for m in view["movements"])  # the ledger is its movements
+        assert {x["location"] for x in view["locations"]} == {
+            "warehouse",
+            f"shopify:{'north-shop.myshopify.com'}",
+            "store:12",
+        }
+
+    for receiver in (admin, pos):
+        for sku, view in (("SKU-A", a), ("SKU-B", b)):
+            assert wait_until(lambda r=receiver, s=sku: bool(pushes(r, s)) and pushes(r, s)[-1][1] == 0), (
+                f"{sku}: the last level pushed never reached 0"
+            )
+            moves = sorted(view["movements"], key=lambda m: m["seq"])
+            zero_from = min(m["seq"] for m in moves if available_at(moves, seq=m["seq"]) == 0)
+            last_version = -1
+            for req, level, version in pushes(receiver, sku):
+                # the level sent is the ledger's level at the version it names, and versions only go up
+                assert level == available_at(moves, seq=version), (sku, level, version)
+                assert version > last_version
+                last_version = version
+                # when it arrived, the channel was never offered more than the ledger had, beyond the safety stock
+                assert level <= available_at(moves, at=iso(req.at)) + SAFETY, (sku, level)
+                if version >= zero_from:
+                    assert level == 0
+            assert view["channels"]["web" if receiver is admin else "store"]["available"] == 0
+
+    # the Shopify admin channel gets inventory_levels/set bodies for its own item ids and location
+    body = json.loads(pushes(admin, "SKU-A")[-1][0].body)
+    assert body == {"location_id": LOCATION, "inventory_item_id": 1001, "available": 0}
+
+    # redelivered webhooks, and the same orders seen again as orders/paid, change nothing
+    before = (inventory(gw, "SKU-A"), inventory(gw, "SKU-B"))
+    for body, wh, ev in orders:
+        assert webhook(gw, body, "orders/create", wh, ev).status_code == 200
+        assert webhook(gw, body, "orders/paid", f"paid-{wh}", f"paid-{ev}").status_code == 200
+    after = (inventory(gw, "SKU-A"), inventory(gw, "SKU-B"))
+    assert [(v["on_hand"], v["version"]) for v in after] == [(v["on_hand"], v["version"]) for v in before]
+
+    # a refund with restock puts stock back, and the level pushed rises again
+    refund = shopify_refund(8800, 5001, [(7700, 9001, "SKU-A", 1)])
+    r = webhook(gw, json.dumps(refund).encode(), "refunds/create", "wh-refund", "ev-refund")
+    assert r.status_code == 200, r.text
+    assert inventory(gw, "SKU-A")["on_hand"] == 3
+    assert wait_until(lambda: pushes(admin, "SKU-A")[-1][1] == 1)
+
+    # every retail message also went its route
+    assert wait_until(lambda: len(erp.requests) >= 6 + 6 + 6 + 1)
+
+
+def test_signatures_refuse_and_store_nothing(shop: tuple[Gateway, Receiver, Receiver, Receiver]) -> None:
+    gw, *_ = shop
+    body = shopify_order(6001, [(9101, "SKU-A", 1)])
+    good = shopify_headers(SHOPIFY, body, "orders/create", "wh-s1", "ev-s1")
+    wrong = shopify_headers(
+        shopify_signature("another-secret-entirely"), body, "orders/create", "wh-s1", "ev-s1"
+    )
+    missing = {k: v for k, v in good.items() if k != "X-Shopify-Hmac-Sha256"}
+    url = f"{gw.http_url}/ingest/shopify"
+    for content, headers in (
+        (body.replace(b'"quantity": 1', b'"quantity": 9'), good),  # altered after signing
+        (body, wrong),
+        (body, missing),
+        (body, {**good, "X-Shopify-Hmac-Sha256": "not base64!"}),
+    ):
+        r = httpx.post(url, content=content, headers=headers)
+        assert r.status_code == 401, r.text
+        assert r.json()["error"] == "unauthorized"
+    listed = httpx.get(f"{gw.http_url}/api/messages", params={"protocol": "shopify"}, headers=AUTH).json()
+    assert listed["items"] == []
+    # an API key is no substitute for the signature
+    assert (
+        httpx.post(url, content=body, headers={**AUTH, "Content-Type": "application/json"}).status_code == 401
+    )
+
+    # the genuine delivery is taken once; the replay is acknowledged and not applied again
+    first = httpx.post(url, content=body, headers=good)
+    assert first.status_code == 200, first.text
+    again = httpx.post(url, content=body, headers=good)
+    assert again.status_code == 200
+    assert again.json()["id"] == first.json()["id"]
+    assert (
+        len(
+            httpx.get(f"{gw.http_url}/api/messages", params={"protocol": "shopify"}, headers=AUTH).json()[
+                "items"
+            ]
+        )
+        == 1
+    )
+
+    # Square signs the notification URL with the body
+    square = square_signature(SQUARE_KEY, SQUARE_URL)
+    payment = square_payment("ev-sq-1", 1999)
+    sq_headers = {"Content-Type": "application/json", "x-square-hmacsha256-signature": square.sign(payment)}
+    r = httpx.post(f"{gw.http_url}/ingest/square", content=payment, headers=sq_headers)
+    assert r.status_code == 200, r.text
+    other_url = square_signature(SQUARE_KEY, "https://elsewhere.example.com/hook").sign(payment)
+    r = httpx.post(
+        f"{gw.http_url}/ingest/square",
+        content=payment,
+        headers={**sq_headers, "x-square-hmacsha256-signature": other_url},
+    )
+    assert r.status_code == 401
+    row = httpx.get(
+        f"{gw.http_url}/api/messages/{httpx.post(f'{gw.http_url}/ingest/square', content=payment, headers=sq_headers).json()['id']}",
+        headers=AUTH,
+    ).json()
+    assert row["headers"]["total_amount"] == "19.99"
+
+    # the customer's contact data is nowhere but in the raw bytes
+    shown = json.dumps(
+        httpx.get(f"{gw.http_url}/api/messages", params={"protocol": "shopify"}, headers=AUTH).json()
+    ) + json.dumps(httpx.get(f"{gw.http_url}/api/lineage/messages/{first.json()['id']}", headers=AUTH).json())
+    gw.stop()
+    for secret in (CUSTOMER_EMAIL, CUSTOMER_PHONE, "Whitfield", "Harbour Lane", SECRET, "411111"):
+        assert secret not in shown
+        assert secret not in gw.logs()
+
+
+def test_drop_folder_and_reconciliation(shop: tuple[Gateway, Receiver, Receiver, Receiver]) -> None:
+    gw, _, admin, _ = shop
+    drop = gw.workdir / "drop"
+    count(gw, "SKU-A", "warehouse", 10)
+    assert wait_until(lambda: drop.is_dir())
+    (drop / "day-1.xml").write_bytes(poslog_sale("12", "4", 500, [("SKU-A", 2)]))
+    (drop / "broken.xml").write_bytes(b"<POSLog><Transaction>")
+    assert wait_until(
+        lambda: (drop / "done" / "day-1.xml").exists() and (drop / "failed" / "broken.xml").exists()
+    )
+    reply = json.loads((drop / "failed" / "broken.xml.reply.json").read_text())
+    assert reply["outcome"] == "invalid" and reply["issues"][0]["code"] == "not_well_formed"
+    assert inventory(gw, "SKU-A")["on_hand"] == 8
+    assert wait_until(lambda: pushes(admin, "SKU-A")[-1][1] == 8 - SAFETY)
+
+    # Shopify reports another level for the item (a manual edit in its admin): drift
+    body = shopify_level(1001, LOCATION, 11)
+    assert webhook(gw, body, "inventory_levels/update", "wh-lvl", "ev-lvl").status_code == 200
+    sent = len(admin.requests)
+    check = gw.cli("inventory", "reconcile", "--json", *gw.store_args())
+    assert check.returncode == 1, check.stderr
+    assert json.loads(check.stdout) == [
+        {
+            "channel": "web",
+            "sku": "SKU-A",
+            "reported": 11,
+            "available": 6,
+            "drift": 5,
+            "reported_at": json.loads(check.stdout)[0]["reported_at"],
+        }
+    ]
+    fixed = httpx.post(f"{gw.http_url}/api/inventory/reconcile", params={"fix": "true"}, headers=AUTH)
+    assert fixed.status_code == 200 and len(fixed.json()["drift"]) == 1
+    assert wait_until(lambda: len(admin.requests) > sent and pushes(admin, "SKU-A")[-1][1] == 6)
+    shown = gw.cli("inventory", "show", "SKU-A", *gw.store_args())
+    assert shown.returncode == 0 and "available 6" in shown.stdout
+    events = httpx.post(
+        f"{gw.http_url}/api/lineage/search", json={"event": "InventoryDriftFixed"}, headers=AUTH
+    ).json()
+    assert len(events["events"]) == 1

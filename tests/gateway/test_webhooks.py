@@ -1,0 +1,60 @@
+"""Webhook signatures: Shopify's and Square's HMAC schemes, checked in constant time, refusing by default."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+
+import pytest
+
+from gateway.errors import AuthError
+from gateway.webhooks import shopify_signature, square_signature
+
+BODY = b'{"id": 820982911946154508, "email": "jon@example.com"}'
+
+
+def test_shopify_signature_is_base64_hmac_sha256_of_the_body() -> None:
+    expected = base64.b64encode(hmac.new(b"secret-1", BODY, hashlib.sha256).digest()).decode()
+    sig = shopify_signature("secret-1")
+    assert sig.sign(BODY) == expected
+    sig.verify(BODY, {"x-shopify-hmac-sha256": expected})
+
+
+def test_square_signs_the_notification_url_then_the_body() -> None:
+    url = "https://gw.example.com/ingest/square"
+    expected = base64.b64encode(hmac.new(b"sq-key", url.encode() + BODY, hashlib.sha256).digest()).decode()
+    square_signature("sq-key", url).verify(BODY, {"x-square-hmacsha256-signature": expected})
+    with pytest.raises(AuthError):
+        square_signature("sq-key", "https://other.example.com/hook").verify(
+            BODY, {"x-square-hmacsha256-signature": expected}
+        )
+
+
+@pytest.mark.parametrize(
+    ("body", "header"),
+    [
+        (BODY + b" ", None),  # altered body
+        (BODY, ""),  # empty header
+        (BODY, "***"),  # not base64
+        (BODY, base64.b64encode(b"x" * 32).decode()),  # wrong digest
+    ],
+)
+def test_bad_signatures_are_401(body: bytes, header: str | None) -> None:
+    sig = shopify_signature("secret-1")
+    value = sig.sign(BODY) if header is None else header
+    with pytest.raises(AuthError) as caught:
+        sig.verify(body, {"x-shopify-hmac-sha256": value})
+    assert caught.value.status == 401
+    assert "secret-1" not in caught.value.reason
+
+
+def test_without_a_secret_every_delivery_is_refused() -> None:
+    with pytest.raises(AuthError):
+        shopify_signature(None).verify(BODY, {"x-shopify-hmac-sha256": "anything"})
+    with pytest.raises(AuthError):  # Square without its notification URL cannot check anything
+        square_signature("sq-key", None).verify(BODY, {"x-square-hmacsha256-signature": "anything"})
+
+
+def test_the_secret_is_not_in_the_repr() -> None:
+    assert "secret-1" not in repr(shopify_signature("secret-1"))

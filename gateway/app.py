@@ -55,7 +55,11 @@ class Ingest:
     title: str
     description: str
     signature: Signature | None = None
-    attributes: frozenset[str] = frozenset()
+
+    @property
+    def attributes(self) -> frozenset[str]:
+        """The adapter's ``transport_headers`` (lower-case), where it declares any."""
+        return frozenset(getattr(self.adapter, "transport_headers", ()))
 
 
 _JSON = frozenset({"application/json"})
@@ -104,16 +108,6 @@ def ingest_channels(
             "Authenticated by X-Shopify-Hmac-Sha256, not an API key. 200 once stored (also for a redelivery); "
             "401 for a bad signature, with nothing stored.",
             signatures.get("shopify"),
-            frozenset(
-                {
-                    "x-shopify-topic",
-                    "x-shopify-shop-domain",
-                    "x-shopify-api-version",
-                    "x-shopify-webhook-id",
-                    "x-shopify-event-id",
-                    "x-shopify-triggered-at",
-                }
-            ),
         ),
         "square": lambda a: Ingest(
             a,

@@ -28,6 +28,7 @@ Reports name fixtures, routes, sinks and issue codes, never message contents.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 import sys
 from collections.abc import Sequence
@@ -42,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from adapters import BUILTIN_ADAPTERS
 from gateway.adapter import ParseError
-from gateway.config import HTTPSinkConfig, MLLPSinkConfig, Settings
+from gateway.config import HTTPSinkConfig, MemorySinkConfig, MLLPSinkConfig, Settings
 from gateway.envelope import Receipt
 from gateway.errors import ConfigError
 from gateway.routing import (
@@ -316,10 +317,37 @@ def lint(settings: Settings) -> list[Finding]:
                     f"{settings.alerts.sink!r} is a {sink.type} sink; expected an http sink (a webhook)",
                 )
             )
+    if settings.inventory is not None:
+        for channel_name, channel in settings.inventory.channels.items():
+            where = f"inventory.channels.{channel_name}.sink"
+            if channel.sink not in settings.sinks:
+                names = ", ".join(sorted(settings.sinks)) or "(none)"
+                errors.append(
+                    Finding("error", where, f"{channel.sink!r} is not a sink; known sinks: {names}")
+                )
+            elif not isinstance(settings.sinks[channel.sink], HTTPSinkConfig | MemorySinkConfig):
+                errors.append(
+                    Finding(
+                        "error", where, f"{channel.sink!r} is not an http sink; levels are pushed over HTTP"
+                    )
+                )
+            if channel.format == "shopify" and channel.location_id is None:
+                errors.append(
+                    Finding(
+                        "error",
+                        f"inventory.channels.{channel_name}.location_id",
+                        "required for the shopify format",
+                    )
+                )
+            used.add(channel.sink)
     for name, sink in settings.sinks.items():
         if name not in used:
             warnings.append(
-                Finding("warning", f"sinks.{name}", "not used by any route, by unmatched or by alerts")
+                Finding(
+                    "warning",
+                    f"sinks.{name}",
+                    "not used by any route, by unmatched, by alerts or by inventory",
+                )
             )
         if isinstance(sink, HTTPSinkConfig | MLLPSinkConfig):
             for finding in _endpoint_findings(name, sink.endpoint):
@@ -407,7 +435,22 @@ def load_route_tests(tests_file: Path) -> list[tuple[str, RouteOutcome]]:
     return cases
 
 
-def _route_fixture(table: RoutingTable, raw: bytes) -> tuple[RouteOutcome | None, str]:
+def transport_sidecar(path: Path) -> dict[str, str]:
+    """The transport headers recorded beside a fixture (``name.headers.json`` beside ``name.json``): a
+    webhook's topic and ids, which arrive as HTTP headers rather than in the body."""
+    sidecar = path.with_name(path.name.removesuffix(path.suffix) + ".headers.json")
+    if not sidecar.is_file():
+        return {}
+    try:
+        loaded = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {str(k).lower(): str(v) for k, v in loaded.items()} if isinstance(loaded, dict) else {}
+
+
+def _route_fixture(
+    table: RoutingTable, raw: bytes, attributes: dict[str, str] | None = None
+) -> tuple[RouteOutcome | None, str]:
     for protocol, constructor in BUILTIN_ADAPTERS.items():
         adapter = constructor()
         if not adapter.detect(raw, None):
@@ -419,7 +462,7 @@ def _route_fixture(table: RoutingTable, raw: bytes) -> tuple[RouteOutcome | None
         outcomes: list[RouteOutcome] = []
         for unit in units:
             try:
-                envelope = adapter.parse(unit, Receipt(listener="route-test"))
+                envelope = adapter.parse(unit, Receipt(listener="route-test", attributes=attributes or {}))
             except ParseError as exc:
                 codes = ", ".join(issue.code for issue in exc.issues) or "unparseable"
                 where = f"message {len(outcomes) + 1} of {len(units)}: " if batch is not None else ""
@@ -455,7 +498,7 @@ def run_route_tests(settings: Settings, tests_file: Path) -> list[RouteTestResul
         if not table.enabled:
             results.append(RouteTestResult(fixture, expected, None, False, "the configuration has no routes"))
             continue
-        actual, note = _route_fixture(table, raw)
+        actual, note = _route_fixture(table, raw, transport_sidecar(path))
         if actual is None:
             results.append(RouteTestResult(fixture, expected, None, False, note))
             continue

@@ -45,7 +45,6 @@ from __future__ import annotations
 import codecs
 import contextlib
 import copy
-import json
 import re
 from collections.abc import Callable, Mapping
 from datetime import date, datetime
@@ -67,8 +66,10 @@ from pydantic import (
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from adapters.finance.identifiers import currency_problem, decimals_problem
+from adapters.retail.jsonbody import load_object
+from adapters.retail.pii import contact_keys
 from adapters.retail.reply import json_reply
-from gateway.adapter import Batch, Issue, Outcome, ParseError, Reply
+from gateway.adapter import Batch, Issue, Outcome, Reply
 from gateway.envelope import Envelope, Receipt, new_id, sha256_hex
 from gateway.stock import Movement, MovementKind, ReportedLevel
 
@@ -392,34 +393,12 @@ def _headers(data: Mapping[str, Any]) -> dict[str, str]:
     return {k: v for k, v in headers.items() if v or k in ("message_type", "version", "control_id")}
 
 
-def mask_email(email: str) -> str:
-    """``jane@example.com`` → ``j***@example.com``."""
-    local, _, domain = email.rpartition("@")
-    return f"{local[:1]}***@{domain}"
-
-
-def mask_phone(phone: str) -> str:
-    """``+44 20 7946 0123`` → ``***0123``."""
-    return "***" + "".join(c for c in phone if c.isdigit())[-4:]
-
-
 def _customer_keys(data: Mapping[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
     """Business keys and their masked forms for the customer's e-mail and phone, where readable."""
     customer = data.get("customer")
-    keys: dict[str, str] = {}
-    masked: dict[str, str] = {}
-    if isinstance(customer, dict):
-        email = _readable(customer, "email", _EMAIL)
-        phone = _readable(customer, "phone", _PHONE)
-        if email:
-            keys["customer_email"], masked["customer_email"] = email, mask_email(email)
-        if phone:
-            keys["customer_phone"], masked["customer_phone"] = phone, mask_phone(phone)
-    return keys, masked
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
+    if not isinstance(customer, dict):
+        return {}, {}
+    return contact_keys(_readable(customer, "email", _EMAIL), _readable(customer, "phone", _PHONE))
 
 
 # -- business rules ------------------------------------------------------------------------------
@@ -504,28 +483,7 @@ class POSJSONAdapter:
 
     def parse(self, raw: bytes, receipt: Receipt) -> Envelope:
         """Read the JSON object (amounts as exact decimals) and the ticket where it fits the model."""
-        try:
-            data = json.loads(bytes(raw), parse_float=Decimal, parse_constant=_refuse_constant)
-        except json.JSONDecodeError as exc:
-            raise ParseError(
-                [
-                    Issue(
-                        "fatal",
-                        "malformed_json",
-                        "",
-                        f"The body is not well-formed JSON (line {exc.lineno}, column {exc.colno}).",
-                    )
-                ],
-                {},
-            ) from None
-        except (ValueError, RecursionError):  # not UTF-8/16/32, NaN or Infinity, nesting or an int too large
-            raise ParseError(
-                [Issue("fatal", "malformed_json", "", "The body is not well-formed JSON in UTF-8.")], {}
-            ) from None
-        if not isinstance(data, dict):
-            raise ParseError(
-                [Issue("fatal", "not_an_object", "", "The body must be one JSON object, one ticket.")], {}
-            )
+        data = load_object(bytes(raw), {}, "one JSON object, one ticket")
         body: POSTicket | dict[str, Any] = data
         if _schema_version(data) in (None, "1"):
             with contextlib.suppress(ValidationError):  # validate() reports why

@@ -40,7 +40,6 @@ whether the refund arrives inside ``orders/cancelled`` or as ``refunds/create``.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -49,9 +48,11 @@ from types import MappingProxyType
 from typing import Any
 
 from adapters.finance.identifiers import currency_problem
+from adapters.retail import jsonbody as jb
+from adapters.retail.jsonbody import Json
 from adapters.retail.pii import contact_keys
 from adapters.retail.reply import json_reply
-from gateway.adapter import Batch, Issue, Outcome, ParseError, Reply
+from gateway.adapter import Batch, Issue, Outcome, Reply
 from gateway.envelope import Envelope, Receipt, Sensitivity, new_id, sha256_hex
 from gateway.stock import Movement, ReportedLevel
 
@@ -143,8 +144,6 @@ _CUSTOMER_FIELDS = (
 )
 """Top-level fields whose presence means the body carries customer data (``pii``)."""
 
-Json = dict[str, Any]
-
 
 @dataclass(frozen=True, slots=True)
 class ShopifyWebhook:
@@ -164,6 +163,8 @@ class ShopifyAdapter:
     """Shopify webhooks (verified by the ingest layer) → envelopes, stock movements and reported levels."""
 
     name: str = "shopify"
+    transport_headers: frozenset[str] = WEBHOOK_HEADERS
+    """The request headers an ingest channel copies into ``Receipt.attributes`` for this adapter."""
 
     def __init__(self) -> None:
         self.rule_sets: Mapping[str, Callable[[Envelope], list[Issue]]] = MappingProxyType({})
@@ -186,7 +187,7 @@ class ShopifyAdapter:
         """Build the envelope from the transport headers in ``receipt.attributes`` and the JSON body."""
         meta = _transport(receipt.attributes)
         headers = _transport_headers(meta)
-        payload = _load_object(raw, headers)
+        payload = jb.load_object(raw, headers)
         hook = ShopifyWebhook(
             topic=meta["topic"],
             shop_domain=meta["shop_domain"],
@@ -249,7 +250,7 @@ class ShopifyAdapter:
         if hook.topic in SALE_TOPICS:
             return _sales(hook.shop_domain, hook.payload)
         if hook.topic == "orders/cancelled":
-            refunds = _dicts(hook.payload.get("refunds"))
+            refunds = jb.objects(hook.payload.get("refunds"))
         elif hook.topic == "refunds/create":
             refunds = [hook.payload]
         else:
@@ -262,7 +263,7 @@ class ShopifyAdapter:
         if not isinstance(hook, ShopifyWebhook) or hook.topic != "inventory_levels/update":
             return []
         item, location, available = (
-            _int(hook.payload.get(k)) for k in ("inventory_item_id", "location_id", "available")
+            jb.integer(hook.payload.get(k)) for k in ("inventory_item_id", "location_id", "available")
         )
         if item is None or location is None or available is None:
             return []
@@ -275,8 +276,8 @@ def variant_items(envelope: Envelope) -> dict[str, str]:
     if not isinstance(hook, ShopifyWebhook) or hook.topic != "products/update":
         return {}
     items: dict[str, str] = {}
-    for variant in _dicts(hook.payload.get("variants")):
-        sku, item = _text(variant.get("sku")), _ident(variant.get("inventory_item_id"))
+    for variant in jb.objects(hook.payload.get("variants")):
+        sku, item = jb.text(variant.get("sku")), _ident(variant.get("inventory_item_id"))
         if sku and item:
             items.setdefault(sku, item)
     return items
@@ -285,54 +286,15 @@ def variant_items(envelope: Envelope) -> dict[str, str]:
 # -- reading values ---------------------------------------------------------------------------------
 
 
-def _load_object(raw: bytes, headers: Mapping[str, str]) -> Json:
-    """The body as a JSON object, or :class:`ParseError` (``malformed_json``, ``not_an_object``)."""
-    try:
-        value = json.loads(raw, parse_float=Decimal, parse_constant=_no_constant)
-    except (ValueError, RecursionError):
-        raise ParseError(
-            [Issue("fatal", "malformed_json", "", "The body is not well-formed JSON.")], headers
-        ) from None
-    if not isinstance(value, dict):
-        raise ParseError([Issue("fatal", "not_an_object", "", "The body must be a JSON object.")], headers)
-    return value
-
-
-def _no_constant(name: str) -> Any:
-    """``NaN`` and ``Infinity`` are not JSON: reject them instead of reading a float."""
-    raise ValueError(name)
-
-
-def _text(value: object) -> str:
-    """A string value stripped, or ``""`` for anything else."""
-    return value.strip() if isinstance(value, str) else ""
-
-
-def _int(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
 def _positive_int(value: object) -> int | None:
-    number = _int(value)
+    number = jb.integer(value)
     return number if number is not None and number > 0 else None
 
 
 def _ident(value: object) -> str:
     """An id as text: Shopify ids are JSON integers, sometimes strings."""
-    number = _int(value)
-    return str(number) if number is not None else _text(value)
-
-
-def _list(value: object) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
-def _dict(value: object) -> Json:
-    return value if isinstance(value, dict) else {}
-
-
-def _dicts(value: object) -> list[Json]:
-    return [v for v in _list(value) if isinstance(v, dict)]
+    number = jb.integer(value)
+    return str(number) if number is not None else jb.text(value)
 
 
 def _money(value: object) -> Decimal | None:
@@ -346,14 +308,14 @@ def _skus(lines: Iterable[Json]) -> str:
     """The distinct SKUs of ``lines``, first-seen order, at most :data:`MAX_SKUS`, comma-joined."""
     seen: dict[str, None] = {}
     for line in lines:
-        sku = _text(line.get("sku"))
+        sku = jb.text(line.get("sku"))
         if sku and len(seen) < MAX_SKUS:
             seen.setdefault(sku, None)
     return ",".join(seen)
 
 
 def _refund_lines(refund: Json) -> list[Json]:
-    return _dicts(refund.get("refund_line_items"))
+    return jb.objects(refund.get("refund_line_items"))
 
 
 # -- headers and keys --------------------------------------------------------------------------------
@@ -376,15 +338,16 @@ def _transport_headers(meta: Mapping[str, str]) -> dict[str, str]:
 
 def _order_headers(order: Json) -> dict[str, str]:
     total = _money(order.get("total_price"))
-    lines = _list(order.get("line_items"))
+    lines = order.get("line_items")
+    lines = lines if isinstance(lines, list) else []
     return {
         "order_id": _ident(order.get("id")),
-        "order_name": _text(order.get("name")),
-        "currency": _text(order.get("currency")),
+        "order_name": jb.text(order.get("name")),
+        "currency": jb.text(order.get("currency")),
         "total_amount": str(total) if total is not None else "",
-        "financial_status": _text(order.get("financial_status")),
+        "financial_status": jb.text(order.get("financial_status")),
         "line_count": str(len(lines)),
-        "skus": _skus(_dicts(lines)),
+        "skus": _skus(jb.objects(lines)),
     }
 
 
@@ -392,7 +355,7 @@ def _refund_headers(refund: Json) -> dict[str, str]:
     return {
         "order_id": _ident(refund.get("order_id")),
         "refund_id": _ident(refund.get("id")),
-        "skus": _skus(_dict(line.get("line_item")) for line in _refund_lines(refund)),
+        "skus": _skus(jb.obj(line.get("line_item")) for line in _refund_lines(refund)),
     }
 
 
@@ -401,7 +364,7 @@ def _level_headers(level: Json) -> dict[str, str]:
 
 
 def _product_headers(product: Json) -> dict[str, str]:
-    return {"product_id": _ident(product.get("id")), "skus": _skus(_dicts(product.get("variants")))}
+    return {"product_id": _ident(product.get("id")), "skus": _skus(jb.objects(product.get("variants")))}
 
 
 _TOPIC_HEADERS: dict[str, Callable[[Json], dict[str, str]]] = {
@@ -419,9 +382,13 @@ def _topic_headers(topic: str, payload: Json) -> dict[str, str]:
 
 def _business_keys(topic: str, payload: Json) -> tuple[dict[str, str], dict[str, str]]:
     """``order_id`` (orders, refunds) and the customer's e-mail and phone, with their masked forms."""
-    customer = _dict(payload.get("customer"))
-    email = _text(payload.get("email")) or _text(payload.get("contact_email")) or _text(customer.get("email"))
-    phone = _text(payload.get("phone")) or _text(customer.get("phone"))
+    customer = jb.obj(payload.get("customer"))
+    email = (
+        jb.text(payload.get("email"))
+        or jb.text(payload.get("contact_email"))
+        or jb.text(customer.get("email"))
+    )
+    phone = jb.text(payload.get("phone")) or jb.text(customer.get("phone"))
     keys, masked = contact_keys(email or None, phone or None, "customer")
     order_id = ""
     if topic in ORDER_TOPICS:
@@ -527,10 +494,10 @@ def _order_issues(order: Json, lines_required: bool) -> list[Issue]:
         )
     issues.extend(_money_issues(order, _ORDER_MONEY, ""))
     for name, amount in _MONEY_LISTS:
-        for i, entry in enumerate(_dicts(order.get(name))):
+        for i, entry in enumerate(jb.objects(order.get(name))):
             issues.extend(_money_issues(entry, (amount,), f"/{name}/{i}"))
     issues.extend(_currency_issues(order))
-    for i, refund in enumerate(_dicts(order.get("refunds"))):
+    for i, refund in enumerate(jb.objects(order.get("refunds"))):
         issues.extend(_refund_issues(refund, f"/refunds/{i}"))
     return issues
 
@@ -544,7 +511,7 @@ def _level_issues(level: Json) -> list[Issue]:
             "An inventory level's ids and available count must be integers.",
         )
         for name in ("inventory_item_id", "location_id", "available")
-        if _int(level.get(name)) is None
+        if jb.integer(level.get(name)) is None
     ]
 
 
@@ -572,9 +539,9 @@ def _sales(shop: str, order: Json) -> list[Movement]:
     if not order_id:
         return []
     moves: list[Movement] = []
-    for line in _dicts(order.get("line_items")):
+    for line in jb.objects(order.get("line_items")):
         sku, line_id, quantity = (
-            _text(line.get("sku")),
+            jb.text(line.get("sku")),
             _ident(line.get("id")),
             _positive_int(line.get("quantity")),
         )
@@ -586,7 +553,7 @@ def _sales(shop: str, order: Json) -> list[Movement]:
 
 def _restocked(refund: Json, line: Json) -> bool:
     """``restock_type`` decides where it is given; otherwise the legacy ``restock`` flag (line or refund)."""
-    kind = _text(line.get("restock_type"))
+    kind = jb.text(line.get("restock_type"))
     if kind:
         return kind in RESTOCK_TYPES
     return line.get("restock") is True or refund.get("restock") is True
@@ -598,7 +565,7 @@ def _restocks(shop: str, refund: Json) -> list[Movement]:
         return []
     moves: list[Movement] = []
     for line in _refund_lines(refund):
-        sku = _text(_dict(line.get("line_item")).get("sku"))
+        sku = jb.text(jb.obj(line.get("line_item")).get("sku"))
         line_id, quantity = _ident(line.get("id")), _positive_int(line.get("quantity"))
         if sku and line_id and quantity is not None and _restocked(refund, line):
             key = f"shopify:{shop}:refund:{refund_id}:line:{line_id}:restock"

@@ -35,7 +35,6 @@ reports one level per ``IN_STOCK`` count with a whole quantity.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -44,9 +43,11 @@ from types import MappingProxyType
 from typing import Any
 
 from adapters.finance.identifiers import currency_exponent, currency_problem
+from adapters.retail import jsonbody as jb
+from adapters.retail.jsonbody import Json
 from adapters.retail.pii import contact_keys
 from adapters.retail.reply import json_reply
-from gateway.adapter import Batch, Issue, Outcome, ParseError, Reply
+from gateway.adapter import Batch, Issue, Outcome, Reply
 from gateway.envelope import Envelope, Receipt, Sensitivity, new_id, sha256_hex
 from gateway.stock import Movement, ReportedLevel
 
@@ -100,8 +101,6 @@ _SNIFF = {
 }
 _ADDRESSES = ("billing_address", "shipping_address")
 
-Json = dict[str, Any]
-
 
 @dataclass(frozen=True, slots=True)
 class SquareEvent:
@@ -118,7 +117,7 @@ class SquareEvent:
     def object(self) -> Any:
         """The event's object (``data.object.payment`` …, a list for inventory counts), or ``None``."""
         key = EVENT_OBJECTS.get(self.event_type)
-        return _dict(_dict(self.payload.get("data")).get("object")).get(key) if key else None
+        return jb.obj(jb.obj(self.payload.get("data")).get("object")).get(key) if key else None
 
 
 class SquareAdapter:
@@ -147,12 +146,12 @@ class SquareAdapter:
 
     def parse(self, raw: bytes, receipt: Receipt) -> Envelope:
         """Build the envelope from the event's JSON body."""
-        payload = _load_object(raw)
+        payload = jb.load_object(raw, _sniffed(raw))
         event = SquareEvent(
-            event_type=_text(payload.get("type")),
-            merchant_id=_text(payload.get("merchant_id")),
-            event_id=_text(payload.get("event_id")),
-            created_at=_text(payload.get("created_at")),
+            event_type=jb.text(payload.get("type")),
+            merchant_id=jb.text(payload.get("merchant_id")),
+            event_id=jb.text(payload.get("event_id")),
+            created_at=jb.text(payload.get("created_at")),
             payload=payload,
         )
         headers = _headers(event)
@@ -162,7 +161,7 @@ class SquareAdapter:
             id=new_id(),
             received_at=receipt.received_at,
             protocol=self.name,
-            version=_text(payload.get("api_version")),
+            version=jb.text(payload.get("api_version")),
             message_type=event.event_type,
             control_id=event.event_id,
             sender=event.merchant_id,
@@ -209,8 +208,8 @@ class SquareAdapter:
         if not isinstance(event, SquareEvent) or event.event_type != "inventory.count.updated":
             return []
         levels: list[ReportedLevel] = []
-        for count in _dicts(event.object):
-            location, item = _text(count.get("location_id")), _text(count.get("catalog_object_id"))
+        for count in jb.objects(event.object):
+            location, item = jb.text(count.get("location_id")), jb.text(count.get("catalog_object_id"))
             quantity = _whole(count.get("quantity"))
             if count.get("state") == "IN_STOCK" and location and item and quantity is not None:
                 levels.append(ReportedLevel("square", location, item, quantity))
@@ -218,11 +217,6 @@ class SquareAdapter:
 
 
 # -- reading values ---------------------------------------------------------------------------------
-
-
-def _no_constant(name: str) -> Any:
-    """``NaN`` and ``Infinity`` are not JSON: reject them instead of reading a float."""
-    raise ValueError(name)
 
 
 def _sniffed(raw: bytes) -> dict[str, str]:
@@ -235,37 +229,6 @@ def _sniffed(raw: bytes) -> dict[str, str]:
     if "event_id" in found:
         found["control_id"] = found["event_id"]
     return found
-
-
-def _load_object(raw: bytes) -> Json:
-    """The body as a JSON object, or :class:`ParseError` (``malformed_json``, ``not_an_object``)."""
-    try:
-        value = json.loads(raw, parse_float=Decimal, parse_constant=_no_constant)
-    except (ValueError, RecursionError):
-        raise ParseError(
-            [Issue("fatal", "malformed_json", "", "The body is not well-formed JSON.")], _sniffed(raw)
-        ) from None
-    if not isinstance(value, dict):
-        raise ParseError(
-            [Issue("fatal", "not_an_object", "", "The body must be a JSON object.")], _sniffed(raw)
-        )
-    return value
-
-
-def _text(value: object) -> str:
-    return value.strip() if isinstance(value, str) else ""
-
-
-def _int(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _dict(value: object) -> Json:
-    return value if isinstance(value, dict) else {}
-
-
-def _dicts(value: object) -> list[Json]:
-    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
 
 
 def _whole(value: object) -> int | None:
@@ -291,8 +254,8 @@ def _exponent(currency: str) -> int | None:
 
 def _money_headers(money: object) -> dict[str, str]:
     """``amount_minor``, ``currency`` and ``total_amount`` (major units, a decimal string) of a Square amount."""
-    money = _dict(money)
-    amount, currency = _int(money.get("amount")), _text(money.get("currency"))
+    money = jb.obj(money)
+    amount, currency = jb.integer(money.get("amount")), jb.text(money.get("currency"))
     exponent = _exponent(currency) if currency else None
     return {
         "amount_minor": str(amount) if amount is not None else "",
@@ -313,29 +276,29 @@ def _money_fields(obj: Json) -> list[str]:
 
 def _payment_headers(payment: Json) -> dict[str, str]:
     return {
-        "payment_id": _text(payment.get("id")),
-        "order_id": _text(payment.get("order_id")),
-        "status": _text(payment.get("status")),
-        "location_id": _text(payment.get("location_id")),
+        "payment_id": jb.text(payment.get("id")),
+        "order_id": jb.text(payment.get("order_id")),
+        "status": jb.text(payment.get("status")),
+        "location_id": jb.text(payment.get("location_id")),
         **_money_headers(payment.get("total_money") or payment.get("amount_money")),
     }
 
 
 def _order_headers(order: Json) -> dict[str, str]:
     return {
-        "order_id": _text(order.get("order_id")),
-        "state": _text(order.get("state")),
-        "location_id": _text(order.get("location_id")),
+        "order_id": jb.text(order.get("order_id")),
+        "state": jb.text(order.get("state")),
+        "location_id": jb.text(order.get("location_id")),
     }
 
 
 def _refund_headers(refund: Json) -> dict[str, str]:
     return {
-        "refund_id": _text(refund.get("id")),
-        "payment_id": _text(refund.get("payment_id")),
-        "order_id": _text(refund.get("order_id")),
-        "status": _text(refund.get("status")),
-        "location_id": _text(refund.get("location_id")),
+        "refund_id": jb.text(refund.get("id")),
+        "payment_id": jb.text(refund.get("payment_id")),
+        "order_id": jb.text(refund.get("order_id")),
+        "status": jb.text(refund.get("status")),
+        "location_id": jb.text(refund.get("location_id")),
         **_money_headers(refund.get("amount_money")),
     }
 
@@ -360,12 +323,12 @@ def _headers(event: SquareEvent) -> dict[str, str]:
         "merchant_id": event.merchant_id,
         "event_id": event.event_id,
         "created_at": event.created_at,
-        "object_id": _text(_dict(event.payload.get("data")).get("id")),
+        "object_id": jb.text(jb.obj(event.payload.get("data")).get("id")),
     }
     if event.event_type in EVENT_TYPES:
         obj = event.object
         build = _FAMILY_HEADERS[event.event_type.split(".", 1)[0]]
-        headers.update(build(obj if isinstance(obj, list) else _dict(obj)))
+        headers.update(build(obj if isinstance(obj, list) else jb.obj(obj)))
     return headers
 
 
@@ -380,9 +343,9 @@ def _business_keys(event: SquareEvent) -> tuple[dict[str, str], dict[str, str]]:
         "order_id": obj.get("order_id"),
         "refund_id": obj.get("id") if family == "refund" else None,
     }
-    email = _text(obj.get("buyer_email_address")) if family == "payment" else ""
+    email = jb.text(obj.get("buyer_email_address")) if family == "payment" else ""
     keys, masked = contact_keys(email or None, None, "buyer")
-    keys.update({name: _text(value) for name, value in ids.items() if _text(value)})
+    keys.update({name: jb.text(value) for name, value in ids.items() if jb.text(value)})
     return keys, masked
 
 
@@ -443,7 +406,7 @@ def _money_issues(money: object, where: str) -> list[Issue]:
             )
         ]
     issues: list[Issue] = []
-    if _int(money.get("amount")) is None:
+    if jb.integer(money.get("amount")) is None:
         issues.append(
             Issue(
                 "error", "amount_invalid", f"{where}/amount", "An amount must be an integer in minor units."

@@ -118,3 +118,30 @@ def test_bank_config_is_valid_and_its_routes_compile(monkeypatch: pytest.MonkeyP
     table = RoutingTable.from_settings(s)
     assert [v.rules for v in table.views][:2] == [(), ("sepa",)]
     assert [f for f in lint(s) if f.severity == "error"] == []
+
+
+def test_webhook_secrets_come_from_the_environment_and_never_show_in_errors(tmp_path: Path) -> None:
+    s = load_settings(
+        None,
+        environ={
+            "GATEWAY_SHOPIFY_WEBHOOK_SECRET": "shpss_from_env",
+            "GATEWAY_SQUARE_SIGNATURE_KEY": "sq_from_env",
+            "GATEWAY_SQUARE_NOTIFICATION_URL": "https://gw.example.com/ingest/square",
+        },
+    )
+    assert s.shopify.webhook_secret == "shpss_from_env"
+    assert (s.square.signature_key, s.square.notification_url) == (
+        "sq_from_env",
+        "https://gw.example.com/ingest/square",
+    )
+    assert load_settings(None, environ={}).shopify.webhook_secret is None  # none configured: all refused
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, "shopify: {webhook_secret: [not-a-string-secret-777]}\n"), environ={})
+    assert "shopify.webhook_secret: (hidden)" in str(caught.value)
+    assert "777" not in str(caught.value)
+
+
+def test_shop_config_is_valid_without_secrets() -> None:
+    s = load_settings(FIXTURES / "config" / "shop.yaml", environ={})
+    assert s.inventory is not None and set(s.inventory.channels) == {"web", "stores"}
+    assert s.inventory.safety("MP-MUG-BLU") == 3 and s.inventory.safety("OTHER") == 1

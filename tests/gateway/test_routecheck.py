@@ -214,7 +214,10 @@ def test_check_report_pass_fail_and_warnings(tmp_path: Path) -> None:
     # a warning alone passes
     tree = {**HOSPITAL, "sinks": {**HOSPITAL["sinks"], "unused": {"type": "memory"}}}
     passed, lines = check_report(settings(tree), None)
-    assert passed and "warning: sinks.unused: not used by any route, by unmatched or by alerts" in lines
+    assert (
+        passed
+        and "warning: sinks.unused: not used by any route, by unmatched, by alerts or by inventory" in lines
+    )
 
     # a failed route test fails
     bad = write_tests(
@@ -300,8 +303,8 @@ def test_unused_sink_warns_unless_unmatched_or_alerts_use_it() -> None:
         "unmatched": "reject",
     }
     assert warnings(tree) == [
-        "sinks.spare: not used by any route, by unmatched or by alerts",
-        "sinks.hook: not used by any route, by unmatched or by alerts",
+        "sinks.spare: not used by any route, by unmatched, by alerts or by inventory",
+        "sinks.hook: not used by any route, by unmatched, by alerts or by inventory",
     ]
     assert warnings({**tree, "unmatched": "spare", "alerts": {"sink": "hook"}}) == []
 
@@ -388,3 +391,25 @@ def test_lint_includes_compile_errors_first() -> None:
 def test_promoted_headers_come_from_the_adapter_registry() -> None:
     keys = promoted_headers()["hl7v2"]
     assert keys is not None and set(HEADER_KEYS) | {"protocol"} == keys
+
+
+def test_inventory_channels_need_an_http_sink_and_shopify_a_location() -> None:
+    tree: dict[str, Any] = {
+        "sinks": {"ehr": {"type": "memory"}, "files": {"type": "file", "directory": "/tmp/x"}},
+        "inventory": {
+            "channels": {
+                "web": {"sink": "nowhere", "format": "json"},
+                "pos": {"sink": "files", "format": "json"},
+                "shop": {"sink": "ehr", "format": "shopify"},
+            }
+        },
+    }
+    errors = [(k, m) for s, k, m in findings(tree) if s == "error"]
+    assert ("inventory.channels.web.sink", "'nowhere' is not a sink; known sinks: ehr, files") in errors
+    assert (
+        "inventory.channels.pos.sink",
+        "'files' is not an http sink; levels are pushed over HTTP",
+    ) in errors
+    assert ("inventory.channels.shop.location_id", "required for the shopify format") in errors
+    # a sink that only an inventory channel uses is used
+    assert not [w for w in warnings(tree) if w.startswith("sinks.ehr")]

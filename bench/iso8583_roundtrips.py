@@ -1,6 +1,6 @@
 """ISO 8583 0200 round trips per second: the gateway beside a bare framing baseline, in one run.
 
-Usage: ``python bench/iso8583.py [--messages N] [--connections 1 8]``
+Usage: ``python bench/iso8583_roundtrips.py [--messages N] [--connections 1 8]``
 
 For each connection count, every connection sends a 0200 (pyiso8583,
 ``default_ascii``, a fresh STAN and RRN each time, its own terminal id) and
@@ -30,8 +30,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# Run as a script, this file's folder leads sys.path and its name would shadow pyiso8583 (``iso8583``).
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "bench"]
 sys.path.insert(0, str(REPO))
 
 import iso8583  # noqa: E402

@@ -67,7 +67,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 
 from adapters.finance.identifiers import currency_problem, decimals_problem
 from adapters.retail.jsonbody import load_object
-from adapters.retail.pii import contact_keys
+from adapters.retail.keys import contact_keys, sku_keys
 from adapters.retail.reply import json_reply
 from gateway.adapter import Batch, Issue, Outcome, Reply
 from gateway.envelope import Envelope, Receipt, new_id, sha256_hex
@@ -493,6 +493,7 @@ class POSJSONAdapter:
         ticket = headers.get("ticket", "")
         if ticket:
             keys["ticket"] = ticket
+        keys.update(sku_keys(headers.get("skus", "")))
         original = _readable(data, "original_ticket", _ID)
         return Envelope(
             id=new_id(),

@@ -65,6 +65,7 @@ from typing import Literal
 
 from lxml import etree
 
+from adapters.retail.keys import sku_keys
 from adapters.retail.reply import json_reply
 from gateway.adapter import Batch, Issue, Outcome, ParseError, Reply
 from gateway.envelope import Envelope, Receipt, new_id, sha256_hex
@@ -279,7 +280,7 @@ class POSLogAdapter:
             raw_sha256=sha256_hex(raw),
             body=tx,
             headers=headers,
-            business_keys={"transaction": tx.control_id},
+            business_keys={"transaction": tx.control_id, **sku_keys(headers["skus"])},
             masked_keys={"transaction": tx.control_id},
             sensitivity="pii",
             receipt=receipt,

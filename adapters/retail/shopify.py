@@ -22,8 +22,8 @@ transport ones always, plus by topic ``order_id``, ``order_name``,
 ``currency``, ``total_amount``, ``financial_status``, ``line_count``, ``skus``
 (orders); ``order_id``, ``refund_id``, ``skus`` (refunds);
 ``inventory_item_id``, ``location_id``, ``available`` (inventory levels);
-``product_id``, ``skus`` (products). Business keys: ``order_id`` and the
-customer's e-mail and phone (masked in ``masked_keys``); names and addresses
+``product_id``, ``skus`` (products); ``store_id`` is the shop domain. Business keys: ``order_id``, the
+SKUs (``sku``, ``sku.2`` …) and the customer's e-mail and phone (masked in ``masked_keys``); names and addresses
 stay in the raw body only, and any customer data makes the envelope ``pii``.
 
 Stock (:class:`gateway.stock.StockSource`): ``orders/create`` and
@@ -50,7 +50,7 @@ from typing import Any
 from adapters.finance.identifiers import currency_problem
 from adapters.retail import jsonbody as jb
 from adapters.retail.jsonbody import Json
-from adapters.retail.pii import contact_keys
+from adapters.retail.keys import contact_keys, sku_keys
 from adapters.retail.reply import json_reply
 from gateway.adapter import Batch, Issue, Outcome, Reply
 from gateway.envelope import Envelope, Receipt, Sensitivity, new_id, sha256_hex
@@ -95,6 +95,7 @@ HEADER_KEYS: frozenset[str] = frozenset(
         "message_type",
         "version",
         "control_id",
+        "store_id",
         *_TRANSPORT_KEYS,
         "order_id",
         "order_name",
@@ -198,7 +199,9 @@ class ShopifyAdapter:
             payload=payload,
         )
         headers.update(_topic_headers(hook.topic, payload))
+        headers["store_id"] = hook.shop_domain
         keys, masked = _business_keys(hook.topic, payload)
+        keys.update(sku_keys(headers.get("skus", "")))
         sensitivity: Sensitivity = "pii" if _has_customer_data(payload) else "none"
         return Envelope(
             id=new_id(),

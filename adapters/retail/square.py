@@ -45,7 +45,7 @@ from typing import Any
 from adapters.finance.identifiers import currency_exponent, currency_problem
 from adapters.retail import jsonbody as jb
 from adapters.retail.jsonbody import Json
-from adapters.retail.pii import contact_keys
+from adapters.retail.keys import contact_keys
 from adapters.retail.reply import json_reply
 from gateway.adapter import Batch, Issue, Outcome, Reply
 from gateway.envelope import Envelope, Receipt, Sensitivity, new_id, sha256_hex
@@ -73,6 +73,7 @@ HEADER_KEYS: frozenset[str] = frozenset(
         "control_id",
         "event_type",
         "merchant_id",
+        "store_id",
         "event_id",
         "created_at",
         "object_id",
@@ -155,6 +156,7 @@ class SquareAdapter:
             payload=payload,
         )
         headers = _headers(event)
+        headers["store_id"] = headers.get("location_id") or event.merchant_id
         keys, masked = _business_keys(event)
         sensitivity: Sensitivity = "pii" if "buyer_email" in keys or _has_address(event) else "none"
         return Envelope(

@@ -27,7 +27,7 @@ from tests.retail_messages import (
     shopify_refund,
     square_payment,
 )
-from tests.support import Gateway, wait_until
+from tests.support import ADMIN_KEY, TEST_KEY, Gateway, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -306,6 +306,11 @@ def test_signatures_refuse_and_store_nothing(shop: tuple[Gateway, Receiver, Rece
     ).json()
     assert row["headers"]["total_amount"] == "19.99"
 
+    # lineage finds the order by a SKU it sold, and by the customer's e-mail, through their pseudonyms
+    for key in ("SKU-A", CUSTOMER_EMAIL):
+        found = httpx.post(f"{gw.http_url}/api/lineage/search", json={"key": key}, headers=AUTH).json()
+        assert first.json()["id"] in {e["envelope_id"] for e in found["events"]}
+
     # the customer's contact data is nowhere but in the raw bytes
     shown = json.dumps(
         httpx.get(f"{gw.http_url}/api/messages", params={"protocol": "shopify"}, headers=AUTH).json()
@@ -356,3 +361,38 @@ def test_drop_folder_and_reconciliation(shop: tuple[Gateway, Receiver, Receiver,
         f"{gw.http_url}/api/lineage/search", json={"event": "InventoryDriftFixed"}, headers=AUTH
     ).json()
     assert len(events["events"]) == 1
+
+
+def test_without_secrets_the_webhook_endpoints_refuse_everything(tmp_path: Path) -> None:
+    gw = Gateway(tmp_path).start()  # no shopify or square section: no secret
+    try:
+        body = shopify_order(7001, [(9201, "SKU-A", 1)])
+        guessed = shopify_headers(shopify_signature("a-guessed-secret"), body, "orders/create", "wh-1", "ev-1")
+        for headers in (guessed, {**guessed, "X-Shopify-Hmac-Sha256": SHOPIFY.sign(body)}):
+            assert (
+                httpx.post(f"{gw.http_url}/ingest/shopify", content=body, headers=headers).status_code == 401
+            )
+        payment = square_payment("ev-1", 100)
+        signed = square_signature(SQUARE_KEY, SQUARE_URL).sign(payment)
+        r = httpx.post(
+            f"{gw.http_url}/ingest/square",
+            content=payment,
+            headers={"Content-Type": "application/json", "x-square-hmacsha256-signature": signed},
+        )
+        assert r.status_code == 401
+        # POS endpoints take API keys, and only with their scope
+        r = httpx.post(
+            f"{gw.http_url}/ingest/poslog",
+            content=poslog_sale("1", "1", 1, [("SKU-A", 1)]),
+            headers={"Authorization": f"Bearer {TEST_KEY}", "Content-Type": "application/xml"},
+        )
+        assert r.status_code == 403
+        # and without an inventory section there is no ledger to ask
+        assert (
+            httpx.get(
+                f"{gw.http_url}/api/inventory/SKU-A", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+            ).status_code
+            == 404
+        )
+    finally:
+        gw.stop()

@@ -418,7 +418,7 @@ def test_headers_of_the_basic_sale() -> None:
         "line_count": "1",
         "skus": "SKU-RED-M",
     }
-    assert dict(env.business_keys) == {"ticket": "T-000123"}
+    assert dict(env.business_keys) == {"ticket": "T-000123", "sku": "SKU-RED-M"}
     assert dict(env.masked_keys) == {}
     assert env.sensitivity == "none"
     assert env.correlation_id == ""
@@ -440,6 +440,7 @@ def test_customer_keys_are_masked_and_the_message_is_pii() -> None:
     env = ADAPTER.parse((FOLDER / "pos.sale__customer.json").read_bytes(), RECEIPT)
     assert dict(env.business_keys) == {
         "ticket": "T-000126",
+        "sku": "SKU-MUG-01",
         "customer_email": "jane.doe@example.com",
         "customer_phone": "+44 20 7946 0123",
     }
@@ -477,7 +478,7 @@ def test_parse_is_tolerant_and_keeps_readable_headers() -> None:
         "line_count": "3",
         "skus": "A",
     }
-    assert dict(env.business_keys) == {}
+    assert dict(env.business_keys) == {"sku": "A"}
     assert env.sensitivity == "pii"
     assert env.sender == ""
     assert {i.code for i in ADAPTER.validate(env)} == {"schema_invalid"}

@@ -206,7 +206,11 @@ def test_basic_sale_headers_and_body(adapter: POSLogAdapter) -> None:
     assert tx.lines[0].quantity == Decimal(2) and tx.lines[0].amount == Decimal("3.00")
     assert tx.lines[2].amount == Decimal("0.64") and tx.lines[3].amount == Decimal("8.63")
     assert tx.grand_total == Decimal("8.63")
-    assert env.business_keys == {"transaction": "0042-3-1187-2026-11-27"}
+    assert env.business_keys == {
+        "transaction": "0042-3-1187-2026-11-27",
+        "sku": "04006381333931",
+        "sku.2": "00012345678905",
+    }
 
 
 def test_the_operator_name_goes_nowhere(adapter: POSLogAdapter) -> None:

@@ -304,6 +304,7 @@ def test_order_headers_keys_and_sensitivity() -> None:
     env = fixture("orders.create__basic.json")
     assert dict(env.headers) == {
         "message_type": "orders/create",
+        "store_id": "maple-and-pine.myshopify.com",
         "version": "2024-07",
         "control_id": "98880550-7158-44d4-b7cd-2c97c8a091b5",
         "topic": "orders/create",
@@ -324,6 +325,8 @@ def test_order_headers_keys_and_sensitivity() -> None:
         "order_id": "5830915465381",
         "customer_email": "ada.lovelace@example.net",
         "customer_phone": "+14165550142",
+        "sku": "MP-MUG-BLU",
+        "sku.2": "MP-TEE-M-GRN",
     }
     assert dict(env.masked_keys) == {"customer_email": "a***@example.net", "customer_phone": "***0142"}
     assert env.sensitivity == "pii"
@@ -336,7 +339,11 @@ def test_refund_level_and_product_headers() -> None:
         "refund_id": "1014292004005",
         "skus": "MP-MUG-BLU,MP-TEE-M-GRN",
     }
-    assert dict(refund.business_keys) == {"order_id": "5830915465381"}
+    assert dict(refund.business_keys) == {
+        "order_id": "5830915465381",
+        "sku": "MP-MUG-BLU",
+        "sku.2": "MP-TEE-M-GRN",
+    }
     assert refund.sensitivity == "none"
     level = fixture("inventory_levels.update__basic.json")
     assert {k: level.headers[k] for k in ("inventory_item_id", "location_id", "available")} == {

@@ -230,6 +230,7 @@ def test_payment_headers_keys_and_sensitivity() -> None:
     env = fixture("payment.created__basic.json")
     assert dict(env.headers) == {
         "message_type": "payment.created",
+        "store_id": "L1NN6Q4P3ZBMB",
         "control_id": "13b867cf-db3d-4b1c-90b6-2f32a9d78124",
         "event_type": "payment.created",
         "merchant_id": MERCHANT,

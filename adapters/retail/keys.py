@@ -1,8 +1,10 @@
-"""How retail adapters show a customer's contact data: masked, never as received.
+"""Business keys of retail messages: the customer's contact data, masked, and the SKUs sold.
 
 Customer e-mail addresses and phone numbers are business keys (lineage finds an
-order by them through their keyed pseudonyms); these functions give the form
-a message row and an operator may see.
+order by them through their keyed pseudonyms); the masking functions give the
+form a message row and an operator may see. SKUs are keys too, so that lineage
+answers "every message that moved this item"; they are not personal data and
+need no mask.
 """
 
 from __future__ import annotations
@@ -35,3 +37,12 @@ def contact_keys(
         keys[f"{prefix}_phone"] = phone.strip()
         masked[f"{prefix}_phone"] = mask_phone(phone)
     return keys, masked
+
+
+MAX_SKU_KEYS = 50
+
+
+def sku_keys(skus: str) -> dict[str, str]:
+    """``"A,B"`` (an adapter's ``skus`` header) → ``{"sku": "A", "sku.2": "B"}``, at most 50."""
+    names = [s for s in skus.split(",") if s][:MAX_SKU_KEYS]
+    return {("sku" if n == 1 else f"sku.{n}"): s for n, s in enumerate(names, start=1)}

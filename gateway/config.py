@@ -207,6 +207,12 @@ class InventoryConfig(_Model):
     safety_stock_by_sku: dict[str, int] = Field(
         default_factory=dict, description="Per-SKU safety stock, overriding the default."
     )
+    locations: dict[str, str] = Field(
+        default_factory=dict,
+        description="Where a channel's movements land in the ledger: the location an adapter names "
+        "(shopify:SHOP, square:LOCATION, store:ID) → the stock location that is counted (web orders ship "
+        'from the warehouse: {"shopify:my-shop.myshopify.com": warehouse}). Unlisted ones are kept.',
+    )
     min_change: int = Field(
         default=1,
         ge=1,

@@ -36,12 +36,13 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.config import InventoryChannel, InventoryConfig, RetryPolicy
-from gateway.delivery import backoff_s
+from gateway.delivery import TokenBucket, backoff_s
 from gateway.envelope import Envelope, new_id, sha256_hex, utcnow
 from gateway.errors import ConfigError
 from gateway.lineage import EventDraft
 from gateway.sink import Delivery, DeliveryRejected, DeliveryRetryable, Sink
 from gateway.store import Store
+from gateway.store.ledger import StockLevel
 
 log = logging.getLogger("gateway.inventory")
 
@@ -87,7 +88,12 @@ def _id(value: str) -> int | str:
 
 
 class ChannelPusher:
-    """Pushes one channel's levels, one at a time, reading each level when it is sent."""
+    """Pushes one channel's levels, one at a time, reading each level when it is sent.
+
+    A SKU whose push failed waits for its own retry (one deadline per SKU, which neither a sweep nor a
+    new sale brings forward); a level the channel rejected is not sent again until the level changes.
+    Pushes wait for the sink's rate limit, the same token bucket its deliveries use.
+    """
 
     def __init__(
         self, name: str, channel: InventoryChannel, sink: Sink, store: Store, config: InventoryConfig
@@ -98,21 +104,31 @@ class ChannelPusher:
         self.store = store
         self.config = config
         self.retry: RetryPolicy = RetryPolicy()
+        self.bucket: TokenBucket | None = None
         self.last: dict[str, int] = {}
+        """What the channel was last sent, per SKU (as stored; reloaded at every sweep)."""
         self.pending: dict[str, None] = {}
         self.attempts: dict[str, int] = {}
+        self.series: dict[str, str] = {}
+        """Per SKU, the idempotency series of the push being retried (a new decision gets a new one)."""
+        self.waiting: dict[str, asyncio.TimerHandle] = {}
+        self.rejected: dict[str, int] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._timers: set[asyncio.TimerHandle] = set()
         self.unmapped: set[str] = set()
 
     def start(self) -> None:
-        self.last = {p.sku: p.available for p in self.store.stock_pushes(self.name)}
+        self.reload()
         self._task = asyncio.get_running_loop().create_task(self._run())
 
+    def reload(self) -> None:
+        """Take what the channel was last sent from the store (a fix elsewhere may have forgotten it)."""
+        self.last = {p.sku: p.available for p in self.store.stock_pushes(self.name)}
+
     async def stop(self) -> None:
-        for timer in self._timers:
+        for timer in self.waiting.values():
             timer.cancel()
+        self.waiting.clear()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -120,13 +136,15 @@ class ChannelPusher:
 
     def want(self, skus: Sequence[str] | set[str]) -> None:
         for sku in skus:
-            self.pending[sku] = None
+            if sku not in self.waiting:
+                self.pending[sku] = None
         if self.pending:
             self._wake.set()
 
     def forget(self, skus: Sequence[str]) -> None:
         for sku in skus:
             self.last.pop(sku, None)
+            self.rejected.pop(sku, None)
 
     async def _run(self) -> None:
         while True:
@@ -142,11 +160,23 @@ class ChannelPusher:
                 except Exception:  # one SKU's failure must not stop the channel
                     log.exception("inventory push failed", extra={"channel": self.name})
 
-    async def push(self, sku: str) -> None:
+    def _due(self, sku: str) -> tuple[StockLevel, int] | None:
+        """The SKU's level and available-to-sell when the channel must be sent it, else None."""
         level = self.store.stock(sku)
         available = level.available(self.config.safety(sku))
-        if not should_push(self.last.get(sku), available, self.config):
+        if self.rejected.get(sku) == available or not should_push(self.last.get(sku), available, self.config):
+            return None
+        return level, available
+
+    async def push(self, sku: str) -> None:
+        due = self._due(sku)
+        if due is not None and self.bucket is not None:
+            await self.bucket.acquire()  # only a push takes a token; then read the level again
+            due = self._due(sku)
+        if due is None:
+            self._settled(sku)
             return
+        level, available = due
         body = render(self.name, self.channel, sku, available, level.version)
         if body is None:
             if sku not in self.unmapped:
@@ -154,6 +184,7 @@ class ChannelPusher:
                 log.warning("sku has no item id on this channel; not pushed", extra={"channel": self.name})
             return
         attempt = self.attempts.get(sku, 0) + 1
+        series = self.series.setdefault(sku, new_id())
         headers = {
             "message_type": "inventory_levels/set",
             "control_id": f"{self.name}:{sku}:{level.version}",
@@ -176,18 +207,16 @@ class ChannelPusher:
             body=None,
             headers=headers,
         )
-        delivery = Delivery(
-            f"inventory:{self.name}:{sku}:{level.version}", envelope, body, CONTENT_TYPE, attempt
-        )
+        key = f"inventory:{self.name}:{sku}:{level.version}:{available}:{series}"
         try:
-            await self.sink.send(delivery)
+            await self.sink.send(Delivery(key, envelope, body, CONTENT_TYPE, attempt))
         except DeliveryRetryable as exc:
             self.attempts[sku] = attempt
-            delay = max(backoff_s(attempt, self.retry), exc.retry_after_s or 0.0)
-            self._later(delay, sku)
+            self._later(max(backoff_s(attempt, self.retry), exc.retry_after_s or 0.0), sku)
             return
         except DeliveryRejected as exc:
-            self.attempts.pop(sku, None)
+            self._settled(sku)
+            self.rejected[sku] = available
             await self.store.record_events(
                 [
                     EventDraft(
@@ -201,19 +230,21 @@ class ChannelPusher:
                 ]
             )
             return
-        self.attempts.pop(sku, None)
-        self.last[sku] = available
+        self._settled(sku)
+        self.rejected.pop(sku, None)
         await self.store.record_push(self.name, sku, available, level.version)
+        self.last[sku] = available
+
+    def _settled(self, sku: str) -> None:
+        self.attempts.pop(sku, None)
+        self.series.pop(sku, None)
 
     def _later(self, delay: float, sku: str) -> None:
-        loop = asyncio.get_running_loop()
-
         def again() -> None:
-            self._timers.discard(handle)
+            self.waiting.pop(sku, None)
             self.want([sku])
 
-        handle = loop.call_later(delay, again)
-        self._timers.add(handle)
+        self.waiting[sku] = asyncio.get_running_loop().call_later(delay, again)
 
 
 class InventorySync:
@@ -242,8 +273,10 @@ class InventorySync:
             pusher.retry = retries.get(config.channels[name].sink, RetryPolicy())
         self._sweeper: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
+    async def start(self, buckets: Mapping[str, TokenBucket | None] | None = None) -> None:
+        """Start pushing; ``buckets`` are the sinks' rate limits, shared with their delivery workers."""
         for pusher in self.pushers.values():
+            pusher.bucket = (buckets or {}).get(pusher.channel.sink)
             pusher.start()
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
 
@@ -263,6 +296,7 @@ class InventorySync:
     def sweep(self) -> None:
         skus = self.store.stock_skus()
         for pusher in self.pushers.values():
+            pusher.reload()
             pusher.want(skus)
 
     async def _sweep_forever(self) -> None:

@@ -15,8 +15,8 @@ fine, the gateway just does not take that kind.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TypeGuard
 
 from gateway.adapter import Adapter, Issue, Outcome, OutcomeKind, ParseError, Reply
@@ -98,6 +98,8 @@ class Intake:
         self.on_outbox = on_outbox
         """Told which sinks got outbox rows, after the commit (wakes their delivery workers)."""
         self.on_stock = on_stock
+        self.stock_locations: Mapping[str, str] = {}
+        """Movement location → ledger location (``inventory.locations``)."""
         self._stock_sources: dict[type, bool] = {}
         """Set when the inventory ledger is kept: the stock movements of accepted messages are applied in
         their transaction, and this is told which SKUs they touched, after the commit."""
@@ -157,7 +159,11 @@ class Intake:
         movements: Sequence[Movement] = ()
         reports: Sequence[ReportedLevel] = ()
         if kind == "accepted" and self.on_stock is not None and self._moves_stock(adapter):
-            movements = adapter.movements(env)
+            places = self.stock_locations
+            movements = [
+                replace(m, location=places[m.location]) if m.location in places else m
+                for m in adapter.movements(env)
+            ]
             reports = adapter.reported_levels(env)
         rec = IntakeRecord(
             id=env.id,

@@ -99,8 +99,9 @@ class Runtime:
                 await old_inventory.stop()
             self.inventory = inventory
             self.intake.on_stock = inventory.notify if inventory is not None else None
+            self.intake.stock_locations = dict(settings.inventory.locations) if settings.inventory else {}
             if inventory is not None:
-                await inventory.start()
+                await inventory.start({name: worker.bucket for name, worker in engine.workers.items()})
             if old_engine is not None:
                 await old_engine.stop()
             await old_alerter.close()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gateway.lineage import EventDraft
@@ -101,9 +101,21 @@ class Applied:
 def apply_movements(
     conn: sqlite3.Connection, movements: Sequence[Movement], message_id: str | None, actor: str, at: str
 ) -> Applied:
-    """Apply each movement whose key is new; count the ones already applied."""
+    """Apply each movement whose key is new; count the ones already applied.
+
+    A release never takes more than is reserved at its location: the quantity held for orders cannot
+    go below zero (a release with no reservation behind it would otherwise raise available-to-sell
+    above what is on the shelf). The movement row keeps the quantity actually released, so the
+    levels stay the sum of the movements.
+    """
     out = Applied()
     for m in movements:
+        if m.reserved < 0:
+            row = conn.execute(
+                "SELECT reserved FROM stock_levels WHERE sku = ? AND location = ?", (m.sku, m.location)
+            ).fetchone()
+            held = max(0, int(row[0])) if row else 0
+            m = replace(m, reserved=max(m.reserved, -held))
         cur = conn.execute(
             "INSERT OR IGNORE INTO stock_movements (key, message_id, at, location, sku, on_hand, reserved, kind,"
             " actor) VALUES (?,?,?,?,?,?,?,?,?)",

@@ -85,6 +85,9 @@ def shop(tmp_path: Path) -> Iterator[tuple[Gateway, Receiver, Receiver, Receiver
                 "inventory": {
                     "safety_stock": SAFETY,
                     "sweep_s": 0.5,
+                    "locations": {
+                        "shopify:north-shop.myshopify.com": "warehouse"
+                    },  # web orders ship from there
                     "channels": {
                         "web": {
                             "sink": "shopify_admin",
@@ -129,7 +132,9 @@ def pushes(receiver: Receiver, sku: str) -> list[tuple[Recorded, int, int]]:
     """(request, level, ledger version) of every push of ``sku`` to ``receiver``, in arrival order."""
     out = []
     for req in list(receiver.requests):
-        version = int(req.headers["idempotency-key"].rsplit(":", 1)[1])
+        version = int(
+            req.headers["idempotency-key"].rsplit(":", 3)[1]
+        )  # inventory:CH:SKU:VERSION:LEVEL:SERIES
         body = json.loads(req.body)
         if body.get("sku", sku) != sku or (
             "inventory_item_id" in body and str(body["inventory_item_id"]) != ITEMS[sku]
@@ -199,11 +204,7 @@ def test_store_and_web_sales_never_push_more_than_is_available(
     assert (b["on_hand"], b["available"]) == (0, 0)
     for view in (a, b):
         assert view["on_hand"] == sum(m["on_hand"] for m in view["movements"])  # the ledger is its movements
-        assert {x["location"] for x in view["locations"]} == {
-            "warehouse",
-            f"shopify:{'north-shop.myshopify.com'}",
-            "store:12",
-        }
+        assert {x["location"] for x in view["locations"]} == {"warehouse", "store:12"}
 
     for receiver in (admin, pos):
         for sku, view in (("SKU-A", a), ("SKU-B", b)):
@@ -235,6 +236,12 @@ def test_store_and_web_sales_never_push_more_than_is_available(
         assert webhook(gw, body, "orders/paid", f"paid-{wh}", f"paid-{ev}").status_code == 200
     after = (inventory(gw, "SKU-A"), inventory(gw, "SKU-B"))
     assert [(v["on_hand"], v["version"]) for v in after] == [(v["on_hand"], v["version"]) for v in before]
+
+    # a stock take that finds in the warehouse what the ledger says is there changes nothing: web orders
+    # were taken off the warehouse, where they ship from, not off a place nobody counts
+    shelf = {x["location"]: x["on_hand"] for x in after[1]["locations"]}
+    count(gw, "SKU-B", "warehouse", shelf["warehouse"])
+    assert inventory(gw, "SKU-B")["on_hand"] == after[1]["on_hand"]
 
     # a refund with restock puts stock back, and the level pushed rises again
     refund = shopify_refund(8800, 5001, [(7700, 9001, "SKU-A", 1)])
@@ -339,7 +346,6 @@ def test_drop_folder_and_reconciliation(shop: tuple[Gateway, Receiver, Receiver,
     # Shopify reports another level for the item (a manual edit in its admin): drift
     body = shopify_level(1001, LOCATION, 11)
     assert webhook(gw, body, "inventory_levels/update", "wh-lvl", "ev-lvl").status_code == 200
-    sent = len(admin.requests)
     check = gw.cli("inventory", "reconcile", "--json", *gw.store_args())
     assert check.returncode == 1, check.stderr
     assert json.loads(check.stdout) == [
@@ -352,6 +358,15 @@ def test_drop_folder_and_reconciliation(shop: tuple[Gateway, Receiver, Receiver,
             "reported_at": json.loads(check.stdout)[0]["reported_at"],
         }
     ]
+    # fixed from the command line while the gateway runs: its next sweep pushes the ledger's level again
+    sent = len(admin.requests)
+    fixed_cli = gw.cli("inventory", "reconcile", "--fix", *gw.store_args())
+    assert fixed_cli.returncode == 0, fixed_cli.stderr
+    assert wait_until(lambda: len(admin.requests) > sent and pushes(admin, "SKU-A")[-1][1] == 6)
+    # and over the API, for the same drift reported again
+    again = webhook(gw, shopify_level(1001, LOCATION, 11), "inventory_levels/update", "wh-2", "ev-2")
+    assert again.status_code == 200
+    sent = len(admin.requests)
     fixed = httpx.post(f"{gw.http_url}/api/inventory/reconcile", params={"fix": "true"}, headers=AUTH)
     assert fixed.status_code == 200 and len(fixed.json()["drift"]) == 1
     assert wait_until(lambda: len(admin.requests) > sent and pushes(admin, "SKU-A")[-1][1] == 6)
@@ -360,14 +375,16 @@ def test_drop_folder_and_reconciliation(shop: tuple[Gateway, Receiver, Receiver,
     events = httpx.post(
         f"{gw.http_url}/api/lineage/search", json={"event": "InventoryDriftFixed"}, headers=AUTH
     ).json()
-    assert len(events["events"]) == 1
+    assert len(events["events"]) == 2
 
 
 def test_without_secrets_the_webhook_endpoints_refuse_everything(tmp_path: Path) -> None:
     gw = Gateway(tmp_path).start()  # no shopify or square section: no secret
     try:
         body = shopify_order(7001, [(9201, "SKU-A", 1)])
-        guessed = shopify_headers(shopify_signature("a-guessed-secret"), body, "orders/create", "wh-1", "ev-1")
+        guessed = shopify_headers(
+            shopify_signature("a-guessed-secret"), body, "orders/create", "wh-1", "ev-1"
+        )
         for headers in (guessed, {**guessed, "X-Shopify-Hmac-Sha256": SHOPIFY.sign(body)}):
             assert (
                 httpx.post(f"{gw.http_url}/ingest/shopify", content=body, headers=headers).status_code == 401
@@ -396,3 +413,22 @@ def test_without_secrets_the_webhook_endpoints_refuse_everything(tmp_path: Path)
         )
     finally:
         gw.stop()
+
+
+def test_a_count_taken_while_the_gateway_was_down_is_pushed_at_start(
+    shop: tuple[Gateway, Receiver, Receiver, Receiver],
+) -> None:
+    gw, _, admin, pos = shop
+    count(gw, "SKU-B", "warehouse", 3)
+    assert wait_until(lambda: bool(pushes(pos, "SKU-B")) and pushes(pos, "SKU-B")[-1][1] == 3 - SAFETY)
+    gw.kill()  # no goodbye: whatever was in memory is gone
+    done = gw.cli(
+        "inventory", "count", "SKU-B", "--location", "warehouse", "--on-hand", "12", *gw.store_args()
+    )
+    assert done.returncode == 0, done.stderr
+    gw.start()
+    for receiver in (admin, pos):
+        assert wait_until(lambda r=receiver: pushes(r, "SKU-B")[-1][1] == 12 - SAFETY)
+    view = inventory(gw, "SKU-B")
+    assert [m["kind"] for m in view["movements"]] == ["adjustment", "adjustment"]
+    assert view["movements"][0]["source"].endswith("(cli)")

@@ -41,11 +41,6 @@ def test_movements_apply_once_by_key_and_levels_are_their_sum(store: SQLiteStore
         await store.record_intake([sale("T2", m2)])
         # the same movement in another message (orders/paid after orders/create) is ignored
         await store.record_intake([sale("T3", m1)])
-        # a rejected message moves nothing
-        rejected = sale("T4", Movement("pos:S1:T4:line:1:sale", "store:S1", "SKU-1", on_hand=-5))
-        await store.record_intake(
-            [IntakeRecord(**{**rejected.__dict__, "outcome": "invalid"})] if False else []
-        )
 
     asyncio.run(go())
     level = store.stock("SKU-1")
@@ -140,3 +135,68 @@ def test_drift_compares_reported_levels_with_the_ledger(store: SQLiteStore) -> N
     asyncio.run(go())
     drift = find_drift(store, cfg)
     assert [(d.channel, d.sku, d.reported, d.available) for d in drift] == [("web", "SKU-1", 9, 4)]
+
+
+def test_a_release_never_takes_more_than_is_reserved(store: SQLiteStore) -> None:
+    async def go() -> None:
+        await store.adjust_stock("SKU-R", "store:S1", 5, "user:test")
+        await store.record_intake(
+            [sale("H1", Movement("k-h1", "store:S1", "SKU-R", reserved=2, kind="reserve"))]
+        )
+        # released 3 while 2 are held (a resent release, or one whose reservation was refused)
+        await store.record_intake(
+            [sale("H2", Movement("k-h2", "store:S1", "SKU-R", reserved=-3, kind="release"))]
+        )
+        await store.record_intake(
+            [sale("H3", Movement("k-h3", "store:S1", "SKU-R", reserved=-1, kind="release"))]
+        )
+
+    asyncio.run(go())
+    level = store.stock("SKU-R")
+    assert (level.on_hand, level.reserved, level.available(0)) == (5, 0, 5)
+    moves = store.stock_movements("SKU-R")
+    assert [m.reserved for m in moves] == [0, -2, 2, 0]  # what was actually released
+    assert sum(m.reserved for m in moves) == level.reserved
+
+
+def test_a_down_channel_gets_one_retry_per_sku_and_a_rejected_level_is_not_resent(store: SQLiteStore) -> None:
+    with Receiver() as down, Receiver() as strict:
+        down.default = Answer(status=503)
+        strict.default = Answer(status=400)
+
+        async def go() -> tuple[int, int]:
+            cfg = InventoryConfig(
+                sweep_s=0.05,
+                channels={
+                    "down": InventoryChannel(sink="down", format="json"),
+                    "strict": InventoryChannel(sink="strict", format="json"),
+                },
+            )
+            slow = {"base_s": 0.5, "cap_s": 0.5}
+            sinks = {
+                "down": HTTPSink("down", HTTPSinkConfig(type="http", endpoint=down.url, retry=slow)),
+                "strict": HTTPSink("strict", HTTPSinkConfig(type="http", endpoint=strict.url, retry=slow)),
+            }
+            for sink in sinks.values():
+                await sink.open()
+            sync = InventorySync(store, cfg, sinks, {})
+            sync.pushers["down"].retry = sync.pushers["strict"].retry = HTTPSinkConfig(
+                type="http", endpoint=down.url, retry=slow
+            ).retry
+            await store.adjust_stock("SKU-1", "store:S1", 6, "user:test")
+            await sync.start()
+            waiting = 0
+            for _ in range(20):  # 20 sweeps in one second
+                await asyncio.sleep(0.05)
+                waiting = max(waiting, len(sync.pushers["down"].waiting))
+            await sync.stop()
+            for sink in sinks.values():
+                await sink.close()
+            return waiting, len(strict.requests)
+
+        waiting, rejected_sends = asyncio.run(go())
+        assert waiting == 1  # one retry deadline, however many sweeps
+        assert (
+            len(down.requests) < 10
+        )  # retries on their backoff (full jitter, up to 0.5 s), not one per sweep
+        assert rejected_sends == 1  # the level the channel refused is not sent again

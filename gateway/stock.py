@@ -19,6 +19,9 @@ from typing import Literal, Protocol, runtime_checkable
 
 from gateway.envelope import Envelope
 
+MAX_QUANTITY = 1_000_000
+"""The largest quantity one line may move; adapters report a larger one as ``quantity_invalid``."""
+
 MovementKind = Literal["sale", "return", "restock", "reserve", "release", "adjustment"]
 
 

@@ -71,7 +71,7 @@ from adapters.retail.keys import contact_keys, sku_keys
 from adapters.retail.reply import json_reply
 from gateway.adapter import Batch, Issue, Outcome, Reply
 from gateway.envelope import Envelope, Receipt, new_id, sha256_hex
-from gateway.stock import Movement, MovementKind, ReportedLevel
+from gateway.stock import MAX_QUANTITY, Movement, MovementKind, ReportedLevel
 
 __all__ = [
     "CONTENT_TYPE",
@@ -120,7 +120,6 @@ DATE_TIME_PATTERN = (
 MONEY_PATTERN = r"^[0-9]{1,14}(\.[0-9]{1,4})?$"
 """An amount written as a string: digits and at most 4 decimals (the most any ISO 4217 currency has);
 no sign, exponent or spaces. Whether the currency allows that many is the ``currency_precision`` rule."""
-MAX_QUANTITY = 1_000_000
 MAX_LINES = 10_000
 MAX_TENDERS = 100
 

@@ -69,7 +69,7 @@ from adapters.retail.keys import sku_keys
 from adapters.retail.reply import json_reply
 from gateway.adapter import Batch, Issue, Outcome, ParseError, Reply
 from gateway.envelope import Envelope, Receipt, new_id, sha256_hex
-from gateway.stock import Movement, ReportedLevel
+from gateway.stock import MAX_QUANTITY, Movement, ReportedLevel
 from gateway.xml import DEFAULT_MAX_DEPTH, XMLRejected, parse_xml
 
 __all__ = ["CONTENT_TYPE", "HEADER_KEYS", "NAMESPACES", "Line", "POSLogAdapter", "Transaction"]
@@ -534,6 +534,12 @@ def _stock_line(
         if quantity is None:
             problems.append(
                 Issue("error", "quantity_invalid", f"{where}/Quantity", "The Quantity is not a number.")
+            )
+        elif abs(quantity) > MAX_QUANTITY:
+            problems.append(
+                Issue(
+                    "error", "quantity_invalid", f"{where}/Quantity", "The Quantity is beyond any one sale."
+                )
             )
         elif quantity < 0 and not voided:
             problems.append(

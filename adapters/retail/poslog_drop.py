@@ -12,7 +12,12 @@ like a ``POST /ingest/poslog``. Then:
   payload values);
 * the store could not take it (503) → the file stays where it is and is tried
   again at the next poll: nothing is lost;
-* a file over ``max_bytes`` → ``failed/`` with a reply that says so, unread.
+* a file over ``max_bytes`` → ``failed/`` with a reply that says so (at most
+  ``max_bytes + 1`` bytes of it are read);
+* a symbolic link, or a file with more than one hard link, is never read (it
+  could point anywhere on the machine): → ``failed/``;
+* a file whose intake fails unexpectedly is tried again and, after three
+  tries, moved to ``failed/``; it never holds up the files after it.
 
 A crash between the commit and the move only means the file is taken again
 at start, and intake recognises it as a duplicate (same control ids, same
@@ -27,16 +32,19 @@ import contextlib
 import json
 import logging
 import os
+import stat
 import time
 from pathlib import Path
 
 from gateway.adapter import Adapter
-from gateway.envelope import Receipt
+from gateway.envelope import Receipt, new_id
 from gateway.pipeline import Intake
 
 log = logging.getLogger("gateway.poslog_drop")
 
 SKIPPED_SUFFIXES = (".tmp", ".part", ".reply.json")
+MAX_TRIES = 3
+"""Unexpected failures a file may cause before it goes to ``failed/``."""
 
 
 class DropFolder:
@@ -63,6 +71,7 @@ class DropFolder:
         self.settle_s = settle_s
         self.max_bytes = max_bytes
         self._task: asyncio.Task[None] | None = None
+        self.tries: dict[str, int] = {}
         self.taken = 0
         """Files moved to done/ or failed/ since start."""
 
@@ -96,27 +105,53 @@ class DropFolder:
                     continue
                 if not entry.is_file(follow_symlinks=False):
                     continue
-                if now - entry.stat().st_mtime >= self.settle_s:
+                if now - entry.stat(follow_symlinks=False).st_mtime >= self.settle_s:
                     out.append(Path(entry.path))
         return sorted(out)
 
     async def poll(self) -> int:
-        """Take every settled file once; return how many were moved."""
+        """Take every settled file once; return how many were moved.
+
+        A file whose intake fails unexpectedly is tried again at the next polls and moved to
+        ``failed/`` after :data:`MAX_TRIES`; it never holds up the files after it.
+        """
         moved = 0
         for path in self._ready():
-            if await self.take(path):
-                moved += 1
+            try:
+                if await self.take(path):
+                    moved += 1
+                    self.tries.pop(path.name, None)
+            except Exception:
+                tries = self.tries[path.name] = self.tries.get(path.name, 0) + 1
+                log.exception("poslog file could not be taken", extra={"file": path.name, "tries": tries})
+                if tries >= MAX_TRIES:
+                    self.tries.pop(path.name, None)
+                    self._refuse(path, "internal_error", "The gateway could not take this file; see its log.")
+                    moved += 1
         return moved
 
+    def _read(self, path: Path) -> bytes | None:
+        """The file's bytes, or None when it must not be read: not a regular file of its own (a link
+        swapped in after the scan, a hard link to another file) or over the size limit."""
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+                raise PermissionError("not a regular file with one link")
+            data = f.read(self.max_bytes + 1)
+        return data if len(data) <= self.max_bytes else None
+
     async def take(self, path: Path) -> bool:
-        size = path.stat().st_size
-        receipt = Receipt(self.name, peer=f"file:{path.name}", content_type="application/xml")
-        if size > self.max_bytes:
-            refusal = {"outcome": "invalid", "issues": [{"code": "too_large", "severity": "fatal"}]}
-            self._move(path, self.failed, json.dumps(refusal).encode())
-            log.warning("poslog file over the size limit", extra={"file": path.name, "bytes": size})
+        try:
+            raw = self._read(path)
+        except PermissionError:
+            self._refuse(path, "not_a_file", "Only regular files with a single link are taken.")
             return True
-        raw = path.read_bytes()
+        if raw is None:
+            log.warning("poslog file over the size limit", extra={"file": path.name})
+            self._refuse(path, "too_large", f"The file exceeds the limit of {self.max_bytes} bytes.")
+            return True
+        receipt = Receipt(self.name, peer=f"file:{path.name}", content_type="application/xml")
         result = await self.intake.receive(self.adapter, raw, receipt)
         reply = result.combined()
         self.intake.replied(result)
@@ -133,10 +168,17 @@ class DropFolder:
         )
         return True
 
+    def _refuse(self, path: Path, code: str, sentence: str) -> None:
+        refusal = {
+            "outcome": "invalid",
+            "issues": [{"severity": "fatal", "code": code, "diagnostics": sentence}],
+        }
+        self._move(path, self.failed, json.dumps(refusal).encode())
+
     def _move(self, path: Path, folder: Path, reply: bytes | None) -> None:
         target = folder / path.name
         if target.exists():  # the same name again: keep both
-            target = folder / f"{path.stem}.{int(time.time() * 1000)}{path.suffix}"
+            target = folder / f"{path.stem}.{new_id()}{path.suffix}"
         if reply is not None:
             (folder / f"{target.name}.reply.json").write_bytes(reply)
         os.replace(path, target)

@@ -54,7 +54,7 @@ from adapters.retail.keys import contact_keys, sku_keys
 from adapters.retail.reply import json_reply
 from gateway.adapter import Batch, Issue, Outcome, Reply
 from gateway.envelope import Envelope, Receipt, Sensitivity, new_id, sha256_hex
-from gateway.stock import Movement, ReportedLevel
+from gateway.stock import MAX_QUANTITY, Movement, ReportedLevel
 
 __all__ = [
     "HEADER_KEYS",
@@ -290,8 +290,9 @@ def variant_items(envelope: Envelope) -> dict[str, str]:
 
 
 def _positive_int(value: object) -> int | None:
+    """A quantity: a JSON integer from 1 to :data:`MAX_QUANTITY`, else ``None``."""
     number = jb.integer(value)
-    return number if number is not None and number > 0 else None
+    return number if number is not None and 0 < number <= MAX_QUANTITY else None
 
 
 def _ident(value: object) -> str:
@@ -515,6 +516,7 @@ def _level_issues(level: Json) -> list[Issue]:
         )
         for name in ("inventory_item_id", "location_id", "available")
         if jb.integer(level.get(name)) is None
+        or (name == "available" and abs(jb.integer(level.get(name)) or 0) > MAX_QUANTITY)
     ]
 
 

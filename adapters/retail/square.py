@@ -49,7 +49,7 @@ from adapters.retail.keys import contact_keys
 from adapters.retail.reply import json_reply
 from gateway.adapter import Batch, Issue, Outcome, Reply
 from gateway.envelope import Envelope, Receipt, Sensitivity, new_id, sha256_hex
-from gateway.stock import Movement, ReportedLevel
+from gateway.stock import MAX_QUANTITY, Movement, ReportedLevel
 
 __all__ = ["EVENT_TYPES", "HEADER_KEYS", "SquareAdapter", "SquareEvent"]
 
@@ -241,7 +241,7 @@ def _whole(value: object) -> int | None:
         number = Decimal(value.strip())
     except InvalidOperation:
         return None
-    if not number.is_finite() or number != number.to_integral_value():
+    if not number.is_finite() or number != number.to_integral_value() or abs(number) > MAX_QUANTITY:
         return None
     return int(number)
 

@@ -1,0 +1,110 @@
+"""The POSLog drop folder on a real store: files in, done/ or failed/ out, nothing read that is not the POS's."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from adapters.retail.poslog import POSLogAdapter
+from adapters.retail.poslog_drop import DropFolder
+from gateway.pipeline import Intake
+from gateway.store import MessageFilter
+from gateway.store.sqlite import SQLiteStore
+from tests.retail_messages import poslog_sale
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SQLiteStore]:
+    s = SQLiteStore(tmp_path / "gw.db", b"k" * 32)
+    s.open()
+    yield s
+    s.close()
+
+
+def run(store: SQLiteStore, folder: Path, max_bytes: int = 1 << 20) -> int:
+    async def go() -> int:
+        drop = DropFolder(Intake(store), POSLogAdapter(), folder, settle_s=0, max_bytes=max_bytes)
+        for sub in (folder, drop.done, drop.failed):
+            sub.mkdir(parents=True, exist_ok=True)
+        moved = await drop.poll()
+        await store.flush()
+        return moved
+
+    return asyncio.run(go())
+
+
+def reply(folder: Path, name: str) -> dict[str, object]:
+    return dict(json.loads((folder / "failed" / f"{name}.reply.json").read_text()))
+
+
+def test_good_files_go_to_done_and_bad_ones_to_failed_with_their_reply(
+    store: SQLiteStore, tmp_path: Path
+) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "a.xml").write_bytes(poslog_sale("7", "1", 1, [("SKU-1", 2)]))
+    (drop / "b.xml").write_bytes(poslog_sale("7", "1", 2, [("SKU-1", 10**20)]))  # no sale is that large
+    (drop / "c.xml").write_bytes(poslog_sale("7", "1", 3, [("SKU-2", 1)]))
+    (drop / "d.tmp").write_bytes(b"still being written")
+    assert run(store, drop) == 3
+    assert sorted(p.name for p in (drop / "done").iterdir()) == ["a.xml", "c.xml"]
+    assert (drop / "failed" / "b.xml").exists()
+    assert [i["code"] for i in reply(drop, "b.xml")["issues"]] == ["quantity_invalid"]  # type: ignore[index]
+    assert (drop / "d.tmp").exists()
+    assert len(store.list_messages(MessageFilter(protocol="poslog"))) == 3
+
+
+def test_links_are_never_read(store: SQLiteStore, tmp_path: Path) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    outside = tmp_path / "secret.xml"
+    outside.write_bytes(poslog_sale("7", "1", 9, [("TOP-SECRET-SKU", 1)]))
+    (drop / "link.xml").symlink_to(outside)
+    os.link(outside, drop / "hard.xml")
+    assert run(store, drop) == 1  # the symbolic link is not even picked up; the hard link is refused
+    assert [i["code"] for i in reply(drop, "hard.xml")["issues"]] == ["not_a_file"]  # type: ignore[index]
+    assert store.list_messages(MessageFilter()) == []
+    assert (drop / "link.xml").is_symlink() and outside.exists()
+
+
+def test_a_file_over_the_limit_is_refused_unread(store: SQLiteStore, tmp_path: Path) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "huge.xml").write_bytes(poslog_sale("7", "1", 1, [("SKU-1", 1)]) + b" " * 5000)
+    assert run(store, drop, max_bytes=4096) == 1
+    assert [i["code"] for i in reply(drop, "huge.xml")["issues"]] == ["too_large"]  # type: ignore[index]
+    assert store.list_messages(MessageFilter()) == []
+
+
+def test_the_same_name_twice_keeps_both(store: SQLiteStore, tmp_path: Path) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "day.xml").write_bytes(poslog_sale("7", "1", 1, [("SKU-1", 1)]))
+    run(store, drop)
+    (drop / "day.xml").write_bytes(poslog_sale("7", "1", 2, [("SKU-1", 1)]))
+    run(store, drop)
+    assert len(list((drop / "done").iterdir())) == 2
+
+
+def test_when_the_store_cannot_take_it_the_file_stays(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "gw.db", b"k" * 32)
+    store.open()
+    store.close()  # every commit now fails: intake answers 503
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "a.xml").write_bytes(poslog_sale("7", "1", 1, [("SKU-1", 1)]))
+
+    async def go() -> int:
+        folder = DropFolder(Intake(store), POSLogAdapter(), drop, settle_s=0)
+        await folder.start()
+        await folder.stop()
+        return await folder.poll()
+
+    assert asyncio.run(go()) == 0
+    assert (drop / "a.xml").exists()
+    assert not list((drop / "failed").iterdir()) and not list((drop / "done").iterdir())

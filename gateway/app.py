@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -31,7 +32,7 @@ from gateway.pipeline import Intake
 from gateway.runtime import Runtime
 from gateway.security import KeyRing, Principal
 from gateway.store import EventQuery, MessageFilter, Store
-from gateway.webhooks import Signature
+from gateway.webhooks import Refusals, Signature
 
 log = logging.getLogger("gateway.http")
 
@@ -213,6 +214,7 @@ def create_app(
         return _error(exc.status_code, "http_error", str(exc.detail))
 
     loop = asyncio.get_running_loop()
+    refusals = Refusals()
 
     def audit(who: Principal, event: str, scope: str, outcome: str, envelope_id: str | None = None) -> None:
         """Record a read of messages or lineage as a lineage event (who, which scope, what outcome).
@@ -273,14 +275,11 @@ def create_app(
             except AuthError as exc:
                 client = request.client
                 log.warning("webhook refused", extra={"channel": name, "reason": exc.reason})
-                draft = EventDraft(
-                    "AccessDenied",
-                    None,
-                    f"webhook:{name}",
-                    outcome="bad_signature",
-                    details={"peer": f"{client.host}:{client.port}" if client else ""},
+                draft = refusals.note(
+                    name, f"{client.host}:{client.port}" if client else "", time.monotonic()
                 )
-                store.note_events([draft])
+                if draft is not None:
+                    store.note_events([draft])
                 raise
             content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
             if content_type not in channel.content_types:

@@ -143,6 +143,11 @@ class ShopifyConfig(_Model):
         description="The app's client secret that signs webhooks (X-Shopify-Hmac-Sha256), or ${ENV_VAR}; "
         "also GATEWAY_SHOPIFY_WEBHOOK_SECRET. Without one, /ingest/shopify refuses every delivery.",
     )
+    shop_domains: list[str] = Field(
+        default_factory=list,
+        description="The shops (my-shop.myshopify.com) whose webhooks are taken; others get 401. Shopify signs "
+        "the body only, not X-Shopify-Shop-Domain: name your shops. Empty: any shop signed with the secret.",
+    )
 
 
 class SquareConfig(_Model):

@@ -139,7 +139,9 @@ async def serve(
             ingest_channels=ingest_channels(
                 http_adapters,
                 {
-                    "shopify": shopify_signature(settings.shopify.webhook_secret),
+                    "shopify": shopify_signature(
+                        settings.shopify.webhook_secret, settings.shopify.shop_domains
+                    ),
                     "square": square_signature(
                         settings.square.signature_key, settings.square.notification_url
                     ),

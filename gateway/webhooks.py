@@ -19,10 +19,11 @@ import base64
 import binascii
 import hashlib
 import hmac
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from gateway.errors import AuthError
+from gateway.lineage import EventDraft
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +35,9 @@ class Signature:
     secret: str | None = field(repr=False)
     signed_prefix: bytes = field(default=b"", repr=False)
     """Bytes signed before the body (Square's notification URL)."""
+    allowed: tuple[tuple[str, frozenset[str]], ...] = ()
+    """Unsigned request headers that must hold one of the given values (Shopify's shop domain: its
+    signature covers the body only, so a captured delivery could be replayed under another shop)."""
 
     def sign(self, body: bytes) -> str:
         """The base64 signature of ``body`` under this scheme (for senders and tests)."""
@@ -56,10 +60,40 @@ class Signature:
         expected = hmac.new(self.secret.encode(), self.signed_prefix + body, hashlib.sha256).digest()
         if not hmac.compare_digest(received, expected):
             raise AuthError(401, "The webhook signature does not match the body.")
+        for name, values in self.allowed:
+            if headers.get(name, "").strip().lower() not in values:
+                raise AuthError(401, f"The {name} header names no source this gateway takes.")
 
 
-def shopify_signature(secret: str | None) -> Signature:
-    return Signature("x-shopify-hmac-sha256", secret)
+class Refusals:
+    """Lineage for refused deliveries, without letting strangers grow it: webhook endpoints face the
+    internet, so per channel at most one ``AccessDenied`` event is written per ``window_s``, counting the
+    refusals since the last one (the log and the metrics see every refusal)."""
+
+    def __init__(self, window_s: float = 60.0) -> None:
+        self.window_s = window_s
+        self._last: dict[str, float] = {}
+        self._since: dict[str, int] = {}
+
+    def note(self, channel: str, peer: str, now: float) -> EventDraft | None:
+        self._since[channel] = self._since.get(channel, 0) + 1
+        if now - self._last.get(channel, float("-inf")) < self.window_s:
+            return None
+        self._last[channel] = now
+        count = self._since.pop(channel)
+        return EventDraft(
+            "AccessDenied",
+            None,
+            f"webhook:{channel}",
+            outcome="bad_signature",
+            details={"peer": peer, "refused": count, "window_s": self.window_s},
+        )
+
+
+def shopify_signature(secret: str | None, shops: Sequence[str] = ()) -> Signature:
+    """Shopify's scheme; with ``shops``, only deliveries naming one of them in X-Shopify-Shop-Domain pass."""
+    allowed = (("x-shopify-shop-domain", frozenset(s.strip().lower() for s in shops)),) if shops else ()
+    return Signature("x-shopify-hmac-sha256", secret, allowed=allowed)
 
 
 def square_signature(signature_key: str | None, notification_url: str | None) -> Signature:

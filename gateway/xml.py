@@ -69,6 +69,9 @@ def parse_xml(
         ) from None
     if root is None:
         raise XMLRejected("not_well_formed", "The document is empty.")
+    info = root.getroottree().docinfo
+    if info.doctype or info.internalDTD is not None:  # a DOCTYPE the byte check missed (UTF-16, UTF-32)
+        raise XMLRejected("doctype_forbidden", "Documents with a DOCTYPE or entity declarations are refused.")
     if _depth(root, max_depth) > max_depth:
         raise XMLRejected("too_deep", f"The document nests elements deeper than {max_depth} levels.")
     return root

@@ -22,7 +22,8 @@ never a binary float. Line amounts are line totals: a line is worth
 (after change given).
 
 Envelope: ``message_type`` ``pos/<kind>``, ``version`` ``1``, ``control_id``
-``<store>:<register>:<ticket>``, ``sender`` the store, ``correlation_id`` the ``original_ticket``
+``<store>:<register>:<business day>:<ticket>`` (a POS that numbers tickets afresh each day is
+fine), ``sender`` the store, ``correlation_id`` the ``original_ticket``
 of a return or void. ``body`` is the :class:`POSTicket`, or the JSON object as read when it does
 not fit the model (``parse`` is tolerant: :meth:`POSJSONAdapter.validate` says why). Headers (see
 :data:`HEADER_KEYS`) are read from the JSON object wherever a field is readable. Business keys:
@@ -373,10 +374,11 @@ def _headers(data: Mapping[str, Any]) -> dict[str, str]:
     store = _readable(data, "store", _ID)
     register = _readable(data, "register", _ID)
     ticket = _readable(data, "ticket", _ID)
+    day = _readable(data, "business_day", _DATE)
     headers = {
         "message_type": f"pos/{kind}" if isinstance(kind, str) and kind in KINDS else "",
         "version": _schema_version(data) or "1",
-        "control_id": f"{store}:{register}:{ticket}" if store and register and ticket else "",
+        "control_id": f"{store}:{register}:{day}:{ticket}" if store and register and day and ticket else "",
         "store_id": store,
         "register_id": register,
         "ticket": ticket,
@@ -541,7 +543,7 @@ class POSJSONAdapter:
         if not isinstance(ticket, POSTicket) or ticket.kind not in _MOVES:
             return []
         kind, on_hand, reserved = _MOVES[ticket.kind]
-        prefix = f"{self.name}:{ticket.store}:{ticket.register_id}:{ticket.ticket}:line"
+        prefix = f"{self.name}:{ticket.store}:{ticket.register_id}:{ticket.business_day}:{ticket.ticket}:line"
         return [
             Movement(
                 key=f"{prefix}:{line.line_id}:{kind}",

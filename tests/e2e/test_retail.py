@@ -66,7 +66,7 @@ def shop(tmp_path: Path) -> Iterator[tuple[Gateway, Receiver, Receiver, Receiver
                         }
                     ]
                 },
-                "shopify": {"webhook_secret": SECRET},
+                "shopify": {"webhook_secret": SECRET, "shop_domains": ["north-shop.myshopify.com"]},
                 "square": {"signature_key": SQUARE_KEY, "notification_url": SQUARE_URL},
                 "poslog": {"drop_dir": str(tmp_path / "drop"), "poll_s": 0.1, "settle_s": 0.1},
                 "sinks": {
@@ -268,6 +268,7 @@ def test_signatures_refuse_and_store_nothing(shop: tuple[Gateway, Receiver, Rece
         (body, wrong),
         (body, missing),
         (body, {**good, "X-Shopify-Hmac-Sha256": "not base64!"}),
+        (body, {**good, "X-Shopify-Shop-Domain": "other-shop.myshopify.com"}),  # replayed under another shop
     ):
         r = httpx.post(url, content=content, headers=headers)
         assert r.status_code == 401, r.text

@@ -58,3 +58,24 @@ def test_without_a_secret_every_delivery_is_refused() -> None:
 
 def test_the_secret_is_not_in_the_repr() -> None:
     assert "secret-1" not in repr(shopify_signature("secret-1"))
+
+
+def test_named_shops_only() -> None:
+    sig = shopify_signature("secret-1", ["North-Shop.myshopify.com"])
+    good = {"x-shopify-hmac-sha256": sig.sign(BODY), "x-shopify-shop-domain": "north-shop.myshopify.com"}
+    sig.verify(BODY, good)
+    for shop in ("other-shop.myshopify.com", ""):
+        with pytest.raises(AuthError):  # a genuine body replayed under another shop
+            sig.verify(BODY, {**good, "x-shopify-shop-domain": shop})
+
+
+def test_refusals_write_at_most_one_lineage_event_per_window() -> None:
+    from gateway.webhooks import Refusals
+
+    refusals = Refusals(window_s=60)
+    first = refusals.note("shopify", "203.0.113.9:5000", 1000.0)
+    assert first is not None and first.details["refused"] == 1
+    assert all(refusals.note("shopify", "203.0.113.9:5001", 1000.0 + n) is None for n in range(1, 50))
+    assert refusals.note("square", "203.0.113.9:5002", 1010.0) is not None  # per channel
+    later = refusals.note("shopify", "203.0.113.9:5003", 1061.0)
+    assert later is not None and later.details["refused"] == 50

@@ -118,3 +118,11 @@ def test_malformed_input_names_the_line_not_the_content() -> None:
     assert err.code == "not_well_formed" and err.line == 2
     assert "SECRET" not in err.diagnostics
     assert rejected(b"").code == "not_well_formed"
+
+
+def test_a_doctype_in_utf16_is_refused_too() -> None:
+    doc = '<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE d [<!ENTITY e "x">]><d>&e;</d>'.encode("utf-16")
+    with pytest.raises(XMLRejected) as caught:
+        parse_xml(doc)
+    assert caught.value.code == "doctype_forbidden"
+    assert parse_xml('<?xml version="1.0" encoding="UTF-16"?><d>ok</d>'.encode("utf-16")).text == "ok"

@@ -108,7 +108,11 @@ def test_valid_fixture(path: Path) -> None:
     assert env.protocol == "pos_json"
     assert env.version == "1"
     assert env.message_type == f"pos/{kind}" == env.headers["message_type"]
-    assert env.control_id == f"{doc['store']}:{doc['register']}:{doc['ticket']}" == env.headers["control_id"]
+    assert (
+        env.control_id
+        == f"{doc['store']}:{doc['register']}:{doc['business_day']}:{doc['ticket']}"
+        == env.headers["control_id"]
+    )
     assert env.sender == doc["store"]
     assert env.raw == raw
     assert ADAPTER.serialize(env) == raw  # forwarded exactly as received
@@ -408,7 +412,7 @@ def test_headers_of_the_basic_sale() -> None:
     assert dict(env.headers) == {
         "message_type": "pos/sale",
         "version": "1",
-        "control_id": "S001:R2:T-000123",
+        "control_id": "S001:R2:2026-11-27:T-000123",
         "store_id": "S001",
         "register_id": "R2",
         "ticket": "T-000123",
@@ -457,7 +461,7 @@ def test_return_names_its_original_ticket() -> None:
 def test_parse_is_tolerant_and_keeps_readable_headers() -> None:
     env = ADAPTER.parse((FOLDER / "invalid__schema_invalid.json").read_bytes(), RECEIPT)
     assert isinstance(env.body, dict)
-    assert env.control_id == "S001:R2:T-000142"
+    assert env.control_id == "S001:R2:2026-11-27:T-000142"
     assert env.headers["total_amount"] == "42.38"
     doc: dict[str, Any] = {
         "schema": "pos_json/1",
@@ -493,7 +497,13 @@ def _movements(name: str) -> list[Movement]:
 
 def test_sale_takes_stock_off_hand_and_skips_voided_lines() -> None:
     assert _movements("pos.sale__basic.json") == [
-        Movement("pos_json:S001:R2:T-000123:line:1:sale", "store:S001", "SKU-RED-M", on_hand=-2, kind="sale")
+        Movement(
+            "pos_json:S001:R2:2026-11-27:T-000123:line:1:sale",
+            "store:S001",
+            "SKU-RED-M",
+            on_hand=-2,
+            kind="sale",
+        )
     ]
     assert [m.sku for m in _movements("pos.sale__voided_line.json")] == ["SKU-RED-M"]
 
@@ -501,7 +511,11 @@ def test_sale_takes_stock_off_hand_and_skips_voided_lines() -> None:
 def test_return_puts_stock_back() -> None:
     assert _movements("pos.return__basic.json") == [
         Movement(
-            "pos_json:S001:R1:T-000131:line:1:return", "store:S001", "SKU-RED-M", on_hand=1, kind="return"
+            "pos_json:S001:R1:2026-11-28:T-000131:line:1:return",
+            "store:S001",
+            "SKU-RED-M",
+            on_hand=1,
+            kind="return",
         )
     ]
 
@@ -511,7 +525,7 @@ def test_void_moves_nothing() -> None:
 
 
 def test_reserve_and_release() -> None:
-    prefix = "pos_json:S002:CNC:CC-2026-000045:line"
+    prefix = "pos_json:S002:CNC:2026-11-27:CC-2026-000045:line"
     assert _movements("pos.reserve__click_and_collect.json") == [
         Movement(f"{prefix}:1:reserve", "store:S002", "SKU-RED-M", reserved=2, kind="reserve"),
         Movement(f"{prefix}:2:reserve", "store:S002", "SKU-TEE-BLK-L", reserved=1, kind="reserve"),
@@ -521,7 +535,7 @@ def test_reserve_and_release() -> None:
         ("SKU-RED-M", 0, -2, "release"),
         ("SKU-TEE-BLK-L", 0, -1, "release"),
     ]
-    assert released[0].key == "pos_json:S002:CNC:CC-2026-000046:line:1:release"
+    assert released[0].key == "pos_json:S002:CNC:2026-11-30:CC-2026-000046:line:1:release"
 
 
 def test_no_movements_from_a_body_that_is_not_a_ticket() -> None:

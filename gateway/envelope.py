@@ -92,6 +92,10 @@ class Envelope:
     masked_keys: Mapping[str, str] = field(default_factory=dict)
     """How a business key may be shown (an IBAN as ``DE89…3000``, a card as BIN + last four)."""
     sensitivity: Sensitivity = "none"
+    content_sha256: str = ""
+    """What decides that a message was received before, when the same content may arrive in other bytes
+    (a POSLog transaction alone, then inside a day file): a digest of its canonical form. Empty: the
+    raw bytes decide (``raw_sha256``)."""
     correlation_id: str = ""
     parent_id: str | None = None
     receipt: Receipt | None = None

@@ -378,22 +378,30 @@ class Drift:
 
 
 def find_drift(store: Store, config: InventoryConfig) -> list[Drift]:
-    """Every (channel, SKU) whose last reported level differs from the ledger's available-to-sell now."""
+    """Every (channel, SKU) whose reported level differs from the ledger's available-to-sell now.
+
+    With a location (``report_location``, else the shopify ``location_id``) only that location's reports
+    count; without one a channel shows stock pooled over its locations, as the ledger does, so its
+    reports for a SKU are added up.
+    """
     out: list[Drift] = []
     for name, channel in config.channels.items():
         if channel.reports is None:
             continue
         by_item = {item: sku for sku, item in channel.items.items()}
         where = channel.report_location or channel.location_id
+        shown: dict[str, tuple[int, str]] = {}
         for row in store.stock_reports(channel.reports):
             if where is not None and row.location != where:
                 continue
             sku = row.sku or by_item.get(row.item, "")
-            if not sku:
-                continue
+            if sku:
+                total, at = shown.get(sku, (0, ""))
+                shown[sku] = (total + row.available, max(at, row.at))
+        for sku, (reported, at) in sorted(shown.items()):
             available = store.stock(sku).available(config.safety(sku))
-            if row.available != available:
-                out.append(Drift(name, sku, row.available, available, row.at))
+            if reported != available:
+                out.append(Drift(name, sku, reported, available, at))
     return out
 
 

@@ -190,6 +190,7 @@ class Intake:
             deliveries=deliveries,
             movements=movements,
             reports=reports,
+            content_sha256=env.content_sha256,
         )
         return rec, out, reply
 

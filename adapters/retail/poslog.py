@@ -14,7 +14,8 @@ Envelope: ``protocol`` ``poslog``; ``version`` the ``Version`` of the RetailTran
 ControlTransaction (else the POSLog's ``Version`` or ``MajorVersion.MinorVersion.FixVersion``);
 ``message_type`` ``RetailTransaction/Sale`` (it has sale lines), ``RetailTransaction/Return`` (every
 stock line is a return), ``RetailTransaction/Void`` (``CancelFlag`` or ``VoidFlag`` on the
-RetailTransaction or the Transaction), plain ``RetailTransaction`` otherwise, and for other
+RetailTransaction or the Transaction, or a ``TransactionStatus`` of Suspended, Voided, PostVoided,
+Canceled or InProcess), plain ``RetailTransaction`` otherwise, and for other
 transactions the name of their element (``ControlTransaction``, ``TenderControlTransaction`` …);
 ``control_id`` ``{store}-{workstation}-{sequence}-{business day}``; ``sender`` the store. Headers
 (:data:`HEADER_KEYS`, every key always present): ``store_id`` (RetailStoreID, or POSLog 6's
@@ -48,6 +49,10 @@ hand at ``store:{store}``, each Return line puts it back; a voided, cancelled or
 a voided line, a weighed item (a fractional quantity or a weight unit of measure), an item whose
 ``ItemType`` is not ``Stock`` and discount, tax and tender lines move nothing. The movement key is
 ``poslog:{store}:{workstation}:{business day}:{sequence}:line:{LineItem SequenceNumber or position}``.
+
+Duplicates: ``content_sha256`` is the digest of the Transaction's exclusive canonical form, so a
+transaction posted alone and later found again in the day's file is recognised as the same message
+(acknowledged again, applied once), whatever bytes surround it.
 
 Replies are the retail JSON reply (:func:`adapters.retail.reply.json_reply`).
 """
@@ -283,6 +288,7 @@ class POSLogAdapter:
             business_keys={"transaction": tx.control_id, **sku_keys(headers["skus"])},
             masked_keys={"transaction": tx.control_id},
             sensitivity="pii",
+            content_sha256=sha256_hex(etree.tostring(element, method="c14n", exclusive=True)),
             receipt=receipt,
         )
 
@@ -414,14 +420,23 @@ def _kind_element(transaction: etree._Element, ns: str) -> etree._Element | None
     return None
 
 
+_UNFINISHED = frozenset(
+    {"suspended", "suspendeddeleted", "voided", "postvoided", "canceled", "cancelled", "inprocess"}
+)
+"""``RetailTransaction@TransactionStatus`` values of a sale that did not (or no longer) take stock: a
+suspended transaction moves stock when it is resumed and finished, under its own sequence number."""
+
+
 def _read_transaction(element: etree._Element, ns: str, root_version: str, location: str) -> Transaction:
     kind_el = _kind_element(element, ns)
     kind = etree.QName(kind_el).localname if kind_el is not None else "Transaction"
     store = _text(element, f"{ns}RetailStoreID") or _text(element, f"{ns}BusinessUnit/{ns}UnitID")
+    status = (kind_el.get("TransactionStatus") or "").strip().lower() if kind_el is not None else ""
     voided = (
         _flag(element, "CancelFlag")
         or _flag(element, "VoidFlag")
         or (kind_el is not None and (_flag(kind_el, "CancelFlag") or _flag(kind_el, "VoidFlag")))
+        or status in _UNFINISHED
     )
     version = (kind_el.get("Version") or "").strip() if kind_el is not None else ""
     problems: list[Issue] = []

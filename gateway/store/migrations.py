@@ -145,3 +145,9 @@ MIGRATIONS.append(
     ) WITHOUT ROWID;
     """
 )
+
+MIGRATIONS.append(
+    # 6: the digest that decides "the same message again" when the same content may come in other bytes
+    # (a POSLog transaction posted alone, then inside the day's file); empty means raw_sha256 decides.
+    "ALTER TABLE messages ADD COLUMN content_sha256 TEXT NOT NULL DEFAULT ''"
+)

@@ -427,12 +427,12 @@ class SQLiteStore:
         keyed = bool(rec.control_id) and rec.outcome == "accepted"
         if keyed:
             row = conn.execute(
-                "SELECT raw_sha256, id FROM messages WHERE control_id = ? AND sender = ? AND protocol = ?"
-                " AND status = 'accepted' LIMIT 1",
+                "SELECT raw_sha256, id, content_sha256 FROM messages WHERE control_id = ? AND sender = ?"
+                " AND protocol = ? AND status = 'accepted' LIMIT 1",
                 (rec.control_id, rec.sender, rec.protocol),
             ).fetchone()
             if row is not None:
-                if row[0] == rec.raw_sha256:
+                if (row[2] or row[0]) == (rec.content_sha256 or rec.raw_sha256):
                     txn.append(
                         [
                             EventDraft(
@@ -477,7 +477,7 @@ class SQLiteStore:
         txn.conn.execute(
             "INSERT INTO messages (id, received_at, protocol, version, message_type, control_id, sender, receiver,"
             " status, listener, peer, client, raw, raw_sha256, headers, business_keys, issues, parent_id,"
-            " reply_code, route) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " reply_code, route, content_sha256) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 rec.id,
                 rec.received_at,
@@ -499,6 +499,7 @@ class SQLiteStore:
                 rec.parent_id,
                 rec.reply_code if conflict_with is None else "",
                 rec.route if conflict_with is None else "",
+                rec.content_sha256,
             ),
         )
         if rec.business_keys:

@@ -200,3 +200,17 @@ def test_a_down_channel_gets_one_retry_per_sku_and_a_rejected_level_is_not_resen
             len(down.requests) < 10
         )  # retries on their backoff (full jitter, up to 0.5 s), not one per sweep
         assert rejected_sends == 1  # the level the channel refused is not sent again
+
+
+def test_a_channel_without_a_location_shows_its_locations_pooled(store: SQLiteStore) -> None:
+    cfg = InventoryConfig(
+        channels={"pos": InventoryChannel(sink="pos", format="json", items={"SKU-1": "CAT-1"}, reports="square")}
+    )
+
+    async def go() -> None:
+        await store.adjust_stock("SKU-1", "warehouse", 7, "user:test")
+        levels = (ReportedLevel("square", "L1", "CAT-1", 3), ReportedLevel("square", "L2", "CAT-1", 4))
+        await store.record_intake([sale("Q1", reports=levels)])
+
+    asyncio.run(go())
+    assert find_drift(store, cfg) == []  # 3 + 4 shown, 7 available

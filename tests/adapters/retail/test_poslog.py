@@ -25,6 +25,7 @@ from gateway.adapter import Issue, Outcome, ParseError
 from gateway.envelope import Envelope, Receipt
 from gateway.stock import Movement, StockSource
 from gateway.xml import parse_xml
+from tests import retail_messages
 from tests.conftest import FIXTURES
 
 FOLDER = FIXTURES / "retail" / "poslog"
@@ -540,3 +541,17 @@ def test_corpus_line_voids_cancel_their_sale(adapter: POSLogAdapter, corpora_dir
         moved = {m.key.rsplit(":", 1)[1] for m in adapter.movements(env)}
         assert moved  # the other items of the transaction still sold
         assert not moved & {ln.sequence for ln in lines if ln.voided}
+
+
+@pytest.mark.parametrize("status", ["Suspended", "PostVoided", "Totaled"])
+def test_only_a_finished_sale_moves_stock(status: str) -> None:
+    doc = retail_messages.poslog_sale("7", "1", 5, [("SKU-9", 1)]).replace(
+        b'<RetailTransaction Version="2.1">',
+        f'<RetailTransaction Version="2.1" TransactionStatus="{status}">'.encode(),
+    )
+    adapter = POSLogAdapter()
+    env = adapter.parse(doc, Receipt("test"))
+    moved = adapter.movements(env)
+    assert (len(moved), env.message_type) == (
+        (1, "RetailTransaction/Sale") if status == "Totaled" else (0, "RetailTransaction/Void")
+    )

@@ -12,6 +12,7 @@ import pytest
 
 from adapters.retail.poslog import POSLogAdapter
 from adapters.retail.poslog_drop import DropFolder
+from gateway.envelope import Receipt
 from gateway.pipeline import Intake
 from gateway.store import MessageFilter
 from gateway.store.sqlite import SQLiteStore
@@ -108,3 +109,29 @@ def test_when_the_store_cannot_take_it_the_file_stays(tmp_path: Path) -> None:
     assert asyncio.run(go()) == 0
     assert (drop / "a.xml").exists()
     assert not list((drop / "failed").iterdir()) and not list((drop / "done").iterdir())
+
+
+def test_a_transaction_posted_alone_is_a_duplicate_in_the_day_file(
+    store: SQLiteStore, tmp_path: Path
+) -> None:
+    one = poslog_sale("7", "1", 1, [("SKU-1", 2)])
+    two = poslog_sale("7", "1", 2, [("SKU-1", 1)])
+
+    def transaction(doc: bytes) -> bytes:
+        return doc[doc.index(b"<Transaction>") : doc.index(b"</POSLog>")]
+
+    day = (
+        b'<?xml version="1.0"?>\n<POSLog xmlns="http://www.nrf-arts.org/IXRetail/namespace/" '
+        b'xmlns:x="urn:vendor">\n  ' + transaction(one) + b"\n  " + transaction(two) + b"\n</POSLog>"
+    )
+
+    async def go() -> list[str]:
+        intake = Intake(store, on_stock=lambda skus: None)
+        adapter = POSLogAdapter()
+        first = await intake.receive(adapter, one, Receipt("http"))
+        later = await intake.receive(adapter, day, Receipt("poslog-drop"))
+        assert first.replies[0].status == 200
+        return [*first.decisions, *later.decisions]
+
+    assert asyncio.run(go()) == ["stored", "duplicate", "stored"]
+    assert store.stock("SKU-1").on_hand == -3  # the first sale counted once

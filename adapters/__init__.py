@@ -1,7 +1,9 @@
 """Protocol adapters, and the one place they are registered.
 
 ``BUILTIN_ADAPTERS`` maps each registry key (``Envelope.protocol``) to the
-adapter's constructor; the gateway core knows adapters only through it.
+adapter's constructor; the gateway core knows adapters only through it, and
+``BUILTIN_SINKS`` the sinks that speak an adapter's platform (Square's Orders
+API) by configuration type.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from adapters.retail.pos_json import POSJSONAdapter
 from adapters.retail.poslog import POSLogAdapter
 from adapters.retail.shopify import ShopifyAdapter
 from adapters.retail.square import SquareAdapter
+from adapters.retail.square_orders import SquareOrdersSink
 from gateway.adapter import Adapter
+from gateway.sink import Sink
 
 BUILTIN_ADAPTERS: dict[str, Callable[..., Adapter]] = {
     "hl7v2": HL7Adapter,
@@ -26,3 +30,8 @@ BUILTIN_ADAPTERS: dict[str, Callable[..., Adapter]] = {
     "poslog": POSLogAdapter,
     "pos_json": POSJSONAdapter,
 }
+
+BUILTIN_SINKS: dict[str, Callable[..., Sink]] = {
+    "square_orders": SquareOrdersSink,
+}
+"""Sinks that belong to an adapter's platform (by configuration ``type``), beside the core's own."""

@@ -339,8 +339,34 @@ class MemorySinkConfig(_SinkBase):
     type: Literal["memory"]
 
 
+class SquareOrdersSinkConfig(_SinkBase):
+    type: Literal["square_orders"]
+    api_base: str = Field(
+        default="https://connect.squareup.com",
+        description="Square's API (https://connect.squareupsandbox.com for tests).",
+    )
+    access_token_env: str = Field(
+        default="GATEWAY_SQUARE_ACCESS_TOKEN",
+        description="Name of the environment variable holding the access token that may read orders.",
+    )
+    api_version: str = Field(default="2024-10-17", description="Square-Version header.")
+    timeout_s: float = Field(default=10.0, gt=0, description="Time allowed for each order read.")
+    skus: dict[str, str] = Field(
+        default_factory=dict,
+        description="Catalog object id (item variation) → SKU; lines of unlisted variations move no stock.",
+    )
+
+    @field_validator("api_base")
+    @classmethod
+    def _base(cls, value: str) -> str:
+        if not re.fullmatch(r"https?://[^\s/:]+(:\d{1,5})?", value.rstrip("/")):
+            raise ValueError("expected an http:// or https:// URL without a path")
+        return value.rstrip("/")
+
+
 SinkConfig = Annotated[
-    HTTPSinkConfig | MLLPSinkConfig | FileSinkConfig | MemorySinkConfig, Field(discriminator="type")
+    HTTPSinkConfig | MLLPSinkConfig | FileSinkConfig | MemorySinkConfig | SquareOrdersSinkConfig,
+    Field(discriminator="type"),
 ]
 MatchValue = str | int | float | dict[str, float | int | str] | list[str]
 

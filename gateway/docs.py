@@ -30,13 +30,14 @@ from gateway.config import (
     MemorySinkConfig,
     MLLPSinkConfig,
     Settings,
+    SquareOrdersSinkConfig,
 )
 from gateway.routecheck import route_protocols
 from gateway.routing import REJECT, RoutingTable
 
 __all__ = ["LISTENERS", "markdown", "mermaid", "render", "svg"]
 
-AnySink = HTTPSinkConfig | MLLPSinkConfig | FileSinkConfig | MemorySinkConfig
+AnySink = HTTPSinkConfig | MLLPSinkConfig | FileSinkConfig | MemorySinkConfig | SquareOrdersSinkConfig
 
 LISTENERS: dict[str, tuple[str, ...]] = {"hl7v2": ("mllp", "http")}
 """The listeners that carry each protocol; a protocol not listed arrives over HTTP."""
@@ -71,6 +72,8 @@ def endpoint_text(sink: AnySink) -> str:
         return f"{scheme}://{netloc}{path}" + (f"?{HIDDEN}" if query else "")
     if isinstance(sink, FileSinkConfig):
         return str(sink.directory)
+    if isinstance(sink, SquareOrdersSinkConfig):
+        return f"{sink.api_base}/v2/orders"
     return "(in memory)"
 
 
@@ -111,6 +114,8 @@ def _options(sink: AnySink) -> list[str]:
         return options
     if isinstance(sink, FileSinkConfig):
         return [f"name_pattern {sink.name_pattern}"]
+    if isinstance(sink, SquareOrdersSinkConfig):
+        return [f"access token from ${sink.access_token_env}", f"{len(sink.skus)} catalog variations mapped"]
     return []
 
 

@@ -194,6 +194,15 @@ class Intake:
         )
         return rec, out, reply
 
+    async def apply_stock(self, movements: Sequence[Movement], message_id: str, actor: str) -> None:
+        """Apply movements learnt after a message was taken (a sink that read Square's order lines), at
+        the ledger locations the configuration maps them to, and have the changed SKUs pushed."""
+        places = self.stock_locations
+        mapped = [replace(m, location=places[m.location]) if m.location in places else m for m in movements]
+        skus = await self.store.apply_stock(mapped, message_id, actor)
+        if skus and self.on_stock is not None:
+            self.on_stock(set(skus))
+
     def _moves_stock(self, adapter: Adapter) -> TypeGuard[StockSource]:
         """Whether the adapter is a :class:`StockSource` (remembered per class: a runtime protocol check
         costs ~15 µs)."""

@@ -29,6 +29,7 @@ from gateway.routecheck import lint
 from gateway.routing import RoutingTable
 from gateway.sink import Sink
 from gateway.sinks import build_sink
+from gateway.stock import LedgerClient
 from gateway.store import Store
 
 log = logging.getLogger("gateway.runtime")
@@ -100,6 +101,9 @@ class Runtime:
             self.inventory = inventory
             self.intake.on_stock = inventory.notify if inventory is not None else None
             self.intake.stock_locations = dict(settings.inventory.locations) if settings.inventory else {}
+            for sink in sinks.values():
+                if isinstance(sink, LedgerClient):
+                    sink.apply = self.intake.apply_stock if inventory is not None else None
             if inventory is not None:
                 await inventory.start({name: worker.bucket for name, worker in engine.workers.items()})
             if old_engine is not None:

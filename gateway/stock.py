@@ -14,6 +14,7 @@ channels.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
@@ -59,6 +60,18 @@ class ReportedLevel:
     item: str
     available: int
     sku: str = ""
+
+
+ApplyStock = Callable[[Sequence[Movement], str, str], Awaitable[None]]
+"""The ledger's way in for movements learnt after intake: ``(movements, message id, actor)``."""
+
+
+@runtime_checkable
+class LedgerClient(Protocol):
+    """A sink that learns stock movements while delivering (Square's order lines): the runtime gives
+    it the ledger's way in when the configuration keeps one, else ``None``."""
+
+    apply: ApplyStock | None
 
 
 @runtime_checkable

@@ -165,3 +165,30 @@ def poslog_sale(
         f'<RetailTransaction Version="2.1">{"".join(items)}'
         f'<Total TotalType="TransactionGrandAmount">{total}</Total></RetailTransaction></Transaction></POSLog>'
     ).encode()
+
+
+def square_order_event(
+    event_id: str, order_id: str, state: str = "COMPLETED", location: str = "L88"
+) -> bytes:
+    """An ``order.updated`` event: it names the order, its state and location, but no lines."""
+    return json.dumps(
+        {
+            "merchant_id": "MLX3K2Z9Q",
+            "type": "order.updated",
+            "event_id": event_id,
+            "created_at": "2026-11-27T15:05:00Z",
+            "data": {
+                "type": "order_updated",
+                "id": order_id,
+                "object": {
+                    "order_updated": {
+                        "order_id": order_id,
+                        "location_id": location,
+                        "state": state,
+                        "version": 3,
+                        "updated_at": "2026-11-27T15:05:00Z",
+                    }
+                },
+            },
+        }
+    ).encode()

@@ -425,3 +425,41 @@ def _money_issues(money: object, where: str) -> list[Issue]:
             )
         )
     return issues
+
+
+def order_movements(order: Json, skus: Mapping[str, str]) -> list[Movement]:
+    """The stock movements of a COMPLETED Square order read from its Orders API (``GET /v2/orders/{id}``):
+    each line item of a mapped catalog variation takes its quantity off hand at ``square:{location}``,
+    each returned line puts it back. The webhooks carry no lines, so this is how Square sales reach the
+    ledger (see :mod:`adapters.retail.square_orders`). Keys name the order and the line's ``uid``."""
+    order_id, location = jb.text(order.get("id")), jb.text(order.get("location_id"))
+    if not order_id or not location or jb.text(order.get("state")) != "COMPLETED":
+        return []
+    prefix = f"square:{location}:order:{order_id}"
+    out: list[Movement] = []
+    for line in jb.objects(order.get("line_items")):
+        sku, quantity, uid = (
+            skus.get(jb.text(line.get("catalog_object_id"))),
+            _whole(line.get("quantity")),
+            jb.text(line.get("uid")),
+        )
+        if sku and uid and quantity is not None and quantity > 0:
+            out.append(
+                Movement(
+                    f"{prefix}:line:{uid}:sale", f"square:{location}", sku, on_hand=-quantity, kind="sale"
+                )
+            )
+    for ret in jb.objects(order.get("returns")):
+        for line in jb.objects(ret.get("return_line_items")):
+            sku, quantity, uid = (
+                skus.get(jb.text(line.get("catalog_object_id"))),
+                _whole(line.get("quantity")),
+                jb.text(line.get("uid")),
+            )
+            if sku and uid and quantity is not None and quantity > 0:
+                out.append(
+                    Movement(
+                        f"{prefix}:return:{uid}", f"square:{location}", sku, on_hand=quantity, kind="return"
+                    )
+                )
+    return out

@@ -40,6 +40,10 @@ def build_sink(name: str, config: SinkConfig) -> Sink:
     """The sink named ``name`` for ``config`` (not yet opened); an unknown type is a ConfigError."""
     factory = SINK_TYPES.get(config.type)
     if factory is None:
+        from adapters import BUILTIN_SINKS  # the platforms' sinks: the core knows adapters by registry only
+
+        factory = BUILTIN_SINKS.get(config.type)
+    if factory is None:
         raise ConfigError(
             f"sinks.{name}.type: {config.type!r} is not a sink type; expected one of "
             f"{', '.join(sorted(SINK_TYPES))}"

@@ -360,6 +360,10 @@ class Store(Protocol):
 
     # -- inventory ledger (gateway.store.ledger) -------------------------------------------
 
+    async def apply_stock(self, movements: Sequence[Movement], message_id: str, actor: str) -> list[str]:
+        """Apply movements learnt after intake (Square's order lines) once by key; the SKUs moved."""
+        ...
+
     async def adjust_stock(self, sku: str, location: str, on_hand: int, actor: str) -> StockLevel:
         """Set the counted quantity on hand at a location (a movement of the difference)."""
         ...

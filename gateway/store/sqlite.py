@@ -774,6 +774,15 @@ class SQLiteStore:
 
     # -- inventory ledger -----------------------------------------------------------------------
 
+    async def apply_stock(self, movements: Sequence[Movement], message_id: str, actor: str) -> list[str]:
+        def fn(txn: _Txn) -> list[str]:
+            at = utcnow().isoformat()
+            applied = ledger.apply_movements(txn.conn, movements, message_id, actor, at)
+            txn.append([ledger.movement_event(applied, message_id, actor)], at)
+            return sorted({m.sku for m in applied.applied})
+
+        return await self.submit(fn)
+
     async def adjust_stock(self, sku: str, location: str, on_hand: int, actor: str) -> StockLevel:
         def fn(txn: _Txn) -> StockLevel:
             at = utcnow().isoformat()

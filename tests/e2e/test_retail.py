@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from gateway.webhooks import shopify_signature, square_signature
-from tests.gateway.sinks.peers import Receiver, Recorded
+from tests.gateway.sinks.peers import Answer, Receiver, Recorded
 from tests.retail_messages import (
     CUSTOMER_EMAIL,
     CUSTOMER_PHONE,
@@ -25,6 +25,7 @@ from tests.retail_messages import (
     shopify_level,
     shopify_order,
     shopify_refund,
+    square_order_event,
     square_payment,
 )
 from tests.support import ADMIN_KEY, TEST_KEY, Gateway, wait_until
@@ -433,3 +434,91 @@ def test_a_count_taken_while_the_gateway_was_down_is_pushed_at_start(
     view = inventory(gw, "SKU-B")
     assert [m["kind"] for m in view["movements"]] == ["adjustment", "adjustment"]
     assert view["movements"][0]["source"].endswith("(cli)")
+
+
+def test_square_store_sales_reach_the_ledger_through_the_orders_api(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SQUARE_TEST_TOKEN", "sq-access-token-for-tests")
+    order = {
+        "order": {
+            "id": "ord-9",
+            "location_id": "L88",
+            "state": "COMPLETED",
+            "line_items": [
+                {"uid": "li-1", "catalog_object_id": "VAR-A", "quantity": "2", "name": "Mug"},
+                {"uid": "li-2", "catalog_object_id": "VAR-UNMAPPED", "quantity": "1"},
+            ],
+        }
+    }
+    with Receiver() as square_api, Receiver() as pos:
+        square_api.default = Answer(
+            body=json.dumps(order).encode(), headers={"Content-Type": "application/json"}
+        )
+        base = square_api.url.removesuffix("/in")
+        gw = Gateway(
+            tmp_path,
+            {
+                "auth": {
+                    "api_keys": [
+                        {"name": "store", "key": KEY, "scopes": ["inventory:read", "inventory:write"]}
+                    ]
+                },
+                "square": {"signature_key": SQUARE_KEY, "notification_url": SQUARE_URL},
+                "sinks": {
+                    "square_api": {
+                        "type": "square_orders",
+                        "api_base": base,
+                        "access_token_env": "SQUARE_TEST_TOKEN",
+                        "skus": {"VAR-A": "SKU-A"},
+                        "retry": {"base_s": 0.05, "cap_s": 0.2},
+                    },
+                    "pos": {"type": "http", "endpoint": pos.url},
+                },
+                "routes": [
+                    {
+                        "name": "square-sales",
+                        "match": {"protocol": "square", "message_type": "order.*", "state": "COMPLETED"},
+                        "to": ["square_api"],
+                    },
+                    {"name": "square-other", "match": {"protocol": "square"}, "to": ["pos"]},
+                ],
+                "unmatched": "reject",
+                "inventory": {
+                    "locations": {"square:L88": "store:12"},
+                    "channels": {"store": {"sink": "pos", "format": "json"}},
+                },
+            },
+        ).start()
+        try:
+            count(gw, "SKU-A", "store:12", 10)
+            signer = square_signature(SQUARE_KEY, SQUARE_URL)
+            for event_id in ("ev-o1", "ev-o2"):  # the same sale told twice (order.updated again)
+                body = square_order_event(event_id, "ord-9")
+                headers = {
+                    "Content-Type": "application/json",
+                    "x-square-hmacsha256-signature": signer.sign(body),
+                }
+                assert (
+                    httpx.post(f"{gw.http_url}/ingest/square", content=body, headers=headers).status_code
+                    == 200
+                )
+            assert wait_until(lambda: len([r for r in square_api.requests if r.method == "GET"]) >= 2)
+            assert wait_until(lambda: inventory(gw, "SKU-A")["on_hand"] == 8)
+            read = square_api.requests[0]
+            assert (read.path, read.headers["authorization"]) == (
+                "/v2/orders/ord-9",
+                "Bearer sq-access-token-for-tests",
+            )
+            view = inventory(gw, "SKU-A")
+            assert [x["location"] for x in view["locations"]] == [
+                "store:12"
+            ]  # mapped: Square's L88 is store 12
+            assert wait_until(lambda: bool(pushes(pos, "SKU-A")) and pushes(pos, "SKU-A")[-1][1] == 8)
+            # the second telling moved nothing more
+            assert inventory(gw, "SKU-A")["on_hand"] == 8
+            sales = [m for m in inventory(gw, "SKU-A")["movements"] if m["kind"] == "sale"]
+            assert len(sales) == 1 and sales[0]["source"] == "sink:square_api"
+        finally:
+            gw.stop()
+        assert "sq-access-token-for-tests" not in gw.logs()

@@ -204,7 +204,9 @@ def test_a_down_channel_gets_one_retry_per_sku_and_a_rejected_level_is_not_resen
 
 def test_a_channel_without_a_location_shows_its_locations_pooled(store: SQLiteStore) -> None:
     cfg = InventoryConfig(
-        channels={"pos": InventoryChannel(sink="pos", format="json", items={"SKU-1": "CAT-1"}, reports="square")}
+        channels={
+            "pos": InventoryChannel(sink="pos", format="json", items={"SKU-1": "CAT-1"}, reports="square")
+        }
     )
 
     async def go() -> None:

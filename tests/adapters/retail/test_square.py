@@ -25,7 +25,7 @@ from adapters.retail.square import EVENT_TYPES, HEADER_KEYS, SquareAdapter, Squa
 from gateway.adapter import Adapter, Issue, Outcome, OutcomeKind, ParseError
 from gateway.envelope import Envelope, Receipt
 from gateway.pipeline import classify
-from gateway.stock import ReportedLevel, StockSource
+from gateway.stock import Movement, ReportedLevel, StockSource
 from tests.conftest import FIXTURES
 
 FOLDER = FIXTURES / "retail" / "square"
@@ -423,3 +423,25 @@ def test_the_card_fixtures_do_carry_card_details() -> None:
     """The check above is only worth something if the payments hold what it looks for."""
     secrets = set(pii_values(json.loads((FOLDER / "payment.created__basic.json").read_bytes())))
     assert {"8317", "453275", "linus.pauling@example.com", "500 Electric Avenue", "Pauling"} <= secrets
+
+
+def test_a_completed_order_read_from_the_orders_api_moves_its_mapped_lines() -> None:
+    from adapters.retail.square import order_movements
+
+    order = {
+        "id": "ord-1",
+        "location_id": "L1",
+        "state": "COMPLETED",
+        "line_items": [
+            {"uid": "a", "catalog_object_id": "VAR-1", "quantity": "2"},
+            {"uid": "b", "catalog_object_id": "VAR-2", "quantity": "0.5"},  # weighed: no movement
+            {"uid": "c", "catalog_object_id": "VAR-9", "quantity": "1"},  # not mapped
+        ],
+        "returns": [{"return_line_items": [{"uid": "r", "catalog_object_id": "VAR-1", "quantity": "1"}]}],
+    }
+    skus = {"VAR-1": "SKU-1", "VAR-2": "SKU-2"}
+    assert order_movements(order, skus) == [
+        Movement("square:L1:order:ord-1:line:a:sale", "square:L1", "SKU-1", on_hand=-2, kind="sale"),
+        Movement("square:L1:order:ord-1:return:r", "square:L1", "SKU-1", on_hand=1, kind="return"),
+    ]
+    assert order_movements({**order, "state": "OPEN"}, skus) == []

@@ -195,11 +195,17 @@ class Receiver:
             wbufsize = 65536  # one write per response: no Nagle / delayed-ACK stall between header and body
 
             def do_POST(self) -> None:  # the method name http.server dispatches to
+                self._answer("POST")
+
+            def do_GET(self) -> None:
+                self._answer("GET")
+
+            def _answer(self, method: str) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
                 body = self.rfile.read(length)
                 receiver.requests.append(
                     Recorded(
-                        "POST",
+                        method,
                         self.path,
                         {k.lower(): v for k, v in self.headers.items()},
                         body,

@@ -11,6 +11,7 @@ import pytest
 from pydantic import TypeAdapter
 
 import gateway.sinks
+from adapters.retail.square_orders import SquareOrdersSink
 from gateway.config import SinkConfig
 from gateway.sink import DeliveryRejected, DeliveryRetryable, Sink
 from gateway.sinks import SINK_TYPES, FileSink, HTTPSink, MemorySink, MLLPSink, build_sink
@@ -69,7 +70,10 @@ def _config_types() -> set[str]:
 
 
 def test_every_configured_type_has_a_sink() -> None:
-    assert set(SINK_TYPES) == _config_types()
+    from adapters import BUILTIN_SINKS
+
+    assert set(SINK_TYPES) | set(BUILTIN_SINKS) == _config_types()
+    assert not set(SINK_TYPES) & set(BUILTIN_SINKS)
 
 
 @pytest.mark.parametrize(
@@ -79,6 +83,7 @@ def test_every_configured_type_has_a_sink() -> None:
         ({"type": "mllp", "endpoint": "mllp://lab.example.org:2575"}, MLLPSink),
         ({"type": "file", "directory": "out"}, FileSink),
         ({"type": "memory"}, MemorySink),
+        ({"type": "square_orders", "skus": {"VAR-1": "SKU-1"}}, SquareOrdersSink),
     ],
 )
 def test_build_sink(raw: dict[str, str], cls: type, tmp_path: Path) -> None:

@@ -29,8 +29,11 @@ e-mail (masked in ``masked_keys``; the envelope is then ``pii``). Card details
 (last four, BIN, fingerprint) are never read.
 
 Stock (:class:`gateway.stock.StockSource`): Square's order webhooks carry no
-line items, so no message here moves stock; ``inventory.count.updated``
-reports one level per ``IN_STOCK`` count with a whole quantity.
+line items, so no message here moves stock by itself: a completed order's
+lines are read from Square's Orders API by the ``square_orders`` sink
+(:mod:`adapters.retail.square_orders`, with :func:`order_movements`);
+``inventory.count.updated`` reports one level per ``IN_STOCK`` count with a
+whole quantity.
 """
 
 from __future__ import annotations
@@ -201,7 +204,7 @@ class SquareAdapter:
     # -- stock -------------------------------------------------------------------------------------
 
     def movements(self, envelope: Envelope) -> list[Movement]:
-        """None: Square's order events carry no line items (stock comes from the POS and the counts)."""
+        """None: Square's order events carry no line items (the ``square_orders`` sink reads them)."""
         return []
 
     def reported_levels(self, envelope: Envelope) -> list[ReportedLevel]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from adapters.finance.iso8583 import ISO8583Adapter
+from adapters.finance.iso8583_relay import ISO8583Relay
 from adapters.finance.iso20022 import ISO20022Adapter
 from adapters.hl7.adapter import HL7Adapter
 from adapters.retail.pos_json import POSJSONAdapter
@@ -33,5 +34,6 @@ BUILTIN_ADAPTERS: dict[str, Callable[..., Adapter]] = {
 
 BUILTIN_SINKS: dict[str, Callable[..., Sink]] = {
     "square_orders": SquareOrdersSink,
+    "iso8583": ISO8583Relay,
 }
 """Sinks that belong to an adapter's platform (by configuration ``type``), beside the core's own."""

@@ -339,6 +339,24 @@ class MemorySinkConfig(_SinkBase):
     type: Literal["memory"]
 
 
+class ISO8583SinkConfig(_SinkBase):
+    type: Literal["iso8583"]
+    endpoint: str = Field(description="HOST:PORT of the upstream host (acquirer switch, issuer processor).")
+    length_header: Literal["binary2", "ascii4"] = Field(
+        default="binary2", description="The upstream's length prefix."
+    )
+    spec: str = Field(
+        default="default_ascii", description="The upstream's field specification, as iso8583.spec."
+    )
+    timeout_s: float = Field(
+        default=15.0, gt=0, le=120, description="Time allowed for the upstream's response; then DE39 91."
+    )
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    max_message_bytes: int = Field(default=8192, gt=0, le=65535, description="Largest response accepted.")
+
+    _addr = field_validator("endpoint")(lambda v: (parse_address(v), v)[1])
+
+
 class SquareOrdersSinkConfig(_SinkBase):
     type: Literal["square_orders"]
     api_base: str = Field(
@@ -365,7 +383,12 @@ class SquareOrdersSinkConfig(_SinkBase):
 
 
 SinkConfig = Annotated[
-    HTTPSinkConfig | MLLPSinkConfig | FileSinkConfig | MemorySinkConfig | SquareOrdersSinkConfig,
+    HTTPSinkConfig
+    | MLLPSinkConfig
+    | FileSinkConfig
+    | MemorySinkConfig
+    | SquareOrdersSinkConfig
+    | ISO8583SinkConfig,
     Field(discriminator="type"),
 ]
 MatchValue = str | int | float | dict[str, float | int | str] | list[str]

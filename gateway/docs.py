@@ -27,6 +27,7 @@ from adapters import BUILTIN_ADAPTERS
 from gateway.config import (
     FileSinkConfig,
     HTTPSinkConfig,
+    ISO8583SinkConfig,
     MemorySinkConfig,
     MLLPSinkConfig,
     Settings,
@@ -37,7 +38,14 @@ from gateway.routing import REJECT, RoutingTable
 
 __all__ = ["LISTENERS", "markdown", "mermaid", "render", "svg"]
 
-AnySink = HTTPSinkConfig | MLLPSinkConfig | FileSinkConfig | MemorySinkConfig | SquareOrdersSinkConfig
+AnySink = (
+    HTTPSinkConfig
+    | MLLPSinkConfig
+    | FileSinkConfig
+    | MemorySinkConfig
+    | SquareOrdersSinkConfig
+    | ISO8583SinkConfig
+)
 
 LISTENERS: dict[str, tuple[str, ...]] = {"hl7v2": ("mllp", "http")}
 """The listeners that carry each protocol; a protocol not listed arrives over HTTP."""
@@ -74,6 +82,8 @@ def endpoint_text(sink: AnySink) -> str:
         return str(sink.directory)
     if isinstance(sink, SquareOrdersSinkConfig):
         return f"{sink.api_base}/v2/orders"
+    if isinstance(sink, ISO8583SinkConfig):
+        return f"iso8583://{sink.endpoint}"
     return "(in memory)"
 
 
@@ -114,6 +124,8 @@ def _options(sink: AnySink) -> list[str]:
         return options
     if isinstance(sink, FileSinkConfig):
         return [f"name_pattern {sink.name_pattern}"]
+    if isinstance(sink, ISO8583SinkConfig):
+        return [f"in line, timeout_s {_num(sink.timeout_s)} (then DE39 91)", f"length {sink.length_header}"]
     if isinstance(sink, SquareOrdersSinkConfig):
         return [f"access token from ${sink.access_token_env}", f"{len(sink.skus)} catalog variations mapped"]
     return []

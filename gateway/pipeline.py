@@ -15,6 +15,7 @@ fine, the gateway just does not take that kind.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TypeGuard
@@ -22,8 +23,10 @@ from typing import TypeGuard
 from gateway.adapter import Adapter, Issue, Outcome, OutcomeKind, ParseError, Reply
 from gateway.envelope import Envelope, Receipt, new_id, sha256_hex
 from gateway.errors import StoreUnavailable
+from gateway.lineage import EventDraft
 from gateway.metrics import Metrics
 from gateway.routing import UNMATCHED_ROUTE, RoutingTable
+from gateway.sink import DeliveryError, OnlineSink, Relayed
 from gateway.stock import Movement, ReportedLevel, StockSource
 from gateway.store import (
     CONTROL_ID_CONFLICT,
@@ -57,6 +60,8 @@ class IntakeResult:
     message_ids: list[str]
     decisions: list[DecisionKind] = field(default_factory=list)
     listener: str = ""
+    online: list[tuple[str, ...]] = field(default_factory=list)
+    """Per message, the online sinks its route names, for accepted messages (see :meth:`Intake.relay`)."""
 
     def combined(self) -> Reply:
         """One reply for the whole payload: the ACKs joined (JSON replies as an array), with the least
@@ -98,6 +103,8 @@ class Intake:
         self.on_outbox = on_outbox
         """Told which sinks got outbox rows, after the commit (wakes their delivery workers)."""
         self.on_stock = on_stock
+        self.online: Mapping[str, OnlineSink] = {}
+        """Sinks that answer in line, by name (set with the routing table)."""
         self.stock_locations: Mapping[str, str] = {}
         """Movement location → ledger location (``inventory.locations``)."""
         self._stock_sources: dict[type, bool] = {}
@@ -144,16 +151,19 @@ class Intake:
         kind = classify(issues)
         route: str = ""
         deliveries: tuple[PlannedDelivery, ...] = ()
+        online: tuple[str, ...] = ()
         if kind == "accepted" and self.routing is not None and self.routing.enabled:
             route, deliveries, rules = self._route(env)
-            if not deliveries and route == UNMATCHED_ROUTE:
+            online = tuple(d.sink for d in deliveries if d.sink in self.online)
+            deliveries = tuple(d for d in deliveries if d.sink not in self.online)
+            if not deliveries and not online and route == UNMATCHED_ROUTE:
                 issues = [*issues, ROUTE_UNMATCHED]
                 kind = "refused"
             elif rules:
                 issues = [*issues, *self._rule_issues(adapter, env, rules)]
                 kind = classify(issues)
                 if kind != "accepted":
-                    route, deliveries = "", ()
+                    route, deliveries, online = "", (), ()
         out = Outcome(kind, env.headers, issues, env.id, env)
         reply = adapter.respond(out)
         movements: Sequence[Movement] = ()
@@ -191,6 +201,7 @@ class Intake:
             movements=movements,
             reports=reports,
             content_sha256=env.content_sha256,
+            online=online,
         )
         return rec, out, reply
 
@@ -309,9 +320,37 @@ class Intake:
             self._log(rec, decision)
         if self.metrics is not None:
             self.metrics.observe_intake(adapter.name, receipt, [r.code for r in replies])
+        online = [
+            tuple(rec.online) if decision.outcome == "accepted" and decision.kind != "conflict" else ()
+            for (rec, _, _), decision in zip(prepared, decisions, strict=True)
+        ]
         return IntakeResult(
-            replies, [d.message_id for d in decisions], [d.kind for d in decisions], receipt.listener
+            replies, [d.message_id for d in decisions], [d.kind for d in decisions], receipt.listener, online
         )
+
+    async def relay(self, sink_name: str, raw: bytes, message_id: str) -> Relayed | None:
+        """Hand ``raw`` (in memory, as received) to an online sink and return its answer, or ``None`` when
+        none came (the listener then answers for the downstream); either way a lineage event records
+        the downstream's outcome code and the time it took, never a value of the message."""
+        sink = self.online.get(sink_name)
+        if sink is None:
+            return None
+        start = time.perf_counter()
+        actor = f"sink:{sink_name}"
+        try:
+            answer = await sink.relay(raw)
+        except DeliveryError as exc:
+            ms = round((time.perf_counter() - start) * 1000, 1)
+            self.store.note_events(
+                [EventDraft("RelayFailed", message_id, actor, "no_answer", exc.code, details={"ms": ms})]
+            )
+            log.warning("relay got no answer", extra={"sink": sink_name, "error_code": exc.code, "ms": ms})
+            return None
+        ms = round((time.perf_counter() - start) * 1000, 1)
+        self.store.note_events(
+            [EventDraft("RelayAnswered", message_id, actor, answer.code, details={"ms": ms})]
+        )
+        return answer
 
     @staticmethod
     def _final(out: Outcome, decision: IntakeDecision) -> Outcome:

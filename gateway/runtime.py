@@ -27,7 +27,7 @@ from gateway.metrics import Metrics
 from gateway.pipeline import Intake
 from gateway.routecheck import lint
 from gateway.routing import RoutingTable
-from gateway.sink import Sink
+from gateway.sink import OnlineSink, Sink
 from gateway.sinks import build_sink
 from gateway.stock import LedgerClient
 from gateway.store import Store
@@ -94,6 +94,7 @@ class Runtime:
                 raise ConfigError(f"a sink could not be opened: {exc}") from None
             old_engine, old_alerter, old_inventory = self.engine, self.alerter, self.inventory
             self.engine, self.alerter, self.settings = engine, alerter, settings
+            self.intake.online = {name: sink for name, sink in sinks.items() if isinstance(sink, OnlineSink)}
             self.intake.routing = table
             self.intake.on_outbox = engine.notify
             if old_inventory is not None:

@@ -14,7 +14,7 @@ Error messages name the sink, the status or ACK code and the reason, never paylo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from gateway.envelope import Envelope
 
@@ -76,3 +76,27 @@ class Sink(Protocol):
     async def close(self) -> None:
         """Release connections; pending work is the engine's business."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class Relayed:
+    """A downstream's answer to a message relayed in line: its bytes and its own outcome code (DE39)."""
+
+    body: bytes
+    code: str
+
+
+@runtime_checkable
+class OnlineSink(Protocol):
+    """A sink that answers in line: the sender's reply waits for the downstream's (an ISO 8583
+    authorisation relayed to the issuer and its response relayed back).
+
+    Routes to an online sink write no outbox row: the bytes are handed over in memory, because the
+    store keeps only what it may (a card message is stored redacted), and an authorisation answered
+    late is worthless. ``relay`` raises :class:`DeliveryRetryable` when no answer comes in time or the
+    downstream cannot be reached, and :class:`DeliveryRejected` when it cannot take the message.
+    """
+
+    name: str
+
+    async def relay(self, raw: bytes) -> Relayed: ...

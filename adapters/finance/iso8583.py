@@ -639,6 +639,20 @@ class ISO8583Adapter:
         out["39"] = code
         return Reply(self._encode(out), CONTENT_TYPE, status, code)
 
+    def unavailable_reply(self, raw: bytes) -> bytes:
+        """The response to a request relayed upstream that got no answer in time: DE39 ``91`` (issuer or
+        switch inoperative; ``911``, card issuer timed out, in the 1993 form), echoing the request."""
+        try:
+            fields = self.decode(raw)
+        except ParseError:
+            return b""
+        answer_mti = response_mti(fields.get("t", ""))
+        if answer_mti is None:
+            return b""
+        out = {"t": answer_mti, **{k: fields[k] for k in _ECHOED if fields.get(k)}}
+        out["39"] = "911" if self._de39 is _DE39_1993 else "91"
+        return self._encode(out)
+
     def _fit(self, number: str, value: str) -> str:
         """A header value padded back to its fixed length (headers strip DE41 and DE42)."""
         f = self.spec.get(number, {})

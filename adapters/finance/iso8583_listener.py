@@ -37,7 +37,7 @@ from collections import deque
 from typing import cast
 
 from adapters.finance.iso8583 import ISO8583Adapter
-from gateway.adapter import Adapter, Issue, Outcome
+from gateway.adapter import Adapter, Issue, Outcome, Reply
 from gateway.config import ISO8583Config
 from gateway.envelope import Receipt
 from gateway.listeners import TCPListener, peer_of, readable_headers
@@ -231,6 +231,16 @@ class _Connection(asyncio.Protocol):
                 self._write(reply.body)
             return
         reply = result.combined()
+        online = result.online[0] if result.online else ()
+        if online and reply.accepted and result.message_ids:
+            # the route relays in line: the terminal gets the upstream's answer, or 91 when none comes
+            answer = await intake.relay(online[0], message, result.message_ids[0])
+            if answer is not None:
+                reply = Reply(answer.body, reply.content_type, reply.status, answer.code)
+            else:
+                body = self.server.codec.unavailable_reply(message)
+                reply = Reply(body, reply.content_type, 504, "91")
+            result.replies[0] = reply
         if not reply.body:
             # no readable request MTI (or a response sent to us): nothing to address an answer to
             log.warning(

@@ -73,6 +73,8 @@ class IntakeRecord:
     route: str = ""
     """The route that matched, ``(unmatched)``, or "" when routing is off or the message was rejected."""
     deliveries: Sequence[PlannedDelivery] = ()
+    online: Sequence[str] = ()
+    """Sinks the route names that answer in line (:class:`gateway.sink.OnlineSink`): no outbox rows."""
     content_sha256: str = ""
     """Digest of the canonical content, where the adapter gives one; duplicates are judged by it."""
     movements: Sequence[Movement] = ()

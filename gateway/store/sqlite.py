@@ -577,7 +577,11 @@ class SQLiteStore:
             rec.id,
             f"route:{rec.route}",
             outcome=("rejected" if not sinks else "routed") if unmatched else "routed",
-            details={"route": rec.route, "sinks": sinks},
+            details={
+                "route": rec.route,
+                "sinks": sinks,
+                **({"online": list(rec.online)} if rec.online else {}),
+            },
         )
 
     # -- deliveries -----------------------------------------------------------------------------

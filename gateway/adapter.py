@@ -134,3 +134,8 @@ class Adapter(Protocol):
     def serialize(self, envelope: Envelope) -> bytes:
         """The bytes to forward downstream (for HL7 v2, the raw message as received)."""
         ...
+
+
+# An adapter may also set ``routes_replies = True``: its replies are messages of its own kind (ISO 20022
+# status reports), which intake parses, marks ``direction: reply`` and stores as the received message's
+# child, routed when a route names ``direction`` (see :meth:`gateway.pipeline.Intake._reply_record`).

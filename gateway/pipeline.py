@@ -25,7 +25,7 @@ from gateway.envelope import Envelope, Receipt, new_id, sha256_hex
 from gateway.errors import StoreUnavailable
 from gateway.lineage import EventDraft
 from gateway.metrics import Metrics
-from gateway.routing import UNMATCHED_ROUTE, RoutingTable
+from gateway.routing import REPLY_KEY, UNMATCHED_ROUTE, RoutingTable
 from gateway.sink import DeliveryError, OnlineSink, Relayed
 from gateway.stock import Movement, ReportedLevel, StockSource
 from gateway.store import (
@@ -166,6 +166,11 @@ class Intake:
                     route, deliveries, online = "", (), ()
         out = Outcome(kind, env.headers, issues, env.id, env)
         reply = adapter.respond(out)
+        child = (
+            self._reply_record(adapter, reply, receipt, env.id)
+            if getattr(adapter, "routes_replies", False)
+            else None
+        )
         movements: Sequence[Movement] = ()
         reports: Sequence[ReportedLevel] = ()
         if kind == "accepted" and self.on_stock is not None and self._moves_stock(adapter):
@@ -202,6 +207,7 @@ class Intake:
             reports=reports,
             content_sha256=env.content_sha256,
             online=online,
+            reply_record=child,
         )
         return rec, out, reply
 
@@ -213,6 +219,49 @@ class Intake:
         skus = await self.store.apply_stock(mapped, message_id, actor)
         if skus and self.on_stock is not None:
             self.on_stock(set(skus))
+
+    def _reply_record(
+        self, adapter: Adapter, reply: Reply, receipt: Receipt, parent_id: str
+    ) -> IntakeRecord | None:
+        """The reply as a child message, when a route takes it (a pain.002 for the sender's bank)."""
+        if self.routing is None or not self.routing.enabled or not reply.body:
+            return None
+        try:
+            env = adapter.parse(
+                reply.body, Receipt("reply", receipt.peer, receipt.client, reply.content_type)
+            )
+        except ParseError:  # a reply kind the adapter does not take as a message (admi.007)
+            return None
+        env = replace(env, headers={**env.headers, REPLY_KEY: "reply"})
+        decision = self.routing.route_envelope(env)
+        if decision is None or not decision.sinks:
+            return None
+        return IntakeRecord(
+            id=env.id,
+            received_at=receipt.received_at.isoformat(),
+            protocol=env.protocol,
+            raw=env.raw,
+            raw_sha256=env.raw_sha256,
+            outcome="accepted",
+            listener="reply",
+            peer=receipt.peer,
+            client=receipt.client,
+            version=env.version,
+            message_type=env.message_type,
+            control_id=env.control_id,
+            sender=env.sender,
+            receiver=env.receiver,
+            headers=env.headers,
+            business_keys=env.business_keys,
+            masked_keys=env.masked_keys,
+            parent_id=parent_id,
+            validated=False,
+            route=decision.route,
+            deliveries=tuple(
+                PlannedDelivery(sink, decision.route, decision.transform, decision.order_key)
+                for sink in decision.sinks
+            ),
+        )
 
     def _moves_stock(self, adapter: Adapter) -> TypeGuard[StockSource]:
         """Whether the adapter is a :class:`StockSource` (remembered per class: a runtime protocol check
@@ -300,6 +349,11 @@ class Intake:
                 for (rec, _, _), decision in zip(prepared, decisions, strict=True)
                 if decision.kind == "stored" and decision.outcome == "accepted"
                 for d in rec.deliveries
+            } | {
+                d.sink
+                for (rec, _, _), decision in zip(prepared, decisions, strict=True)
+                if decision.kind == "stored" and rec.reply_record is not None
+                for d in rec.reply_record.deliveries
             }
             if sinks:
                 self.on_outbox(sinks)

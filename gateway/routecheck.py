@@ -48,6 +48,7 @@ from gateway.envelope import Receipt
 from gateway.errors import ConfigError
 from gateway.routing import (
     ENVELOPE_KEYS,
+    REPLY_KEY,
     Compare,
     Condition,
     Equals,
@@ -101,6 +102,8 @@ def promoted_headers() -> dict[str, frozenset[str] | None]:
         if keys is None:
             module = sys.modules.get(getattr(constructor, "__module__", ""))
             keys = getattr(module, "HEADER_KEYS", None)
+        if keys is not None and getattr(constructor, "routes_replies", False):
+            keys = frozenset(keys) | {REPLY_KEY}
         out[name] = None if keys is None else frozenset(keys) | ENVELOPE_KEYS
     return out
 

@@ -384,11 +384,17 @@ class RouteView:
         return describe_match(self.conditions)
 
 
+REPLY_KEY = "direction"
+"""The header the gateway's own replies carry (``direction: reply``); only a route that names it takes them."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Compiled:
     checks: tuple[tuple[str, Predicate], ...]
     order_by: str | None
     decision: RouteDecision
+    replies: bool
+    """The route names ``direction``: it may take the gateway's own replies (status reports)."""
 
 
 def routing_headers(envelope: Envelope) -> Mapping[str, str]:
@@ -415,6 +421,7 @@ class RoutingTable:
                 checks=tuple((key, condition.predicate()) for key, condition in view.conditions),
                 order_by=view.order_by,
                 decision=RouteDecision(view.name, view.sinks, view.transform, None, view.rules),
+                replies=any(key == REPLY_KEY for key, _ in view.conditions),
             )
             for view in self.views
         )
@@ -436,8 +443,15 @@ class RoutingTable:
         return cls([_view(i, route) for i, route in enumerate(settings.routes)], settings.unmatched)
 
     def route(self, headers: Mapping[str, str]) -> RouteDecision | None:
-        """The first route whose every condition holds for ``headers``, or ``None`` (unmatched)."""
+        """The first route whose every condition holds for ``headers``, or ``None`` (unmatched).
+
+        A reply the gateway made (headers with ``direction``) is taken only by a route that names
+        ``direction`` in its match, so that a catch-all route never sends status reports back in.
+        """
+        reply = REPLY_KEY in headers
         for compiled in self._routes:
+            if reply and not compiled.replies:
+                continue
             for key, holds in compiled.checks:
                 value = headers.get(key)
                 if value is None or not holds(value):

@@ -90,6 +90,8 @@ class ISO20022Adapter:
     """ISO 20022 XML adapter; ``config.schema_dir`` switches XSD validation on."""
 
     name: str = "iso20022"
+    routes_replies: bool = True
+    """Status reports are messages too: a route that names ``direction: reply`` takes them (to the sender)."""
 
     def __init__(self, config: ISO20022Config | None = None) -> None:
         self.config = config or ISO20022Config()

@@ -73,6 +73,9 @@ class IntakeRecord:
     route: str = ""
     """The route that matched, ``(unmatched)``, or "" when routing is off or the message was rejected."""
     deliveries: Sequence[PlannedDelivery] = ()
+    reply_record: IntakeRecord | None = None
+    """The reply as a message of its own (an ISO 20022 status report), stored as this one's child and
+    routed when a route takes it, in the same transaction, when this record is stored as it is."""
     online: Sequence[str] = ()
     """Sinks the route names that answer in line (:class:`gateway.sink.OnlineSink`): no outbox rows."""
     content_sha256: str = ""

@@ -420,7 +420,13 @@ class SQLiteStore:
                 ],
                 at,
             )
-        return [self._intake_one(txn, rec, at) for rec in records]
+        decisions = []
+        for rec in records:
+            decision = self._intake_one(txn, rec, at)
+            decisions.append(decision)
+            if decision.kind == "stored" and rec.reply_record is not None:
+                self._intake_one(txn, rec.reply_record, at)
+        return decisions
 
     def _intake_one(self, txn: _Txn, rec: IntakeRecord, at: str) -> IntakeDecision:
         conn = txn.conn

@@ -6,6 +6,7 @@ real HTTP receivers. Replies are checked against the ISO 20022 XSDs.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -230,3 +231,50 @@ def test_corpus_statement_is_acknowledged_with_admi007(tmp_path: Path, corpora_d
             assert item["version"] == "001.02" and item["headers"]["total_amount"]
     finally:
         gw.stop()
+
+
+def test_status_reports_are_routed_to_the_sender(tmp_path: Path) -> None:
+    with Receiver() as core, Receiver() as sender_bank:
+        fast = {"max_attempts": 5, "base_s": 0.05, "cap_s": 0.2}
+        gw = Gateway(
+            tmp_path,
+            {
+                "sinks": {
+                    "core_banking": {"type": "http", "endpoint": core.url, "retry": fast},
+                    "sender_bank": {"type": "http", "endpoint": sender_bank.url, "retry": fast},
+                },
+                "routes": [
+                    {
+                        "name": "reports-to-sender",
+                        "match": {"direction": "reply", "message_type": ["pain.002", "pacs.002"]},
+                        "to": ["sender_bank"],
+                    },
+                    {"name": "payments", "match": {"protocol": "iso20022"}, "to": ["core_banking"]},
+                ],
+                "unmatched": "reject",
+            },
+        ).start()
+        try:
+            first = pain001("PAIN-RPT-1", ["10.00"])
+            good = post(gw, first)
+            bad = post(gw, pain001("PAIN-RPT-2", ["10.00"], debtor_iban="DE89370400440532013001"))
+            assert (good.status_code, bad.status_code) == (200, 400)
+            assert wait_until(lambda: len(sender_bank.requests) == 2)
+            # the sender's bank gets exactly the reports the HTTP caller got, accepted and rejected
+            assert sorted(r.body for r in sender_bank.requests) == sorted([good.content, bad.content])
+            assert post(gw, first).status_code == 200  # the same file again
+            assert wait_until(lambda: len(core.requests) == 1)
+            assert [r.body[:200].count(b"pain.001") > 0 for r in core.requests] == [
+                True
+            ]  # no report came back in
+            with httpx.Client(base_url=gw.http_url, headers={"Authorization": f"Bearer {TEST_KEY}"}) as api:
+                original = api.get("/api/messages", params={"control_id": "PAIN-RPT-1"}).json()["items"]
+                (trace_id,) = [m["id"] for m in original if m["message_type"] == "pain.001"]
+                trace = api.get(f"/api/lineage/messages/{trace_id}").json()
+                (child,) = trace["children"]
+                assert child["message_type"] == "pain.002" and child["route"] == "reports-to-sender"
+                assert child["headers"]["direction"] == "reply" and child["listener"] == "reply"
+            time.sleep(0.3)
+            assert len(sender_bank.requests) == 2  # the resent file's report was answered, not routed again
+        finally:
+            gw.stop()

@@ -416,3 +416,12 @@ def test_transform_refuses_other_protocols() -> None:
 
 def test_transform_names_are_snake_case() -> None:
     assert all(name.isidentifier() and name.islower() for name in TRANSFORMS)
+
+
+def test_the_gateways_own_replies_take_only_a_route_that_names_direction() -> None:
+    t = table({"protocol": "iso20022"}, {"direction": "reply", "message_type": "pain.002"})
+    assert taken(t, protocol="iso20022", message_type="pain.002") == "r0"
+    assert (
+        taken(t, protocol="iso20022", message_type="pain.002", direction="reply") == "r1"
+    )  # not the catch-all
+    assert taken(table({"protocol": "iso20022"}), protocol="iso20022", direction="reply") is None

@@ -346,7 +346,9 @@ class ISO8583SinkConfig(_SinkBase):
         default="binary2", description="The upstream's length prefix."
     )
     spec: str = Field(
-        default="default_ascii", description="The upstream's field specification, as iso8583.spec."
+        default="default_ascii",
+        description="The spec responses are read with (as iso8583.spec); requests go upstream as received, "
+        "so the upstream speaks the listener's spec.",
     )
     timeout_s: float = Field(
         default=15.0, gt=0, le=120, description="Time allowed for the upstream's response; then DE39 91."

@@ -43,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from adapters import BUILTIN_ADAPTERS
 from gateway.adapter import ParseError
-from gateway.config import HTTPSinkConfig, MemorySinkConfig, MLLPSinkConfig, Settings
+from gateway.config import HTTPSinkConfig, ISO8583SinkConfig, MemorySinkConfig, MLLPSinkConfig, Settings
 from gateway.envelope import Receipt
 from gateway.errors import ConfigError
 from gateway.routing import (
@@ -241,6 +241,53 @@ def route_protocols(conditions: Sequence[tuple[str, Condition]], registered: Seq
     return list(registered)
 
 
+def _online_problems(settings: Settings) -> list[Finding]:
+    """An ``iso8583`` sink relays in line from the ISO 8583 listener only: its routes must take nothing
+    else, name no second such sink, and the upstream must speak the listener's spec (requests go as
+    received); ``unmatched`` cannot be one (nothing would be sent)."""
+    online = {name for name, sink in settings.sinks.items() if isinstance(sink, ISO8583SinkConfig)}
+    out: list[Finding] = []
+    if settings.unmatched in online:
+        out.append(
+            Finding(
+                "error",
+                "unmatched",
+                f"{settings.unmatched!r} relays in line; it cannot take unmatched messages",
+            )
+        )
+    for i, route in enumerate(settings.routes):
+        relays = [s for s in route.to if s in online]
+        if not relays:
+            continue
+        conditions, _ = parse_match(route.match, f"routes[{i}].match")
+        if route_protocols(conditions, list(BUILTIN_ADAPTERS)) != ["iso8583"]:
+            out.append(
+                Finding(
+                    "error",
+                    f"routes[{i}].match",
+                    "a route to an iso8583 sink must match protocol: iso8583 only",
+                )
+            )
+        if len(relays) > 1:
+            out.append(
+                Finding(
+                    "error", f"routes[{i}].to", "at most one iso8583 sink per route: a request has one answer"
+                )
+            )
+    for name in sorted(online):
+        sink = settings.sinks[name]
+        assert isinstance(sink, ISO8583SinkConfig)
+        if sink.spec != settings.iso8583.spec:
+            out.append(
+                Finding(
+                    "error",
+                    f"sinks.{name}.spec",
+                    f"{sink.spec!r} differs from the listener's {settings.iso8583.spec!r}; requests go upstream as received",
+                )
+            )
+    return out
+
+
 def lint(settings: Settings) -> list[Finding]:
     """Every error and warning about the routing table, its sinks and alerts, errors first."""
     errors = [Finding("error", p.key, p.message) for p in routing_problems(settings)]
@@ -343,6 +390,7 @@ def lint(settings: Settings) -> list[Finding]:
                     )
                 )
             used.add(channel.sink)
+    errors.extend(_online_problems(settings))
     for name, sink in settings.sinks.items():
         if name not in used:
             warnings.append(

@@ -21,12 +21,13 @@ import pytest
 from iso8583.specs import default_ascii as spec
 
 from tests.e2e.test_iso8583 import PANS, exchange, fields_of, read_exact
-from tests.support import TEST_KEY, Gateway, free_port, wait_port
+from tests.support import TEST_KEY, Gateway, free_port, wait_port, wait_until
 
 pytestmark = pytest.mark.e2e
 
-LATE = "000001"  # answered after 0.6 s, so the next request's response overtakes it
+LATE = "000001"  # answered only once two more requests came, so their responses overtake it
 STALL = "000009"  # never answered
+AFTER = "000020"  # answered 1.5 s late (the gateway gives up after 1 s); its reversal after 0.8 s
 DECLINED_ABOVE = 100_000  # DE4 in minor units: 1,000.00 and more is declined (05)
 
 
@@ -69,17 +70,22 @@ class Upstream:
                     request, _ = iso8583.decode(read_exact(conn, n), spec)
                 except (ConnectionError, OSError):
                     return
-                self.received.append(request["11"])
+                self.received.append(f"{request['t']}:{request['11']}")
                 if request["11"] == STALL:
                     continue
-                delay = 0.6 if request["11"] == LATE else 0.0
-                threading.Thread(target=self._answer, args=(conn, request, delay), daemon=True).start()
+                threading.Thread(target=self._answer, args=(conn, request), daemon=True).start()
 
-    def _answer(self, conn: socket.socket, request: dict[str, str], delay: float) -> None:
-        time.sleep(delay)
+    def _answer(self, conn: socket.socket, request: dict[str, str]) -> None:
+        if request["11"] == LATE:
+            deadline = time.monotonic() + 5
+            while len(self.received) < 3 and time.monotonic() < deadline:
+                time.sleep(0.01)
+        elif request["11"] == AFTER:
+            time.sleep(1.5 if request["t"] == "0100" else 0.8)  # the late 0110 lands while the 0400 waits
         code = "05" if int(request["4"]) >= DECLINED_ABOVE else "00"
-        response = {k: request[k] for k in ("2", "3", "4", "7", "11", "37", "41", "49") if k in request}
-        response.update({"t": "0110", "39": code, "38": "AU" + request["11"][-4:]})
+        response = {k: request[k] for k in ("2", "3", "4", "7", "11", "32", "37", "41", "49") if k in request}
+        answer = "0410" if request["t"] == "0400" else "0110"
+        response.update({"t": answer, "39": code, "38": "AU" + request["11"][-4:]})
         raw, _ = iso8583.encode(response, spec)
         with self._lock, contextlib.suppress(OSError):  # the gateway may have given up on it
             conn.sendall(len(raw).to_bytes(2, "big") + bytes(raw))
@@ -105,7 +111,7 @@ def acquirer(tmp_path: Path) -> Iterator[tuple[Gateway, int, Upstream]]:
                     },
                     {
                         "name": "authorisations",
-                        "match": {"protocol": "iso8583", "message_type": "0100"},
+                        "match": {"protocol": "iso8583", "message_type": ["0100", "0400"]},
                         "to": ["issuer"],
                     },
                 ],
@@ -129,7 +135,7 @@ def test_the_terminal_gets_the_issuers_answer_matched_by_stan(
     gw, port, host = acquirer
     with ThreadPoolExecutor(4) as pool:
         late = pool.submit(exchange, port, request(LATE))
-        time.sleep(0.2)  # the late one is upstream first; these overtake it on the same connection
+        assert wait_until(lambda: len(host.received) == 1)  # upstream first; the next two overtake it
         fast = pool.submit(exchange, port, request("000002"))
         declined = pool.submit(exchange, port, request("000003", amount="000000250000"))
         answers = [late.result(), fast.result(), declined.result()]
@@ -138,7 +144,7 @@ def test_the_terminal_gets_the_issuers_answer_matched_by_stan(
         ("000002", "00", "AU0002"),
         ("000003", "05", "AU0003"),
     ]
-    assert host.received[0] == LATE and set(host.received) == {LATE, "000002", "000003"}
+    assert host.received[0] == f"0100:{LATE}" and len(host.received) == 3
     assert host.connections == 1  # one persistent connection carried them all
 
     with httpx.Client(base_url=gw.http_url, headers={"Authorization": f"Bearer {TEST_KEY}"}) as api:
@@ -169,3 +175,21 @@ def test_no_answer_in_time_or_no_host_is_91(acquirer: tuple[Gateway, int, Upstre
     stored = b"".join(p.read_bytes() for p in gw.data_dir.rglob("*") if p.is_file())
     for pan in PANS[:1] + PANS[4:5]:
         assert pan.encode() not in stored and pan not in gw.logs()
+
+
+def test_a_resent_request_is_answered_again_never_sent_twice(acquirer: tuple[Gateway, int, Upstream]) -> None:
+    _, port, host = acquirer
+    first = exchange(port, request("000030"))
+    again = exchange(port, request("000030"))  # the terminal's own time-out fired: it sends it again
+    assert first == again and first["39"] == "00"
+    assert host.received.count("0100:000030") == 1
+
+
+def test_a_late_authorisation_never_answers_the_reversal(acquirer: tuple[Gateway, int, Upstream]) -> None:
+    _, port, host = acquirer
+    gave_up = exchange(port, request(AFTER))
+    assert gave_up["39"] == "91"  # the terminal reverses what it could not see answered
+    reversal = fields_of("0400__reversal.json", **{"11": AFTER, "37": request(AFTER)["37"]})
+    answer = exchange(port, reversal)  # the late 0110 arrives meanwhile, for the same STAN and terminal
+    assert (answer["t"], answer["11"], answer["39"]) == ("0410", AFTER, "00")
+    assert host.received.count(f"0400:{AFTER}") == 1

@@ -413,3 +413,25 @@ def test_inventory_channels_need_an_http_sink_and_shopify_a_location() -> None:
     assert ("inventory.channels.shop.location_id", "required for the shopify format") in errors
     # a sink that only an inventory channel uses is used
     assert not [w for w in warnings(tree) if w.startswith("sinks.ehr")]
+
+
+def test_an_iso8583_sink_relays_only_card_messages_in_the_listeners_spec() -> None:
+    relay = {"type": "iso8583", "endpoint": "127.0.0.1:7000"}
+    tree: dict[str, Any] = {
+        "sinks": {"ehr": {"type": "memory"}, "issuer": relay, "other": {**relay, "spec": "default"}},
+        "routes": [
+            {"name": "cards", "match": {"protocol": "iso8583"}, "to": ["issuer"]},
+            {"name": "anything", "match": {"message_type": "0100"}, "to": ["issuer"]},
+            {"name": "two", "match": {"protocol": "iso8583"}, "to": ["issuer", "other"]},
+        ],
+        "unmatched": "issuer",
+    }
+    errors = {(k, m) for s, k, m in findings(tree) if s == "error"}
+    assert ("unmatched", "'issuer' relays in line; it cannot take unmatched messages") in errors
+    assert ("routes[1].match", "a route to an iso8583 sink must match protocol: iso8583 only") in errors
+    assert ("routes[2].to", "at most one iso8583 sink per route: a request has one answer") in errors
+    assert (
+        "sinks.other.spec",
+        "'default' differs from the listener's 'default_ascii'; requests go upstream as received",
+    ) in errors
+    assert not [k for k, _ in errors if k == "routes[0].match"]

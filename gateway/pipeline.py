@@ -224,7 +224,7 @@ class Intake:
         self, adapter: Adapter, reply: Reply, receipt: Receipt, parent_id: str
     ) -> IntakeRecord | None:
         """The reply as a child message, when a route takes it (a pain.002 for the sender's bank)."""
-        if self.routing is None or not self.routing.enabled or not reply.body:
+        if self.routing is None or not self.routing.takes_replies or not reply.body:
             return None
         try:
             env = adapter.parse(

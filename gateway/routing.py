@@ -410,7 +410,7 @@ class RoutingTable:
     name, or ``None`` (only possible without routes).
     """
 
-    __slots__ = ("_routes", "_unmatched_decision", "enabled", "unmatched", "views")
+    __slots__ = ("_routes", "_unmatched_decision", "enabled", "takes_replies", "unmatched", "views")
 
     def __init__(self, routes: Sequence[RouteView], unmatched: str | None) -> None:
         self.views: tuple[RouteView, ...] = tuple(routes)
@@ -425,6 +425,8 @@ class RoutingTable:
             )
             for view in self.views
         )
+        self.takes_replies = any(c.replies for c in self._routes)
+        """Some route names ``direction``: the gateway's own replies may be routed."""
         self._unmatched_decision = (
             None
             if unmatched in (None, REJECT)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -26,6 +26,7 @@ from gateway.adapter import Adapter
 from gateway.envelope import Receipt
 from gateway.errors import AuthError, ConfigError, StoreError
 from gateway.inventory import InventorySync, StockCount, inventory_view
+from gateway.journey import journey, journey_png, journey_svg
 from gateway.lineage import EventDraft, Verification
 from gateway.metrics import Metrics
 from gateway.pipeline import Intake
@@ -443,6 +444,26 @@ def create_app(
         }
         audit(who, "LineageQueried", "lineage:read", "ok", message_id)
         return out
+
+    @app.get("/api/lineage/messages/{message_id}/graph", tags=["lineage"])
+    def trace_graph(
+        message_id: str,
+        fmt: Annotated[Literal["svg", "png"], Query(alias="format")] = "svg",
+        who: Principal = scoped("lineage:read"),
+    ) -> Response:
+        """A message's journey as a picture for auditors (source, message, route, deliveries, parent and
+        children, event timeline): SVG by default, or PNG. Never payload values."""
+        j = journey(store, message_id)
+        if j is None:
+            raise APIError(404, "not_found", "No message has this id.")
+        audit(who, "LineageQueried", "lineage:read", "ok", message_id)
+        headers = {
+            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+            "X-Content-Type-Options": "nosniff",
+        }
+        if fmt == "png":
+            return Response(journey_png(j), media_type="image/png", headers=headers)
+        return Response(journey_svg(j), media_type="image/svg+xml", headers=headers)
 
     @app.post("/api/lineage/search", tags=["lineage"])
     def search_lineage(query: EventQuery, who: Principal = scoped("lineage:read")) -> dict[str, Any]:

@@ -99,12 +99,25 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--after-seq", type=int, default=0)
     q.add_argument("--limit", type=int, default=1000)
     q.add_argument("--json", action="store_true")
-    q = lsub.add_parser("export", help="lineage events of a time range as CSV or JSON lines")
+    q = lsub.add_parser(
+        "export",
+        help="lineage events of a time range as CSV, JSON lines, or FHIR AuditEvent/Provenance NDJSON",
+    )
     _store_options(q)
     q.add_argument("--since", help="ISO 8601 date or date-time (UTC if no zone)")
     q.add_argument("--until", help="ISO 8601 date or date-time, exclusive")
-    q.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    q.add_argument(
+        "--format",
+        choices=["jsonl", "csv", "fhir"],
+        default="jsonl",
+        help="fhir: one FHIR R4 AuditEvent per event and a Provenance per derived message, one per line",
+    )
     q.add_argument("--output", "-o", type=Path)
+    q = lsub.add_parser("graph", help="a message's journey as a picture (SVG or PNG) for auditors")
+    _store_options(q)
+    q.add_argument("id")
+    q.add_argument("--format", choices=["svg", "png"], default="svg")
+    q.add_argument("--output", "-o", type=Path, help="write here instead of standard output")
 
     p = sub.add_parser("access", help="periodic access review of the API keys")
     asub = p.add_subparsers(dest="action", required=True)
@@ -428,6 +441,8 @@ def _lineage(args: argparse.Namespace) -> int:
         return _trace(args)
     if args.action == "export":
         return _export(args)
+    if args.action == "graph":
+        return _graph(args)
     if args.action == "search":
         from gateway.store import EventQuery
 
@@ -523,6 +538,18 @@ def _export(args: argparse.Namespace) -> int:
     store = _open_reader(args)
     out = args.output.open("w", encoding="utf-8", newline="") if args.output else sys.stdout
     count = 0
+    if args.format == "fhir":
+        from gateway.lineage_fhir import fhir_export
+
+        try:
+            for resource in fhir_export(store.events_between(_moment(args.since), _moment(args.until))):
+                out.write(json.dumps(resource, sort_keys=True, separators=(",", ":")) + "\n")
+                count += 1
+        finally:
+            if args.output:
+                out.close()
+        print(f"{count} FHIR resources exported", file=sys.stderr)
+        return EXIT_OK
     try:
         fields = [
             "seq",
@@ -552,6 +579,25 @@ def _export(args: argparse.Namespace) -> int:
         if args.output:
             out.close()
     print(f"{count} events exported", file=sys.stderr)
+    return EXIT_OK
+
+
+def _graph(args: argparse.Namespace) -> int:
+    from gateway.journey import journey, journey_png, journey_svg
+
+    j = journey(_open_reader(args), args.id)
+    if j is None:
+        print(f"gateway: no message {args.id}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.format == "png" and not args.output and sys.stdout.isatty():
+        print("gateway: a PNG is binary; use --output FILE or redirect", file=sys.stderr)
+        return EXIT_USAGE
+    data = journey_png(j) if args.format == "png" else journey_svg(j).encode("utf-8")
+    if args.output:
+        args.output.write_bytes(data)
+    else:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
     return EXIT_OK
 
 

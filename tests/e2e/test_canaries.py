@@ -1,0 +1,101 @@
+"""Canary values that must never appear in clear outside the message bodies.
+
+A patient (MRN, name, phone), a card (PAN, track 2, PIN block) and an account
+(IBAN) go in through HL7 v2, ISO 8583 and ISO 20022 on the real gateway
+process; then the lineage table, every lineage export (JSON lines, CSV, FHIR
+AuditEvent/Provenance), the journey pictures (SVG and PNG, API and CLI), the
+API's lineage answers and the gateway's log are searched for them.
+"""
+
+from __future__ import annotations
+
+import socket
+import sqlite3
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.test_iso8583 import encode, fields_of, read_exact
+from tests.finance_messages import DEBTOR_IBAN, pain001
+from tests.support import ADMIN_KEY, TEST_KEY, Gateway, free_port, wait_port
+
+pytestmark = pytest.mark.e2e
+
+MRN = "MRNCANARY7731"
+SURNAME = "CANARYWOOD"
+PHONE = "5550199731"
+PAN = "4111111111111111"
+TRACK2 = "4111111111111111=29121011000012345678"
+PIN_BLOCK = "A1B2C3D4E5F60718"
+CANARIES = [MRN, SURNAME, PHONE, PAN, TRACK2, PIN_BLOCK, DEBTOR_IBAN]
+
+HL7 = (
+    "MSH|^~\\&|LAB|NWG|GW|GATEWAY|20260101120000||ADT^A01^ADT_A01|CANARY-0001|P|2.5.1\r"
+    "EVN|A01|20260101120000\r"
+    f"PID|1||{MRN}^^^NWG^MR||{SURNAME}^ADA^^^MS||19800101|F|||1 MAIN ST^^TOWN^OR^97000||^PRN^PH^^1^{PHONE[:3]}^{PHONE[3:]}\r"
+    "PV1|1|I|3WEST^312^B^NWG\r"
+)
+
+
+def test_no_canary_in_lineage_exports_pictures_or_logs(tmp_path: Path) -> None:
+    card_port = free_port()
+    gw = Gateway(tmp_path, {"iso8583": {"address": f"127.0.0.1:{card_port}"}}).start()
+    try:
+        wait_port(card_port, proc=gw.proc)
+        auth = {"Authorization": f"Bearer {TEST_KEY}"}
+        r = httpx.post(
+            f"{gw.http_url}/ingest/hl7v2",
+            content=HL7.encode(),
+            headers={**auth, "Content-Type": "text/plain"},
+        )
+        assert r.status_code == 200, r.text
+        r = httpx.post(
+            f"{gw.http_url}/ingest/iso20022",
+            content=pain001("CANARY-PAY-1", ["10.00"]),
+            headers={**auth, "Content-Type": "application/xml"},
+        )
+        assert r.status_code == 200, r.text
+        card = fields_of("0100__track2_pin.json", **{"2": PAN, "35": TRACK2, "52": PIN_BLOCK, "11": "773101"})
+        raw = encode(card)
+        with socket.create_connection(("127.0.0.1", card_port), timeout=10) as s:
+            s.sendall(len(raw).to_bytes(2, "big") + raw)
+            read_exact(s, int.from_bytes(read_exact(s, 2), "big"))
+
+        admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        ids = [m["id"] for m in httpx.get(f"{gw.http_url}/api/messages", headers=admin).json()["items"]]
+        assert len(ids) == 3
+        seen: list[bytes] = []
+        for mid in ids:
+            seen.append(httpx.get(f"{gw.http_url}/api/lineage/messages/{mid}", headers=admin).content)
+            for fmt in ("svg", "png"):
+                picture = httpx.get(
+                    f"{gw.http_url}/api/lineage/messages/{mid}/graph", params={"format": fmt}, headers=admin
+                )
+                assert picture.status_code == 200 and picture.content
+                seen.append(picture.content)
+        for key in (f"{MRN}^^^NWG", PAN, DEBTOR_IBAN):  # found by their pseudonyms, never shown
+            found = httpx.post(f"{gw.http_url}/api/lineage/search", json={"key": key}, headers=admin)
+            assert found.json()["events"], key
+            seen.append(found.content)
+    finally:
+        gw.stop()
+
+    for fmt in ("jsonl", "csv", "fhir"):
+        out = tmp_path / f"export.{fmt}"
+        done = gw.cli("lineage", "export", "--format", fmt, "--output", str(out), *gw.store_args())
+        assert done.returncode == 0, done.stderr
+        assert out.stat().st_size > 0
+        seen.append(out.read_bytes())
+    picture = tmp_path / "journey.png"
+    done = gw.cli("lineage", "graph", ids[0], "--format", "png", "--output", str(picture), *gw.store_args())
+    assert done.returncode == 0 and picture.read_bytes().startswith(b"\x89PNG")
+    seen.append(picture.read_bytes())
+    with sqlite3.connect(gw.data_dir / "gateway.db") as db:
+        seen.append(repr(db.execute("SELECT * FROM lineage").fetchall()).encode())
+    seen.append(gw.logs().encode())
+
+    everything = b"\n".join(seen)
+    for canary in CANARIES:
+        assert canary.encode() not in everything, canary
+    assert b"DE89" in everything  # the masked IBAN is there (country and check digits): the search is real

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gateway.errors import ConfigError
 
@@ -439,6 +439,54 @@ class LineageConfig(_Model):
     )
 
 
+class OpenLineageConfig(_Model):
+    transport: Literal["http", "file"] = Field(
+        description="http: POST each run event to url + endpoint; file: append them to path, one JSON a line."
+    )
+    url: str | None = Field(
+        default=None, description="http: base URL of the OpenLineage backend (Marquez: http://marquez:5000)."
+    )
+    endpoint: str = Field(default="api/v1/lineage", description="http: path under url that takes events.")
+    path: Path | None = Field(default=None, description="file: the file events are appended to.")
+    namespace: str | None = Field(
+        default=None,
+        description="Namespace of the jobs (routes) and datasets (sources, sinks); "
+        "default connector-gateway://<host name>.",
+    )
+    window_s: float = Field(
+        default=60.0, ge=1, le=86400, description="Length of a run: one run per route and window."
+    )
+    max_buffer: int = Field(
+        default=10_000, ge=1, le=1_000_000, description="Events held for sending; beyond, they are dropped."
+    )
+    api_key_env: str | None = Field(
+        default=None,
+        description="http: name of the environment variable holding the API key (a bearer token).",
+    )
+    timeout_s: float = Field(default=5.0, gt=0, le=60, description="http: time allowed for one request.")
+    retries: int = Field(
+        default=0, ge=0, le=5, description="http: retries of a request on 5xx or a connection error."
+    )
+    grace_s: float = Field(
+        default=5.0, ge=0, le=60, description="At shutdown, time allowed to send what is still queued."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"https?://[^\s/:]+(:\d{1,5})?(/\S*)?", value):
+            raise ValueError("expected an http:// or https:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _target(self) -> OpenLineageConfig:
+        if self.transport == "http" and not self.url:
+            raise ValueError("transport http needs url")
+        if self.transport == "file" and self.path is None:
+            raise ValueError("transport file needs path")
+        return self
+
+
 class Settings(_Model):
     data_dir: Path = Field(
         default=Path("gateway-data"), description="Where the embedded store keeps its files."
@@ -465,6 +513,9 @@ class Settings(_Model):
     )
     alerts: AlertConfig | None = Field(default=None, description="Where alerts about deliveries go.")
     lineage: LineageConfig = Field(default_factory=LineageConfig)
+    openlineage: OpenLineageConfig | None = Field(
+        default=None, description="OpenLineage run events per route and time window; off when absent."
+    )
 
     def checkpoint_file(self) -> Path:
         return self.lineage.checkpoint_file or self.data_dir / "lineage-checkpoints.jsonl"

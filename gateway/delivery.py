@@ -403,20 +403,20 @@ class SinkWorker:
         if outcome == "delivered":
             state.delivered += 1
             age = time.time() - datetime.fromisoformat(d.received_at).astimezone(UTC).timestamp()
-            self._notify("delivered", {"duration_s": duration, "age_s": age})
+            self._notify("delivered", {"duration_s": duration, "age_s": age, "route": d.route})
         else:
             state.failed += 1
             state.last_error_code = code
-            self._notify("failed", {"code": code, "attempt": attempt})
+            self._notify("failed", {"code": code, "attempt": attempt, "route": d.route})
             if outcome == "retry":
-                self._notify("retry", {"code": code, "attempt": attempt})
+                self._notify("retry", {"code": code, "attempt": attempt, "route": d.route})
             else:
                 state.dead += 1
                 log.warning(
                     "delivery dead-lettered",
                     extra={"sink": self.name, "delivery_id": d.id, "error_code": code, "attempts": attempt},
                 )
-                self._notify("dead", {"code": code, "delivery_id": d.id})
+                self._notify("dead", {"code": code, "delivery_id": d.id, "route": d.route})
 
 
 class DeliveryEngine:

@@ -103,6 +103,9 @@ class Intake:
         self.on_outbox = on_outbox
         """Told which sinks got outbox rows, after the commit (wakes their delivery workers)."""
         self.on_stock = on_stock
+        self.on_routed: Callable[[str, str, Sequence[str], str], None] | None = None
+        """Told of every stored message after the commit: route, source (``protocol:listener``), the
+        sinks its route sends it to, and its outcome (the OpenLineage emitter's ``note_routed``)."""
         self.online: Mapping[str, OnlineSink] = {}
         """Sinks that answer in line, by name (set with the routing table)."""
         self.stock_locations: Mapping[str, str] = {}
@@ -366,6 +369,8 @@ class Intake:
             }
             if skus:
                 self.on_stock(skus)
+        if self.on_routed is not None:
+            self._note_routed(self.on_routed, adapter.name, prepared, decisions)
         replies = []
         for (rec, out, reply), decision in zip(prepared, decisions, strict=True):
             replies.append(
@@ -405,6 +410,32 @@ class Intake:
             [EventDraft("RelayAnswered", message_id, actor, answer.code, details={"ms": ms})]
         )
         return answer
+
+    @staticmethod
+    def _note_routed(
+        note: Callable[[str, str, Sequence[str], str], None],
+        protocol: str,
+        prepared: Sequence[tuple[IntakeRecord, Outcome, Reply]],
+        decisions: Sequence[IntakeDecision],
+    ) -> None:
+        """Tell ``note`` of each stored message (duplicates and conflicts were not routed again)."""
+        for (rec, _, _), decision in zip(prepared, decisions, strict=True):
+            if decision.kind != "stored":
+                continue
+            note(
+                rec.route,
+                f"{protocol}:{rec.listener}",
+                [*(d.sink for d in rec.deliveries), *rec.online],
+                decision.outcome,
+            )
+            child = rec.reply_record
+            if child is not None:
+                note(
+                    child.route,
+                    f"{protocol}:{child.listener}",
+                    [d.sink for d in child.deliveries],
+                    child.outcome,
+                )
 
     @staticmethod
     def _final(out: Outcome, decision: IntakeDecision) -> Outcome:

@@ -24,6 +24,7 @@ from gateway.delivery import DeliveryEngine
 from gateway.errors import ConfigError
 from gateway.inventory import InventorySync
 from gateway.metrics import Metrics
+from gateway.openlineage import OpenLineageEmitter
 from gateway.pipeline import Intake
 from gateway.routecheck import lint
 from gateway.routing import RoutingTable
@@ -35,6 +36,7 @@ from gateway.store import Store
 log = logging.getLogger("gateway.runtime")
 
 BACKLOG_CHECK_S = 5.0
+LINEAGE_DELIVERY_KINDS = frozenset({"delivered", "failed", "dead"})
 
 
 class Runtime:
@@ -49,6 +51,8 @@ class Runtime:
         self._lock = asyncio.Lock()
         self._watch: asyncio.Task[None] | None = None
         self.overrides: dict[tuple[str, ...], Any] = {}
+        self.openlineage: OpenLineageEmitter | None = None
+        """The OpenLineage emitter, when the configuration has an ``openlineage`` section (read at start)."""
         self.inventory: InventorySync | None = None
         """The inventory sync, when the configuration has an ``inventory`` section."""
 
@@ -56,6 +60,10 @@ class Runtime:
         def observe(kind: str, sink: str, data: dict[str, object]) -> None:
             self.metrics.observe_delivery(kind, sink, data)
             alerter.observe(kind, sink, data)
+            emitter = self.openlineage
+            if emitter is not None and kind in LINEAGE_DELIVERY_KINDS:
+                route = data.get("route")
+                emitter.note_delivery(route if isinstance(route, str) else "", sink, kind)
 
         return observe
 

@@ -29,6 +29,7 @@ from gateway.config import Settings, parse_address
 from gateway.errors import ConfigError
 from gateway.listeners import server_tls
 from gateway.metrics import Metrics
+from gateway.openlineage import OpenLineageEmitter, build_emitter
 from gateway.pipeline import Intake
 from gateway.runtime import Runtime
 from gateway.security import BOOTSTRAP_KEY_FILE, KeyRing, pseudonym_key
@@ -63,6 +64,12 @@ async def serve(
     intake = Intake(store, metrics=metrics)
     runtime = Runtime(store, intake, metrics, config_file)
     runtime.overrides = dict(overrides or {})
+    emitter: OpenLineageEmitter | None = None
+    if settings.openlineage is not None:  # read at start only: a change needs a restart
+        emitter = build_emitter(settings.openlineage)
+        await emitter.start()
+        intake.on_routed = emitter.note_routed
+        runtime.openlineage = emitter
     await runtime.apply(settings)
     keyring = KeyRing.from_settings(settings)
     checkpointer = Checkpointer(
@@ -190,6 +197,8 @@ async def serve(
         await http_task
     await runtime.stop()
     await intake.drain()
+    if emitter is not None and settings.openlineage is not None:
+        await emitter.stop(settings.openlineage.grace_s)  # after the engine: its last outcomes count
     await checkpointer.stop()
     store.close()
     log.info("gateway stopped")

@@ -474,7 +474,7 @@ def test_a_rejection_is_dead_at_once_and_the_sink_stays_up(store: SQLiteStore) -
     final = row(store, bad)
     assert (final.status, final.attempts, final.last_error_code) == ("dead", 1, "http_422")
     assert [k for k, _, _ in seen] == ["failed", "dead", "delivered"]
-    assert seen[1] == ("dead", "s", {"code": "http_422", "delivery_id": f"{bad.id}:s"})
+    assert seen[1] == ("dead", "s", {"code": "http_422", "delivery_id": f"{bad.id}:s", "route": "r"})
 
 
 def test_retry_after_hint_is_respected(store: SQLiteStore) -> None:

@@ -33,6 +33,7 @@ from gateway.pipeline import Intake
 from gateway.runtime import Runtime
 from gateway.security import KeyRing, Principal
 from gateway.store import EventQuery, MessageFilter, Store
+from gateway.store.subjects import BodyErased
 from gateway.webhooks import Refusals, Signature
 
 log = logging.getLogger("gateway.http")
@@ -486,7 +487,13 @@ def create_app(
     def message_raw(message_id: str, who: Principal = scoped("admin")) -> Response:
         """The message bytes as stored: as received, or redacted where the adapter must not keep
         them (ISO 8583 card data); admin scope, as they carry PHI."""
-        raw = store.get_raw(message_id)
+        try:
+            raw = store.get_raw(message_id)
+        except BodyErased:
+            audit(who, "MessageBodyRead", "admin", "erased", message_id)
+            raise APIError(
+                410, "erased", "The message's data subject was erased; its body cannot be read."
+            ) from None
         if raw is None:
             raise APIError(404, "not_found", "No message has this id.")
         audit(who, "MessageBodyRead", "admin", "ok", message_id)

@@ -168,6 +168,14 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--fix", action="store_true", help="have the gateway push the ledger's level again")
     q.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("subjects", help="data subjects of routes with storage: encrypted")
+    ssub = p.add_subparsers(dest="action", required=True)
+    q = ssub.add_parser(
+        "erase", help="erase a data subject: their encrypted bodies become unreadable for good"
+    )
+    _store_options(q)
+    q.add_argument("subject", help="the subject's value as the route's subject header carries it")
+
     p = sub.add_parser("replay", help="make dead-lettered deliveries pending again (recorded in lineage)")
     _store_options(p)
     which = p.add_mutually_exclusive_group(required=True)
@@ -229,7 +237,24 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _replay(args)
     if args.command == "inventory":
         return _inventory(args)
+    if args.command == "subjects":
+        return _erase_subject(args)
     return EXIT_USAGE
+
+
+def _erase_subject(args: argparse.Namespace) -> int:
+    """Delete the subject's data key; record the erasure (by pseudonym) in lineage."""
+    import getpass
+
+    from gateway.server import open_store
+
+    store = open_store(_settings(args).data_dir)
+    try:
+        count = asyncio.run(store.erase_subject(args.subject, f"user:{getpass.getuser()} (cli)"))
+    finally:
+        store.close()
+    print(f"subject erased: {count} encrypted message bodies can no longer be read; lineage still verifies")
+    return EXIT_OK
 
 
 def _inventory(args: argparse.Namespace) -> int:

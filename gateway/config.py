@@ -413,6 +413,17 @@ class RouteConfig(_Model):
         "one that fails is rejected with the rule's reason.",
     )
     description: str = Field(default="", description="What the route is for, for the generated docs.")
+    storage: Literal["full", "metadata", "encrypted"] = Field(
+        default="full",
+        description="How the store keeps the bodies of this route's messages: full (as received), metadata "
+        "(the body is dropped once every delivery succeeded), or encrypted (sealed under a key per data "
+        "subject, named by the header in subject; erasing the subject makes them unreadable).",
+    )
+    subject: str | None = Field(
+        default=None,
+        description="encrypted: the header naming the data subject (patient_id, customer_email …); "
+        "without it each message is its own subject.",
+    )
 
 
 class AlertConfig(_Model):

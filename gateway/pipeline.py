@@ -25,7 +25,7 @@ from gateway.envelope import Envelope, Receipt, new_id, sha256_hex
 from gateway.errors import StoreUnavailable
 from gateway.lineage import EventDraft
 from gateway.metrics import Metrics
-from gateway.routing import REPLY_KEY, UNMATCHED_ROUTE, RoutingTable
+from gateway.routing import REPLY_KEY, UNMATCHED_ROUTE, RouteDecision, RoutingTable
 from gateway.sink import DeliveryError, OnlineSink, Relayed
 from gateway.stock import Movement, ReportedLevel, StockSource
 from gateway.store import (
@@ -155,8 +155,13 @@ class Intake:
         route: str = ""
         deliveries: tuple[PlannedDelivery, ...] = ()
         online: tuple[str, ...] = ()
+        storage, subject = "full", ""
         if kind == "accepted" and self.routing is not None and self.routing.enabled:
-            route, deliveries, rules = self._route(env)
+            route, deliveries, rules, decided = self._route(env)
+            if decided is not None and decided.storage != "full":
+                storage = decided.storage
+                if decided.subject:
+                    subject = env.headers.get(decided.subject) or env.business_keys.get(decided.subject, "")
             online = tuple(d.sink for d in deliveries if d.sink in self.online)
             deliveries = tuple(d for d in deliveries if d.sink not in self.online)
             if not deliveries and not online and route == UNMATCHED_ROUTE:
@@ -166,7 +171,7 @@ class Intake:
                 issues = [*issues, *self._rule_issues(adapter, env, rules)]
                 kind = classify(issues)
                 if kind != "accepted":
-                    route, deliveries, online = "", (), ()
+                    route, deliveries, online, storage = "", (), (), "full"
         out = Outcome(kind, env.headers, issues, env.id, env)
         reply = adapter.respond(out)
         child = (
@@ -211,6 +216,8 @@ class Intake:
             content_sha256=env.content_sha256,
             online=online,
             reply_record=child,
+            storage=storage,
+            subject=subject,
         )
         return rec, out, reply
 
@@ -274,13 +281,15 @@ class Intake:
             known = self._stock_sources[type(adapter)] = isinstance(adapter, StockSource)
         return known
 
-    def _route(self, env: Envelope) -> tuple[str, tuple[PlannedDelivery, ...], tuple[str, ...]]:
-        """The route, outbox rows and demanded rule sets for an accepted envelope; no rows means
-        unmatched and rejected."""
+    def _route(
+        self, env: Envelope
+    ) -> tuple[str, tuple[PlannedDelivery, ...], tuple[str, ...], RouteDecision | None]:
+        """The route, outbox rows and demanded rule sets for an accepted envelope, and the decision
+        itself (its storage policy); no rows means unmatched and rejected."""
         assert self.routing is not None
         decision = self.routing.route_envelope(env) or self.routing.unmatched_decision()
         if decision is None:
-            return UNMATCHED_ROUTE, (), ()
+            return UNMATCHED_ROUTE, (), (), None
         return (
             decision.route,
             tuple(
@@ -288,6 +297,7 @@ class Intake:
                 for sink in decision.sinks
             ),
             decision.rules,
+            decision,
         )
 
     @staticmethod

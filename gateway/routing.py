@@ -37,7 +37,7 @@ import math
 import operator
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from typing import TypeAlias
 
@@ -364,6 +364,10 @@ class RouteDecision:
     """The value of the route's ``order_by`` header; ``None`` without order_by or when the header is empty."""
     rules: tuple[str, ...] = ()
     """Extra rule sets (for example ``sepa``) the envelope must pass to take this route."""
+    storage: str = "full"
+    """How the store keeps the body: ``full``, ``metadata`` or ``encrypted`` (the route's ``storage``)."""
+    subject: str | None = None
+    """``encrypted``: the header that names the data subject."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,6 +382,8 @@ class RouteView:
     order_by: str | None
     description: str
     rules: tuple[str, ...] = ()
+    storage: str = "full"
+    subject: str | None = None
 
     @property
     def match_lines(self) -> list[str]:
@@ -420,7 +426,9 @@ class RoutingTable:
             _Compiled(
                 checks=tuple((key, condition.predicate()) for key, condition in view.conditions),
                 order_by=view.order_by,
-                decision=RouteDecision(view.name, view.sinks, view.transform, None, view.rules),
+                decision=RouteDecision(
+                    view.name, view.sinks, view.transform, None, view.rules, view.storage, view.subject
+                ),
                 replies=any(key == REPLY_KEY for key, _ in view.conditions),
             )
             for view in self.views
@@ -462,13 +470,7 @@ class RoutingTable:
                 if compiled.order_by is None:
                     return compiled.decision
                 decision = compiled.decision
-                return RouteDecision(
-                    decision.route,
-                    decision.sinks,
-                    decision.transform,
-                    headers.get(compiled.order_by) or None,
-                    decision.rules,
-                )
+                return replace(decision, order_key=headers.get(compiled.order_by) or None)
         return None
 
     def route_envelope(self, envelope: Envelope) -> RouteDecision | None:
@@ -496,4 +498,6 @@ def _view(index: int, route: RouteConfig) -> RouteView:
         order_by=route.order_by,
         description=route.description,
         rules=tuple(route.rules),
+        storage=route.storage,
+        subject=route.subject,
     )

@@ -73,6 +73,10 @@ class IntakeRecord:
     route: str = ""
     """The route that matched, ``(unmatched)``, or "" when routing is off or the message was rejected."""
     deliveries: Sequence[PlannedDelivery] = ()
+    storage: str = "full"
+    """How the body is kept (the route's ``storage``): ``full``, ``metadata`` or ``encrypted``."""
+    subject: str = field(default="", repr=False)
+    """``encrypted``: the data subject's value (in memory only; the store keeps its pseudonym)."""
     reply_record: IntakeRecord | None = None
     """The reply as a message of its own (an ISO 20022 status report), stored as this one's child and
     routed when a route takes it, in the same transaction, when this record is stored as it is."""
@@ -364,6 +368,10 @@ class Store(Protocol):
         ...
 
     # -- inventory ledger (gateway.store.ledger) -------------------------------------------
+
+    async def erase_subject(self, value: str, actor: str) -> int:
+        """Erase a data subject's key: their encrypted bodies become unreadable (lineage still verifies)."""
+        ...
 
     async def apply_stock(self, movements: Sequence[Movement], message_id: str, actor: str) -> list[str]:
         """Apply movements learnt after intake (Square's order lines) once by key; the SKUs moved."""

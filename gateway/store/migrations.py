@@ -151,3 +151,9 @@ MIGRATIONS.append(
     # (a POSLog transaction posted alone, then inside the day's file); empty means raw_sha256 decides.
     "ALTER TABLE messages ADD COLUMN content_sha256 TEXT NOT NULL DEFAULT ''"
 )
+
+MIGRATIONS.append(
+    # 7: how each message's body is kept: full, metadata (dropped once delivered: metadata:dropped) or
+    # encrypted:<subject pseudonym> (sealed under that subject's data key, gateway/store/subjects.py).
+    "ALTER TABLE messages ADD COLUMN storage TEXT NOT NULL DEFAULT 'full'"
+)

@@ -66,6 +66,7 @@ from gateway.store import (
 )
 from gateway.store.ledger import MovementRow, PushRow, ReportRow, StockLevel
 from gateway.store.migrations import MIGRATIONS
+from gateway.store.subjects import BodyErased, SubjectKeys, seal_body, unseal_body
 
 log = logging.getLogger("gateway.store")
 
@@ -179,6 +180,7 @@ class SQLiteStore:
         self._local = threading.local()
         self.commits = 0
         """Transactions committed (fewer than work items when group commit works)."""
+        self._subjects = SubjectKeys(path.parent)
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -480,10 +482,18 @@ class SQLiteStore:
             outcome = "invalid"
             issues.append(CONTROL_ID_CONFLICT)
         status = "accepted" if outcome == "accepted" else "rejected"
+        raw, storage = rec.raw, "full"
+        if status == "accepted" and conflict_with is None and rec.storage == "encrypted":
+            subject = pseudonym(self._key, rec.subject) if rec.subject else f"message:{rec.id}"
+            dek = self._subjects.key(subject, create=True)
+            assert dek is not None
+            raw, storage = seal_body(dek, rec.raw, rec.id.encode()), f"encrypted:{subject}"
+        elif status == "accepted" and conflict_with is None and rec.storage == "metadata":
+            storage = "metadata"
         txn.conn.execute(
             "INSERT INTO messages (id, received_at, protocol, version, message_type, control_id, sender, receiver,"
             " status, listener, peer, client, raw, raw_sha256, headers, business_keys, issues, parent_id,"
-            " reply_code, route, content_sha256) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " reply_code, route, content_sha256, storage) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 rec.id,
                 rec.received_at,
@@ -497,7 +507,7 @@ class SQLiteStore:
                 rec.listener,
                 rec.peer,
                 rec.client,
-                rec.raw,
+                raw,
                 rec.raw_sha256,
                 orjson.dumps(dict(rec.headers)).decode(),
                 orjson.dumps({k: rec.masked_keys.get(k, v) for k, v in rec.business_keys.items()}).decode(),
@@ -506,6 +516,7 @@ class SQLiteStore:
                 rec.reply_code if conflict_with is None else "",
                 rec.route if conflict_with is None else "",
                 rec.content_sha256,
+                storage,
             ),
         )
         if rec.business_keys:
@@ -599,6 +610,7 @@ class SQLiteStore:
         at = utcnow().isoformat()
         drafts: list[EventDraft] = []
         delivered: list[tuple[int, str, str, str]] = []
+        done: set[str] = set()
         for r in results:
             actor = f"sink:{r.sink}"
             base = {"delivery_id": r.delivery_id, "attempt": r.attempt}
@@ -613,6 +625,7 @@ class SQLiteStore:
             )
             if r.outcome == "delivered":
                 delivered.append((r.attempt, at, at, r.delivery_id))
+                done.add(r.message_id)
                 drafts.append(
                     EventDraft("DeliverySucceeded", r.message_id, actor, outcome="delivered", details=base)
                 )
@@ -664,7 +677,68 @@ class SQLiteStore:
                 " last_error_code = '', last_error = '' WHERE id = ?",
                 delivered,
             )
+            drafts.extend(self._drop_delivered_bodies(txn.conn, done))
         txn.append(drafts, at)
+
+    @staticmethod
+    def _drop_delivered_bodies(conn: sqlite3.Connection, message_ids: set[str]) -> list[EventDraft]:
+        """``storage: metadata``: a body goes once every delivery of its message succeeded."""
+        drafts = []
+        for mid in sorted(message_ids):
+            cur = conn.execute(
+                "UPDATE messages SET raw = x'', storage = 'metadata:dropped' WHERE id = ? AND storage = 'metadata'"
+                " AND NOT EXISTS (SELECT 1 FROM deliveries WHERE message_id = ? AND status != 'delivered')",
+                (mid, mid),
+            )
+            if cur.rowcount:
+                drafts.append(EventDraft("BodyDropped", mid, "store", outcome="metadata"))
+        return drafts
+
+    def _plain(self, raw: bytes, storage: str, message_id: str) -> bytes:
+        """The body as received, unsealed where the route said ``encrypted``; :class:`BodyErased` when its
+        subject was erased."""
+        if not storage.startswith("encrypted:"):
+            return raw
+        dek = self._subjects.key(storage.removeprefix("encrypted:"), create=False)
+        if dek is None:
+            raise BodyErased("the body's data subject was erased")
+        return unseal_body(dek, raw, message_id.encode())
+
+    async def erase_subject(self, value: str, actor: str) -> int:
+        """Erase a data subject: delete its key (their sealed bodies become unreadable), dead-letter their
+        pending deliveries, record ``SubjectErased`` with the pseudonym; the number of bodies affected."""
+        subject = pseudonym(self._key, value)
+        had_key = self._subjects.erase(subject)
+
+        def fn(txn: _Txn) -> int:
+            at = utcnow().isoformat()
+            ids = [
+                r[0]
+                for r in txn.conn.execute(
+                    "SELECT id FROM messages WHERE storage = ?", (f"encrypted:{subject}",)
+                )
+            ]
+            for mid in ids:
+                txn.conn.execute(
+                    "UPDATE deliveries SET status = 'dead', last_error_code = 'subject_erased', last_error = ?,"
+                    " updated_at = ? WHERE message_id = ? AND status = 'pending'",
+                    ("The data subject was erased.", at, mid),
+                )
+            txn.append(
+                [
+                    EventDraft(
+                        "SubjectErased",
+                        None,
+                        actor,
+                        outcome="erased" if had_key else "no_key",
+                        details={"subject": subject, "messages": len(ids)},
+                    )
+                ],
+                at,
+            )
+            return len(ids)
+
+        return await self.submit(fn)
 
     async def replay(self, message_id: str | None, sink: str | None, actor: str) -> int:
         def fn(txn: _Txn) -> int:
@@ -723,7 +797,7 @@ class SQLiteStore:
         rows = self._reader().execute(
             "SELECT d.seq, d.id, d.message_id, d.sink, d.route, d.transform, d.order_key, d.attempts,"
             " m.received_at, m.protocol, m.version, m.message_type, m.control_id, m.sender, m.receiver,"
-            " m.raw, m.raw_sha256, m.headers"
+            " m.raw, m.raw_sha256, m.headers, m.storage"
             " FROM deliveries d JOIN messages m ON m.id = d.message_id"
             " WHERE d.sink = ? AND d.status = 'pending' AND d.next_attempt_at <= ?"
             " AND (d.order_key IS NULL OR d.seq = (SELECT min(e.seq) FROM deliveries e"
@@ -735,6 +809,10 @@ class SQLiteStore:
         for r in rows:
             if r[1] in exclude:
                 continue
+            try:
+                raw = self._plain(bytes(r[15]), r[18], r[2])
+            except BodyErased:
+                continue  # erased while pending: erase_subject dead-letters it
             out.append(
                 DueDelivery(
                     seq=r[0],
@@ -752,7 +830,7 @@ class SQLiteStore:
                     control_id=r[12],
                     sender=r[13],
                     receiver=r[14],
-                    raw=bytes(r[15]),
+                    raw=raw,
                     raw_sha256=r[16],
                     headers=orjson.loads(r[17]),
                 )
@@ -916,8 +994,10 @@ class SQLiteStore:
         return self._row(r) if r else None
 
     def get_raw(self, message_id: str) -> bytes | None:
-        r = self._reader().execute("SELECT raw FROM messages WHERE id = ?", (message_id,)).fetchone()
-        return bytes(r[0]) if r else None
+        """The body as received (unsealed); ``b""`` once dropped by ``storage: metadata``; raises
+        :class:`BodyErased` when its subject was erased."""
+        r = self._reader().execute("SELECT raw, storage FROM messages WHERE id = ?", (message_id,)).fetchone()
+        return self._plain(bytes(r[0]), r[1], message_id) if r else None
 
     def count_messages(self) -> int:
         (n,) = self._reader().execute("SELECT count(*) FROM messages WHERE status != 'batch'").fetchone()

@@ -3,14 +3,35 @@
 The hash chain alone shows an edit, a deletion or a reordering, but not a
 truncated tail nor a tail that was rewritten and hashed again: both leave a
 chain that is consistent with itself. A checkpoint (``seq``, ``hash``, ``at``,
-signature) taken every N events or T seconds and appended to a file outside
-the database pins the chain: :func:`gateway.lineage.verify_chain` then names
-the first event after the last checkpoint that still matches.
+signature) taken every N events or T seconds and kept outside the database
+pins the chain: :func:`gateway.lineage.verify_chain` then names the first
+event after the last checkpoint that still matches.
 
-The signing key is a file (mode 0600) outside the database; its public half
-is written beside it as ``<key>.pub`` so that an auditor can verify with the
-public key alone. A checkpoint whose signature does not verify is reported
-and not trusted.
+Where checkpoints are kept is a *checkpoint sink* (:class:`CheckpointSink`),
+one or several, chosen by the operator:
+
+* :class:`FileCheckpoints` appends them to a file, one JSON line each, made
+  durable with ``fsync`` (keep it off the database's disk);
+* :class:`HTTPCheckpoints` POSTs each one (``Checkpoint.as_dict()`` as JSON,
+  with an optional bearer token) to an endpoint the operator runs elsewhere,
+  and reads them back with a GET on the same URL, answered as JSON lines or
+  as a JSON array. It sends no proxy settings from the environment and
+  follows no redirect (the token goes to that URL only).
+
+:class:`Checkpointer` signs checkpoints and appends each one to every sink;
+it runs its work in a worker thread, never in the event loop. A checkpoint a
+sink refuses (a full disk, an endpoint that is down) is kept in memory and
+retried, in order, with the next one (or after ``every_s`` when the chain is
+quiet); every failure is logged as a warning naming the sink, never a token;
+the checkpoints still unwritten when the gateway stops are logged too.
+
+:func:`verify_store` reads every sink, keeps the checkpoints whose signature
+verifies and holds the chain against them. The signing key is a file (mode
+0600) outside the database; its public half is written beside it as
+``<key>.pub`` so that an auditor can verify with the public key alone. A
+checkpoint whose signature does not verify, a sink that cannot be read (other
+than one that holds nothing yet) and two signed checkpoints that disagree on
+one seq are reported and fail the verification; none is trusted.
 """
 
 from __future__ import annotations
@@ -21,10 +42,17 @@ import contextlib
 import hashlib
 import logging
 import os
+import ssl
+import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from http.client import HTTPException, HTTPMessage
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Protocol
 
 import orjson
 from cryptography.exceptions import InvalidSignature
@@ -32,10 +60,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from gateway.envelope import utcnow
+from gateway.errors import ConfigError
 from gateway.lineage import Verification
 from gateway.store import Store
 
 log = logging.getLogger("gateway.checkpoints")
+
+MAX_PENDING = 10_000
+"""Checkpoints held for one sink that keeps failing; beyond, the oldest are dropped (with a warning):
+a later checkpoint pins every event before it, so only the precision of the report is lost."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,104 +137,395 @@ def sign(key: Ed25519PrivateKey, seq: int, chain_hash: str) -> Checkpoint:
     return Checkpoint(seq, chain_hash, unsigned.at, unsigned.key_id, signature)
 
 
-def append(path: Path, checkpoint: Checkpoint) -> None:
-    """Append one checkpoint as a JSON line and make it durable."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("ab") as fh:
-        fh.write(orjson.dumps(checkpoint.as_dict()) + b"\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+# -- sinks ------------------------------------------------------------------------------------------
 
 
-def read_verified(path: Path, public: Ed25519PublicKey) -> tuple[list[Checkpoint], list[str]]:
-    """Checkpoints from ``path`` whose signatures verify, in order, and a sentence per one that does not."""
+class CheckpointSinkError(Exception):
+    """A sink could not be written or read; the message names the sink and the cause, never a secret."""
+
+
+class CheckpointsMissing(CheckpointSinkError):
+    """The sink holds no checkpoint yet (no file, HTTP 404): a new installation, so only a warning."""
+
+
+Entry = tuple[str, object]
+"""One stored checkpoint as read: where it is (``"on line 3"``) and its JSON (bytes, or already decoded)."""
+
+
+class CheckpointSink(Protocol):
+    """Where signed checkpoints are kept, outside the database.
+
+    ``append`` and ``read`` block (a file, a network call): call them from a worker thread. Both raise
+    :class:`CheckpointSinkError` (``read``: :class:`CheckpointsMissing` when there is nothing yet).
+    """
+
+    @property
+    def name(self) -> str:
+        """The sink in messages and logs: a path, or a URL without credentials nor query."""
+        ...
+
+    def append(self, checkpoint: Checkpoint) -> None: ...
+
+    def read(self) -> list[Entry]: ...
+
+
+class FileCheckpoints:
+    """Checkpoints appended to a file, one JSON line each, made durable before ``append`` returns."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __repr__(self) -> str:
+        return f"FileCheckpoints({str(self.path)!r})"
+
+    @property
+    def name(self) -> str:
+        return str(self.path)
+
+    def append(self, checkpoint: Checkpoint) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("ab") as fh:
+                fh.write(orjson.dumps(checkpoint.as_dict()) + b"\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            raise CheckpointSinkError(
+                f"checkpoint file {self.path} cannot be written: {_cause(exc)}"
+            ) from exc
+
+    def read(self) -> list[Entry]:
+        try:
+            lines = self.path.read_bytes().splitlines()
+        except FileNotFoundError:
+            raise CheckpointsMissing(f"no checkpoint file at {self.path}") from None
+        except OSError as exc:
+            raise CheckpointSinkError(f"checkpoint file {self.path} cannot be read: {_cause(exc)}") from exc
+        return [(f"on line {number}", line) for number, line in enumerate(lines, start=1) if line.strip()]
+
+    def last_seq(self) -> int:
+        """The seq of the last checkpoint in the file, 0 when there is none (or it cannot be read)."""
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError, StopIteration):
+            lines = self.path.read_bytes().splitlines()
+            last = next(line for line in reversed(lines) if line.strip())
+            return int(orjson.loads(last)["seq"])
+        return 0
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect is an error: the checkpoint (and the token) go to the configured URL only."""
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: HTTPMessage,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        return None
+
+
+class HTTPCheckpoints:
+    """Checkpoints POSTed one by one to ``url`` (JSON), and read back with a GET on the same URL.
+
+    The endpoint answers the GET with the checkpoints it holds, as JSON lines or as a JSON array of
+    objects; 404 means it holds none yet. ``bearer_token`` is sent as ``Authorization: Bearer`` and
+    appears in no message, log or ``repr``. Any status but 2xx is a failure; redirects are not
+    followed and proxy variables of the environment are ignored.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        bearer_token: str | None = None,
+        timeout_s: float = 10.0,
+        *,
+        ca_file: Path | None = None,
+    ) -> None:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("checkpoint URL: expected an http:// or https:// URL")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("checkpoint URL: carries credentials (user:password@); use a bearer token")
+        if timeout_s <= 0:
+            raise ValueError("checkpoint URL: the time-out must be positive")
+        self.url = url
+        self.timeout_s = timeout_s
+        self._token = bearer_token or None
+        self._name = urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+        handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({}), _NoRedirect()]
+        if parts.scheme == "https":
+            context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+            handlers.append(urllib.request.HTTPSHandler(context=context))
+        self._opener = urllib.request.build_opener(*handlers)
+
+    def __repr__(self) -> str:
+        return f"HTTPCheckpoints({self._name!r})"
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def append(self, checkpoint: Checkpoint) -> None:
+        self._call("POST", orjson.dumps(checkpoint.as_dict()), {"Content-Type": "application/json"})
+
+    def read(self) -> list[Entry]:
+        body = self._call("GET", None, {"Accept": "application/x-ndjson, application/json"})
+        if body.lstrip().startswith(b"["):
+            try:
+                items = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                raise CheckpointSinkError(f"the checkpoints from {self._name} are not JSON") from None
+            return [(f"at position {number}", item) for number, item in enumerate(items, start=1)]
+        lines = body.splitlines()
+        return [(f"on line {number}", line) for number, line in enumerate(lines, start=1) if line.strip()]
+
+    def _call(self, method: str, body: bytes | None, headers: dict[str, str]) -> bytes:
+        # S310: __init__ accepts http:// and https:// only
+        request = urllib.request.Request(self.url, data=body, headers=headers, method=method)  # noqa: S310
+        if self._token is not None:
+            request.add_unredirected_header("Authorization", f"Bearer {self._token}")
+        try:
+            with self._opener.open(request, timeout=self.timeout_s) as response:
+                data: bytes = response.read()
+                return data
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            if exc.code == 404 and method == "GET":
+                raise CheckpointsMissing(f"no checkpoints at {self._name} (HTTP 404)") from None
+            raise CheckpointSinkError(f"{method} {self._name} answered HTTP {exc.code}") from None
+        except (OSError, HTTPException) as exc:
+            raise CheckpointSinkError(f"{method} {self._name} failed: {_cause(exc)}") from None
+
+
+def _cause(exc: BaseException) -> str:
+    """The kind of failure, without the text a server or a library put in it."""
+    if isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, BaseException):
+        exc = exc.reason
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{type(exc).__name__}: {exc.strerror}"
+    return type(exc).__name__
+
+
+CheckpointSources = Path | CheckpointSink | Sequence[CheckpointSink]
+"""Where checkpoints are kept: sinks, one sink, or a path (a :class:`FileCheckpoints`)."""
+
+
+def as_sinks(sources: CheckpointSources) -> list[CheckpointSink]:
+    if isinstance(sources, Path):
+        return [FileCheckpoints(sources)]
+    if isinstance(sources, Sequence):
+        return list(sources)
+    return [sources]
+
+
+def checkpoint_sinks(
+    file: Path | None,
+    url: str | None = None,
+    *,
+    token_env: str | None = None,
+    timeout_s: float = 10.0,
+    ca_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> list[CheckpointSink]:
+    """The sinks the settings name: a file, an endpoint (its bearer token read from the environment
+    variable ``token_env``), or both; raises ConfigError for an unusable URL or an unset variable."""
+    env = os.environ if environ is None else environ
+    sinks: list[CheckpointSink] = []
+    if file is not None:
+        sinks.append(FileCheckpoints(file))
+    if url is not None:
+        token: str | None = None
+        if token_env:
+            token = env.get(token_env)
+            if not token:
+                raise ConfigError(
+                    f"lineage.checkpoint_token_env: environment variable {token_env} is not set or empty"
+                )
+        try:
+            sinks.append(HTTPCheckpoints(url, token, timeout_s, ca_file=ca_file))
+        except ValueError as exc:
+            raise ConfigError(f"lineage.checkpoint_url: {exc}") from None
+    return sinks
+
+
+# -- verification -----------------------------------------------------------------------------------
+
+
+def _verified(entries: list[Entry], public: Ed25519PublicKey) -> tuple[list[Checkpoint], list[str]]:
     good: list[Checkpoint] = []
     problems: list[str] = []
-    try:
-        lines = path.read_bytes().splitlines()
-    except FileNotFoundError:
-        return [], [f"no checkpoint file at {path}"]
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+    for where, value in entries:
         try:
-            d = orjson.loads(line)
+            d = orjson.loads(value) if isinstance(value, bytes | str) else value
+            if not isinstance(d, dict):
+                raise TypeError("not an object")
             cp = Checkpoint(int(d["seq"]), str(d["hash"]), str(d["at"]), str(d["key_id"]), str(d["sig"]))
             public.verify(base64.b64decode(cp.signature), cp.signed_bytes())
         except InvalidSignature:
-            problems.append(f"checkpoint on line {number} has an invalid signature")
+            problems.append(f"checkpoint {where} has an invalid signature")
             continue
         except (ValueError, KeyError, TypeError, orjson.JSONDecodeError):
-            problems.append(f"checkpoint on line {number} cannot be read")
+            problems.append(f"checkpoint {where} cannot be read")
             continue
         good.append(cp)
     return good, problems
 
 
-def verify_store(
-    store: Store, checkpoint_file: Path, public_key_file: Path, *, require_checkpoints: bool = False
-) -> Verification:
-    """Recompute the chain and hold it against every checkpoint whose signature verifies.
+def read_verified(
+    source: Path | CheckpointSink, public: Ed25519PublicKey
+) -> tuple[list[Checkpoint], list[str]]:
+    """Checkpoints from ``source`` whose signatures verify, in order, and a sentence per one that does
+    not (or why the source could not be read)."""
+    sink = FileCheckpoints(source) if isinstance(source, Path) else source
+    try:
+        entries = sink.read()
+    except CheckpointSinkError as exc:
+        return [], [str(exc)]
+    return _verified(entries, public)
 
-    A checkpoint that cannot be read or whose signature fails means the file
-    was altered: the verification fails. No checkpoint file is only a warning
-    (a new installation has none yet) unless ``require_checkpoints``.
+
+def verify_store(
+    store: Store, checkpoints: CheckpointSources, public_key_file: Path, *, require_checkpoints: bool = False
+) -> Verification:
+    """Recompute the chain and hold it against every checkpoint, from every sink, whose signature verifies.
+
+    A checkpoint that cannot be read or whose signature fails means the sink
+    was altered, and a sink that cannot be read (an endpoint that is down or
+    refuses the token) means the chain cannot be held against it: the
+    verification fails, as it does when two signed checkpoints name different
+    hashes for one seq. A sink that holds nothing yet (no file, HTTP 404) is
+    only a warning (a new installation has none yet) unless
+    ``require_checkpoints``.
     """
+    sinks = as_sinks(checkpoints)
     warnings: list[str] = []
-    checkpoints: list[Checkpoint] = []
+    altered: list[str] = []
+    held: list[Checkpoint] = []
     if public_key_file.exists():
-        checkpoints, problems = read_verified(checkpoint_file, load_public_key(public_key_file))
-        missing = [p for p in problems if p.startswith("no checkpoint file")]
-        altered = [p for p in problems if p not in missing]
-        warnings.extend(missing)
+        public = load_public_key(public_key_file)
+        for sink in sinks:
+            prefix = f"{sink.name}: " if len(sinks) > 1 else ""
+            try:
+                entries = sink.read()
+            except CheckpointsMissing as exc:
+                warnings.append(str(exc))
+                continue
+            except CheckpointSinkError as exc:
+                altered.append(str(exc))
+                continue
+            good, problems = _verified(entries, public)
+            held.extend(good)
+            altered.extend(prefix + p for p in problems)
+        altered.extend(_disagreements(held))
     else:
-        altered = []
         warnings.append(f"no public key at {public_key_file}: checkpoints not checked")
-    result = store.verify_lineage([(c.seq, c.hash) for c in checkpoints])
+    result = store.verify_lineage([(c.seq, c.hash) for c in held])
     if altered:
         return replace(result, ok=False, reason="; ".join(altered), warnings=tuple(warnings))
-    if require_checkpoints and not checkpoints:
+    if require_checkpoints and not held:
         return replace(
             result, ok=False, reason="no signed checkpoint to verify against", warnings=tuple(warnings)
         )
     return replace(result, warnings=tuple(warnings))
 
 
+def _disagreements(held: list[Checkpoint]) -> list[str]:
+    first: dict[int, str] = {}
+    clash: list[int] = []
+    for cp in held:
+        if first.setdefault(cp.seq, cp.hash) != cp.hash and cp.seq not in clash:
+            clash.append(cp.seq)
+    return [f"signed checkpoints disagree on the hash of seq {seq}" for seq in clash]
+
+
+# -- the writer -------------------------------------------------------------------------------------
+
+
 class Checkpointer:
-    """Writes a checkpoint every ``every_events`` events or ``every_s`` seconds while the head moves."""
+    """Signs a checkpoint every ``every_events`` events or ``every_s`` seconds while the head moves, and
+    appends it to every sink; what a sink refuses is kept and retried with the next one."""
 
     def __init__(
-        self, store: Store, key: Ed25519PrivateKey, path: Path, every_events: int, every_s: float
+        self,
+        store: Store,
+        key: Ed25519PrivateKey,
+        sinks: CheckpointSources,
+        every_events: int,
+        every_s: float,
     ) -> None:
         self.store = store
         self.key = key
-        self.path = path
+        self.sinks = as_sinks(sinks)
+        if not self.sinks:
+            raise ValueError("a Checkpointer needs at least one checkpoint sink")
         self.every_events = every_events
         self.every_s = every_s
-        self.last_seq = 0
+        self.last_seq = max((s.last_seq() for s in self.sinks if isinstance(s, FileCheckpoints)), default=0)
         self.last_time = time.monotonic()
+        self._pending: list[list[Checkpoint]] = [[] for _ in self.sinks]
+        self._last_attempt = time.monotonic()
+        self._lock = threading.Lock()  # the loop's worker thread and stop() must not interleave
         self._task: asyncio.Task[None] | None = None
-        with contextlib.suppress(OSError):
-            lines = path.read_bytes().splitlines()
-            if lines:
-                self.last_seq = int(orjson.loads(lines[-1])["seq"])
+
+    def pending(self) -> dict[str, list[int]]:
+        """The seqs of the checkpoints each sink still has to take, by sink name."""
+        with self._lock:
+            return {s.name: [c.seq for c in p] for s, p in zip(self.sinks, self._pending, strict=True) if p}
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     def checkpoint(self, force: bool = False) -> Checkpoint | None:
-        head = self.store.lineage_head()
-        if head is None or head[0] <= self.last_seq:
-            return None
-        due = (
-            head[0] - self.last_seq >= self.every_events or time.monotonic() - self.last_time >= self.every_s
-        )
-        if not (due or force):
-            return None
-        cp = sign(self.key, head[0], head[1])
-        append(self.path, cp)
-        self.last_seq, self.last_time = cp.seq, time.monotonic()
-        return cp
+        """Sign a checkpoint if one is due (or ``force``) and hand it, after those still pending, to
+        every sink. Blocks on the sinks: the event loop calls it in a worker thread."""
+        with self._lock:
+            cp: Checkpoint | None = None
+            head = self.store.lineage_head()
+            now = time.monotonic()
+            if head is not None and head[0] > self.last_seq:
+                due = head[0] - self.last_seq >= self.every_events or now - self.last_time >= self.every_s
+                if due or force:
+                    cp = sign(self.key, head[0], head[1])
+                    self.last_seq, self.last_time = cp.seq, now
+            retry = any(self._pending) and (force or now - self._last_attempt >= self.every_s)
+            if cp is not None or retry:
+                self._deliver(cp)
+            return cp
+
+    def _deliver(self, cp: Checkpoint | None) -> None:
+        self._last_attempt = time.monotonic()
+        for sink, pending in zip(self.sinks, self._pending, strict=True):
+            if cp is not None:
+                pending.append(cp)
+            retried = len(pending) - (cp is not None)
+            while pending:
+                try:
+                    sink.append(pending[0])
+                except Exception as exc:
+                    log.warning(
+                        "lineage checkpoint not written; kept to retry with the next one",
+                        extra={"sink": sink.name, "pending": len(pending), "error": _error(exc)},
+                    )
+                    break
+                pending.pop(0)
+            else:
+                if retried:
+                    log.info(
+                        "lineage checkpoints written after a retry",
+                        extra={"sink": sink.name, "checkpoints": retried},
+                    )
+            if len(pending) > MAX_PENDING:
+                dropped = pending[: len(pending) - MAX_PENDING]
+                del pending[: len(dropped)]
+                log.warning(
+                    "lineage checkpoints dropped: too many pending; later ones still pin those events",
+                    extra={"sink": sink.name, "dropped": len(dropped), "last_dropped_seq": dropped[-1].seq},
+                )
 
     async def _run(self) -> None:
         while True:
@@ -212,11 +536,22 @@ class Checkpointer:
                 log.exception("lineage checkpoint failed")
 
     async def stop(self) -> None:
+        """Stop the schedule, take a last checkpoint, retry what is pending; log what never got written."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         try:
-            self.checkpoint(force=True)
+            await asyncio.to_thread(self.checkpoint, True)
         except Exception:
             log.exception("final lineage checkpoint failed")
+        for name, seqs in self.pending().items():
+            log.warning(
+                "lineage checkpoints never written to this sink",
+                extra={"sink": name, "checkpoints": len(seqs), "seqs": seqs[:20]},
+            )
+
+
+def _error(exc: Exception) -> str:
+    """A sink's failure for the log: its own message (written to hold no secret) or the kind of error."""
+    return str(exc) if isinstance(exc, CheckpointSinkError) else _cause(exc)

@@ -82,7 +82,23 @@ def _parser() -> argparse.ArgumentParser:
     q = lsub.add_parser("verify")
     _store_options(q)
     q.add_argument("--json", action="store_true")
-    q.add_argument("--checkpoints", type=Path, help="signed checkpoint file (default: from the config)")
+    q.add_argument(
+        "--checkpoints",
+        type=Path,
+        metavar="FILE",
+        help="signed checkpoint file (default: the file and the endpoint of the config)",
+    )
+    q.add_argument(
+        "--checkpoints-url",
+        metavar="URL",
+        help="endpoint that answers the signed checkpoints on GET (default: from the config); "
+        "with --checkpoints both are read, with either only the one(s) given",
+    )
+    q.add_argument(
+        "--checkpoints-token-env",
+        metavar="VAR",
+        help="environment variable holding the endpoint's bearer token (default: lineage.checkpoint_token_env)",
+    )
     q.add_argument("--public-key", type=Path, help="Ed25519 public key (PEM) the checkpoints are signed with")
     q.add_argument("--require-checkpoints", action="store_true", help="fail when there is no checkpoint")
     q = lsub.add_parser("trace", help="a message's journey: receipt, validation, route, deliveries, reads")
@@ -493,11 +509,22 @@ def _lineage(args: argparse.Namespace) -> int:
             else:
                 print(f"{e.seq:>8}  {e.at[:23]}  {e.envelope_id}  {e.event:18} {e.outcome}  {e.actor}")
         return EXIT_OK
-    from gateway.checkpoints import public_path, verify_store
+    from gateway.checkpoints import checkpoint_sinks, public_path, verify_store
 
     settings = _settings(args)
     store = _open_reader(args)
-    checkpoints = args.checkpoints or settings.checkpoint_file()
+    lineage = settings.lineage
+    if args.checkpoints is None and args.checkpoints_url is None:
+        checkpoint_file, checkpoint_url = settings.checkpoint_file(), lineage.checkpoint_url
+    else:
+        checkpoint_file, checkpoint_url = args.checkpoints, args.checkpoints_url
+    checkpoints = checkpoint_sinks(
+        checkpoint_file,
+        checkpoint_url,
+        token_env=args.checkpoints_token_env or lineage.checkpoint_token_env,
+        timeout_s=lineage.checkpoint_timeout_s,
+        ca_file=lineage.checkpoint_ca_file,
+    )
     public_key = args.public_key or public_path(settings.signing_key())
     result = verify_store(store, checkpoints, public_key, require_checkpoints=args.require_checkpoints)
     if args.json:

@@ -433,11 +433,41 @@ class AlertConfig(_Model):
     )
 
 
+class RetentionConfig(_Model):
+    bodies_days: dict[str, float] = Field(
+        default_factory=dict,
+        description="Days a message body is kept, by protocol (hl7v2: 2190, iso8583: 365) or '*' for the rest; "
+        "older bodies are removed, the message rows and their lineage stay.",
+    )
+    events_days: float | None = Field(
+        default=None,
+        gt=0,
+        description="Days lineage events are kept; older ones are removed from the head of the chain after "
+        "a signed checkpoint covering them is written, so verify tells pruning from tampering.",
+    )
+    every_s: float = Field(default=3600.0, gt=0, description="How often the running gateway prunes.")
+
+
 class LineageConfig(_Model):
     checkpoint_file: Path | None = Field(
         default=None,
         description="Where signed checkpoints are appended; keep it off the database's disk "
         "(default DATA_DIR/lineage-checkpoints.jsonl).",
+    )
+    checkpoint_url: str | None = Field(
+        default=None,
+        description="An http(s) endpoint, off this host, that also receives each signed checkpoint "
+        "(POST, JSON) and answers them on GET at the same URL (JSON lines or a JSON array).",
+    )
+    checkpoint_token_env: str | None = Field(
+        default=None,
+        description="Name of the environment variable holding the bearer token for checkpoint_url.",
+    )
+    checkpoint_timeout_s: float = Field(
+        default=10.0, gt=0, le=120, description="Time allowed for one request to checkpoint_url."
+    )
+    checkpoint_ca_file: Path | None = Field(
+        default=None, description="PEM bundle to trust for checkpoint_url instead of the system's."
     )
     signing_key: Path | None = Field(
         default=None,
@@ -448,6 +478,16 @@ class LineageConfig(_Model):
     checkpoint_every_s: float = Field(
         default=60.0, gt=0, description="Or after this long, if the chain moved."
     )
+    retention: RetentionConfig | None = Field(
+        default=None, description="How long bodies and lineage events are kept; without it, for ever."
+    )
+
+    @field_validator("checkpoint_url")
+    @classmethod
+    def _checkpoint_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"https?://[^\s/:@]+(:\d{1,5})?(/\S*)?", value):
+            raise ValueError("expected an http:// or https:// URL without credentials")
+        return value
 
 
 class OpenLineageConfig(_Model):

@@ -140,6 +140,10 @@ def verify_chain(events: Iterable[LineageEvent], checkpoints: Sequence[tuple[int
     event whose hash differs from its checkpoint means the chain was rewritten
     and hashed again after the last checkpoint that still matches; a checkpoint
     beyond the last event means the tail was cut off.
+
+    A chain whose head was pruned (retention) starts after seq 1: that is pruning, not tampering,
+    only when a signed checkpoint pins the last removed event (its seq and hash, which the first
+    remaining event names as ``prev_hash``); otherwise the missing head is reported.
     """
     pinned = dict(checkpoints)
     good_until = 0
@@ -147,6 +151,19 @@ def verify_chain(events: Iterable[LineageEvent], checkpoints: Sequence[tuple[int
     expected_seq = 1
     count = 0
     for ev in events:
+        if count == 0 and ev.seq > 1:
+            anchor = pinned.get(ev.seq - 1)
+            if anchor is None or not hmac.compare_digest(anchor, ev.prev_hash):
+                return Verification(
+                    False,
+                    1,
+                    ev.seq,
+                    1,
+                    f"the chain's head is missing: events before seq {ev.seq} were removed and no signed "
+                    "checkpoint covers them",
+                    len(pinned),
+                )
+            prev, expected_seq, good_until = ev.prev_hash, ev.seq, ev.seq - 1
         count += 1
         if ev.seq != expected_seq:
             return Verification(

@@ -24,7 +24,13 @@ from adapters.hl7.mllp import MLLPServer
 from adapters.retail.pos_json import json_schema as pos_json_schema
 from adapters.retail.poslog_drop import DropFolder
 from gateway.app import create_app, ingest_channels
-from gateway.checkpoints import Checkpointer, load_or_create_key, public_path, verify_store
+from gateway.checkpoints import (
+    Checkpointer,
+    checkpoint_sinks,
+    load_or_create_key,
+    public_path,
+    verify_store,
+)
 from gateway.config import Settings, parse_address
 from gateway.errors import ConfigError
 from gateway.listeners import server_tls
@@ -72,10 +78,17 @@ async def serve(
         runtime.openlineage = emitter
     await runtime.apply(settings)
     keyring = KeyRing.from_settings(settings)
+    checkpoint_to = checkpoint_sinks(  # read at start only (the token too): a change needs a restart
+        settings.checkpoint_file(),
+        settings.lineage.checkpoint_url,
+        token_env=settings.lineage.checkpoint_token_env,
+        timeout_s=settings.lineage.checkpoint_timeout_s,
+        ca_file=settings.lineage.checkpoint_ca_file,
+    )
     checkpointer = Checkpointer(
         store,
         load_or_create_key(settings.signing_key()),
-        settings.checkpoint_file(),
+        checkpoint_to,
         settings.lineage.checkpoint_every_events,
         settings.lineage.checkpoint_every_s,
     )
@@ -158,9 +171,7 @@ async def serve(
             max_body_bytes=settings.http.max_body_bytes,
             runtime=runtime,
             metrics=metrics,
-            verify=lambda: verify_store(
-                store, settings.checkpoint_file(), public_path(settings.signing_key())
-            ),
+            verify=lambda: verify_store(store, checkpoint_to, public_path(settings.signing_key())),
         )
         tls_http = settings.http.tls
         config = uvicorn.Config(

@@ -129,6 +129,10 @@ def _parser() -> argparse.ArgumentParser:
         help="fhir: one FHIR R4 AuditEvent per event and a Provenance per derived message, one per line",
     )
     q.add_argument("--output", "-o", type=Path)
+    q = lsub.add_parser(
+        "prune", help="remove bodies and lineage events past their retention (lineage.retention)"
+    )
+    _store_options(q)
     q = lsub.add_parser("graph", help="a message's journey as a picture (SVG or PNG) for auditors")
     _store_options(q)
     q.add_argument("id")
@@ -484,6 +488,8 @@ def _lineage(args: argparse.Namespace) -> int:
         return _export(args)
     if args.action == "graph":
         return _graph(args)
+    if args.action == "prune":
+        return _prune(args)
     if args.action == "search":
         from gateway.store import EventQuery
 
@@ -631,6 +637,38 @@ def _export(args: argparse.Namespace) -> int:
         if args.output:
             out.close()
     print(f"{count} events exported", file=sys.stderr)
+    return EXIT_OK
+
+
+def _prune(args: argparse.Namespace) -> int:
+    """Prune once, as the running gateway does every ``lineage.retention.every_s``."""
+    import getpass
+
+    from gateway.checkpoints import checkpoint_sinks, load_or_create_key
+    from gateway.envelope import utcnow
+    from gateway.retention import prune
+    from gateway.server import open_store
+
+    settings = _settings(args)
+    policy = settings.lineage.retention
+    if policy is None:
+        raise ConfigError("lineage.retention: the configuration keeps everything (no retention section)")
+    lineage = settings.lineage
+    sinks = checkpoint_sinks(
+        settings.checkpoint_file(),
+        lineage.checkpoint_url,
+        token_env=lineage.checkpoint_token_env,
+        timeout_s=lineage.checkpoint_timeout_s,
+        ca_file=lineage.checkpoint_ca_file,
+    )
+    store = open_store(settings.data_dir)
+    try:
+        key = load_or_create_key(settings.signing_key())
+        done = asyncio.run(prune(store, policy, key, sinks, utcnow(), f"user:{getpass.getuser()} (cli)"))
+    finally:
+        store.close()
+    through = f", events through seq {done.through_seq}" if done.through_seq else ""
+    print(f"pruned {done.bodies} bodies and {done.events} lineage events{through}")
     return EXIT_OK
 
 

@@ -37,6 +37,7 @@ from gateway.listeners import server_tls
 from gateway.metrics import Metrics
 from gateway.openlineage import OpenLineageEmitter, build_emitter
 from gateway.pipeline import Intake
+from gateway.retention import prune_forever
 from gateway.runtime import Runtime
 from gateway.security import BOOTSTRAP_KEY_FILE, KeyRing, pseudonym_key
 from gateway.store.sqlite import SQLiteStore
@@ -93,6 +94,13 @@ async def serve(
         settings.lineage.checkpoint_every_s,
     )
     checkpointer.start()
+    pruner: asyncio.Task[None] | None = None
+    if settings.lineage.retention is not None:
+        pruner = asyncio.get_running_loop().create_task(
+            prune_forever(
+                store, settings.lineage.retention, load_or_create_key(settings.signing_key()), checkpoint_to
+            )
+        )
     hl7 = BUILTIN_ADAPTERS["hl7v2"]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -206,6 +214,10 @@ async def serve(
     if http is not None and http_task is not None:
         http.should_exit = True
         await http_task
+    if pruner is not None:
+        pruner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pruner
     await runtime.stop()
     await intake.drain()
     if emitter is not None and settings.openlineage is not None:

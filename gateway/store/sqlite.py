@@ -1117,6 +1117,59 @@ class SQLiteStore:
         finally:
             conn.close()
 
+    # -- retention -------------------------------------------------------------------------------
+
+    async def prune_bodies(
+        self, before: str, actor: str, only: Sequence[str] = (), besides: Sequence[str] = ()
+    ) -> int:
+        """Remove the bodies of messages received before ``before`` (of the protocols in ``only``, or of
+        all but ``besides``), never one a delivery still needs (pending or dead, for its replay)."""
+
+        def fn(txn: _Txn) -> int:
+            clauses, args = ["received_at < ?", "length(raw) > 0"], [before]
+            if only:
+                clauses.append(f"protocol IN ({','.join('?' * len(only))})")
+                args.extend(only)
+            if besides:
+                clauses.append(f"protocol NOT IN ({','.join('?' * len(besides))})")
+                args.extend(besides)
+            cur = txn.conn.execute(
+                "UPDATE messages SET raw = x'', storage = 'pruned' WHERE "  # noqa: S608 - bound values
+                + " AND ".join(clauses)
+                + " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = messages.id"
+                " AND d.status != 'delivered')",
+                args,
+            )
+            at = utcnow().isoformat()
+            details = {"before": before, "bodies": cur.rowcount, "protocols": list(only) or "*"}
+            txn.append([EventDraft("BodiesPruned", None, actor, "pruned", details=details)], at)
+            return int(cur.rowcount)
+
+        return await self.submit(fn)
+
+    def last_event_before(self, before: str) -> tuple[int, str] | None:
+        """The newest lineage event older than ``before``: (seq, hash), or None."""
+        row = (
+            self._reader()
+            .execute("SELECT seq, hash FROM lineage WHERE at < ? ORDER BY seq DESC LIMIT 1", (before,))
+            .fetchone()
+        )
+        return (int(row[0]), str(row[1])) if row else None
+
+    async def prune_events(self, through_seq: int, actor: str) -> int:
+        """Remove the lineage events up to ``through_seq`` (the head of the chain) and record it. Call only
+        after a signed checkpoint of ``through_seq`` is held outside the database."""
+
+        def fn(txn: _Txn) -> int:
+            cur = txn.conn.execute("DELETE FROM lineage WHERE seq <= ?", (through_seq,))
+            details = {"through_seq": through_seq, "events": cur.rowcount}
+            txn.append(
+                [EventDraft("LineagePruned", None, actor, "pruned", details=details)], utcnow().isoformat()
+            )
+            return int(cur.rowcount)
+
+        return await self.submit(fn)
+
     def lineage_head(self) -> tuple[int, str] | None:
         row = (
             _connect(self.path, readonly=True)

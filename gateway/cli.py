@@ -108,7 +108,17 @@ def _parser() -> argparse.ArgumentParser:
     q = lsub.add_parser("search", help="lineage events by business key, message, route, sink, outcome, time")
     _store_options(q)
     q.add_argument("--key", help="a business key value, e.g. a patient id as ID^^^AUTHORITY")
-    for name in ("control-id", "sender", "protocol", "message-type", "route", "sink", "event", "outcome"):
+    for name in (
+        "control-id",
+        "sender",
+        "receiver",
+        "protocol",
+        "message-type",
+        "route",
+        "sink",
+        "event",
+        "outcome",
+    ):
         q.add_argument(f"--{name}")
     q.add_argument("--since")
     q.add_argument("--until")
@@ -498,6 +508,7 @@ def _lineage(args: argparse.Namespace) -> int:
             key=args.key,
             control_id=args.control_id,
             sender=args.sender,
+            receiver=args.receiver,
             protocol=args.protocol,
             message_type=args.message_type,
             route=args.route,

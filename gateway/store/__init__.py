@@ -152,6 +152,7 @@ class EventQuery(BaseModel):
     )
     control_id: str | None = None
     sender: str | None = None
+    receiver: str | None = None
     protocol: str | None = None
     message_type: str | None = None
     route: str | None = None

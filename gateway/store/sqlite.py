@@ -1045,7 +1045,7 @@ class SQLiteStore:
         """Lineage events matching every given criterion, in chain order, from ``after_seq`` on.
 
         A business key is looked up by its pseudonym (the value is never stored); message
-        criteria (control id, sender, protocol, type, route) select the events of those messages;
+        criteria (control id, sender, receiver, protocol, type, route) select the events of those messages;
         ``sink`` selects the events its delivery worker wrote.
         """
         where, args = _where(
@@ -1055,6 +1055,7 @@ class SQLiteStore:
             ),
             ("m.control_id = ?", q.control_id),
             ("m.sender = ?", q.sender),
+            ("m.receiver = ?", q.receiver),
             ("m.protocol = ?", q.protocol),
             ("m.message_type = ?", q.message_type),
             ("m.route = ?", q.route),

@@ -172,3 +172,16 @@ def test_full_disk_fails_the_commit_and_keeps_the_chain(store: SQLiteStore) -> N
 
     assert asyncio.run(go()) > 0
     assert store.verify_lineage().ok
+
+
+def test_lineage_search_by_receiver(store: SQLiteStore) -> None:
+    from gateway.store import EventQuery
+
+    async def go() -> None:
+        await store.record_intake([replace(record("RCV-1"), receiver="LAB^FAC")])
+        await store.record_intake([replace(record("RCV-2"), receiver="EHR^FAC")])
+
+    asyncio.run(go())
+    found = store.search_events(EventQuery(receiver="LAB^FAC"))
+    (row,) = store.list_messages(MessageFilter(control_id="RCV-1"))
+    assert found and {e.envelope_id for e in found} == {row.id}

@@ -78,18 +78,27 @@ class Checkpoint:
     at: str
     key_id: str
     signature: str
+    kind: str = ""
+    """``prune``: the last event removed by retention (signed, so a head deleted any other way, even
+    through an ordinary checkpoint, is not taken for pruning); empty for the periodic ones."""
 
     def signed_bytes(self) -> bytes:
-        return orjson.dumps({"at": self.at, "hash": self.hash, "seq": self.seq}, option=orjson.OPT_SORT_KEYS)
+        fields: dict[str, Any] = {"at": self.at, "hash": self.hash, "seq": self.seq}
+        if self.kind:
+            fields["kind"] = self.kind
+        return orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "seq": self.seq,
             "hash": self.hash,
             "at": self.at,
             "key_id": self.key_id,
             "sig": self.signature,
         }
+        if self.kind:
+            out["kind"] = self.kind
+        return out
 
 
 def key_id(public: Ed25519PublicKey) -> str:
@@ -131,10 +140,10 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
     return key
 
 
-def sign(key: Ed25519PrivateKey, seq: int, chain_hash: str) -> Checkpoint:
-    unsigned = Checkpoint(seq, chain_hash, utcnow().isoformat(), key_id(key.public_key()), "")
+def sign(key: Ed25519PrivateKey, seq: int, chain_hash: str, kind: str = "") -> Checkpoint:
+    unsigned = Checkpoint(seq, chain_hash, utcnow().isoformat(), key_id(key.public_key()), "", kind)
     signature = base64.b64encode(key.sign(unsigned.signed_bytes())).decode()
-    return Checkpoint(seq, chain_hash, unsigned.at, unsigned.key_id, signature)
+    return replace(unsigned, signature=signature)
 
 
 # -- sinks ------------------------------------------------------------------------------------------
@@ -364,7 +373,14 @@ def _verified(entries: list[Entry], public: Ed25519PublicKey) -> tuple[list[Chec
             d = orjson.loads(value) if isinstance(value, bytes | str) else value
             if not isinstance(d, dict):
                 raise TypeError("not an object")
-            cp = Checkpoint(int(d["seq"]), str(d["hash"]), str(d["at"]), str(d["key_id"]), str(d["sig"]))
+            cp = Checkpoint(
+                int(d["seq"]),
+                str(d["hash"]),
+                str(d["at"]),
+                str(d["key_id"]),
+                str(d["sig"]),
+                str(d.get("kind", "")),
+            )
             public.verify(base64.b64decode(cp.signature), cp.signed_bytes())
         except InvalidSignature:
             problems.append(f"checkpoint {where} has an invalid signature")
@@ -424,7 +440,9 @@ def verify_store(
         altered.extend(_disagreements(held))
     else:
         warnings.append(f"no public key at {public_key_file}: checkpoints not checked")
-    result = store.verify_lineage([(c.seq, c.hash) for c in held])
+    result = store.verify_lineage(
+        [(c.seq, c.hash) for c in held], [(c.seq, c.hash) for c in held if c.kind == "prune"]
+    )
     if altered:
         return replace(result, ok=False, reason="; ".join(altered), warnings=tuple(warnings))
     if require_checkpoints and not held:

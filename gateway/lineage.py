@@ -133,7 +133,11 @@ class Verification:
         }
 
 
-def verify_chain(events: Iterable[LineageEvent], checkpoints: Sequence[tuple[int, str]] = ()) -> Verification:
+def verify_chain(
+    events: Iterable[LineageEvent],
+    checkpoints: Sequence[tuple[int, str]] = (),
+    prune_anchors: Sequence[tuple[int, str]] = (),
+) -> Verification:
     """Recompute every hash in order; report the first gap, broken link or altered event.
 
     ``checkpoints`` are signed (seq, hash) pairs kept outside the database. An
@@ -142,17 +146,19 @@ def verify_chain(events: Iterable[LineageEvent], checkpoints: Sequence[tuple[int
     beyond the last event means the tail was cut off.
 
     A chain whose head was pruned (retention) starts after seq 1: that is pruning, not tampering,
-    only when a signed checkpoint pins the last removed event (its seq and hash, which the first
-    remaining event names as ``prev_hash``); otherwise the missing head is reported.
+    only when a signed *prune* checkpoint (``prune_anchors``, signed with that purpose) pins the last
+    removed event (its seq and hash, which the first remaining event names as ``prev_hash``). A head
+    removed through an ordinary checkpoint, or through none, is reported as missing.
     """
     pinned = dict(checkpoints)
+    anchors = dict(prune_anchors)
     good_until = 0
     prev = GENESIS_HASH
     expected_seq = 1
     count = 0
     for ev in events:
         if count == 0 and ev.seq > 1:
-            anchor = pinned.get(ev.seq - 1)
+            anchor = anchors.get(ev.seq - 1)
             if anchor is None or not hmac.compare_digest(anchor, ev.prev_hash):
                 return Verification(
                     False,

@@ -344,7 +344,9 @@ class Store(Protocol):
 
     def backlog(self) -> list[SinkBacklog]: ...
 
-    def verify_lineage(self, checkpoints: Sequence[tuple[int, str]] = ()) -> Verification:
+    def verify_lineage(
+        self, checkpoints: Sequence[tuple[int, str]] = (), prune_anchors: Sequence[tuple[int, str]] = ()
+    ) -> Verification:
         """Recompute the hash chain, holding it against signed (seq, hash) checkpoints."""
         ...
 

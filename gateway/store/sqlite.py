@@ -1109,12 +1109,14 @@ class SQLiteStore:
         )
         return [self._row(r) for r in rows]
 
-    def verify_lineage(self, checkpoints: Sequence[tuple[int, str]] = ()) -> Verification:
+    def verify_lineage(
+        self, checkpoints: Sequence[tuple[int, str]] = (), prune_anchors: Sequence[tuple[int, str]] = ()
+    ) -> Verification:
         conn = _connect(self.path, readonly=True)
         try:
             conn.execute("BEGIN")  # one snapshot for the whole walk
             rows = conn.execute(f"SELECT {self._EVENT_COLUMNS} FROM lineage ORDER BY seq")  # noqa: S608
-            return verify_chain((self._event(r) for r in rows), checkpoints)
+            return verify_chain((self._event(r) for r in rows), checkpoints, prune_anchors)
         finally:
             conn.close()
 

@@ -8,6 +8,8 @@ import sqlite3
 from datetime import timedelta
 from pathlib import Path
 
+import orjson
+
 from gateway.checkpoints import (
     FileCheckpoints,
     HTTPCheckpoints,
@@ -82,3 +84,29 @@ def test_without_a_checkpoint_held_outside_no_event_is_removed(store: SQLiteStor
 
     asyncio.run(go())
     assert min(e.seq for e in store.events_between(None, None)) == 1
+
+
+def test_a_head_deleted_through_an_ordinary_checkpoint_is_not_taken_for_pruning(tmp_path: Path) -> None:
+    from gateway.checkpoints import Checkpointer
+
+    store = SQLiteStore(tmp_path / "gw.db", b"k" * 32)
+    store.open()
+    key_path, cp_path = tmp_path / "signing.key", tmp_path / "checkpoints.jsonl"
+    checkpointer = Checkpointer(store, load_or_create_key(key_path), cp_path, every_events=1, every_s=3600)
+
+    async def go() -> None:
+        for n in range(4):
+            await store.record_intake([record(f"HD-{n}", f"MSH|{n}".encode())])
+            checkpointer.checkpoint()
+
+    asyncio.run(go())
+    periodic = [orjson.loads(line)["seq"] for line in cp_path.read_text().splitlines()]
+    pinned_seq = periodic[1]  # an ordinary checkpoint, well inside the chain
+    assert verify_store(store, cp_path, public_path(key_path)).ok
+    conn = sqlite3.connect(store.path)
+    conn.execute("DELETE FROM lineage WHERE seq <= ?", (pinned_seq,))
+    conn.commit()
+    conn.close()
+    result = verify_store(store, cp_path, public_path(key_path))
+    store.close()
+    assert not result.ok and "head is missing" in result.reason

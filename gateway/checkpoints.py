@@ -66,6 +66,8 @@ from gateway.store import Store
 
 log = logging.getLogger("gateway.checkpoints")
 
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
+"""The most an endpoint's list of checkpoints may weigh (about 300,000 of them): verify never reads more."""
 MAX_PENDING = 10_000
 """Checkpoints held for one sink that keeps failing; beyond, the oldest are dropped (with a warning):
 a later checkpoint pins every event before it, so only the precision of the report is lost."""
@@ -298,8 +300,10 @@ class HTTPCheckpoints:
             request.add_unredirected_header("Authorization", f"Bearer {self._token}")
         try:
             with self._opener.open(request, timeout=self.timeout_s) as response:
-                data: bytes = response.read()
-                return data
+                data: bytes = response.read(MAX_ANSWER_BYTES + 1)
+            if len(data) > MAX_ANSWER_BYTES:
+                raise CheckpointSinkError(f"{self._name} answered more than {MAX_ANSWER_BYTES} bytes")
+            return data
         except urllib.error.HTTPError as exc:
             exc.close()
             if exc.code == 404 and method == "GET":

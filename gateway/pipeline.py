@@ -170,8 +170,8 @@ class Intake:
             elif rules:
                 issues = [*issues, *self._rule_issues(adapter, env, rules)]
                 kind = classify(issues)
-                if kind != "accepted":
-                    route, deliveries, online, storage = "", (), (), "full"
+                if kind != "accepted":  # refused by the route's rules: still kept as the route says
+                    route, deliveries, online = "", (), ()
         out = Outcome(kind, env.headers, issues, env.id, env)
         reply = adapter.respond(out)
         child = (

@@ -157,3 +157,8 @@ MIGRATIONS.append(
     # encrypted:<subject pseudonym> (sealed under that subject's data key, gateway/store/subjects.py).
     "ALTER TABLE messages ADD COLUMN storage TEXT NOT NULL DEFAULT 'full'"
 )
+
+MIGRATIONS.append(
+    # 8: lineage search by receiver selects the messages of one receiving system.
+    "CREATE INDEX messages_receiver ON messages (receiver)"
+)

@@ -393,9 +393,11 @@ class SQLiteStore:
         conn = txn.conn
         at = utcnow().isoformat()
         if batch is not None:
+            # a batch whose messages a route seals is not kept whole in clear: its messages hold the bodies
+            sealed = any(rec.storage == "encrypted" for rec in records)
             conn.execute(
                 "INSERT INTO messages (id, received_at, protocol, message_type, status, listener, peer, client,"
-                " raw, raw_sha256) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                " raw, raw_sha256, storage) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     batch.id,
                     batch.received_at,
@@ -405,8 +407,9 @@ class SQLiteStore:
                     batch.listener,
                     batch.peer,
                     batch.client,
-                    batch.raw,
+                    b"" if sealed else batch.raw,
                     batch.raw_sha256,
+                    "dropped:sealed-messages" if sealed else "full",
                 ),
             )
             txn.append(
@@ -483,7 +486,7 @@ class SQLiteStore:
             issues.append(CONTROL_ID_CONFLICT)
         status = "accepted" if outcome == "accepted" else "rejected"
         raw, storage = rec.raw, "full"
-        if status == "accepted" and conflict_with is None and rec.storage == "encrypted":
+        if rec.storage == "encrypted":
             subject = pseudonym(self._key, rec.subject) if rec.subject else f"message:{rec.id}"
             dek = self._subjects.key(subject, create=True)
             assert dek is not None
@@ -702,16 +705,19 @@ class SQLiteStore:
         dek = self._subjects.key(storage.removeprefix("encrypted:"), create=False)
         if dek is None:
             raise BodyErased("the body's data subject was erased")
-        return unseal_body(dek, raw, message_id.encode())
+        try:
+            return unseal_body(dek, raw, message_id.encode())
+        except StoreError:  # sealed under a key erased since (the subject has a new one now)
+            raise BodyErased("the body's data subject was erased") from None
 
     async def erase_subject(self, value: str, actor: str) -> int:
         """Erase a data subject: delete its key (their sealed bodies become unreadable), dead-letter their
         pending deliveries, record ``SubjectErased`` with the pseudonym; the number of bodies affected."""
         subject = pseudonym(self._key, value)
-        had_key = self._subjects.erase(subject)
 
         def fn(txn: _Txn) -> int:
             at = utcnow().isoformat()
+            had_key = self._subjects.erase(subject)  # in the writer's turn: no intake seals meanwhile
             ids = [
                 r[0]
                 for r in txn.conn.execute(
@@ -743,7 +749,10 @@ class SQLiteStore:
     async def replay(self, message_id: str | None, sink: str | None, actor: str) -> int:
         def fn(txn: _Txn) -> int:
             where, args = _where(
-                ("status = 'dead'", True), ("message_id = ?", message_id), ("sink = ?", sink)
+                ("status = 'dead'", True),
+                ("last_error_code != 'subject_erased'", True),
+                ("message_id = ?", message_id),
+                ("sink = ?", sink),
             )
             rows = txn.conn.execute(
                 "SELECT id, message_id, sink FROM deliveries" + where + " ORDER BY seq",  # noqa: S608

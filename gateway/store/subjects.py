@@ -71,9 +71,6 @@ class SubjectKeys:
         self._path = data_dir / KEYS_FILE
         self._master: bytes | None = None
         self._data_dir = data_dir
-        self._cache: dict[str, bytes] = {}
-        self._seen = -1
-        """The key file's mtime when the cache was filled: an erasure by another process (the CLI) changes it."""
 
     def _conn(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
@@ -91,17 +88,7 @@ class SubjectKeys:
 
     def key(self, subject: str, *, create: bool) -> bytes | None:
         """The subject's data key; a new one when ``create`` and there is none; None when erased/absent."""
-        try:
-            stamp = self._path.stat().st_mtime_ns
-        except FileNotFoundError:
-            stamp = 0
-        if stamp != self._seen:
-            self._cache.clear()
-            self._seen = stamp
-        cached = self._cache.get(subject)
-        if cached is not None:
-            return cached
-        with self._conn() as conn:
+        with self._conn() as conn:  # read every time, never cached: an erasure elsewhere counts at once
             row = conn.execute("SELECT wrapped FROM subject_keys WHERE subject = ?", (subject,)).fetchone()
             if row is None:
                 if not create:
@@ -115,13 +102,10 @@ class SubjectKeys:
                 row = conn.execute(
                     "SELECT wrapped FROM subject_keys WHERE subject = ?", (subject,)
                 ).fetchone()
-        dek = open_key(self._wrapping(), bytes(row[0]), subject)
-        self._cache[subject] = dek
-        return dek
+        return open_key(self._wrapping(), bytes(row[0]), subject)
 
     def erase(self, subject: str) -> bool:
         """Delete the subject's data key for good; True when there was one."""
-        self._cache.pop(subject, None)
         with self._conn() as conn:
             cur = conn.execute("DELETE FROM subject_keys WHERE subject = ?", (subject,))
             conn.execute("VACUUM")

@@ -192,6 +192,7 @@ class SQLiteStore:
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
         conn.execute("PRAGMA cache_size = -65536")  # 64 MiB: index pages stay hot between commits
+        conn.execute("PRAGMA secure_delete = ON")  # dropped, pruned and erased bodies leave no copy in free pages
         migrate(conn)
         row = conn.execute("SELECT seq, hash FROM lineage ORDER BY seq DESC LIMIT 1").fetchone()
         self._head = [row[0], row[1]] if row else [0, GENESIS_HASH]

@@ -61,10 +61,15 @@ def should_push(last: int | None, new: int, config: InventoryConfig) -> bool:
     return new - last >= config.min_change or min(new, last) <= config.low_stock
 
 
-def render(name: str, channel: InventoryChannel, sku: str, available: int, version: int) -> bytes | None:
-    """The request body that sets ``sku`` to ``available`` on the channel; None when it cannot be named there."""
+def render(
+    name: str, channel: InventoryChannel, sku: str, available: int, version: int, learnt: str | None = None
+) -> bytes | None:
+    """The request body that sets ``sku`` to ``available`` on the channel; None when it cannot be named there.
+
+    The channel's item id comes from the configured ``items`` map, else from what its own messages taught
+    the ledger (``learnt``: a Shopify ``products/update`` names each variant's inventory item id)."""
     if channel.format == "shopify":
-        item = channel.items.get(sku)
+        item = channel.items.get(sku) or learnt
         if item is None or channel.location_id is None:
             return None
         return json.dumps(
@@ -177,7 +182,10 @@ class ChannelPusher:
             self._settled(sku)
             return
         level, available = due
-        body = render(self.name, self.channel, sku, available, level.version)
+        learnt = None
+        if sku not in self.channel.items:
+            learnt = self.store.stock_items(self.channel.reports or self.channel.format).get(sku)
+        body = render(self.name, self.channel, sku, available, level.version, learnt)
         if body is None:
             if sku not in self.unmapped:
                 self.unmapped.add(sku)
@@ -377,6 +385,11 @@ class Drift:
         }
 
 
+def learnt_items(store: Store, channel: str) -> dict[str, str]:
+    """SKU → item id a channel's messages named (see :func:`render`)."""
+    return store.stock_items(channel)
+
+
 def find_drift(store: Store, config: InventoryConfig) -> list[Drift]:
     """Every (channel, SKU) whose reported level differs from the ledger's available-to-sell now.
 
@@ -388,7 +401,8 @@ def find_drift(store: Store, config: InventoryConfig) -> list[Drift]:
     for name, channel in config.channels.items():
         if channel.reports is None:
             continue
-        by_item = {item: sku for sku, item in channel.items.items()}
+        known = {**learnt_items(store, channel.reports), **channel.items}
+        by_item = {item: sku for sku, item in known.items()}
         where = channel.report_location or channel.location_id
         shown: dict[str, tuple[int, str]] = {}
         for row in store.stock_reports(channel.reports):

@@ -27,7 +27,7 @@ from gateway.lineage import EventDraft
 from gateway.metrics import Metrics
 from gateway.routing import REPLY_KEY, UNMATCHED_ROUTE, RouteDecision, RoutingTable
 from gateway.sink import DeliveryError, OnlineSink, Relayed
-from gateway.stock import Movement, ReportedLevel, StockSource
+from gateway.stock import ItemLink, Movement, ReportedLevel, StockSource
 from gateway.store import (
     CONTROL_ID_CONFLICT,
     BatchRecord,
@@ -181,6 +181,7 @@ class Intake:
         )
         movements: Sequence[Movement] = ()
         reports: Sequence[ReportedLevel] = ()
+        links: Sequence[ItemLink] = ()
         if kind == "accepted" and self.on_stock is not None and self._moves_stock(adapter):
             places = self.stock_locations
             movements = [
@@ -188,6 +189,7 @@ class Intake:
                 for m in adapter.movements(env)
             ]
             reports = adapter.reported_levels(env)
+            links = adapter.item_links(env)
         rec = IntakeRecord(
             id=env.id,
             received_at=received_at,
@@ -213,6 +215,7 @@ class Intake:
             deliveries=deliveries,
             movements=movements,
             reports=reports,
+            items=links,
             content_sha256=env.content_sha256,
             online=online,
             reply_record=child,

@@ -62,6 +62,16 @@ class ReportedLevel:
     sku: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class ItemLink:
+    """A channel's own id for a SKU, learnt from a message (a Shopify ``products/update`` names each
+    variant's SKU and inventory item id), so that levels can be pushed without a hand-kept map."""
+
+    channel: str
+    sku: str
+    item: str
+
+
 ApplyStock = Callable[[Sequence[Movement], str, str], Awaitable[None]]
 """The ledger's way in for movements learnt after intake: ``(movements, message id, actor)``."""
 
@@ -84,4 +94,8 @@ class StockSource(Protocol):
 
     def reported_levels(self, envelope: Envelope) -> list[ReportedLevel]:
         """The levels this message reports; empty for most messages."""
+        ...
+
+    def item_links(self, envelope: Envelope) -> list[ItemLink]:
+        """The channel item ids of SKUs this message names; empty for most messages."""
         ...

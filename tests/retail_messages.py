@@ -192,3 +192,18 @@ def square_order_event(
             },
         }
     ).encode()
+
+
+def shopify_product(product_id: int, variants: Sequence[tuple[int, str, int]]) -> bytes:
+    """A ``products/update`` body: ``variants`` are (variant id, SKU, inventory item id)."""
+    return json.dumps(
+        {
+            "id": product_id,
+            "title": "Enamel mug",
+            "admin_graphql_api_id": f"gid://shopify/Product/{product_id}",
+            "variants": [
+                {"id": vid, "product_id": product_id, "sku": sku, "inventory_item_id": item, "price": "12.00"}
+                for vid, sku, item in variants
+            ],
+        }
+    ).encode()

@@ -72,7 +72,7 @@ from adapters.retail.keys import contact_keys, sku_keys
 from adapters.retail.reply import json_reply
 from gateway.adapter import Batch, Issue, Outcome, Reply
 from gateway.envelope import Envelope, Receipt, new_id, sha256_hex
-from gateway.stock import MAX_QUANTITY, Movement, MovementKind, ReportedLevel
+from gateway.stock import MAX_QUANTITY, ItemLink, Movement, MovementKind, ReportedLevel
 
 __all__ = [
     "CONTENT_TYPE",
@@ -556,6 +556,10 @@ class POSJSONAdapter:
             for line in ticket.lines
             if not line.voided
         ]
+
+    def item_links(self, envelope: Envelope) -> list[ItemLink]:
+        """None: this channel names no item ids of its own."""
+        return []
 
     def reported_levels(self, envelope: Envelope) -> list[ReportedLevel]:
         """A POS ticket reports no channel levels."""

@@ -74,7 +74,7 @@ from adapters.retail.keys import sku_keys
 from adapters.retail.reply import json_reply
 from gateway.adapter import Batch, Issue, Outcome, ParseError, Reply
 from gateway.envelope import Envelope, Receipt, new_id, sha256_hex
-from gateway.stock import MAX_QUANTITY, Movement, ReportedLevel
+from gateway.stock import MAX_QUANTITY, ItemLink, Movement, ReportedLevel
 from gateway.xml import DEFAULT_MAX_DEPTH, XMLRejected, parse_xml
 
 __all__ = ["CONTENT_TYPE", "HEADER_KEYS", "NAMESPACES", "Line", "POSLogAdapter", "Transaction"]
@@ -342,6 +342,10 @@ class POSLogAdapter:
             else:
                 out.append(Movement(prefix + ln.sequence, location, ln.item_id, on_hand=units, kind="return"))
         return out
+
+    def item_links(self, envelope: Envelope) -> list[ItemLink]:
+        """None: this channel names no item ids of its own."""
+        return []
 
     def reported_levels(self, envelope: Envelope) -> list[ReportedLevel]:
         return []

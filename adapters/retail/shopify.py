@@ -54,7 +54,7 @@ from adapters.retail.keys import contact_keys, sku_keys
 from adapters.retail.reply import json_reply
 from gateway.adapter import Batch, Issue, Outcome, Reply
 from gateway.envelope import Envelope, Receipt, Sensitivity, new_id, sha256_hex
-from gateway.stock import MAX_QUANTITY, Movement, ReportedLevel
+from gateway.stock import MAX_QUANTITY, ItemLink, Movement, ReportedLevel
 
 __all__ = [
     "HEADER_KEYS",
@@ -259,6 +259,10 @@ class ShopifyAdapter:
         else:
             return []
         return [m for refund in refunds for m in _restocks(hook.shop_domain, refund)]
+
+    def item_links(self, envelope: Envelope) -> list[ItemLink]:
+        """Each variant of a ``products/update``: its SKU and Shopify inventory item id."""
+        return [ItemLink("shopify", sku, item) for sku, item in variant_items(envelope).items()]
 
     def reported_levels(self, envelope: Envelope) -> list[ReportedLevel]:
         """The level of an ``inventory_levels/update`` (location and item are Shopify's ids)."""

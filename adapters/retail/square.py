@@ -52,7 +52,7 @@ from adapters.retail.keys import contact_keys
 from adapters.retail.reply import json_reply
 from gateway.adapter import Batch, Issue, Outcome, Reply
 from gateway.envelope import Envelope, Receipt, Sensitivity, new_id, sha256_hex
-from gateway.stock import MAX_QUANTITY, Movement, ReportedLevel
+from gateway.stock import MAX_QUANTITY, ItemLink, Movement, ReportedLevel
 
 __all__ = ["EVENT_TYPES", "HEADER_KEYS", "SquareAdapter", "SquareEvent"]
 
@@ -205,6 +205,10 @@ class SquareAdapter:
 
     def movements(self, envelope: Envelope) -> list[Movement]:
         """None: Square's order events carry no line items (the ``square_orders`` sink reads them)."""
+        return []
+
+    def item_links(self, envelope: Envelope) -> list[ItemLink]:
+        """None: this channel names no item ids of its own."""
         return []
 
     def reported_levels(self, envelope: Envelope) -> list[ReportedLevel]:

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.adapter import Issue, OutcomeKind
 from gateway.lineage import EventDraft, LineageEvent, Verification
-from gateway.stock import Movement, ReportedLevel
+from gateway.stock import ItemLink, Movement, ReportedLevel
 from gateway.store.ledger import MovementRow, PushRow, ReportRow, StockLevel
 
 CONTROL_ID_CONFLICT = Issue(
@@ -87,6 +87,8 @@ class IntakeRecord:
     movements: Sequence[Movement] = ()
     """Stock movements applied to the inventory ledger with the message (accepted messages only)."""
     reports: Sequence[ReportedLevel] = ()
+    items: Sequence[ItemLink] = ()
+    """Channel item ids of SKUs the message names (kept for pushing levels to that channel)."""
     """Levels a channel reported in the message, kept for reconciliation."""
 
 
@@ -403,6 +405,8 @@ class Store(Protocol):
     def stock_pushes(self, channel: str | None = None) -> list[PushRow]: ...
 
     def stock_reports(self, channel: str) -> list[ReportRow]: ...
+
+    def stock_items(self, channel: str) -> dict[str, str]: ...
 
     async def check(self) -> bool:
         """True when a write transaction can be committed now."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gateway.lineage import EventDraft
-from gateway.stock import Movement, ReportedLevel
+from gateway.stock import ItemLink, Movement, ReportedLevel
 
 MAX_SKUS_IN_EVENT = 50
 
@@ -162,6 +162,19 @@ def record_reports(
         " message_id = excluded.message_id, at = excluded.at",
         [(r.channel, r.location, r.item, r.sku, r.available, message_id, at) for r in reports],
     )
+
+
+def record_items(conn: sqlite3.Connection, links: Sequence[ItemLink], at: str) -> None:
+    conn.executemany(
+        "INSERT INTO stock_items (channel, sku, item, at) VALUES (?,?,?,?) ON CONFLICT (channel, sku)"
+        " DO UPDATE SET item = excluded.item, at = excluded.at",
+        [(link.channel, link.sku, link.item, at) for link in links],
+    )
+
+
+def items(conn: sqlite3.Connection, channel: str) -> dict[str, str]:
+    """SKU → the channel's item id, as learnt from its messages."""
+    return dict(conn.execute("SELECT sku, item FROM stock_items WHERE channel = ?", (channel,)).fetchall())
 
 
 def on_hand_at(conn: sqlite3.Connection, sku: str, location: str) -> int:

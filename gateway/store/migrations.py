@@ -162,3 +162,16 @@ MIGRATIONS.append(
     # 8: lineage search by receiver selects the messages of one receiving system.
     "CREATE INDEX messages_receiver ON messages (receiver)"
 )
+
+MIGRATIONS.append(
+    # 9: a channel's own item ids for SKUs, learnt from its messages (Shopify products/update).
+    """
+    CREATE TABLE stock_items (
+        channel  TEXT NOT NULL,
+        sku      TEXT NOT NULL,
+        item     TEXT NOT NULL,
+        at       TEXT NOT NULL,
+        PRIMARY KEY (channel, sku)
+    ) WITHOUT ROWID;
+    """
+)

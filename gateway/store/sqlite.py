@@ -192,7 +192,9 @@ class SQLiteStore:
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
         conn.execute("PRAGMA cache_size = -65536")  # 64 MiB: index pages stay hot between commits
-        conn.execute("PRAGMA secure_delete = ON")  # dropped, pruned and erased bodies leave no copy in free pages
+        conn.execute(
+            "PRAGMA secure_delete = ON"
+        )  # dropped, pruned and erased bodies leave no copy in free pages
         migrate(conn)
         row = conn.execute("SELECT seq, hash FROM lineage ORDER BY seq DESC LIMIT 1").fetchone()
         self._head = [row[0], row[1]] if row else [0, GENESIS_HASH]
@@ -557,12 +559,14 @@ class SQLiteStore:
             )
         if rec.route and conflict_with is None:
             drafts.append(self._route_event(txn, rec, at, status))
-        if status == "accepted" and (rec.movements or rec.reports):
+        if status == "accepted" and (rec.movements or rec.reports or rec.items):
             if rec.movements:
                 applied = ledger.apply_movements(txn.conn, rec.movements, rec.id, rec.protocol, at)
                 drafts.append(ledger.movement_event(applied, rec.id, "inventory"))
             if rec.reports:
                 ledger.record_reports(txn.conn, rec.reports, rec.id, at)
+            if rec.items:
+                ledger.record_items(txn.conn, rec.items, at)
         if status == "accepted":
             drafts.append(EventDraft("MessageAccepted", rec.id, rec.listener, outcome="accepted"))
         else:
@@ -931,6 +935,9 @@ class SQLiteStore:
 
     def stock_pushes(self, channel: str | None = None) -> list[PushRow]:
         return ledger.pushes(self._reader(), channel)
+
+    def stock_items(self, channel: str) -> dict[str, str]:
+        return ledger.items(self._reader(), channel)
 
     def stock_reports(self, channel: str) -> list[ReportRow]:
         return ledger.reports(self._reader(), channel)

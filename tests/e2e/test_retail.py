@@ -24,6 +24,7 @@ from tests.retail_messages import (
     shopify_headers,
     shopify_level,
     shopify_order,
+    shopify_product,
     shopify_refund,
     square_order_event,
     square_payment,
@@ -522,3 +523,18 @@ def test_square_store_sales_reach_the_ledger_through_the_orders_api(
         finally:
             gw.stop()
         assert "sq-access-token-for-tests" not in gw.logs()
+
+
+def test_a_products_update_teaches_the_shopify_item_ids(
+    shop: tuple[Gateway, Receiver, Receiver, Receiver],
+) -> None:
+    gw, _, admin, _ = shop
+    body = shopify_product(7001, [(1, "SKU-NEW", 1003)])  # SKU-NEW is not in the configured items map
+    assert webhook(gw, body, "products/update", "wh-prod", "ev-prod").status_code == 200
+    count(gw, "SKU-NEW", "warehouse", 7)
+
+    def pushed() -> list[dict[str, Any]]:
+        return [json.loads(r.body) for r in admin.requests if b'"inventory_item_id": 1003' in r.body]
+
+    assert wait_until(lambda: bool(pushed()))
+    assert pushed()[-1] == {"location_id": LOCATION, "inventory_item_id": 1003, "available": 7 - SAFETY}

@@ -677,3 +677,14 @@ def test_the_order_fixtures_do_carry_personal_data() -> None:
     assert {"ada.lovelace@example.net", "+14165550142", "Lovelace", "12 Analytical Row", "M5V 2T6"} <= set(
         pii_values(payload)
     )
+
+
+def test_products_update_links_each_variant_sku_to_its_inventory_item() -> None:
+    env = fixture("products.update__two_variants.json")
+    links = ShopifyAdapter().item_links(env)
+    assert {(link.channel, link.item) for link in links} == {
+        ("shopify", "45820915171493"),
+        ("shopify", "45820915204261"),
+    }
+    assert {link.sku: link.item for link in links} == variant_items(env)
+    assert ShopifyAdapter().item_links(fixture("orders.create__basic.json")) == []

@@ -152,6 +152,11 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _peer(request: Request) -> str:
+    client = request.client
+    return f"{client.host}:{client.port}" if client else ""
+
+
 def _timestamp(value: str | None, name: str) -> str | None:
     if value is None:
         return None
@@ -242,20 +247,19 @@ def create_app(
         return Depends(dep)
 
     def add_ingest(name: str, channel: Ingest) -> None:
-        async def take(request: Request, who: str) -> Response:
+        def media_type(request: Request) -> str:
+            """The request's content type, or 415 when the channel does not take it."""
             content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
             if content_type not in channel.content_types:
                 raise APIError(415, "unsupported_media_type", channel.media_hint)
-            body = await read_body(request, max_body_bytes)
-            return await deliver(request, who, content_type, body)
+            return content_type
 
         async def deliver(request: Request, who: str, content_type: str, body: bytes) -> Response:
             if not body.strip():
                 raise APIError(400, "empty_body", "The request body is empty.")
-            client = request.client
             receipt = Receipt(
                 listener="http",
-                peer=f"{client.host}:{client.port}" if client else "",
+                peer=_peer(request),
                 client=who,
                 content_type=content_type,
                 attributes={k: request.headers[k] for k in channel.attributes if k in request.headers},
@@ -266,27 +270,22 @@ def create_app(
             return Response(reply.body, status_code=reply.status, media_type=reply.content_type)
 
         async def with_key(request: Request, who: Principal = scoped(f"ingest:{name}")) -> Response:
-            return await take(request, who.name)
+            content_type = media_type(request)
+            return await deliver(request, who.name, content_type, await read_body(request, max_body_bytes))
 
         async def with_signature(request: Request) -> Response:
             signature = channel.signature
             assert signature is not None
             body = await read_body(request, max_body_bytes)
             try:
-                signature.verify(body, request.headers)
+                signature.verify(body, request.headers)  # before anything else: a refusal keeps nothing
             except AuthError as exc:
-                client = request.client
                 log.warning("webhook refused", extra={"channel": name, "reason": exc.reason})
-                draft = refusals.note(
-                    name, f"{client.host}:{client.port}" if client else "", time.monotonic()
-                )
+                draft = refusals.note(name, _peer(request), time.monotonic())
                 if draft is not None:
                     store.note_events([draft])
                 raise
-            content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-            if content_type not in channel.content_types:
-                raise APIError(415, "unsupported_media_type", channel.media_hint)
-            return await deliver(request, f"webhook:{name}", content_type, body)
+            return await deliver(request, f"webhook:{name}", media_type(request), body)
 
         app.add_api_route(
             f"/ingest/{name}",

@@ -61,15 +61,18 @@ def should_push(last: int | None, new: int, config: InventoryConfig) -> bool:
     return new - last >= config.min_change or min(new, last) <= config.low_stock
 
 
-def render(
-    name: str, channel: InventoryChannel, sku: str, available: int, version: int, learnt: str | None = None
-) -> bytes | None:
-    """The request body that sets ``sku`` to ``available`` on the channel; None when it cannot be named there.
+def item_ids(store: Store, channel: InventoryChannel) -> dict[str, str]:
+    """SKU → the channel's own item id: what its messages taught the ledger (a Shopify ``products/update``
+    names each variant's inventory item id), overridden by the configured ``items`` map."""
+    return {**store.stock_items(channel.reports or channel.format), **channel.items}
 
-    The channel's item id comes from the configured ``items`` map, else from what its own messages taught
-    the ledger (``learnt``: a Shopify ``products/update`` names each variant's inventory item id)."""
+
+def render(
+    name: str, channel: InventoryChannel, sku: str, available: int, version: int, item: str | None
+) -> bytes | None:
+    """The request body that sets ``sku`` to ``available`` on the channel; None when it cannot be named
+    there. ``item`` is the channel's id for the SKU (:func:`item_ids`), where it has one."""
     if channel.format == "shopify":
-        item = channel.items.get(sku) or learnt
         if item is None or channel.location_id is None:
             return None
         return json.dumps(
@@ -80,7 +83,7 @@ def render(
             "schema": "inventory/1",
             "channel": name,
             "sku": sku,
-            "item": channel.items.get(sku, sku),
+            "item": item or sku,
             "available": available,
             "version": version,
             "at": utcnow().isoformat(),
@@ -182,10 +185,8 @@ class ChannelPusher:
             self._settled(sku)
             return
         level, available = due
-        learnt = None
-        if sku not in self.channel.items:
-            learnt = self.store.stock_items(self.channel.reports or self.channel.format).get(sku)
-        body = render(self.name, self.channel, sku, available, level.version, learnt)
+        item = self.channel.items.get(sku) or item_ids(self.store, self.channel).get(sku)
+        body = render(self.name, self.channel, sku, available, level.version, item)
         if body is None:
             if sku not in self.unmapped:
                 self.unmapped.add(sku)
@@ -385,11 +386,6 @@ class Drift:
         }
 
 
-def learnt_items(store: Store, channel: str) -> dict[str, str]:
-    """SKU → item id a channel's messages named (see :func:`render`)."""
-    return store.stock_items(channel)
-
-
 def find_drift(store: Store, config: InventoryConfig) -> list[Drift]:
     """Every (channel, SKU) whose reported level differs from the ledger's available-to-sell now.
 
@@ -401,8 +397,7 @@ def find_drift(store: Store, config: InventoryConfig) -> list[Drift]:
     for name, channel in config.channels.items():
         if channel.reports is None:
             continue
-        known = {**learnt_items(store, channel.reports), **channel.items}
-        by_item = {item: sku for sku, item in known.items()}
+        by_item = {item: sku for sku, item in item_ids(store, channel).items()}
         where = channel.report_location or channel.location_id
         shown: dict[str, tuple[int, str]] = {}
         for row in store.stock_reports(channel.reports):

@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TypeGuard
+from typing import Any, TypeGuard
 
 from gateway.adapter import Adapter, Issue, Outcome, OutcomeKind, ParseError, Reply
 from gateway.envelope import Envelope, Receipt, new_id, sha256_hex
@@ -83,6 +83,40 @@ def classify(issues: Sequence[Issue]) -> OutcomeKind:
     if any(i.code.startswith("unsupported_") for i in errors):
         return "refused"
     return "invalid"
+
+
+def _planned(decision: RouteDecision | None) -> tuple[PlannedDelivery, ...]:
+    """The outbox rows a routing decision asks for (none for no decision: unmatched and rejected)."""
+    if decision is None:
+        return ()
+    return tuple(
+        PlannedDelivery(sink, decision.route, decision.transform, decision.order_key)
+        for sink in decision.sinks
+    )
+
+
+def _envelope_record(env: Envelope, receipt: Receipt, outcome: OutcomeKind, **fields: Any) -> IntakeRecord:
+    """The intake record of a parsed envelope: its identity and headers, plus ``fields``."""
+    return IntakeRecord(
+        id=env.id,
+        received_at=receipt.received_at.isoformat(),
+        protocol=env.protocol,
+        raw=env.raw,
+        raw_sha256=env.raw_sha256,
+        outcome=outcome,
+        listener=fields.pop("listener", receipt.listener),
+        peer=receipt.peer,
+        client=receipt.client,
+        version=env.version,
+        message_type=env.message_type,
+        control_id=env.control_id,
+        sender=env.sender,
+        receiver=env.receiver,
+        headers=env.headers,
+        business_keys=env.business_keys,
+        masked_keys=env.masked_keys,
+        **fields,
+    )
 
 
 class Intake:
@@ -157,18 +191,20 @@ class Intake:
         online: tuple[str, ...] = ()
         storage, subject = "full", ""
         if kind == "accepted" and self.routing is not None and self.routing.enabled:
-            route, deliveries, rules, decided = self._route(env)
+            decided = self.routing.route_envelope(env) or self.routing.unmatched_decision()
+            route = decided.route if decided is not None else UNMATCHED_ROUTE
             if decided is not None and decided.storage != "full":
                 storage = decided.storage
                 if decided.subject:
                     subject = env.headers.get(decided.subject) or env.business_keys.get(decided.subject, "")
-            online = tuple(d.sink for d in deliveries if d.sink in self.online)
-            deliveries = tuple(d for d in deliveries if d.sink not in self.online)
+            planned = _planned(decided)
+            online = tuple(d.sink for d in planned if d.sink in self.online)
+            deliveries = tuple(d for d in planned if d.sink not in self.online)
             if not deliveries and not online and route == UNMATCHED_ROUTE:
                 issues = [*issues, ROUTE_UNMATCHED]
                 kind = "refused"
-            elif rules:
-                issues = [*issues, *self._rule_issues(adapter, env, rules)]
+            elif decided is not None and decided.rules:
+                issues = [*issues, *self._rule_issues(adapter, env, decided.rules)]
                 kind = classify(issues)
                 if kind != "accepted":  # refused by the route's rules: still kept as the route says
                     route, deliveries, online = "", (), ()
@@ -183,31 +219,13 @@ class Intake:
         reports: Sequence[ReportedLevel] = ()
         links: Sequence[ItemLink] = ()
         if kind == "accepted" and self.on_stock is not None and self._moves_stock(adapter):
-            places = self.stock_locations
-            movements = [
-                replace(m, location=places[m.location]) if m.location in places else m
-                for m in adapter.movements(env)
-            ]
+            movements = self._placed(adapter.movements(env))
             reports = adapter.reported_levels(env)
             links = adapter.item_links(env)
-        rec = IntakeRecord(
-            id=env.id,
-            received_at=received_at,
-            protocol=env.protocol,
-            raw=env.raw,
-            raw_sha256=env.raw_sha256,
-            outcome=kind,
-            listener=receipt.listener,
-            peer=receipt.peer,
-            client=receipt.client,
-            version=env.version,
-            message_type=env.message_type,
-            control_id=env.control_id,
-            sender=env.sender,
-            receiver=env.receiver,
-            headers=env.headers,
-            business_keys=env.business_keys,
-            masked_keys=env.masked_keys,
+        rec = _envelope_record(
+            env,
+            receipt,
+            kind,
             issues=issues,
             parent_id=parent_id,
             reply_code=reply.code,
@@ -227,11 +245,14 @@ class Intake:
     async def apply_stock(self, movements: Sequence[Movement], message_id: str, actor: str) -> None:
         """Apply movements learnt after a message was taken (a sink that read Square's order lines), at
         the ledger locations the configuration maps them to, and have the changed SKUs pushed."""
-        places = self.stock_locations
-        mapped = [replace(m, location=places[m.location]) if m.location in places else m for m in movements]
-        skus = await self.store.apply_stock(mapped, message_id, actor)
+        skus = await self.store.apply_stock(self._placed(movements), message_id, actor)
         if skus and self.on_stock is not None:
             self.on_stock(set(skus))
+
+    def _placed(self, movements: Sequence[Movement]) -> list[Movement]:
+        """``movements`` at the ledger locations ``inventory.locations`` maps their locations to."""
+        places = self.stock_locations
+        return [replace(m, location=places[m.location]) if m.location in places else m for m in movements]
 
     def _reply_record(
         self, adapter: Adapter, reply: Reply, receipt: Receipt, parent_id: str
@@ -249,31 +270,15 @@ class Intake:
         decision = self.routing.route_envelope(env)
         if decision is None or not decision.sinks:
             return None
-        return IntakeRecord(
-            id=env.id,
-            received_at=receipt.received_at.isoformat(),
-            protocol=env.protocol,
-            raw=env.raw,
-            raw_sha256=env.raw_sha256,
-            outcome="accepted",
+        return _envelope_record(
+            env,
+            receipt,
+            "accepted",
             listener="reply",
-            peer=receipt.peer,
-            client=receipt.client,
-            version=env.version,
-            message_type=env.message_type,
-            control_id=env.control_id,
-            sender=env.sender,
-            receiver=env.receiver,
-            headers=env.headers,
-            business_keys=env.business_keys,
-            masked_keys=env.masked_keys,
             parent_id=parent_id,
             validated=False,
             route=decision.route,
-            deliveries=tuple(
-                PlannedDelivery(sink, decision.route, decision.transform, decision.order_key)
-                for sink in decision.sinks
-            ),
+            deliveries=_planned(decision),
         )
 
     def _moves_stock(self, adapter: Adapter) -> TypeGuard[StockSource]:
@@ -283,25 +288,6 @@ class Intake:
         if known is None:
             known = self._stock_sources[type(adapter)] = isinstance(adapter, StockSource)
         return known
-
-    def _route(
-        self, env: Envelope
-    ) -> tuple[str, tuple[PlannedDelivery, ...], tuple[str, ...], RouteDecision | None]:
-        """The route, outbox rows and demanded rule sets for an accepted envelope, and the decision
-        itself (its storage policy); no rows means unmatched and rejected."""
-        assert self.routing is not None
-        decision = self.routing.route_envelope(env) or self.routing.unmatched_decision()
-        if decision is None:
-            return UNMATCHED_ROUTE, (), (), None
-        return (
-            decision.route,
-            tuple(
-                PlannedDelivery(sink, decision.route, decision.transform, decision.order_key)
-                for sink in decision.sinks
-            ),
-            decision.rules,
-            decision,
-        )
 
     @staticmethod
     def _rule_issues(adapter: Adapter, env: Envelope, rules: Sequence[str]) -> list[Issue]:
@@ -360,17 +346,14 @@ class Intake:
             ]
             return IntakeResult(replies, [], [], receipt.listener)
         if self.on_outbox is not None:
-            sinks = {
-                d.sink
-                for (rec, _, _), decision in zip(prepared, decisions, strict=True)
-                if decision.kind == "stored" and decision.outcome == "accepted"
-                for d in rec.deliveries
-            } | {
-                d.sink
-                for (rec, _, _), decision in zip(prepared, decisions, strict=True)
-                if decision.kind == "stored" and rec.reply_record is not None
-                for d in rec.reply_record.deliveries
-            }
+            sinks: set[str] = set()
+            for (rec, _, _), decision in zip(prepared, decisions, strict=True):
+                if decision.kind != "stored":
+                    continue
+                if decision.outcome == "accepted":
+                    sinks.update(d.sink for d in rec.deliveries)
+                if rec.reply_record is not None:  # stored with its parent, whatever the parent's outcome
+                    sinks.update(d.sink for d in rec.reply_record.deliveries)
             if sinks:
                 self.on_outbox(sinks)
         if self.on_stock is not None:

@@ -52,7 +52,7 @@ from adapters.retail.keys import contact_keys
 from adapters.retail.reply import json_reply
 from gateway.adapter import Batch, Issue, Outcome, Reply
 from gateway.envelope import Envelope, Receipt, Sensitivity, new_id, sha256_hex
-from gateway.stock import MAX_QUANTITY, ItemLink, Movement, ReportedLevel
+from gateway.stock import MAX_QUANTITY, ItemLink, Movement, MovementKind, ReportedLevel
 
 __all__ = ["EVENT_TYPES", "HEADER_KEYS", "SquareAdapter", "SquareEvent"]
 
@@ -442,31 +442,25 @@ def order_movements(order: Json, skus: Mapping[str, str]) -> list[Movement]:
     order_id, location = jb.text(order.get("id")), jb.text(order.get("location_id"))
     if not order_id or not location or jb.text(order.get("state")) != "COMPLETED":
         return []
-    prefix = f"square:{location}:order:{order_id}"
-    out: list[Movement] = []
-    for line in jb.objects(order.get("line_items")):
-        sku, quantity, uid = (
-            skus.get(jb.text(line.get("catalog_object_id"))),
-            _whole(line.get("quantity")),
-            jb.text(line.get("uid")),
-        )
-        if sku and uid and quantity is not None and quantity > 0:
-            out.append(
-                Movement(
-                    f"{prefix}:line:{uid}:sale", f"square:{location}", sku, on_hand=-quantity, kind="sale"
-                )
-            )
-    for ret in jb.objects(order.get("returns")):
-        for line in jb.objects(ret.get("return_line_items")):
+    prefix, place = f"square:{location}:order:{order_id}", f"square:{location}"
+
+    def moves(lines: list[Json], label: str, suffix: str, sign: int, kind: MovementKind) -> list[Movement]:
+        out = []
+        for line in lines:
             sku, quantity, uid = (
                 skus.get(jb.text(line.get("catalog_object_id"))),
                 _whole(line.get("quantity")),
                 jb.text(line.get("uid")),
             )
             if sku and uid and quantity is not None and quantity > 0:
-                out.append(
-                    Movement(
-                        f"{prefix}:return:{uid}", f"square:{location}", sku, on_hand=quantity, kind="return"
-                    )
-                )
-    return out
+                key = f"{prefix}:{label}:{uid}{suffix}"
+                out.append(Movement(key, place, sku, on_hand=sign * quantity, kind=kind))
+        return out
+
+    returned = [
+        line for ret in jb.objects(order.get("returns")) for line in jb.objects(ret.get("return_line_items"))
+    ]
+    return [
+        *moves(jb.objects(order.get("line_items")), "line", ":sale", -1, "sale"),
+        *moves(returned, "return", "", 1, "return"),
+    ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from adapters.fhir.adapter import FhirAdapter
 from adapters.finance.iso8583 import ISO8583Adapter
 from adapters.finance.iso8583_relay import ISO8583Relay
 from adapters.finance.iso20022 import ISO20022Adapter
@@ -30,6 +31,7 @@ BUILTIN_ADAPTERS: dict[str, Callable[..., Adapter]] = {
     "square": SquareAdapter,
     "poslog": POSLogAdapter,
     "pos_json": POSJSONAdapter,
+    "fhir": FhirAdapter,
 }
 
 BUILTIN_SINKS: dict[str, Callable[..., Sink]] = {

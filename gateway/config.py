@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from gateway.errors import ConfigError
 
@@ -30,6 +38,8 @@ Scope = Literal[
     "metrics:read",
     "inventory:read",
     "inventory:write",
+    "fhir:read",
+    "fhir:write",
     "admin",
 ]
 ALL_SCOPES: tuple[str, ...] = (
@@ -39,11 +49,15 @@ ALL_SCOPES: tuple[str, ...] = (
     "ingest:pos_json",
     "inventory:read",
     "inventory:write",
+    "fhir:read",
+    "fhir:write",
     "messages:read",
     "lineage:read",
     "metrics:read",
     "admin",
 )
+SMART_SCOPE = r"^system/([A-Z][A-Za-z]{1,63}|\*)\.(read|write|\*)$"
+"""A FHIR scope for one resource type (or ``*``), SMART on FHIR's system scopes."""
 MIB = 1024 * 1024
 
 
@@ -247,7 +261,10 @@ class APIKey(_Model):
     key: str = Field(
         min_length=16, description="The secret, or ${ENV_VAR}; only its hash is kept after start."
     )
-    scopes: list[Scope] = Field(description="What the key may do.")
+    scopes: list[Scope | Annotated[str, StringConstraints(pattern=SMART_SCOPE)]] = Field(
+        description="What the key may do: the scopes below, or a FHIR scope per resource type in the SMART "
+        "style, system/Patient.read, system/Observation.write, system/*.read (* for any type or both)."
+    )
 
 
 class AuthConfig(_Model):

@@ -32,6 +32,7 @@ from gateway.store import (
     CONTROL_ID_CONFLICT,
     BatchRecord,
     DecisionKind,
+    Effect,
     IntakeDecision,
     IntakeRecord,
     PlannedDelivery,
@@ -184,7 +185,24 @@ class Intake:
                 reply_code=reply.code,
             )
             return rec, out, reply
-        issues = adapter.validate(env)
+        return self._prepare(adapter, env, receipt, parent_id, adapter.validate(env))
+
+    def _prepare(
+        self,
+        adapter: Adapter,
+        env: Envelope,
+        receipt: Receipt,
+        parent_id: str | None,
+        issues: Sequence[Issue],
+        *,
+        kept: bool = False,
+        effect: Effect | None = None,
+    ) -> tuple[IntakeRecord, Outcome, Reply]:
+        """Route a parsed, validated envelope and prepare its record and reply.
+
+        ``kept``: the gateway itself keeps what the message carries (a write to the FHIR store), so an
+        unmatched message is not refused for want of a route.
+        """
         kind = classify(issues)
         route: str = ""
         deliveries: tuple[PlannedDelivery, ...] = ()
@@ -200,7 +218,9 @@ class Intake:
             planned = _planned(decided)
             online = tuple(d.sink for d in planned if d.sink in self.online)
             deliveries = tuple(d for d in planned if d.sink not in self.online)
-            if not deliveries and not online and route == UNMATCHED_ROUTE:
+            if not deliveries and not online and route == UNMATCHED_ROUTE and kept:
+                route = ""
+            elif not deliveries and not online and route == UNMATCHED_ROUTE:
                 issues = [*issues, ROUTE_UNMATCHED]
                 kind = "refused"
             elif decided is not None and decided.rules:
@@ -239,6 +259,7 @@ class Intake:
             reply_record=child,
             storage=storage,
             subject=subject,
+            effect=effect if kind == "accepted" else None,
         )
         return rec, out, reply
 
@@ -345,6 +366,50 @@ class Intake:
                 for _, out, _ in prepared
             ]
             return IntakeResult(replies, [], [], receipt.listener)
+        self._committed(adapter, prepared, decisions)
+        replies = []
+        for (_, out, reply), decision in zip(prepared, decisions, strict=True):
+            replies.append(
+                reply if decision.kind == "stored" else adapter.respond(self._final(out, decision))
+            )
+        if self.metrics is not None:
+            self.metrics.observe_intake(adapter.name, receipt, [r.code for r in replies])
+        online = [
+            tuple(rec.online) if decision.outcome == "accepted" and decision.kind != "conflict" else ()
+            for (rec, _, _), decision in zip(prepared, decisions, strict=True)
+        ]
+        return IntakeResult(
+            replies, [d.message_id for d in decisions], [d.kind for d in decisions], receipt.listener, online
+        )
+
+    async def commit(
+        self,
+        adapter: Adapter,
+        env: Envelope,
+        receipt: Receipt,
+        issues: Sequence[Issue],
+        effect: Effect | None = None,
+    ) -> tuple[IntakeDecision, Outcome]:
+        """Take one envelope that its listener parsed and validated (a FHIR REST write) through routing
+        and the store; ``effect`` commits with it when it is accepted (the resource version it writes).
+
+        The gateway keeps what such a message carries, so no route is needed. Raises
+        :class:`StoreUnavailable`, or whatever the effect raised (then nothing of it was kept).
+        """
+        prepared = [self._prepare(adapter, env, receipt, None, issues, kept=True, effect=effect)]
+        rec, out, _ = prepared[0]
+        decisions = await self.store.record_intake([rec])
+        self._committed(adapter, prepared, decisions)
+        return decisions[0], out
+
+    def _committed(
+        self,
+        adapter: Adapter,
+        prepared: Sequence[tuple[IntakeRecord, Outcome, Reply]],
+        decisions: Sequence[IntakeDecision],
+    ) -> None:
+        """After the commit: wake the sinks that got outbox rows, push stock, tell the lineage emitter,
+        and log each message."""
         if self.on_outbox is not None:
             sinks: set[str] = set()
             for (rec, _, _), decision in zip(prepared, decisions, strict=True):
@@ -367,21 +432,8 @@ class Intake:
                 self.on_stock(skus)
         if self.on_routed is not None:
             self._note_routed(self.on_routed, adapter.name, prepared, decisions)
-        replies = []
-        for (rec, out, reply), decision in zip(prepared, decisions, strict=True):
-            replies.append(
-                reply if decision.kind == "stored" else adapter.respond(self._final(out, decision))
-            )
+        for (rec, _, _), decision in zip(prepared, decisions, strict=True):
             self._log(rec, decision)
-        if self.metrics is not None:
-            self.metrics.observe_intake(adapter.name, receipt, [r.code for r in replies])
-        online = [
-            tuple(rec.online) if decision.outcome == "accepted" and decision.kind != "conflict" else ()
-            for (rec, _, _), decision in zip(prepared, decisions, strict=True)
-        ]
-        return IntakeResult(
-            replies, [d.message_id for d in decisions], [d.kind for d in decisions], receipt.listener, online
-        )
 
     async def relay(self, sink_name: str, raw: bytes, message_id: str) -> Relayed | None:
         """Hand ``raw`` (in memory, as received) to an online sink and return its answer, or ``None`` when

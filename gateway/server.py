@@ -19,6 +19,8 @@ from typing import Any
 import uvicorn
 
 from adapters import BUILTIN_ADAPTERS
+from adapters.fhir.api import FhirAPI
+from adapters.fhir.api import mount as mount_fhir
 from adapters.finance.iso8583_listener import ISO8583Server
 from adapters.hl7.mllp import MLLPServer
 from adapters.retail.pos_json import json_schema as pos_json_schema
@@ -180,6 +182,10 @@ async def serve(
             runtime=runtime,
             metrics=metrics,
             verify=lambda: verify_store(store, checkpoint_to, public_path(settings.signing_key())),
+        )
+        mount_fhir(
+            app,
+            FhirAPI(store=store, intake=intake, keyring=keyring, max_body_bytes=settings.http.max_body_bytes),
         )
         tls_http = settings.http.tls
         config = uvicorn.Config(

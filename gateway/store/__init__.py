@@ -9,10 +9,11 @@ lineage events, and commits before it answers.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import sqlite3
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -28,6 +29,13 @@ CONTROL_ID_CONFLICT = Issue(
     "This control id was already accepted from this sender with different content.",
 )
 """The issue a message gets when its sender reuses an accepted control id for different content."""
+
+T = TypeVar("T")
+
+Effect = Callable[[sqlite3.Connection], tuple[Any, Sequence[EventDraft]]]
+"""Work that must commit with an accepted record (a FHIR resource version and its index rows): run in
+the record's transaction; it answers a value for the caller and the lineage events it adds. When it
+raises, nothing of the record is kept and the caller gets the exception."""
 
 MessageStatus = Literal["accepted", "rejected", "batch"]
 DecisionKind = Literal["stored", "duplicate", "conflict"]
@@ -87,9 +95,11 @@ class IntakeRecord:
     movements: Sequence[Movement] = ()
     """Stock movements applied to the inventory ledger with the message (accepted messages only)."""
     reports: Sequence[ReportedLevel] = ()
+    """Levels a channel reported in the message, kept for reconciliation."""
     items: Sequence[ItemLink] = ()
     """Channel item ids of SKUs the message names (kept for pushing levels to that channel)."""
-    """Levels a channel reported in the message, kept for reconciliation."""
+    effect: Effect | None = field(default=None, repr=False)
+    """Run in the transaction when the record is stored as accepted (see :data:`Effect`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +124,8 @@ class IntakeDecision:
     kind: DecisionKind
     message_id: str
     outcome: OutcomeKind
+    effect: Any = None
+    """What the record's effect answered, when it ran."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,6 +332,10 @@ class Store(Protocol):
 
     async def flush(self) -> None:
         """Commit everything noted so far."""
+        ...
+
+    def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` on a read-only connection (the FHIR resource reads of :mod:`gateway.store.resources`)."""
         ...
 
     def list_messages(self, flt: MessageFilter) -> list[MessageRow]: ...

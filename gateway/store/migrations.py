@@ -175,3 +175,52 @@ MIGRATIONS.append(
     ) WITHOUT ROWID;
     """
 )
+
+MIGRATIONS.append(
+    # 10: the FHIR resource store behind /fhir. fhir_resources holds each resource's current version
+    # (deleted ones as tombstones), fhir_versions every version for vread and history, and fhir_index
+    # the search index rows of current versions, extracted when the version is written, so that a
+    # search reads index pages instead of every resource. message_id is the envelope that wrote it.
+    """
+    CREATE TABLE fhir_resources (
+        type          TEXT NOT NULL,
+        id            TEXT NOT NULL,
+        version       INTEGER NOT NULL,
+        last_updated  TEXT NOT NULL,
+        deleted       INTEGER NOT NULL DEFAULT 0,
+        message_id    TEXT NOT NULL,
+        body          BLOB NOT NULL,
+        PRIMARY KEY (type, id)
+    ) WITHOUT ROWID;
+    CREATE INDEX fhir_resources_updated ON fhir_resources (type, last_updated);
+
+    CREATE TABLE fhir_versions (
+        type          TEXT NOT NULL,
+        id            TEXT NOT NULL,
+        version       INTEGER NOT NULL,
+        last_updated  TEXT NOT NULL,
+        method        TEXT NOT NULL,
+        deleted       INTEGER NOT NULL DEFAULT 0,
+        message_id    TEXT NOT NULL,
+        body          BLOB NOT NULL,
+        PRIMARY KEY (type, id, version)
+    ) WITHOUT ROWID;
+    CREATE INDEX fhir_versions_updated ON fhir_versions (last_updated);
+
+    CREATE TABLE fhir_index (
+        type    TEXT NOT NULL,
+        param   TEXT NOT NULL,
+        id      TEXT NOT NULL,
+        system  TEXT NOT NULL DEFAULT '',
+        value   TEXT NOT NULL DEFAULT '',
+        exact   TEXT,
+        low     TEXT,
+        high    TEXT,
+        num     REAL
+    );
+    CREATE INDEX fhir_index_value ON fhir_index (type, param, value, id);
+    CREATE INDEX fhir_index_date ON fhir_index (type, param, low, high, id);
+    CREATE INDEX fhir_index_num ON fhir_index (type, param, num, id) WHERE num IS NOT NULL;
+    CREATE INDEX fhir_index_resource ON fhir_index (type, id);
+    """
+)

@@ -567,6 +567,10 @@ class SQLiteStore:
                 ledger.record_reports(txn.conn, rec.reports, rec.id, at)
             if rec.items:
                 ledger.record_items(txn.conn, rec.items, at)
+        effect = None
+        if status == "accepted" and rec.effect is not None:
+            effect, effect_events = rec.effect(txn.conn)
+            drafts.extend(effect_events)
         if status == "accepted":
             drafts.append(EventDraft("MessageAccepted", rec.id, rec.listener, outcome="accepted"))
         else:
@@ -581,7 +585,7 @@ class SQLiteStore:
                 )
             )
         txn.append(drafts, at)
-        return IntakeDecision("conflict" if conflict_with else "stored", rec.id, outcome)
+        return IntakeDecision("conflict" if conflict_with else "stored", rec.id, outcome, effect)
 
     def _route_event(self, txn: _Txn, rec: IntakeRecord, at: str, status: str) -> EventDraft:
         """Write the outbox rows of an accepted record; return the routing lineage event."""
@@ -943,6 +947,10 @@ class SQLiteStore:
         return ledger.reports(self._reader(), channel)
 
     # -- reads --------------------------------------------------------------------------------
+
+    def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` on this thread's read-only connection (it sees what has committed)."""
+        return fn(self._reader())
 
     def _reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)

@@ -1,0 +1,1 @@
+"""FHIR R4: resources, REST API, search and the fhir adapter."""

@@ -1,0 +1,765 @@
+"""The FHIR R4 REST API at ``/fhir``: the routes, content negotiation, access scopes and replies.
+
+Every write (create, update, delete, transaction, batch) is an envelope of the
+``fhir`` protocol taken through :meth:`gateway.pipeline.Intake.commit`: routed
+like any message and recorded in lineage, with the resource version it writes
+committed in the same transaction. Reads run on the store's read connections and
+are recorded as access events (who read which resource version, never a value).
+
+:data:`INTERACTIONS` is the one list of what is implemented: the routes are
+registered from it and the CapabilityStatement is generated from it. Every error
+is an OperationOutcome with the status the specification gives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from adapters.fhir import bundle, interactions, search
+from adapters.fhir.adapter import FhirAdapter
+from adapters.fhir.capability import capability_statement
+from adapters.fhir.interactions import Written
+from adapters.fhir.outcome import FhirError, operation_outcome
+from adapters.fhir.resources import JSON_TYPES, RESOURCE_TYPES, XML_TYPES, serialize, write_json
+from gateway.adapter import Issue, ParseError
+from gateway.envelope import Envelope, Receipt, new_id, sha256_hex
+from gateway.errors import AuthError, StoreUnavailable
+from gateway.lineage import EventDraft
+from gateway.pipeline import Intake
+from gateway.security import KeyRing, Principal
+from gateway.store import Store
+from gateway.store import resources as stored
+from gateway.store.resources import Version
+
+log = logging.getLogger("gateway.fhir")
+
+BASE = "/fhir"
+CLIENT_HINTS = frozenset({"_totalMethod"})
+"""Query parameters some clients add that change nothing here (fhirpy's count() sends _totalMethod)."""
+MAX_PAGE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Interaction:
+    """One REST interaction the API implements (FHIR ``restful-interaction`` code)."""
+
+    code: str
+    level: str
+    """``instance``, ``type`` or ``system``: where it appears in the CapabilityStatement."""
+    method: str
+    path: str
+    access: str
+    """``read`` or ``write``."""
+
+
+INTERACTIONS: tuple[Interaction, ...] = (
+    Interaction("read", "instance", "GET", "/{rtype}/{rid}", "read"),
+    Interaction("vread", "instance", "GET", "/{rtype}/{rid}/_history/{vid}", "read"),
+    Interaction("update", "instance", "PUT", "/{rtype}/{rid}", "write"),
+    Interaction("delete", "instance", "DELETE", "/{rtype}/{rid}", "write"),
+    Interaction("history-instance", "instance", "GET", "/{rtype}/{rid}/_history", "read"),
+    Interaction("history-type", "type", "GET", "/{rtype}/_history", "read"),
+    Interaction("create", "type", "POST", "/{rtype}", "write"),
+    Interaction("search-type", "type", "GET", "/{rtype}", "read"),
+    Interaction("search-type", "type", "POST", "/{rtype}/_search", "read"),
+    Interaction("conditional-update", "type", "PUT", "/{rtype}", "write"),
+    Interaction("transaction", "system", "POST", "", "write"),
+    Interaction("batch", "system", "POST", "", "write"),
+    Interaction("history-system", "system", "GET", "/_history", "read"),
+)
+
+Format = Literal["json", "xml"]
+_FORMATS: dict[str, Format] = {
+    "json": "json",
+    "application/json": "json",
+    "application/fhir+json": "json",
+    "application/json+fhir": "json",
+    "xml": "xml",
+    "application/xml": "xml",
+    "application/fhir+xml": "xml",
+    "application/xml+fhir": "xml",
+    "text/xml": "xml",
+}
+
+
+def response_format(request: Request) -> Format:
+    """``json`` or ``xml``, from ``_format`` or ``Accept``; 406 when neither can be served."""
+    fmt = request.query_params.get("_format")
+    if fmt is not None:
+        chosen = _FORMATS.get(fmt.split(";")[0].strip().lower())
+        if chosen is None:
+            raise FhirError(406, "not-supported", "_format must be json or xml (or a FHIR media type).")
+        return chosen
+    accept = request.headers.get("accept", "")
+    if not accept.strip():
+        return "json"
+    wanted = [part.split(";")[0].strip().lower() for part in accept.split(",")]
+    for media in wanted:
+        if media in _FORMATS:
+            return _FORMATS[media]
+        if media in ("*/*", "application/*", "text/*", "application/fhir"):
+            return "json"
+    raise FhirError(406, "not-supported", "Accept must allow application/fhir+json or application/fhir+xml.")
+
+
+def outcome_response(exc: FhirError, fmt: Format = "json") -> Response:
+    body, media = serialize(operation_outcome(exc.issues), fmt)
+    return Response(body, status_code=exc.status, media_type=media, headers=exc.headers)
+
+
+def _http_date(instant: str) -> str:
+    return format_datetime(datetime.fromisoformat(instant.replace("Z", "+00:00")), usegmt=True)
+
+
+def _base_url(request: Request) -> str:
+    return str(request.base_url).rstrip("/") + BASE
+
+
+def _version_headers(v: Version | Written) -> dict[str, str]:
+    return {"ETag": f'W/"{v.version}"', "Last-Modified": _http_date(v.last_updated)}
+
+
+def allowed(who: Principal, rtype: str, access: str) -> bool:
+    """Whether ``who`` may ``access`` (read or write) resources of ``rtype``: ``fhir:read`` /
+    ``fhir:write``, ``admin``, or a SMART system scope (``system/Patient.read``, ``system/*.*``)."""
+    scopes = who.scopes
+    if "admin" in scopes or f"fhir:{access}" in scopes:
+        return True
+    return any(f"system/{t}.{a}" in scopes for t in (rtype, "*") for a in (access, "*"))
+
+
+class FhirAPI:
+    """The ``/fhir`` routes of one gateway (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        intake: Intake,
+        keyring: KeyRing,
+        max_body_bytes: int,
+        adapter: FhirAdapter | None = None,
+    ) -> None:
+        self.store = store
+        self.intake = intake
+        self.keyring = keyring
+        self.max_body_bytes = max_body_bytes
+        self.adapter = adapter or FhirAdapter()
+        self.loop = asyncio.get_running_loop()
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def authenticated(self, request: Request) -> Principal:
+        """Who presented the request's API key; 401 without a valid one."""
+        auth = request.headers.get("authorization", "")
+        key = auth[7:].strip() if auth.lower().startswith("bearer ") else request.headers.get("x-api-key")
+        try:
+            return self.keyring.authenticate(key)
+        except AuthError as exc:
+            raise FhirError(401, "login", exc.reason, headers={"WWW-Authenticate": "Bearer"}) from None
+
+    def principal(self, request: Request, rtype: str, access: str, who: Principal | None = None) -> Principal:
+        """The authenticated caller, when it may ``access`` resources of ``rtype``; else 401 or 403."""
+        who = who or self.authenticated(request)
+        if not allowed(who, rtype, access):
+            self.note(
+                [
+                    EventDraft(
+                        "AccessDenied",
+                        None,
+                        f"user:{who.name}",
+                        "forbidden",
+                        details={"scope": f"fhir:{access}", "type": rtype},
+                    )
+                ]
+            )
+            raise FhirError(403, "forbidden", f"The API key may not {access} {rtype} resources.")
+        return who
+
+    def note(self, drafts: Sequence[EventDraft]) -> None:
+        """Hand lineage events to the loop that owns the store (reads run in a thread pool)."""
+        self.loop.call_soon_threadsafe(self.store.note_events, list(drafts))
+
+    @staticmethod
+    def known_type(rtype: str) -> str:
+        if rtype not in RESOURCE_TYPES:
+            raise FhirError(404, "not-supported", "This server has no such resource type.")
+        return rtype
+
+    async def body(self, request: Request) -> tuple[bytes, str]:
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media not in JSON_TYPES and media not in XML_TYPES:
+            raise FhirError(415, "not-supported", "Send application/fhir+json or application/fhir+xml.")
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise FhirError(413, "too-costly", f"The body exceeds the limit of {self.max_body_bytes} bytes.")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise FhirError(
+                    413, "too-costly", f"The body exceeds the limit of {self.max_body_bytes} bytes."
+                )
+            chunks.append(chunk)
+        raw = b"".join(chunks)
+        if not raw.strip():
+            raise FhirError(400, "invalid", "The request body is empty.")
+        return raw, media
+
+    def reply(
+        self,
+        request: Request,
+        resource: Mapping[str, Any] | None,
+        status: int = 200,
+        headers: Mapping[str, str] | None = None,
+    ) -> Response:
+        fmt = response_format(request)
+        if resource is None:
+            return Response(status_code=status, headers=dict(headers or {}))
+        body, media = serialize(resource, fmt)
+        return Response(body, status_code=status, media_type=media, headers=dict(headers or {}))
+
+    # -- writes -----------------------------------------------------------------------------
+
+    async def write(
+        self,
+        request: Request,
+        who: Principal,
+        env: Envelope,
+        perform: Callable[[sqlite3.Connection, str], Written | bundle.Processed],
+    ) -> Written | bundle.Processed:
+        """Commit ``env`` with the write ``perform`` makes; refused writes are kept as rejected messages."""
+        issues = self.adapter.validate(env) if env.raw else []
+        errors = [i for i in issues if i.is_error]
+        if errors:
+            await self._keep_refused(
+                env, issues, FhirError(422, errors[0].code, errors[0].diagnostics, issues=errors)
+            )
+
+        def effect(conn: sqlite3.Connection) -> tuple[Any, list[EventDraft]]:
+            done = perform(conn, env.id)
+            written = done.written if isinstance(done, bundle.Processed) else [done]
+            return done, interactions.events(written, env.id)
+
+        try:
+            decision, _ = await self.intake.commit(self.adapter, env, self._receipt(env), issues, effect)
+        except FhirError as exc:
+            await self._keep_refused(env, issues, exc)
+            raise
+        except StoreUnavailable:
+            raise FhirError(
+                503, "transient", "The gateway could not store the write; send it again later."
+            ) from None
+        if decision.outcome != "accepted" or decision.effect is None:
+            raise FhirError(422, "processing", "The write was not accepted.")
+        done: Written | bundle.Processed = decision.effect
+        return done
+
+    async def _keep_refused(self, env: Envelope, issues: Sequence[Issue], exc: FhirError) -> None:
+        """Record a refused write as a rejected message (lineage shows it), then raise ``exc``."""
+        try:
+            await self.intake.commit(self.adapter, env, self._receipt(env), [*issues, *exc.issues])
+        except StoreUnavailable:
+            raise FhirError(
+                503, "transient", "The gateway could not store the write; send it again later."
+            ) from None
+        raise exc
+
+    def envelope(
+        self, request: Request, who: Principal, raw: bytes, media: str, interaction: str, rid: str = ""
+    ) -> Envelope:
+        receipt = Receipt(
+            listener="fhir",
+            peer=f"{request.client.host}:{request.client.port}" if request.client else "",
+            client=who.name,
+            content_type=media,
+            attributes={"interaction": interaction, "resource_id": rid},
+        )
+        try:
+            env = self.adapter.parse(raw, receipt)
+        except ParseError as exc:
+            issues = list(exc.issues) or [Issue("error", "structure", "", "The body is not a FHIR resource.")]
+            status = 400
+            if any(i.code == "not-supported" for i in issues):
+                status = 404 if interaction != "bundle" else 400
+            raise FhirError(status, issues[0].code, issues[0].diagnostics, issues=issues) from None
+        return replace(env, receipt=receipt)
+
+    def written_reply(self, request: Request, w: Written) -> Response:
+        headers = _version_headers(w)
+        if w.action != "deleted":
+            headers["Location"] = f"{_base_url(request)}/{w.location}"
+        prefer = request.headers.get("prefer", "")
+        if "return=minimal" in prefer or w.body is None:
+            return self.reply(request, None, w.status if w.status != 204 else 204, headers)
+        if "return=OperationOutcome" in prefer:
+            out = operation_outcome(
+                [Issue("information", "informational", "", f"The {w.type} was {w.action}.")]
+            )
+            return self.reply(request, out, w.status, headers)
+        return self.reply(request, w.body, w.status, headers)
+
+    async def create(self, request: Request, rtype: str) -> Response:
+        rtype = self.known_type(rtype)
+        who = self.principal(request, rtype, "write")
+        raw, media = await self.body(request)
+        rid = interactions.new_resource_id()
+        env = self.envelope(request, who, raw, media, "create", rid)
+        resource = env.body
+        self._same_type(resource, rtype)
+        # If-None-Exist, or the search in the query string (as fhirpy's create(**search) sends it)
+        criteria = [(k, v) for k, v in request.query_params.multi_items() if k not in ("_format", "_pretty")]
+        if_none_exist = request.headers.get("if-none-exist") or (urlencode(criteria) if criteria else None)
+
+        def perform(conn: sqlite3.Connection, mid: str) -> Written:
+            return interactions.create(conn, resource, mid, rid=rid, if_none_exist=if_none_exist)
+
+        done = await self.write(request, who, env, perform)
+        assert isinstance(done, Written)
+        return self.written_reply(request, done)
+
+    async def update(self, request: Request, rtype: str, rid: str) -> Response:
+        rtype = self.known_type(rtype)
+        who = self.principal(request, rtype, "write")
+        raw, media = await self.body(request)
+        env = self.envelope(request, who, raw, media, "update", rid)
+        resource = env.body
+        self._same_type(resource, rtype)
+        if resource.get("id") != rid:
+            raise FhirError(
+                400, "invalid", "The resource id must be given and equal the id in the URL.", f"{rtype}.id"
+            )
+        if_match = bundle.if_match_version(request.headers.get("if-match"))
+
+        def perform(conn: sqlite3.Connection, mid: str) -> Written:
+            return interactions.update(conn, resource, rid, mid, if_match=if_match)
+
+        done = await self.write(request, who, env, perform)
+        assert isinstance(done, Written)
+        return self.written_reply(request, done)
+
+    async def conditional_update(self, request: Request, rtype: str) -> Response:
+        rtype = self.known_type(rtype)
+        who = self.principal(request, rtype, "write")
+        query = request.url.query
+        raw, media = await self.body(request)
+        env = self.envelope(request, who, raw, media, "conditional-update")
+        resource = env.body
+        self._same_type(resource, rtype)
+        if_match = bundle.if_match_version(request.headers.get("if-match"))
+
+        def perform(conn: sqlite3.Connection, mid: str) -> Written:
+            return interactions.conditional_update(conn, resource, query, mid, if_match=if_match)
+
+        done = await self.write(request, who, env, perform)
+        assert isinstance(done, Written)
+        return self.written_reply(request, done)
+
+    async def delete(self, request: Request, rtype: str, rid: str) -> Response:
+        rtype = self.known_type(rtype)
+        who = self.principal(request, rtype, "write")
+        receipt = Receipt("fhir", client=who.name, attributes={"interaction": "delete", "resource_id": rid})
+        env = Envelope(
+            id=new_id(),
+            received_at=receipt.received_at,
+            protocol="fhir",
+            version="4.0.1",
+            message_type=rtype,
+            control_id="",
+            sender="",
+            receiver="",
+            raw=b"",
+            raw_sha256=sha256_hex(b""),
+            body=None,
+            headers={
+                "message_type": rtype,
+                "control_id": "",
+                "resource_type": rtype,
+                "resource_id": rid,
+                "interaction": "delete",
+            },
+            sensitivity="phi",
+            receipt=receipt,
+        )
+
+        def perform(conn: sqlite3.Connection, mid: str) -> Written:
+            return interactions.delete(conn, rtype, rid, mid)
+
+        done = await self.write(request, who, env, perform)
+        assert isinstance(done, Written)
+        if done.action == "unchanged":
+            return Response(status_code=204)
+        out = operation_outcome([Issue("information", "informational", "", f"The {rtype} was deleted.")])
+        return self.reply(request, out, 200, {"ETag": done.etag})
+
+    async def system_bundle(self, request: Request) -> Response:
+        who = self.authenticated(request)
+        raw, media = await self.body(request)
+        env = self.envelope(request, who, raw, media, "bundle")
+        resource = env.body
+        kind = resource.get("type") if resource.get("resourceType") == "Bundle" else None
+        process = bundle.KINDS.get(str(kind))
+        if process is None:
+            raise FhirError(
+                400, "not-supported", "POST to the base takes a Bundle of type transaction or batch."
+            )
+        for entry in resource.get("entry") or []:  # every type the Bundle touches needs its scope
+            request_of = (entry.get("request") if isinstance(entry, dict) else None) or {}
+            rtype = str(request_of.get("url", "")).lstrip("/").split("/")[0].split("?")[0]
+            access = "read" if str(request_of.get("method", "")).upper() == "GET" else "write"
+            if rtype in RESOURCE_TYPES:
+                self.principal(request, rtype, access, who)
+        representation = "return=representation" in request.headers.get("prefer", "")
+
+        def perform(conn: sqlite3.Connection, mid: str) -> bundle.Processed:
+            return process(conn, resource, mid, representation=representation)
+
+        done = await self.write(request, who, env, perform)
+        assert isinstance(done, bundle.Processed)
+        out = {"resourceType": "Bundle", "id": new_id(), "type": f"{kind}-response", "entry": done.entries}
+        return self.reply(request, out, 200)
+
+    @staticmethod
+    def _receipt(env: Envelope) -> Receipt:
+        assert env.receipt is not None
+        return env.receipt
+
+    @staticmethod
+    def _same_type(resource: Mapping[str, Any], rtype: str) -> None:
+        if resource.get("resourceType") != rtype:
+            raise FhirError(
+                400, "invalid", "The resource's type differs from the type in the URL.", "resourceType"
+            )
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def _access(
+        self, who: Principal, event: str, versions: Sequence[Version], details: Mapping[str, Any]
+    ) -> None:
+        self.note(
+            [
+                EventDraft(
+                    event,
+                    v.message_id,
+                    f"user:{who.name}",
+                    "ok",
+                    details={"resource": f"{v.type}/{v.id}", "version": v.version, **details},
+                )
+                for v in versions
+            ]
+        )
+
+    def read(self, request: Request, rtype: str, rid: str) -> Response:
+        rtype = self.known_type(rtype)
+        who = self.principal(request, rtype, "read")
+        v = self.store.read(lambda c: stored.current(c, rtype, rid))
+        if v is None:
+            raise FhirError(404, "not-found", f"No {rtype} has this id.")
+        if v.deleted:
+            raise FhirError(410, "deleted", f"The {rtype} was deleted.", headers=_version_headers(v))
+        self._access(who, "ResourceRead", [v], {"interaction": "read"})
+        return self.reply(request, interactions.body_of(v), 200, _version_headers(v))
+
+    def vread(self, request: Request, rtype: str, rid: str, vid: str) -> Response:
+        rtype = self.known_type(rtype)
+        who = self.principal(request, rtype, "read")
+        if not vid.isdigit() or len(vid) > 18:
+            raise FhirError(404, "not-found", f"No {rtype} version has this id.")
+        v = self.store.read(lambda c: stored.version_of(c, rtype, rid, int(vid)))
+        if v is None:
+            raise FhirError(404, "not-found", f"No {rtype} version has this id.")
+        if v.deleted:
+            raise FhirError(
+                410, "deleted", f"This version of the {rtype} is its deletion.", headers=_version_headers(v)
+            )
+        self._access(who, "ResourceRead", [v], {"interaction": "vread"})
+        return self.reply(request, interactions.body_of(v), 200, _version_headers(v))
+
+    def history(self, request: Request, rtype: str | None, rid: str | None) -> Response:
+        if rtype is not None:
+            rtype = self.known_type(rtype)
+        who = self.principal(request, rtype or "*", "read")
+        count, offset = _paging(request.query_params)
+        since = _instant(request.query_params.get("_since"))
+        total, versions = self.store.read(lambda c: stored.history(c, rtype, rid, since, count, offset))
+        if rid is not None and total == 0:
+            raise FhirError(404, "not-found", f"No {rtype} has this id.")
+        entries = []
+        for v in versions:
+            method = v.method or ("DELETE" if v.deleted else "PUT")
+            entry: dict[str, Any] = {
+                "fullUrl": f"{_base_url(request)}/{v.type}/{v.id}",
+                "request": {"method": method, "url": f"{v.type}/{v.id}" if method != "POST" else v.type},
+                "response": {
+                    "status": "200 OK" if method != "POST" else "201 Created",
+                    "etag": f'W/"{v.version}"',
+                    "lastModified": v.last_updated,
+                },
+            }
+            if not v.deleted:
+                entry["resource"] = interactions.body_of(v)
+            entries.append(entry)
+        self._access(
+            who, "ResourceHistoryRead", [v for v in versions if not v.deleted], {"interaction": "history"}
+        )
+        path = "/".join(p for p in (rtype, rid, "_history") if p)
+        echo = [(k, v) for k, v in request.query_params.multi_items() if k in ("_since",)]
+        out = {
+            "resourceType": "Bundle",
+            "id": new_id(),
+            "type": "history",
+            "total": total,
+            "link": _links(_base_url(request) + "/" + path, echo, count, offset, total),
+            "entry": entries,
+        }
+        return self.reply(request, out)
+
+    def search(self, request: Request, rtype: str, params: Sequence[tuple[str, str]]) -> Response:
+        rtype = self.known_type(rtype)
+        who = self.principal(request, rtype, "read")
+        lenient = "handling=lenient" in request.headers.get("prefer", "")
+        params = [(k, v) for k, v in params if k not in CLIENT_HINTS]
+        s = search.parse_search(rtype, params, strict=not lenient)
+
+        def run(conn: sqlite3.Connection) -> tuple[int | None, list[Version], list[Version]]:
+            total = stored.count(conn, rtype, s.where, s.args) if (s.total or s.summary_count) else None
+            if s.summary_count or s.count == 0:
+                return total, [], []
+            found = stored.search(conn, rtype, s.where, s.args, s.order_by, s.order_args, s.count, s.offset)
+            return total, found, _included(conn, s.includes, found)
+
+        total, found, included = self.store.read(run)
+        base = _base_url(request)
+        out: dict[str, Any] = {"resourceType": "Bundle", "id": new_id(), "type": "searchset"}
+        if total is not None:
+            out["total"] = total
+        out["link"] = _links(f"{base}/{rtype}", s.echo, s.count, s.offset, total, more=len(found) == s.count)
+        out["entry"] = [
+            {
+                "fullUrl": f"{base}/{v.type}/{v.id}",
+                "resource": interactions.body_of(v),
+                "search": {"mode": mode},
+            }
+            for mode, vs in (("match", found), ("include", included))
+            for v in vs
+        ]
+        if not out["entry"]:
+            del out["entry"]
+        if found or included:
+            self._access(who, "ResourceSearchRead", [*found, *included], {"interaction": "search-type"})
+        else:
+            self.note(
+                [
+                    EventDraft(
+                        "ResourcesSearched", None, f"user:{who.name}", "0 found", details={"type": rtype}
+                    )
+                ]
+            )
+        return self.reply(request, out)
+
+    def metadata(self, request: Request) -> Response:
+        return self.reply(request, capability_statement(INTERACTIONS, _base_url(request)))
+
+
+def _instant(value: str | None) -> str | None:
+    """``_since`` as the store's instant form; 400 unless it is an instant with a time zone."""
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        raise FhirError(
+            400, "invalid", "_since must be an instant with a time zone, such as 2026-01-01T00:00:00Z."
+        )
+    return parsed.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _paging(query: Mapping[str, str]) -> tuple[int, int]:
+    try:
+        count = int(query.get("_count", "20"))
+        offset = int(query.get("_offset", "0"))
+    except ValueError:
+        raise FhirError(400, "invalid", "_count and _offset must be whole numbers.") from None
+    if count < 0 or offset < 0:
+        raise FhirError(400, "invalid", "_count and _offset must not be negative.")
+    return min(count, MAX_PAGE), offset
+
+
+def _links(
+    url: str,
+    echo: Sequence[tuple[str, str]],
+    count: int,
+    offset: int,
+    total: int | None,
+    *,
+    more: bool | None = None,
+) -> list[dict[str, str]]:
+    def at(off: int) -> str:
+        return url + "?" + urlencode([*echo, ("_count", str(count)), ("_offset", str(off))])
+
+    links = [{"relation": "self", "url": at(offset)}]
+    has_next = (offset + count < total) if total is not None else bool(more)
+    if count and has_next:
+        links.append({"relation": "next", "url": at(offset + count)})
+    if count and offset > 0:
+        links.append({"relation": "previous", "url": at(max(0, offset - count))})
+    return links
+
+
+def _included(
+    conn: sqlite3.Connection, includes: Sequence[search.Include], found: Sequence[Version]
+) -> list[Version]:
+    """The resources that ``_include`` asks for, referenced by the matches (each once, none twice)."""
+    if not includes or not found:
+        return []
+    wanted: list[tuple[str, str]] = []
+    for inc in includes:
+        param = search.params_of(inc.source_type).get(inc.param)
+        if param is None or param.kind != "reference":
+            raise FhirError(400, "not-supported", "_include names a parameter that is not a reference.")
+        for v in found:
+            if v.type != inc.source_type:
+                continue
+            for row in search.index_rows(v.type, interactions.body_of(v)):
+                if row.param != inc.param or "/" not in row.value or "://" in row.value:
+                    continue
+                ttype, _, tid = row.value.partition("/")
+                if not inc.target_type or ttype == inc.target_type:
+                    wanted.append((ttype, tid))
+    matched = {(v.type, v.id) for v in found}
+    return stored.current_many(conn, [w for w in wanted if w not in matched])
+
+
+def mount(app: FastAPI, api: FhirAPI) -> None:
+    """Add the ``/fhir`` routes, from :data:`INTERACTIONS`, and answer errors under ``/fhir`` with
+    OperationOutcomes (FastAPI's own 404, 405 and 422 included)."""
+
+    def guarded(handler: Callable[..., Any], is_async: bool) -> Callable[..., Any]:
+        if is_async:
+
+            async def run_async(request: Request) -> Response:
+                try:
+                    result: Response = await handler(request, **request.path_params)
+                    return result
+                except FhirError as exc:
+                    return outcome_response(exc, _safe_format(request))
+
+            return run_async
+
+        def run(request: Request) -> Response:
+            try:
+                result: Response = handler(request, **request.path_params)
+                return result
+            except FhirError as exc:
+                return outcome_response(exc, _safe_format(request))
+
+        return run
+
+    async def search_post(request: Request, rtype: str) -> Response:
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media != "application/x-www-form-urlencoded":
+            raise FhirError(415, "not-supported", "POST _search takes application/x-www-form-urlencoded.")
+        raw = await request.body()
+        if len(raw) > api.max_body_bytes:
+            raise FhirError(413, "too-costly", "The search form is too large.")
+        params = [
+            *request.query_params.multi_items(),
+            *parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True),
+        ]
+        return await asyncio.to_thread(api.search, request, rtype, params)
+
+    async def system_post(request: Request) -> Response:
+        return await api.system_bundle(request)
+
+    handlers: dict[tuple[str, str], tuple[Callable[..., Any], bool]] = {
+        ("GET", "/{rtype}/{rid}"): (api.read, False),
+        ("GET", "/{rtype}/{rid}/_history/{vid}"): (api.vread, False),
+        ("PUT", "/{rtype}/{rid}"): (api.update, True),
+        ("DELETE", "/{rtype}/{rid}"): (api.delete, True),
+        ("GET", "/{rtype}/{rid}/_history"): (lambda r, rtype, rid: api.history(r, rtype, rid), False),
+        ("GET", "/{rtype}/_history"): (lambda r, rtype: api.history(r, rtype, None), False),
+        ("POST", "/{rtype}"): (api.create, True),
+        ("GET", "/{rtype}"): (lambda r, rtype: api.search(r, rtype, r.query_params.multi_items()), False),
+        ("POST", "/{rtype}/_search"): (search_post, True),
+        ("PUT", "/{rtype}"): (api.conditional_update, True),
+        ("POST", ""): (system_post, True),
+        ("GET", "/_history"): (lambda r: api.history(r, None, None), False),
+    }
+    app.add_api_route(
+        f"{BASE}/metadata",
+        guarded(lambda r: api.metadata(r), False),
+        methods=["GET"],
+        tags=["fhir"],
+        summary="The CapabilityStatement",
+    )
+    done: set[tuple[str, str]] = set()
+    # static paths first (/_history before /{rtype}, /{rtype}/_history before /{rtype}/{rid})
+    for inter in sorted(INTERACTIONS, key=lambda i: ("{" in i.path.split("/")[-1], -i.path.count("/"))):
+        key = (inter.method, inter.path)
+        if key in done:
+            continue
+        done.add(key)
+        handler, is_async = handlers[key]
+        if not inter.path:  # the base itself, also with a trailing slash
+            app.add_api_route(BASE + "/", guarded(handler, is_async), methods=[inter.method],
+                              include_in_schema=False)
+        app.add_api_route(
+            BASE + inter.path,
+            guarded(handler, is_async),
+            methods=[inter.method],
+            tags=["fhir"],
+            summary=f"FHIR {inter.code}",
+            include_in_schema=True,
+        )
+
+    previous_http = app.exception_handlers.get(StarletteHTTPException)
+    previous_validation = app.exception_handlers.get(RequestValidationError)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        if request.url.path == BASE or request.url.path.startswith(BASE + "/"):
+            assert isinstance(exc, StarletteHTTPException)
+            code = {404: "not-found", 405: "not-supported"}.get(exc.status_code, "processing")
+            text = {404: "No such FHIR endpoint.", 405: "This interaction is not supported here."}.get(
+                exc.status_code, "The request cannot be processed."
+            )
+            return outcome_response(FhirError(exc.status_code, code, text), _safe_format(request))
+        assert previous_http is not None
+        answer: Awaitable[Response] | Response = previous_http(request, exc)
+        return await answer if isinstance(answer, Awaitable) else answer
+
+    async def validation_error(request: Request, exc: Exception) -> Response:
+        if request.url.path.startswith(BASE + "/"):
+            return outcome_response(
+                FhirError(400, "invalid", "The request is not valid."), _safe_format(request)
+            )
+        assert previous_validation is not None
+        answer: Awaitable[Response] | Response = previous_validation(request, exc)
+        return await answer if isinstance(answer, Awaitable) else answer
+
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+
+
+def _safe_format(request: Request) -> Format:
+    try:
+        return response_format(request)
+    except FhirError:
+        return "json"
+
+
+__all__ = ["INTERACTIONS", "FhirAPI", "Interaction", "allowed", "mount", "write_json"]

@@ -1,0 +1,537 @@
+"""End to end: a published FHIR client (fhirpy) and plain HTTP against the real gateway's /fhir API.
+
+One gateway process serves the module; each test makes resources of its own
+(identifiers carry a per-test marker) so that the tests do not see each other's.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.capabilitystatement import CapabilityStatement
+from fhir.resources.R4B.operationoutcome import OperationOutcome
+from fhirpy import SyncFHIRClient
+from fhirpy.base.exceptions import ResourceNotFound
+from lxml import etree
+
+from tests.gateway.sinks.peers import Receiver
+from tests.support import ADMIN_KEY, READ_KEY, Gateway, wait_until
+
+pytestmark = pytest.mark.e2e
+
+FHIR_KEY = "fhir-key-0123456789abcdef"
+FHIR_READ_KEY = "fhir-read-0123456789abcdef"
+PATIENT_ONLY_KEY = "patient-read-0123456789ab"
+SYSTEM = "urn:oid:1.2.36.146.595.217.0.1"
+FHIR_JSON = "application/fhir+json"
+FHIR_XML = "application/fhir+xml"
+
+
+@pytest.fixture(scope="module")
+def sink() -> Iterator[Receiver]:
+    with Receiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory, sink: Receiver) -> Iterator[Gateway]:
+    workdir: Path = tmp_path_factory.mktemp("fhir")
+    gateway = Gateway(
+        workdir,
+        {
+            "auth": {
+                "api_keys": [
+                    {"name": "ehr", "key": FHIR_KEY, "scopes": ["fhir:read", "fhir:write"]},
+                    {"name": "viewer", "key": FHIR_READ_KEY, "scopes": ["fhir:read"]},
+                    {"name": "patient-app", "key": PATIENT_ONLY_KEY, "scopes": ["system/Patient.read"]},
+                    {"name": "auditor", "key": READ_KEY, "scopes": ["messages:read", "lineage:read"]},
+                    {"name": "operator", "key": ADMIN_KEY, "scopes": ["admin"]},
+                ]
+            },
+            "sinks": {"registry": {"type": "http", "endpoint": sink.url}},
+            "routes": [
+                {
+                    "name": "patients-to-registry",
+                    "match": {"protocol": "fhir", "message_type": "Patient"},
+                    "to": ["registry"],
+                }
+            ],
+            "unmatched": "reject",
+        },
+    ).start()
+    try:
+        yield gateway
+    finally:
+        assert gateway.stop() == 0
+
+
+def client(gw: Gateway, key: str = FHIR_KEY) -> SyncFHIRClient:
+    return SyncFHIRClient(f"{gw.http_url}/fhir", authorization=f"Bearer {key}")
+
+
+def http(gw: Gateway, key: str = FHIR_KEY) -> httpx.Client:
+    return httpx.Client(
+        base_url=f"{gw.http_url}/fhir", headers={"Authorization": f"Bearer {key}"}, timeout=60
+    )
+
+
+def marker() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def patient(mark: str, family: str = "Chalmers", **extra: Any) -> dict[str, Any]:
+    return {
+        "resourceType": "Patient",
+        "identifier": [{"system": SYSTEM, "value": mark}],
+        "name": [{"family": family, "given": ["Peter", "James"]}],
+        "gender": "male",
+        "birthDate": "1974-12-25",
+        **extra,
+    }
+
+
+def outcome(response: httpx.Response) -> OperationOutcome:
+    assert response.headers["content-type"].startswith(FHIR_JSON)
+    return OperationOutcome.model_validate(response.json())
+
+
+def test_capability_statement_says_what_is_implemented(gw: Gateway) -> None:
+    with http(gw) as h:
+        r = h.get("/metadata")
+    assert r.status_code == 200
+    cap = CapabilityStatement.model_validate(r.json())
+    assert cap.fhirVersion == "4.0.1"
+    assert set(cap.format) == {"application/fhir+json", "application/fhir+xml"}
+    rest = cap.rest[0]
+    assert {i.code for i in rest.interaction} == {"transaction", "batch", "history-system"}
+    by_type = {res.type: res for res in rest.resource}
+    for rtype in ("Patient", "Observation", "Encounter", "AuditEvent", "Provenance", "Immunization"):
+        assert rtype in by_type
+    pat = by_type["Patient"]
+    assert {i.code for i in pat.interaction} >= {
+        "read",
+        "vread",
+        "update",
+        "delete",
+        "history-instance",
+        "history-type",
+        "create",
+        "search-type",
+    }
+    names = {p.name: p.type for p in pat.searchParam}
+    assert names["identifier"] == "token" and names["birthdate"] == "date" and names["name"] == "string"
+    assert pat.conditionalCreate and pat.conditionalUpdate and pat.versioning == "versioned-update"
+    assert "Observation:subject" in by_type["Observation"].searchInclude
+
+
+def test_create_read_update_vread_history_delete_with_fhirpy(gw: Gateway) -> None:
+    mark = marker()
+    fc = client(gw)
+    pat = fc.resource("Patient", **patient(mark))
+    pat.save()
+    assert pat.id and pat["meta"]["versionId"] == "1"
+    read = fc.reference("Patient", pat.id).to_resource()
+    assert read["name"][0]["family"] == "Chalmers" and read["birthDate"] == "1974-12-25"
+
+    read["name"][0]["family"] = "Windsor"
+    read.save()
+    assert read["meta"]["versionId"] == "2"
+    with http(gw) as h:
+        now = h.get(f"/Patient/{pat.id}")
+        assert now.headers["etag"] == 'W/"2"' and "last-modified" in now.headers
+        assert now.json()["name"][0]["family"] == "Windsor"
+        v1 = h.get(f"/Patient/{pat.id}/_history/1")
+        assert v1.status_code == 200 and v1.json()["name"][0]["family"] == "Chalmers"
+        assert v1.headers["etag"] == 'W/"1"'
+        hist = h.get(f"/Patient/{pat.id}/_history").json()
+        Bundle.model_validate(hist)
+        assert hist["type"] == "history" and hist["total"] == 2
+        assert [e["resource"]["meta"]["versionId"] for e in hist["entry"]] == ["2", "1"]
+        assert hist["entry"][1]["request"]["method"] == "POST"
+
+    read.delete()
+    with pytest.raises(ResourceNotFound):
+        fc.reference("Patient", pat.id).to_resource()
+    with http(gw) as h:
+        gone = h.get(f"/Patient/{pat.id}")
+        assert gone.status_code == 410
+        assert outcome(gone).issue[0].code == "deleted"
+        assert h.get(f"/Patient/{pat.id}/_history/3").status_code == 410  # the deletion itself
+        assert h.get(f"/Patient/{pat.id}/_history/1").status_code == 200  # older versions stay
+        assert h.delete(f"/Patient/{pat.id}").status_code == 204  # deleting again changes nothing
+        assert h.get(f"/Patient/{pat.id}/_history").json()["total"] == 3
+        assert h.get("/Patient", params={"identifier": f"{SYSTEM}|{mark}"}).json()["total"] == 0
+
+
+def test_update_creates_with_the_clients_id_and_if_match_guards_versions(gw: Gateway) -> None:
+    rid = f"pat-{marker()}"
+    with http(gw) as h:
+        created = h.put(
+            f"/Patient/{rid}", json={**patient(rid), "id": rid}, headers={"Content-Type": FHIR_JSON}
+        )
+        assert created.status_code == 201
+        assert created.headers["location"].endswith(f"/fhir/Patient/{rid}/_history/1")
+        stale = h.put(
+            f"/Patient/{rid}",
+            json={**patient(rid, "Stale"), "id": rid},
+            headers={"Content-Type": FHIR_JSON, "If-Match": 'W/"7"'},
+        )
+        assert stale.status_code == 412
+        assert outcome(stale).issue[0].code == "conflict"
+        fresh = h.put(
+            f"/Patient/{rid}",
+            json={**patient(rid, "Fresh"), "id": rid},
+            headers={"Content-Type": FHIR_JSON, "If-Match": 'W/"1"'},
+        )
+        assert fresh.status_code == 200 and fresh.headers["etag"] == 'W/"2"'
+        assert fresh.json()["meta"]["versionId"] == "2"
+        wrong_id = h.put(
+            f"/Patient/{rid}", json={**patient(rid), "id": "other"}, headers={"Content-Type": FHIR_JSON}
+        )
+        assert wrong_id.status_code == 400
+        assert h.get(f"/Patient/{rid}").json()["name"][0]["family"] == "Fresh"
+
+
+def test_conditional_create_and_update(gw: Gateway) -> None:
+    mark = marker()
+    ident = f"identifier={SYSTEM}|{mark}"
+    with http(gw) as h:
+        first = h.post("/Patient", json=patient(mark), headers={"If-None-Exist": ident})
+        again = h.post("/Patient", json=patient(mark, "Other"), headers={"If-None-Exist": ident})
+        assert (first.status_code, again.status_code) == (201, 200)
+        assert first.json()["id"] == again.json()["id"]
+        assert h.get("/Patient", params={"identifier": f"{SYSTEM}|{mark}"}).json()["total"] == 1
+
+        upd = h.put(f"/Patient?{ident}", json=patient(mark, "Conditional"))
+        assert upd.status_code == 200 and upd.json()["id"] == first.json()["id"]
+        assert upd.json()["meta"]["versionId"] == "2"
+        fresh = marker()
+        made = h.put(f"/Patient?identifier={SYSTEM}|{fresh}", json=patient(fresh))
+        assert made.status_code == 201
+
+        h.post("/Patient", json=patient(mark))  # now two match
+        twice = h.post("/Patient", json=patient(mark), headers={"If-None-Exist": ident})
+        assert twice.status_code == 412
+        assert h.put(f"/Patient?{ident}", json=patient(mark)).status_code == 412
+    fc = client(gw)
+    got = fc.resources("Patient").search(identifier=f"{SYSTEM}|{fresh}").first()
+    assert got is not None and got.id == made.json()["id"]
+
+
+def test_search_parameters_paging_sort_include_and_count(gw: Gateway) -> None:
+    mark = marker()
+    fc = client(gw)
+    with http(gw) as h:
+        pats = []
+        for n, (family, born, gender) in enumerate(
+            [("Müller", "1950-03-04", "female"), ("Mueller", "1980-06-01", "male"), ("Smith", "1980", "male")]
+        ):
+            r = h.post("/Patient", json=patient(f"{mark}-{n}", family, gender=gender, birthDate=born))
+            pats.append(r.json()["id"])
+        for n in range(25):
+            obs = {
+                "resourceType": "Observation",
+                "status": "final",
+                "identifier": [{"system": SYSTEM, "value": f"{mark}-obs-{n}"}],
+                "category": [
+                    {
+                        "coding": [
+                            {
+                                "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                                "code": "vital-signs",
+                            }
+                        ]
+                    }
+                ],
+                "code": {
+                    "coding": [{"system": "http://loinc.org", "code": "8867-4" if n % 2 else "29463-7"}]
+                },
+                "subject": {"reference": f"Patient/{pats[n % 3]}"},
+                "effectiveDateTime": f"2026-01-{n + 1:02d}T08:00:00+01:00",
+                "valueQuantity": {
+                    "value": 60 + n,
+                    "unit": "/min",
+                    "system": "http://unitsofmeasure.org",
+                    "code": "/min",
+                },
+            }
+            assert h.post("/Observation", json=obs).status_code == 201
+
+        def ids(params: dict[str, str]) -> list[str]:
+            bundle = h.get(
+                "/Patient", params={"identifier:missing": "false", **params, "_count": "100"}
+            ).json()
+            return [e["resource"]["id"] for e in bundle.get("entry", []) if pats.count(e["resource"]["id"])]
+
+        assert set(ids({"family": "muller"})) == {pats[0]}  # accents and case do not matter
+        assert set(ids({"family:exact": "Mueller"})) == {pats[1]}
+        assert set(ids({"birthdate": "ge1980-01-01", "gender": "male"})) == {pats[1], pats[2]}
+        assert set(ids({"birthdate": "1980"})) == {pats[1], pats[2]}
+        assert set(ids({"birthdate": "lt1960"})) == {pats[0]}
+        assert set(ids({"_id": f"{pats[0]},{pats[2]}"})) == {pats[0], pats[2]}
+
+        subject = {"subject": f"Patient/{pats[0]}", "code": "http://loinc.org|8867-4"}
+        dated = h.get("/Observation", params={**subject, "date": "ge2026-01-10", "_sort": "-date"}).json()
+        days = [e["resource"]["effectiveDateTime"][:10] for e in dated["entry"]]
+        assert days == sorted(days, reverse=True) and all(d >= "2026-01-10" for d in days)
+        assert len(days) == dated["total"] and days  # subject 0 with odd n from day 10: n = 9, 15, 21
+        heavy = h.get("/Observation", params={"patient": pats[1], "value-quantity": "gt80"}).json()
+        assert {e["resource"]["valueQuantity"]["value"] for e in heavy["entry"]} == {82}  # n = 22: 60 + 22
+
+        page = h.get(
+            "/Observation",
+            params={
+                "identifier:missing": "false",
+                "category": "vital-signs",
+                "subject:Patient": pats[0],
+                "_count": "3",
+            },
+        ).json()
+        assert page["total"] == 9 and len(page["entry"]) == 3
+        rel = {link["relation"]: link["url"] for link in page["link"]}
+        assert "next" in rel and "previous" not in rel
+        second = httpx.get(rel["next"], headers={"Authorization": f"Bearer {FHIR_KEY}"}).json()
+        assert {link["relation"] for link in second["link"]} == {"self", "next", "previous"}
+        assert not {e["resource"]["id"] for e in second["entry"]} & {
+            e["resource"]["id"] for e in page["entry"]
+        }
+
+        counted = h.get("/Observation", params={"subject": f"Patient/{pats[2]}", "_summary": "count"}).json()
+        assert counted["total"] == 8 and "entry" not in counted
+
+        inc = h.get(
+            "/Observation",
+            params={"subject": f"Patient/{pats[1]}", "_include": "Observation:subject", "_count": "2"},
+        ).json()
+        modes = [(e["search"]["mode"], e["resource"]["resourceType"]) for e in inc["entry"]]
+        assert modes == [("match", "Observation"), ("match", "Observation"), ("include", "Patient")]
+
+    every = fc.resources("Observation").search(subject=f"Patient/{pats[0]}").limit(4).fetch_all()
+    assert len(every) == 9  # fhirpy follows the next links to the end
+    assert fc.resources("Observation").search(patient=pats[0]).count() == 9
+
+
+def test_transaction_is_atomic_and_resolves_urn_references(gw: Gateway) -> None:
+    mark = marker()
+    pat_urn, enc_urn = f"urn:uuid:{uuid.uuid4()}", f"urn:uuid:{uuid.uuid4()}"
+    tx = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"fullUrl": pat_urn, "resource": patient(mark), "request": {"method": "POST", "url": "Patient"}},
+            {
+                "fullUrl": enc_urn,
+                "resource": {
+                    "resourceType": "Encounter",
+                    "status": "finished",
+                    "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+                    "subject": {"reference": pat_urn},
+                },
+                "request": {"method": "POST", "url": "Encounter"},
+            },
+            {
+                "resource": {
+                    "resourceType": "Condition",
+                    "subject": {"reference": pat_urn},
+                    "encounter": {"reference": enc_urn},
+                    "code": {"coding": [{"system": "http://snomed.info/sct", "code": "38341003"}]},
+                },
+                "request": {"method": "POST", "url": "Condition"},
+            },
+        ],
+    }
+    fc = client(gw)
+    result = fc.execute("/", method="post", data=tx)
+    Bundle.model_validate(dict(result))
+    assert result["type"] == "transaction-response"
+    statuses = [e["response"]["status"] for e in result["entry"]]
+    assert statuses == ["201 Created"] * 3
+    pat_id = result["entry"][0]["response"]["location"].split("/")[1]
+    enc_id = result["entry"][1]["response"]["location"].split("/")[1]
+    cond = fc.reference(reference=result["entry"][2]["response"]["location"].split("/_history")[0]).to_resource()
+    assert cond["subject"]["reference"] == f"Patient/{pat_id}"
+    assert cond["encounter"]["reference"] == f"Encounter/{enc_id}"
+
+    broken = {
+        **tx,
+        "entry": [
+            *tx["entry"][:2],
+            {
+                "resource": {
+                    "resourceType": "Observation",
+                    "status": "final",
+                    "code": {"text": "x"},
+                    "subject": {"reference": f"Patient?identifier={SYSTEM}|nobody-{mark}"},
+                },
+                "request": {"method": "POST", "url": "Observation"},
+            },
+        ],
+    }
+    broken["entry"][0] = {**broken["entry"][0], "resource": patient(f"{mark}-second")}
+    with http(gw) as h:
+        refused = h.post("", json=broken)
+        assert refused.status_code == 404
+        assert outcome(refused).issue[0].expression == ["Bundle.entry[2].resource"]
+        # all or nothing: the patient of the failed transaction was not kept
+        found = h.get("/Patient", params={"identifier": f"{SYSTEM}|{mark}-second"}).json()
+        assert found["total"] == 0
+
+
+def test_batch_processes_entries_independently(gw: Gateway) -> None:
+    mark = marker()
+    batch = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [
+            {
+                "resource": patient(mark),
+                "request": {"method": "POST", "url": "Patient", "ifNoneExist": f"identifier={SYSTEM}|{mark}"},
+            },
+            {"request": {"method": "GET", "url": "Patient/does-not-exist"}},
+            {
+                "resource": patient(mark),
+                "request": {"method": "POST", "url": "Patient", "ifNoneExist": f"identifier={SYSTEM}|{mark}"},
+            },
+        ],
+    }
+    with http(gw) as h:
+        r = h.post("", json=batch)
+        assert r.status_code == 200
+        body = r.json()
+        assert body["type"] == "batch-response"
+        statuses = [e["response"]["status"] for e in body["entry"]]
+        assert statuses == ["201 Created", "404 Not Found", "200 OK"]
+        assert body["entry"][1]["response"]["outcome"]["resourceType"] == "OperationOutcome"
+        assert body["entry"][0]["response"]["location"] == body["entry"][2]["response"]["location"]
+
+
+def test_xml_in_and_out(gw: Gateway) -> None:
+    mark = marker()
+    xml = (
+        '<Patient xmlns="http://hl7.org/fhir"><identifier><system value="'
+        + SYSTEM
+        + '"/><value value="'
+        + mark
+        + '"/></identifier><name><family value="Ørsted"/></name><birthDate value="1901-02-03"/></Patient>'
+    ).encode()
+    with http(gw) as h:
+        made = h.post("/Patient", content=xml, headers={"Content-Type": FHIR_XML, "Accept": FHIR_XML})
+        assert made.status_code == 201 and made.headers["content-type"].startswith(FHIR_XML)
+        root = etree.fromstring(made.content)
+        ns = {"f": "http://hl7.org/fhir"}
+        rid = root.find("f:id", ns).get("value")
+        assert root.find("f:name/f:family", ns).get("value") == "Ørsted"
+        as_json = h.get(f"/Patient/{rid}")
+        assert as_json.json()["name"][0]["family"] == "Ørsted"
+        as_xml = h.get(f"/Patient/{rid}", params={"_format": "xml"})
+        assert as_xml.headers["content-type"].startswith(FHIR_XML)
+        assert etree.fromstring(as_xml.content).find("f:birthDate", ns).get("value") == "1901-02-03"
+        evil = (
+            b'<?xml version="1.0"?><!DOCTYPE p [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
+            b'<Patient xmlns="http://hl7.org/fhir"><name><family value="&x;"/></name></Patient>'
+        )
+        refused = h.post("/Patient", content=evil, headers={"Content-Type": FHIR_XML})
+        assert refused.status_code == 400 and b"root:" not in refused.content
+        bad_accept = h.get(f"/Patient/{rid}", headers={"Accept": "text/csv"})
+        assert bad_accept.status_code == 406
+        assert h.post("/Patient", content=b"x", headers={"Content-Type": "text/csv"}).status_code == 415
+
+
+def test_errors_are_operation_outcomes_with_the_right_status(gw: Gateway) -> None:
+    with http(gw) as h:
+        invalid = h.post(
+            "/Patient",
+            json={
+                "resourceType": "Patient",
+                "birthDate": "1999-99-99",
+                "gender": "male",
+                "name": [{"family": "Nobody"}],
+            },
+        )
+        assert invalid.status_code == 422
+        issue = outcome(invalid).issue[0]
+        assert issue.expression == ["Patient.birthDate"]
+        assert "1999-99-99" not in invalid.text
+        unknown_element = h.post("/Patient", json={"resourceType": "Patient", "favouriteColour": "red"})
+        assert unknown_element.status_code == 422
+        malformed = h.post(
+            "/Patient", content=b'{"resourceType": "Patient",', headers={"Content-Type": FHIR_JSON}
+        )
+        assert malformed.status_code == 400
+        assert h.get("/Patient/nope").status_code == 404
+        assert outcome(h.get("/NotAType/1")).issue[0].code in ("not-supported", "not-found")
+        assert h.get("/NotAType/1").status_code == 404
+        assert h.patch("/Patient/x", json={}).status_code == 405
+        assert h.get("/Patient", params={"favourite-colour": "red"}).status_code == 400
+        lenient = h.get(
+            "/Patient", params={"favourite-colour": "red"}, headers={"Prefer": "handling=lenient"}
+        )
+        assert lenient.status_code == 200
+        mismatch = h.post("/Observation", json=patient("x"))
+        assert mismatch.status_code == 400
+    assert httpx.get(f"{gw.http_url}/fhir/Patient").status_code == 401
+    with http(gw, FHIR_READ_KEY) as viewer:
+        denied = viewer.post("/Patient", json=patient(marker()))
+        assert denied.status_code == 403 and outcome(denied).issue[0].code == "forbidden"
+        assert viewer.get("/Patient", params={"_count": "1"}).status_code == 200
+
+
+def test_smart_scopes_per_resource_type(gw: Gateway) -> None:
+    with http(gw) as h:
+        pid = h.post("/Patient", json=patient(marker())).json()["id"]
+    with http(gw, PATIENT_ONLY_KEY) as app:
+        assert app.get(f"/Patient/{pid}").status_code == 200
+        assert app.get("/Observation", params={"_count": "1"}).status_code == 403
+        assert app.put(f"/Patient/{pid}", json={**patient("x"), "id": pid}).status_code == 403
+
+
+def test_writes_are_envelopes_routed_and_in_lineage_and_reads_are_audited(
+    gw: Gateway, sink: Receiver
+) -> None:
+    mark = marker()
+    before = len(sink.requests)
+    with http(gw) as h:
+        made = h.post("/Patient", json=patient(mark, "Lineage"))
+        pid = made.json()["id"]
+        h.get(f"/Patient/{pid}")
+        h.post(
+            "/Observation",
+            json={
+                "resourceType": "Observation",
+                "status": "final",
+                "code": {"text": "t"},
+                "subject": {"reference": f"Patient/{pid}"},
+            },
+        )
+    assert wait_until(lambda: len(sink.requests) > before)
+    assert any(mark.encode() in r.body for r in sink.requests[before:])  # the Patient, as received
+    audit = httpx.Client(base_url=gw.http_url, headers={"Authorization": f"Bearer {READ_KEY}"})
+    msgs = audit.get("/api/messages", params={"protocol": "fhir", "message_type": "Patient"}).json()["items"]
+    mine = next(m for m in msgs if m["headers"].get("resource_id") == pid)
+    assert mine["route"] == "patients-to-registry" and mine["status"] == "accepted"
+    lineage = audit.get(f"/api/messages/{mine['id']}/lineage").json()["events"]
+    kinds = [e["event"] for e in lineage]
+    assert "ResourceWritten" in kinds and "RouteMatched" in kinds
+
+    def read_events() -> list[dict[str, Any]]:
+        events = audit.get(f"/api/messages/{mine['id']}/lineage").json()["events"]
+        return [e for e in events if e["event"] == "ResourceRead"]
+
+    assert wait_until(lambda: bool(read_events()))
+    read = read_events()[0]
+    assert read["actor"] == "user:ehr" and read["details"]["resource"] == f"Patient/{pid}"
+    text = str(lineage) + str(read_events())
+    assert "Lineage" not in text and mark not in text and "1974-12-25" not in text
+    unrouted = [
+        m
+        for m in audit.get(
+            "/api/messages", params={"protocol": "fhir", "message_type": "Observation"}
+        ).json()["items"]
+    ]
+    assert unrouted and all(m["status"] == "accepted" for m in unrouted)  # kept without a route

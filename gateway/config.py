@@ -12,14 +12,14 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
-    StringConstraints,
     ValidationError,
     field_validator,
     model_validator,
@@ -56,8 +56,16 @@ ALL_SCOPES: tuple[str, ...] = (
     "metrics:read",
     "admin",
 )
-SMART_SCOPE = r"^system/([A-Z][A-Za-z]{1,63}|\*)\.(read|write|\*)$"
+SMART_SCOPE = re.compile(r"system/([A-Z][A-Za-z]{1,63}|\*)\.(read|write|\*)")
 """A FHIR scope for one resource type (or ``*``), SMART on FHIR's system scopes."""
+
+
+def _scope(value: str) -> str:
+    if value in get_args(Scope) or SMART_SCOPE.fullmatch(value):
+        return value
+    raise ValueError(
+        "not a scope; use one of " + ", ".join(get_args(Scope)) + ", or system/<Type>.read|write"
+    )
 MIB = 1024 * 1024
 
 
@@ -261,7 +269,7 @@ class APIKey(_Model):
     key: str = Field(
         min_length=16, description="The secret, or ${ENV_VAR}; only its hash is kept after start."
     )
-    scopes: list[Scope | Annotated[str, StringConstraints(pattern=SMART_SCOPE)]] = Field(
+    scopes: list[Annotated[str, AfterValidator(_scope)]] = Field(
         description="What the key may do: the scopes below, or a FHIR scope per resource type in the SMART "
         "style, system/Patient.read, system/Observation.write, system/*.read (* for any type or both)."
     )

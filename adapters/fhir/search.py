@@ -1054,7 +1054,7 @@ def _order(rtype: str, params: Mapping[str, SearchParam], raw: str) -> tuple[str
             args.extend((rtype, key))
         else:
             raise _invalid(
-                "_sort takes _lastUpdated, _id or a date search parameter of the type, each optionally with -."
+                "_sort takes _lastUpdated, _id or a date parameter of the type, each maybe with -."
             )
     if "r.id" not in terms and "r.id DESC" not in terms:
         terms.append("r.id")

@@ -354,7 +354,9 @@ def test_transaction_is_atomic_and_resolves_urn_references(gw: Gateway) -> None:
     assert statuses == ["201 Created"] * 3
     pat_id = result["entry"][0]["response"]["location"].split("/")[1]
     enc_id = result["entry"][1]["response"]["location"].split("/")[1]
-    cond = fc.reference(reference=result["entry"][2]["response"]["location"].split("/_history")[0]).to_resource()
+    cond = fc.reference(
+        reference=result["entry"][2]["response"]["location"].split("/_history")[0]
+    ).to_resource()
     assert cond["subject"]["reference"] == f"Patient/{pat_id}"
     assert cond["encounter"]["reference"] == f"Encounter/{enc_id}"
 
@@ -511,7 +513,11 @@ def test_writes_are_envelopes_routed_and_in_lineage_and_reads_are_audited(
         )
     assert wait_until(lambda: len(sink.requests) > before)
     assert any(mark.encode() in r.body for r in sink.requests[before:])  # the Patient, as received
-    audit = httpx.Client(base_url=gw.http_url, headers={"Authorization": f"Bearer {READ_KEY}"})
+    with httpx.Client(base_url=gw.http_url, headers={"Authorization": f"Bearer {READ_KEY}"}) as audit:
+        check_lineage(audit, pid, mark)
+
+
+def check_lineage(audit: httpx.Client, pid: str, mark: str) -> None:
     msgs = audit.get("/api/messages", params={"protocol": "fhir", "message_type": "Patient"}).json()["items"]
     mine = next(m for m in msgs if m["headers"].get("resource_id") == pid)
     assert mine["route"] == "patients-to-registry" and mine["status"] == "accepted"

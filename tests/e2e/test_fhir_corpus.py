@@ -119,4 +119,5 @@ def test_synthea_bundles_load_and_read_back_equal(tmp_path: Path, corpora_dir: P
         single = h.get(f"/{one[0]}/{one[1]}")
         assert _without_meta(single.json()) == _without_meta(expected[one])
     finally:
+        h.close()
         assert gw.stop() == 0

@@ -370,7 +370,7 @@ def test_order_by_and_match_keys_must_be_promoted_headers() -> None:
 
 
 def test_protocol_that_no_adapter_handles() -> None:
-    assert warnings(routes({"protocol": "fhir"})) == [
+    assert warnings(routes({"protocol": "dicom"})) == [
         "routes[0].match.protocol: matches no registered protocol; known protocols: "
         + ", ".join(sorted(BUILTIN_ADAPTERS))
     ]

@@ -66,6 +66,8 @@ def _scope(value: str) -> str:
     raise ValueError(
         "not a scope; use one of " + ", ".join(get_args(Scope)) + ", or system/<Type>.read|write"
     )
+
+
 MIB = 1024 * 1024
 
 

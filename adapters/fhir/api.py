@@ -716,8 +716,9 @@ def mount(app: FastAPI, api: FhirAPI) -> None:
         done.add(key)
         handler, is_async = handlers[key]
         if not inter.path:  # the base itself, also with a trailing slash
-            app.add_api_route(BASE + "/", guarded(handler, is_async), methods=[inter.method],
-                              include_in_schema=False)
+            app.add_api_route(
+                BASE + "/", guarded(handler, is_async), methods=[inter.method], include_in_schema=False
+            )
         app.add_api_route(
             BASE + inter.path,
             guarded(handler, is_async),

@@ -542,6 +542,8 @@ class FhirAPI:
             return total, found, _included(conn, s.includes, found)
 
         total, found, included = self.store.read(run)
+        # an included resource is read too: only the types this key may read come back
+        included = [v for v in included if allowed(who, v.type, "read")]
         base = _base_url(request)
         out: dict[str, Any] = {"resourceType": "Bundle", "id": new_id(), "type": "searchset"}
         if total is not None:

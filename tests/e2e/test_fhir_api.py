@@ -28,6 +28,7 @@ pytestmark = pytest.mark.e2e
 FHIR_KEY = "fhir-key-0123456789abcdef"
 FHIR_READ_KEY = "fhir-read-0123456789abcdef"
 PATIENT_ONLY_KEY = "patient-read-0123456789ab"
+OBSERVATION_ONLY_KEY = "obs-read-0123456789abcdef"
 SYSTEM = "urn:oid:1.2.36.146.595.217.0.1"
 FHIR_JSON = "application/fhir+json"
 FHIR_XML = "application/fhir+xml"
@@ -50,6 +51,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory, sink: Receiver) -> Iterator[Gat
                     {"name": "ehr", "key": FHIR_KEY, "scopes": ["fhir:read", "fhir:write"]},
                     {"name": "viewer", "key": FHIR_READ_KEY, "scopes": ["fhir:read"]},
                     {"name": "patient-app", "key": PATIENT_ONLY_KEY, "scopes": ["system/Patient.read"]},
+                    {"name": "lab-app", "key": OBSERVATION_ONLY_KEY, "scopes": ["system/Observation.read"]},
                     {"name": "auditor", "key": READ_KEY, "scopes": ["messages:read", "lineage:read"]},
                     {"name": "operator", "key": ADMIN_KEY, "scopes": ["admin"]},
                 ]
@@ -487,6 +489,18 @@ def test_errors_are_operation_outcomes_with_the_right_status(gw: Gateway) -> Non
 def test_smart_scopes_per_resource_type(gw: Gateway) -> None:
     with http(gw) as h:
         pid = h.post("/Patient", json=patient(marker())).json()["id"]
+        h.post(
+            "/Observation",
+            json={
+                "resourceType": "Observation",
+                "status": "final",
+                "code": {"text": "t"},
+                "subject": {"reference": f"Patient/{pid}"},
+            },
+        )
+    with http(gw, OBSERVATION_ONLY_KEY) as lab:
+        found = lab.get("/Observation", params={"subject": pid, "_include": "Observation:subject"}).json()
+        assert [e["resource"]["resourceType"] for e in found["entry"]] == ["Observation"]  # no Patient
     with http(gw, PATIENT_ONLY_KEY) as app:
         assert app.get(f"/Patient/{pid}").status_code == 200
         assert app.get("/Observation", params={"_count": "1"}).status_code == 403

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from adapters.fhir.adapter import FhirAdapter
+from adapters.fhir.sink import FHIRSink
+from adapters.fhir.store_sink import FhirStoreSink
 from adapters.finance.iso8583 import ISO8583Adapter
 from adapters.finance.iso8583_relay import ISO8583Relay
 from adapters.finance.iso20022 import ISO20022Adapter
@@ -22,6 +24,7 @@ from adapters.retail.square import SquareAdapter
 from adapters.retail.square_orders import SquareOrdersSink
 from gateway.adapter import Adapter
 from gateway.sink import Sink
+from gateway.transforms import Transform
 
 BUILTIN_ADAPTERS: dict[str, Callable[..., Adapter]] = {
     "hl7v2": HL7Adapter,
@@ -37,5 +40,10 @@ BUILTIN_ADAPTERS: dict[str, Callable[..., Adapter]] = {
 BUILTIN_SINKS: dict[str, Callable[..., Sink]] = {
     "square_orders": SquareOrdersSink,
     "iso8583": ISO8583Relay,
+    "fhir": FHIRSink,
+    "fhir_store": FhirStoreSink,
 }
 """Sinks that belong to an adapter's platform (by configuration ``type``), beside the core's own."""
+
+BUILTIN_TRANSFORMS: dict[str, Transform] = {}
+"""Route transforms that need an adapter (HL7 v2 → FHIR), beside the core's own."""

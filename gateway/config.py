@@ -411,13 +411,44 @@ class SquareOrdersSinkConfig(_SinkBase):
         return value.rstrip("/")
 
 
+class FHIRSinkConfig(_SinkBase):
+    type: Literal["fhir"]
+    base_url: str = Field(
+        description="http(s) base of the downstream FHIR R4 server (https://fhir.example.org/fhir); "
+        "writes go to {base_url}/{type}/{id}, Bundles to the base itself."
+    )
+    timeout_s: float = Field(default=10.0, gt=0, description="Time allowed for each request.")
+    headers: dict[str, str] = Field(default_factory=dict, description="Extra request headers.")
+    bearer_token_env: str | None = Field(
+        default=None, description="Name of the environment variable holding a bearer token."
+    )
+    verify_tls: bool = Field(default=True, description="Check the server certificate.")
+    ca_file: Path | None = Field(default=None, description="PEM bundle to trust instead of the system's.")
+
+    @field_validator("base_url")
+    @classmethod
+    def _base(cls, value: str) -> str:
+        if not re.fullmatch(r"https?://[^\s/:?#@]+(:\d{1,5})?(/[^\s?#]*)?", value):
+            raise ValueError("expected an http:// or https:// URL without a query")
+        return value.rstrip("/")
+
+
+class FhirStoreSinkConfig(_SinkBase):
+    type: Literal["fhir_store"] = Field(
+        description="The gateway's own FHIR store (served at /fhir): a route with transform hl7v2_to_fhir "
+        "writes its transaction Bundles here."
+    )
+
+
 SinkConfig = Annotated[
     HTTPSinkConfig
     | MLLPSinkConfig
     | FileSinkConfig
     | MemorySinkConfig
     | SquareOrdersSinkConfig
-    | ISO8583SinkConfig,
+    | ISO8583SinkConfig
+    | FHIRSinkConfig
+    | FhirStoreSinkConfig,
     Field(discriminator="type"),
 ]
 MatchValue = str | int | float | dict[str, float | int | str] | list[str]
@@ -565,6 +596,14 @@ class OpenLineageConfig(_Model):
         return self
 
 
+class ConvertConfig(_Model):
+    tables_dir: Path | None = Field(
+        default=None,
+        description="A folder of HL7 → FHIR mapping tables (JSON, named like ours: 0001.json ...) that "
+        "replace the built-in ones of the same name, for the hl7v2_to_fhir transform and the convert API.",
+    )
+
+
 class Settings(_Model):
     data_dir: Path = Field(
         default=Path("gateway-data"), description="Where the embedded store keeps its files."
@@ -576,6 +615,7 @@ class Settings(_Model):
     shopify: ShopifyConfig = Field(default_factory=ShopifyConfig)
     square: SquareConfig = Field(default_factory=SquareConfig)
     poslog: POSLogConfig = Field(default_factory=POSLogConfig)
+    convert: ConvertConfig = Field(default_factory=ConvertConfig)
     inventory: InventoryConfig | None = Field(
         default=None, description="The inventory ledger and level sync; off when absent."
     )

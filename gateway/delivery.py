@@ -38,7 +38,7 @@ from gateway.config import CircuitPolicy, RateLimit, RetryPolicy
 from gateway.envelope import Envelope, utcnow
 from gateway.sink import Delivery, DeliveryRejected, DeliveryRetryable, Sink
 from gateway.store import AttemptResult, DueDelivery, Store
-from gateway.transforms import TRANSFORMS, TransformError
+from gateway.transforms import TransformError, transforms
 
 log = logging.getLogger("gateway.delivery")
 
@@ -345,7 +345,7 @@ class SinkWorker:
             envelope = envelope_of(d)
             try:
                 if d.transform:
-                    transformed = TRANSFORMS[d.transform](envelope)
+                    transformed = transforms()[d.transform](envelope)
                     body, content_type = transformed.body, transformed.content_type
                 else:
                     body, content_type = d.raw, CONTENT_TYPES.get(d.protocol, "application/octet-stream")

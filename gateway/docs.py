@@ -25,6 +25,8 @@ from urllib.parse import urlsplit
 
 from adapters import BUILTIN_ADAPTERS
 from gateway.config import (
+    FHIRSinkConfig,
+    FhirStoreSinkConfig,
     FileSinkConfig,
     HTTPSinkConfig,
     ISO8583SinkConfig,
@@ -45,6 +47,8 @@ AnySink = (
     | MemorySinkConfig
     | SquareOrdersSinkConfig
     | ISO8583SinkConfig
+    | FHIRSinkConfig
+    | FhirStoreSinkConfig
 )
 
 LISTENERS: dict[str, tuple[str, ...]] = {"hl7v2": ("mllp", "http")}
@@ -84,6 +88,11 @@ def endpoint_text(sink: AnySink) -> str:
         return f"{sink.api_base}/v2/orders"
     if isinstance(sink, ISO8583SinkConfig):
         return f"iso8583://{sink.endpoint}"
+    if isinstance(sink, FHIRSinkConfig):
+        scheme, netloc, path, _ = _url_parts(sink.base_url)
+        return f"{scheme}://{netloc}{path}"
+    if isinstance(sink, FhirStoreSinkConfig):
+        return "(the gateway's FHIR store, /fhir)"
     return "(in memory)"
 
 
@@ -91,6 +100,8 @@ def endpoint_host(sink: AnySink) -> str:
     """The host (and port) a sink sends to, for the diagrams."""
     if isinstance(sink, HTTPSinkConfig | MLLPSinkConfig):
         return _url_parts(sink.endpoint)[1]
+    if isinstance(sink, FHIRSinkConfig):
+        return _url_parts(sink.base_url)[1]
     return endpoint_text(sink)
 
 
@@ -103,8 +114,12 @@ def _num(value: float) -> str:
 
 
 def _options(sink: AnySink) -> list[str]:
-    if isinstance(sink, HTTPSinkConfig):
-        options = [f"timeout_s {_num(sink.timeout_s)}", f"body {sink.body}"]
+    if isinstance(sink, HTTPSinkConfig | FHIRSinkConfig):
+        options = [f"timeout_s {_num(sink.timeout_s)}"]
+        if isinstance(sink, HTTPSinkConfig):
+            options.append(f"body {sink.body}")
+        else:
+            options.append("PUT with If-Match")
         options.extend(f"header {_header_text(k, v)}" for k, v in sink.headers.items())
         if sink.bearer_token_env:
             options.append(f"bearer token from ${sink.bearer_token_env}")

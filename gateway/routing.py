@@ -44,7 +44,7 @@ from typing import TypeAlias
 from gateway.config import MatchValue, RouteConfig, Settings
 from gateway.envelope import Envelope
 from gateway.errors import ConfigError
-from gateway.transforms import TRANSFORMS
+from gateway.transforms import transforms
 
 RULE_SETS: dict[str, str] = {"sepa": "iso20022"}
 """Rule sets a route may demand (``rules: [sepa]``), by name, with the protocol whose adapter checks them."""
@@ -310,11 +310,11 @@ def routing_problems(settings: Settings) -> list[Problem]:
             elif sink in listed:
                 problems.append(Problem(f"{where}.to[{j}]", f"{sink!r} is listed twice"))
             listed.add(sink)
-        if route.transform is not None and route.transform not in TRANSFORMS:
+        if route.transform is not None and route.transform not in transforms():
             problems.append(
                 Problem(
                     f"{where}.transform",
-                    f"{route.transform!r} is not a transform; known transforms: {_known(list(TRANSFORMS))}",
+                    f"{route.transform!r} is not a transform; known transforms: {_known(list(transforms()))}",
                 )
             )
         for j, name in enumerate(route.rules):

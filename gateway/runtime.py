@@ -28,7 +28,7 @@ from gateway.openlineage import OpenLineageEmitter
 from gateway.pipeline import Intake
 from gateway.routecheck import lint
 from gateway.routing import RoutingTable
-from gateway.sink import OnlineSink, Sink
+from gateway.sink import OnlineSink, Sink, StoreClient
 from gateway.sinks import build_sink
 from gateway.stock import LedgerClient
 from gateway.store import Store
@@ -113,6 +113,8 @@ class Runtime:
             for sink in sinks.values():
                 if isinstance(sink, LedgerClient):
                     sink.apply = self.intake.apply_stock if inventory is not None else None
+                if isinstance(sink, StoreClient):
+                    sink.store = self.intake.store
             if inventory is not None:
                 await inventory.start({name: worker.bucket for name, worker in engine.workers.items()})
             if old_engine is not None:

@@ -14,9 +14,12 @@ Error messages name the sink, the status or ACK code and the reason, never paylo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from gateway.envelope import Envelope
+
+if TYPE_CHECKING:
+    from gateway.store import Store
 
 
 class DeliveryError(Exception):
@@ -100,3 +103,10 @@ class OnlineSink(Protocol):
     name: str
 
     async def relay(self, raw: bytes) -> Relayed: ...
+
+
+@runtime_checkable
+class StoreClient(Protocol):
+    """A sink that writes into the gateway's own store (the FHIR store): the runtime hands it the store."""
+
+    store: Store | None

@@ -13,19 +13,22 @@ Built in:
   extensions such as ``ZPI``), for receivers that reject them; every other
   byte, segment terminators included, is kept as received.
 
-The HL7 v2 → FHIR R4 transform (``hl7v2_to_fhir``) arrives with its own issue.
+Adapters add their own (``adapters.BUILTIN_TRANSFORMS``): ``hl7v2_to_fhir`` turns an
+HL7 v2 message into a FHIR R4 transaction Bundle (``adapters/hl7/to_fhir``).
 """
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TypeAlias
 
 from gateway.envelope import Envelope
 
-__all__ = ["HL7V2_CONTENT_TYPE", "TRANSFORMS", "Transform", "TransformError", "Transformed"]
+__all__ = ["HL7V2_CONTENT_TYPE", "TRANSFORMS", "Transform", "TransformError", "Transformed", "transforms"]
 
 HL7V2_CONTENT_TYPE = "x-application/hl7-v2+er7"
 """The content type the HL7 v2 adapter gives ER7 bytes (the core knows adapters only by registry key)."""
@@ -86,4 +89,12 @@ def hl7v2_without_z_segments(envelope: Envelope) -> Transformed:
 TRANSFORMS: dict[str, Transform] = {
     "hl7v2_without_z_segments": hl7v2_without_z_segments,
 }
-"""Every transform a route may name, by name."""
+"""The core's own transforms, by name."""
+
+
+@functools.cache
+def transforms() -> Mapping[str, Transform]:
+    """Every transform a route may name: the core's own and the adapters' (``BUILTIN_TRANSFORMS``)."""
+    from adapters import BUILTIN_TRANSFORMS  # the core knows adapters by registry only
+
+    return MappingProxyType({**TRANSFORMS, **BUILTIN_TRANSFORMS})

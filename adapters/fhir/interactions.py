@@ -51,12 +51,12 @@ class Written:
     def etag(self) -> str:
         return f'W/"{self.version}"'
 
-    def event(self, message_id: str) -> EventDraft:
+    def event(self, message_id: str, actor: str = ACTOR) -> EventDraft:
         """The lineage event of this write: which resource version, never a value of it."""
         return EventDraft(
             "ResourceWritten",
             message_id,
-            ACTOR,
+            actor,
             outcome=self.action,
             details={"resource": f"{self.type}/{self.id}", "version": self.version},
         )
@@ -137,6 +137,17 @@ def create(
     return Written(rtype, rid, 1, at, 201, "created", stored)
 
 
+def _content(resource: Mapping[str, Any]) -> dict[str, Any]:
+    """What a version says, apart from what the server keeps (id, versionId, lastUpdated)."""
+    meta = {
+        k: v for k, v in dict(resource.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")
+    }
+    out = {k: v for k, v in resource.items() if k not in ("id", "meta")}
+    if meta:
+        out["meta"] = meta
+    return out
+
+
 def update(
     conn: sqlite3.Connection,
     resource: Mapping[str, Any],
@@ -155,6 +166,9 @@ def update(
             "conflict",
             "The If-Match version is not the resource's current version; read it again and retry.",
         )
+    if live and cur is not None and _content(body_of(cur)) == _content(resource):
+        # the same content again (a redelivery, a replayed conversion): no new version, as HAPI does
+        return Written(rtype, rid, cur.version, cur.last_updated, 200, "unchanged", body_of(cur))
     version = cur.version + 1 if cur is not None else 1
     stored, at = _put(conn, resource, rid, version, "PUT", message_id)
     return Written(rtype, rid, version, at, 200 if live else 201, "updated" if live else "created", stored)
@@ -199,6 +213,6 @@ def delete(conn: sqlite3.Connection, rtype: str, rid: str, message_id: str) -> W
     return Written(rtype, rid, cur.version + 1, at, 200, "deleted")
 
 
-def events(written: Sequence[Written], message_id: str) -> list[EventDraft]:
-    """One lineage event per resource version the envelope wrote."""
-    return [w.event(message_id) for w in written if w.action not in ("matched", "unchanged")]
+def events(written: Sequence[Written], message_id: str, actor: str = ACTOR) -> list[EventDraft]:
+    """One lineage event per resource version the envelope wrote (``actor``: the API, or a sink)."""
+    return [w.event(message_id, actor) for w in written if w.action not in ("matched", "unchanged")]

@@ -322,6 +322,10 @@ class Store(Protocol):
         """Append lineage events after the fact (for example ``ReplySent``)."""
         ...
 
+    async def record_effect(self, effect: Effect) -> Any:
+        """Run ``effect`` (a FHIR Bundle a sink applies to the store) in a committed transaction."""
+        ...
+
     def note_events(self, drafts: Sequence[EventDraft]) -> None:
         """Append lineage events with a coming transaction; nothing waits for them."""
         ...

@@ -55,6 +55,7 @@ from gateway.store import (
     BatchRecord,
     DeliveryRow,
     DueDelivery,
+    Effect,
     EventQuery,
     IntakeDecision,
     IntakeRecord,
@@ -304,6 +305,18 @@ class SQLiteStore:
         self, records: Sequence[IntakeRecord], batch: BatchRecord | None = None
     ) -> list[IntakeDecision]:
         return await self.submit(lambda txn: self._intake(txn, records, batch))
+
+    async def record_effect(self, effect: Effect) -> Any:
+        """Run ``effect`` in a committed transaction with the lineage events it gives; answer its value.
+
+        When it raises, nothing of it is kept and the caller gets the exception."""
+
+        def fn(txn: _Txn) -> Any:
+            value, drafts = effect(txn.conn)
+            txn.append(drafts, utcnow().isoformat())
+            return value
+
+        return await self.submit(fn)
 
     async def record_events(self, drafts: Sequence[EventDraft]) -> None:
         def fn(txn: _Txn) -> None:

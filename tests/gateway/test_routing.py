@@ -13,7 +13,7 @@ from gateway.config import Settings
 from gateway.envelope import Envelope, Receipt
 from gateway.errors import ConfigError
 from gateway.routing import UNMATCHED_ROUTE, RouteDecision, RoutingTable, routing_problems
-from gateway.transforms import TRANSFORMS, TransformError, hl7v2_without_z_segments
+from gateway.transforms import TRANSFORMS, TransformError, hl7v2_without_z_segments, transforms
 from tests.conftest import FIXTURES
 
 SINKS = {
@@ -415,7 +415,7 @@ def test_transform_refuses_other_protocols() -> None:
 
 
 def test_transform_names_are_snake_case() -> None:
-    assert all(name.isidentifier() and name.islower() for name in TRANSFORMS)
+    assert all(name.isidentifier() and name.islower() for name in transforms())
 
 
 def test_the_gateways_own_replies_take_only_a_route_that_names_direction() -> None:

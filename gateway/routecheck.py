@@ -320,6 +320,15 @@ def lint(settings: Settings) -> list[Finding]:
                 )
             )
             continue
+        if "fhir" in protocols and route.storage != "full":
+            warnings.append(
+                Finding(
+                    "warning",
+                    f"routes[{i}].storage",
+                    f"storage {route.storage} keeps a FHIR write's message body as it says, but the FHIR "
+                    "store keeps the resource it writes in clear, to serve it at /fhir",
+                )
+            )
         key_sets = [registry[p] for p in protocols]
         if any(keys is None for keys in key_sets):
             continue

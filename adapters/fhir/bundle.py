@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from typing import Any
 
@@ -23,9 +23,14 @@ from adapters.fhir import interactions
 from adapters.fhir.interactions import Written
 from adapters.fhir.outcome import FhirError, operation_outcome
 from adapters.fhir.resources import RESOURCE_TYPES
+from gateway.adapter import Issue
 from gateway.store import resources
+from gateway.store.resources import Version
 
 ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 3}
+MAX_ENTRIES = 5000
+"""Entries one Bundle may hold: a Bundle is one store transaction, which every other writer waits for."""
+_ABSOLUTE = re.compile(r"https?://\S+/([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})")
 _ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 _ETAG = re.compile(r'(?:W/)?"?([0-9]{1,18})"?')
 
@@ -44,7 +49,7 @@ class Entry:
     if_none_exist: str | None = None
     if_match: int | None = None
     written: Written | None = None
-    read: Mapping[str, Any] | None = None
+    read: Version | None = None
 
 
 @dataclass(slots=True)
@@ -53,6 +58,13 @@ class Processed:
 
     entries: list[dict[str, Any]] = field(default_factory=list)
     written: list[Written] = field(default_factory=list)
+    read: list[Version] = field(default_factory=list)
+    """The versions GET entries read (recorded as reads, like any other)."""
+
+    @property
+    def changed(self) -> bool:
+        """Whether any entry wrote something (else the Bundle has nothing to route)."""
+        return any(w.action not in ("matched", "unchanged") for w in self.written)
 
 
 def if_match_version(value: str | None) -> int | None:
@@ -138,16 +150,16 @@ def _entry(index: int, raw: Any) -> Entry:
     return entry
 
 
-def _references(value: Any) -> Iterator[dict[str, Any]]:
+def references(value: Any) -> Iterator[dict[str, Any]]:
     """Every object with a string ``reference`` inside ``value``."""
     if isinstance(value, dict):
         if isinstance(value.get("reference"), str):
             yield value
         for child in value.values():
-            yield from _references(child)
+            yield from references(child)
     elif isinstance(value, list):
         for child in value:
-            yield from _references(child)
+            yield from references(child)
 
 
 class _Resolver:
@@ -159,7 +171,7 @@ class _Resolver:
         self.found: dict[str, str] = {}
 
     def rewrite(self, resource: dict[str, Any], where: str) -> None:
-        for ref in _references(resource):
+        for ref in references(resource):
             target = ref["reference"]
             if target in self.assigned:
                 ref["reference"] = self.assigned[target]
@@ -235,7 +247,7 @@ def _perform(conn: sqlite3.Connection, entry: Entry, message_id: str) -> None:
             raise FhirError(404, "not-found", f"No {entry.type} has this id.")
         if cur.deleted:
             raise FhirError(410, "deleted", f"The {entry.type} was deleted.")
-        entry.read = interactions.body_of(cur)
+        entry.read = cur
 
 
 def _status(code: int) -> str:
@@ -244,14 +256,10 @@ def _status(code: int) -> str:
 
 def _response(entry: Entry, representation: bool) -> dict[str, Any]:
     if entry.read is not None:
-        meta = entry.read.get("meta") or {}
+        v = entry.read
         return {
-            "resource": entry.read,
-            "response": {
-                "status": "200 OK",
-                "etag": f'W/"{meta.get("versionId", "")}"',
-                "lastModified": meta.get("lastUpdated", ""),
-            },
+            "resource": interactions.body_of(v),
+            "response": {"status": "200 OK", "etag": f'W/"{v.version}"', "lastModified": v.last_updated},
         }
     w = entry.written
     assert w is not None
@@ -274,6 +282,10 @@ def _entries(bundle: Mapping[str, Any]) -> list[Any]:
     raw = bundle.get("entry") or []
     if not isinstance(raw, list):
         raise FhirError(400, "structure", "Bundle.entry is not a list.", "Bundle.entry")
+    if len(raw) > MAX_ENTRIES:
+        raise FhirError(
+            413, "too-costly", f"A Bundle may hold at most {MAX_ENTRIES} entries.", "Bundle.entry"
+        )
     return raw
 
 
@@ -295,7 +307,7 @@ def transaction(
                     f"Bundle.entry[{entry.index}]",
                 )
             seen.add(key)
-    assigned = {e.full_url: f"{e.type}/{e.id}" for e in entries if e.full_url and e.id}
+    assigned = _assigned(entries)
     resolver = _Resolver(conn, assigned)
     for entry in entries:
         if entry.resource is not None:
@@ -305,25 +317,57 @@ def transaction(
         try:
             _perform(conn, entry, message_id)
         except FhirError as exc:
-            for issue in exc.issues:  # say which entry failed
-                if not issue.location:
-                    exc.issues[exc.issues.index(issue)] = type(issue)(
-                        issue.severity, issue.code, f"Bundle.entry[{entry.index}]", issue.diagnostics
-                    )
+            exc.issues = [  # say which entry failed
+                i if i.location else replace(i, location=f"Bundle.entry[{entry.index}]") for i in exc.issues
+            ]
             raise
     for entry in entries:
-        out.entries.append(_response(entry, representation))
-        if entry.written is not None:
-            out.written.append(entry.written)
+        _done(out, entry, representation)
+    return out
+
+
+def _done(out: Processed, entry: Entry, representation: bool) -> None:
+    out.entries.append(_response(entry, representation))
+    if entry.written is not None:
+        out.written.append(entry.written)
+    if entry.read is not None:
+        out.read.append(entry.read)
+
+
+def _assigned(entries: Sequence[Entry]) -> dict[str, str]:
+    """Each entry's ``fullUrl`` → the ``Type/id`` it was given; an absolute ``fullUrl`` such as
+    ``http://example.org/fhir/Patient/p1`` also answers for the relative ``Patient/p1`` that other
+    entries may use (the specification resolves those against the entry's base)."""
+    out: dict[str, str] = {}
+    for e in entries:
+        if not e.full_url or not e.id:
+            continue
+        out[e.full_url] = f"{e.type}/{e.id}"
+        m = _ABSOLUTE.fullmatch(e.full_url)
+        if m is not None and m.group(1) in RESOURCE_TYPES:
+            out.setdefault(f"{m.group(1)}/{m.group(2)}", f"{e.type}/{e.id}")
     return out
 
 
 def batch(
-    conn: sqlite3.Connection, bundle: Mapping[str, Any], message_id: str, *, representation: bool = False
+    conn: sqlite3.Connection,
+    bundle: Mapping[str, Any],
+    message_id: str,
+    *,
+    representation: bool = False,
+    invalid: Mapping[int, Sequence[Issue]] | None = None,
 ) -> Processed:
-    """Process a batch Bundle: each entry on its own savepoint; failures become error entries."""
+    """Process a batch Bundle: each entry on its own savepoint; failures become error entries.
+
+    ``invalid``: entries whose resource did not validate, by index: answered 422 without processing.
+    """
     out = Processed()
+    refused = invalid or {}
     for i, raw in enumerate(_entries(bundle)):
+        if i in refused:
+            issues = refused[i]
+            out.entries.append(_error_response(FhirError(422, issues[0].code, "", issues=issues)))
+            continue
         conn.execute("SAVEPOINT batch_entry")
         try:
             entry = _entry(i, raw)
@@ -331,15 +375,15 @@ def batch(
             if entry.resource is not None:
                 _Resolver(conn, {}).rewrite(entry.resource, f"Bundle.entry[{i}].resource")
             _perform(conn, entry, message_id)
-        except FhirError as exc:
+        except (FhirError, sqlite3.Error) as exc:
             conn.execute("ROLLBACK TO batch_entry")
             conn.execute("RELEASE batch_entry")
+            if isinstance(exc, sqlite3.Error):  # this entry cannot be done; the others still are
+                exc = FhirError(500, "exception", "The entry could not be processed.", f"Bundle.entry[{i}]")
             out.entries.append(_error_response(exc))
             continue
         conn.execute("RELEASE batch_entry")
-        out.entries.append(_response(entry, representation))
-        if entry.written is not None:
-            out.written.append(entry.written)
+        _done(out, entry, representation)
     return out
 
 

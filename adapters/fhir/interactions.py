@@ -17,10 +17,9 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
-import orjson
-
 from adapters.fhir import search
 from adapters.fhir.outcome import FhirError
+from adapters.fhir.resources import load_json, write_json
 from gateway.envelope import new_id
 from gateway.lineage import EventDraft
 from gateway.store import resources
@@ -73,7 +72,8 @@ def new_resource_id() -> str:
 
 
 def body_of(v: Version) -> dict[str, Any]:
-    body: dict[str, Any] = orjson.loads(v.body)
+    """A stored version's resource (decimals exact, as they were written)."""
+    body: dict[str, Any] = load_json(v.body)
     return body
 
 
@@ -98,7 +98,7 @@ def _put(
     stored.update((k, v) for k, v in resource.items() if k not in ("resourceType", "id", "meta"))
     resources.put(
         conn,
-        Version(rtype, rid, version, at, False, message_id, orjson.dumps(stored), method),
+        Version(rtype, rid, version, at, False, message_id, write_json(stored), method),
         search.index_rows(rtype, stored),
     )
     return stored, at
@@ -201,11 +201,16 @@ def conditional_update(
     return create(conn, resource, message_id)
 
 
-def delete(conn: sqlite3.Connection, rtype: str, rid: str, message_id: str) -> Written:
-    """Delete softly: a tombstone version; later reads are 410. Deleting what is gone changes nothing."""
+def delete(
+    conn: sqlite3.Connection, rtype: str, rid: str, message_id: str, *, if_match: int | None = None
+) -> Written:
+    """Delete softly: a tombstone version; later reads are 410. Deleting what is gone changes nothing.
+    ``If-Match`` must name the current version."""
     cur = resources.current(conn, rtype, rid)
     if cur is None:
         raise FhirError(404, "not-found", f"No {rtype} has this id.")
+    if if_match is not None and (cur.deleted or cur.version != if_match):
+        raise FhirError(412, "conflict", "The If-Match version is not the resource's current version.")
     if cur.deleted:
         return Written(rtype, rid, cur.version, cur.last_updated, 204, "unchanged")
     at = instant()

@@ -18,8 +18,9 @@ same dict, and written back from it through the model.
   own: pydantic's messages and inputs (patient data) are never copied.
 - :func:`write_json`, :func:`write_xml` and :func:`serialize` write a resource.
 
-Decimals are read as JSON numbers (binary floats): ``1.50`` comes back as
-``1.5``, in JSON and in XML alike.
+Decimals keep the digits they were written with (FHIR's decimal is exact: ``1.50``
+is not ``1.5``): JSON is read into :class:`~decimal.Decimal` values (:func:`load_json`),
+written back as the same digits, and carried to and from XML as written.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import functools
 import json
 import re
 from collections.abc import Iterator, Mapping
+from decimal import Decimal
 from importlib import resources as package_files
 from typing import Any, Final, Literal
 
@@ -136,19 +138,31 @@ def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _constant(name: str) -> Any:
+    raise ValueError("NaN and Infinity are not JSON numbers")
+
+
+def load_json(raw: bytes) -> Any:
+    """JSON as FHIR needs it read: decimals as :class:`~decimal.Decimal` with the digits they were written
+    with (``1.50`` stays ``1.50``), no NaN or Infinity, and an object that names a member twice refused
+    (parsers disagree on which value wins). Raises ``ValueError`` (``_Duplicate`` for a repeated name)."""
+    return json.loads(
+        raw.decode("utf-8-sig" if raw[:3] == b"\xef\xbb\xbf" else "utf-8"),
+        object_pairs_hook=_unique,
+        parse_float=Decimal,
+        parse_constant=_constant,
+    )
+
+
 def _read_json(raw: bytes) -> dict[str, Any]:
     try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise FhirError(400, "invalid", "The body is not well-formed JSON in UTF-8.") from None
-    if not isinstance(value, dict):
-        raise FhirError(400, "structure", "The body must be one JSON object, a FHIR resource.")
-    try:  # orjson keeps the last of two equal names silently: a second, checking pass finds them
-        json.loads(raw, object_pairs_hook=_unique)
+        value = load_json(raw)
     except _Duplicate:
         raise FhirError(400, "structure", "An object in the body names the same member twice.") from None
     except (ValueError, RecursionError):
         raise FhirError(400, "invalid", "The body is not well-formed JSON in UTF-8.") from None
+    if not isinstance(value, dict):
+        raise FhirError(400, "structure", "The body must be one JSON object, a FHIR resource.")
     resource_type = value.get("resourceType")
     if not isinstance(resource_type, str):
         raise FhirError(
@@ -248,6 +262,19 @@ def _align(data: Mapping[str, Any], elem: etree._Element, *, to_xml: bool) -> No
                         _align(item, inner, to_xml=to_xml)
                 else:
                     _align(item, child, to_xml=to_xml)
+            elif (
+                isinstance(item, float | Decimal)
+                and not key.startswith("_")
+                and child.get("value") is not None
+            ):  # a decimal keeps the digits it was written with (1.50 is not 1.5 in FHIR)
+                if to_xml:
+                    child.set("value", str(item))
+                else:
+                    number = Decimal(child.get("value", ""))
+                    if isinstance(value, list):
+                        value[n] = number
+                    else:
+                        data[key] = number  # type: ignore[index]
             elif isinstance(item, str) and not key.startswith("_") and child.get("value") is not None:
                 if to_xml:
                     child.set("value", item)
@@ -466,9 +493,15 @@ def validate(resource: Mapping[str, Any]) -> list[Issue]:
 # -- writing -------------------------------------------------------------------------------------
 
 
+def _exact(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return orjson.Fragment(str(value).encode())
+    raise TypeError
+
+
 def write_json(resource: Mapping[str, Any]) -> bytes:
-    """The resource as compact UTF-8 JSON."""
-    return orjson.dumps(resource if isinstance(resource, dict) else dict(resource))
+    """The resource as compact UTF-8 JSON; decimals with the digits they were read with."""
+    return orjson.dumps(resource if isinstance(resource, dict) else dict(resource), default=_exact)
 
 
 def write_xml(resource: Mapping[str, Any]) -> bytes:

@@ -913,8 +913,17 @@ class _Query:
     offset: int = 0
 
 
+MAX_ALTERNATIVES: Final = 100
+"""Values one parameter may list (``_id=a,b,c``): more would outgrow SQLite's limits on one query."""
+MAX_CRITERIA: Final = 30
+"""Search parameters one query may give."""
+
+
 def _alternatives(raw: str) -> list[str]:
-    return [a for a in _split(raw, ",") if a]
+    found = [a for a in _split(raw, ",") if a]
+    if len(found) > MAX_ALTERNATIVES:
+        raise FhirError(400, "too-costly", f"A search parameter may list at most {MAX_ALTERNATIVES} values.")
+    return found
 
 
 def _add_criterion(q: _Query, p: SearchParam, modifier: str) -> Callable[[str], None]:
@@ -1081,6 +1090,8 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, stric
     """The query of ``GET /fhir/{resource_type}?...`` as a :class:`Search`; :class:`FhirError` 400 when
     it cannot be answered (unknown parameters only with ``strict``; otherwise they are ignored)."""
     q = _Query(resource_type, params_of(resource_type), [], [], [], {}, [])
+    if len(params) > MAX_CRITERIA:
+        raise FhirError(400, "too-costly", f"A search may give at most {MAX_CRITERIA} parameters.")
     for raw_name, raw_value in params:
         name, _, modifier = raw_name.partition(":")
         if name in _IGNORED:

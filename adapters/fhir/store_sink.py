@@ -18,15 +18,12 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-import orjson
-
 from adapters.fhir import bundle, interactions, resources
 from adapters.fhir.outcome import FhirError
 from gateway.config import FhirStoreSinkConfig
 from gateway.errors import StoreUnavailable
-from gateway.lineage import EventDraft
 from gateway.sink import Delivery, DeliveryRejected, DeliveryRetryable
-from gateway.store import Store
+from gateway.store import Applied, Store
 
 
 class FhirStoreSink:
@@ -49,8 +46,8 @@ class FhirStoreSink:
 
     def _bundle(self, delivery: Delivery) -> dict[str, Any]:
         try:
-            found = orjson.loads(delivery.body)
-        except orjson.JSONDecodeError:
+            found = resources.load_json(delivery.body)
+        except (ValueError, RecursionError):
             raise DeliveryRejected("not_fhir", f"sink {self.name}: the body is not FHIR JSON") from None
         if (
             not isinstance(found, dict)
@@ -76,9 +73,9 @@ class FhirStoreSink:
         message_id = delivery.envelope.id
         actor = f"sink:{self.name}"
 
-        def effect(conn: sqlite3.Connection) -> tuple[None, list[EventDraft]]:
+        def effect(conn: sqlite3.Connection) -> Applied:
             done = bundle.transaction(conn, found, message_id)
-            return None, interactions.events(done.written, message_id, actor)
+            return Applied(done, interactions.events(done.written, message_id, actor))
 
         try:
             await self.store.record_effect(effect)

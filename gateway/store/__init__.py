@@ -32,10 +32,22 @@ CONTROL_ID_CONFLICT = Issue(
 
 T = TypeVar("T")
 
-Effect = Callable[[sqlite3.Connection], tuple[Any, Sequence[EventDraft]]]
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What an :data:`Effect` did: a value for the caller, the lineage events it adds, and whether the
+    record it rides with is still routed (``False`` when it changed nothing: a conditional create that
+    found its resource already there has nothing to deliver)."""
+
+    value: Any
+    events: Sequence[EventDraft] = ()
+    routed: bool = True
+
+
+Effect = Callable[[sqlite3.Connection], Applied]
 """Work that must commit with an accepted record (a FHIR resource version and its index rows): run in
-the record's transaction; it answers a value for the caller and the lineage events it adds. When it
-raises, nothing of the record is kept and the caller gets the exception."""
+the record's transaction before it is routed. When it raises, nothing of the record is kept and the
+caller gets the exception."""
 
 MessageStatus = Literal["accepted", "rejected", "batch"]
 DecisionKind = Literal["stored", "duplicate", "conflict"]
@@ -124,8 +136,8 @@ class IntakeDecision:
     kind: DecisionKind
     message_id: str
     outcome: OutcomeKind
-    effect: Any = None
-    """What the record's effect answered, when it ran."""
+    effect: Applied | None = None
+    """What the record's effect did, when it ran."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,7 +334,7 @@ class Store(Protocol):
         """Append lineage events after the fact (for example ``ReplySent``)."""
         ...
 
-    async def record_effect(self, effect: Effect) -> Any:
+    async def record_effect(self, effect: Effect) -> Applied:
         """Run ``effect`` (a FHIR Bundle a sink applies to the store) in a committed transaction."""
         ...
 

@@ -51,6 +51,7 @@ from gateway.routing import UNMATCHED_ROUTE
 from gateway.stock import Movement
 from gateway.store import (
     CONTROL_ID_CONFLICT,
+    Applied,
     AttemptResult,
     BatchRecord,
     DeliveryRow,
@@ -306,15 +307,15 @@ class SQLiteStore:
     ) -> list[IntakeDecision]:
         return await self.submit(lambda txn: self._intake(txn, records, batch))
 
-    async def record_effect(self, effect: Effect) -> Any:
-        """Run ``effect`` in a committed transaction with the lineage events it gives; answer its value.
+    async def record_effect(self, effect: Effect) -> Applied:
+        """Run ``effect`` in a committed transaction with the lineage events it gives.
 
         When it raises, nothing of it is kept and the caller gets the exception."""
 
-        def fn(txn: _Txn) -> Any:
-            value, drafts = effect(txn.conn)
-            txn.append(drafts, utcnow().isoformat())
-            return value
+        def fn(txn: _Txn) -> Applied:
+            applied = effect(txn.conn)
+            txn.append(applied.events, utcnow().isoformat())
+            return applied
 
         return await self.submit(fn)
 
@@ -570,7 +571,11 @@ class SQLiteStore:
                     },
                 )
             )
-        if rec.route and conflict_with is None:
+        effected: Applied | None = None
+        if status == "accepted" and rec.effect is not None:
+            effected = rec.effect(txn.conn)
+            drafts.extend(effected.events)
+        if rec.route and conflict_with is None and (effected is None or effected.routed):
             drafts.append(self._route_event(txn, rec, at, status))
         if status == "accepted" and (rec.movements or rec.reports or rec.items):
             if rec.movements:
@@ -580,10 +585,6 @@ class SQLiteStore:
                 ledger.record_reports(txn.conn, rec.reports, rec.id, at)
             if rec.items:
                 ledger.record_items(txn.conn, rec.items, at)
-        effect = None
-        if status == "accepted" and rec.effect is not None:
-            effect, effect_events = rec.effect(txn.conn)
-            drafts.extend(effect_events)
         if status == "accepted":
             drafts.append(EventDraft("MessageAccepted", rec.id, rec.listener, outcome="accepted"))
         else:
@@ -598,7 +599,7 @@ class SQLiteStore:
                 )
             )
         txn.append(drafts, at)
-        return IntakeDecision("conflict" if conflict_with else "stored", rec.id, outcome, effect)
+        return IntakeDecision("conflict" if conflict_with else "stored", rec.id, outcome, effected)
 
     def _route_event(self, txn: _Txn, rec: IntakeRecord, at: str, status: str) -> EventDraft:
         """Write the outbox rows of an accepted record; return the routing lineage event."""

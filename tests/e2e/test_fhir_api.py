@@ -6,6 +6,7 @@ One gateway process serves the module; each test makes resources of its own
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,6 +53,8 @@ def gw(tmp_path_factory: pytest.TempPathFactory, sink: Receiver) -> Iterator[Gat
                     {"name": "viewer", "key": FHIR_READ_KEY, "scopes": ["fhir:read"]},
                     {"name": "patient-app", "key": PATIENT_ONLY_KEY, "scopes": ["system/Patient.read"]},
                     {"name": "lab-app", "key": OBSERVATION_ONLY_KEY, "scopes": ["system/Observation.read"]},
+                    {"name": "registrar", "key": WRITE_ONLY_KEY, "scopes": ["system/Patient.write"]},
+                    {"name": "lab-feed", "key": OBS_WRITER_KEY, "scopes": ["system/Observation.*"]},
                     {"name": "auditor", "key": READ_KEY, "scopes": ["messages:read", "lineage:read"]},
                     {"name": "operator", "key": ADMIN_KEY, "scopes": ["admin"]},
                 ]
@@ -555,3 +558,126 @@ def check_lineage(audit: httpx.Client, pid: str, mark: str) -> None:
         ).json()["items"]
     ]
     assert unrouted and all(m["status"] == "accepted" for m in unrouted)  # kept without a route
+
+
+WRITE_ONLY_KEY = "patient-write-0123456789ab"
+OBS_WRITER_KEY = "obs-write-0123456789abcdef"
+
+
+def test_a_write_only_key_learns_nothing_from_a_conditional_create(gw: Gateway, sink: Receiver) -> None:
+    mark = marker()
+    with http(gw) as h:
+        h.post("/Patient", json=patient(mark, "Secretname"))
+    assert wait_until(lambda: any(mark.encode() in req.body for req in sink.requests))  # its own delivery
+    before = len(sink.requests)
+    with http(gw, WRITE_ONLY_KEY) as w:
+        r = w.post("/Patient", json=patient(mark), headers={"If-None-Exist": f"identifier={SYSTEM}|{mark}"})
+        assert r.status_code == 200 and not r.content  # the match, but not what it says
+        assert "location" in r.headers
+        assert w.get("/Patient", params={"identifier": f"{SYSTEM}|{mark}"}).status_code == 403
+    time.sleep(0.5)
+    assert not any(mark.encode() in req.body for req in sink.requests[before:])  # nothing written: not routed
+
+
+def test_limits_and_refusals_come_before_any_work(gw: Gateway) -> None:
+    mark = marker()
+    with http(gw) as h:
+        made = h.post("/Patient", json=patient(mark), headers={"Accept": "text/html"})
+        assert made.status_code == 406
+        assert h.get("/Patient", params={"identifier": f"{SYSTEM}|{mark}"}).json()["total"] == 0  # not stored
+        many = h.get("/Patient", params={"_id": ",".join(f"id{n}" for n in range(101))})
+        assert many.status_code == 400 and outcome(many).issue[0].code == "too-costly"
+        assert h.get("/_history", params={"_offset": "9" * 30}).status_code == 400
+        pid = h.post("/Patient", json=patient(marker())).json()["id"]
+        future = h.get(f"/Patient/{pid}/_history", params={"_since": "2099-01-01T00:00:00Z"})
+        assert future.status_code == 200 and future.json()["total"] == 0
+        stale = h.delete(f"/Patient/{pid}", headers={"If-Match": 'W/"9"'})
+        assert stale.status_code == 412
+    anonymous = httpx.post(
+        f"{gw.http_url}/fhir/Patient/_search",
+        content=b"name=x&" * 1000,
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert anonymous.status_code == 401
+    with http(gw) as h:
+        form = h.post(
+            "/Patient/_search",
+            content=b"_id=" + pid.encode(),
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert form.status_code == 200 and form.json()["total"] == 1
+
+
+def test_decimals_keep_their_digits(gw: Gateway) -> None:
+    obs = (
+        b'{"resourceType": "Observation", "status": "final", "code": {"text": "t"},'
+        b' "valueQuantity": {"value": 1.50, "unit": "mmol/L"}}'
+    )
+    with http(gw) as h:
+        rid = h.post("/Observation", content=obs, headers={"Content-Type": FHIR_JSON}).json()["id"]
+        assert b'"value":1.50' in h.get(f"/Observation/{rid}").content
+        assert b'<value value="1.50"/>' in h.get(f"/Observation/{rid}", params={"_format": "xml"}).content
+        assert b'"value":1.50' in h.get("/Observation", params={"_id": rid}).content
+
+
+def test_bundles_resolve_relative_references_and_check_every_scope(gw: Gateway) -> None:
+    mark = marker()
+    tx = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": f"http://example.org/fhir/Patient/{mark}",
+                "resource": patient(mark),
+                "request": {"method": "POST", "url": "Patient"},
+            },
+            {
+                "resource": {
+                    "resourceType": "Observation",
+                    "status": "final",
+                    "code": {"text": "t"},
+                    "subject": {"reference": f"Patient/{mark}"},
+                },
+                "request": {"method": "POST", "url": "Observation"},
+            },
+        ],
+    }
+    with http(gw) as h:
+        done = h.post("", json=tx).json()
+        pid = done["entry"][0]["response"]["location"].split("/")[1]
+        obs = h.get("/" + done["entry"][1]["response"]["location"].split("/_history")[0]).json()
+        assert obs["subject"]["reference"] == f"Patient/{pid}"
+        batch = {
+            "resourceType": "Bundle",
+            "type": "batch",
+            "entry": [
+                {
+                    "resource": {"resourceType": "Patient", "birthDate": "not-a-date"},
+                    "request": {"method": "POST", "url": "Patient"},
+                },
+                {"resource": patient(f"{mark}-ok"), "request": {"method": "POST", "url": "Patient"}},
+            ],
+        }
+        answered = h.post("", json=batch).json()
+        assert [e["response"]["status"] for e in answered["entry"]] == [
+            "422 Unprocessable Entity",
+            "201 Created",
+        ]
+    probe = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "resource": {
+                    "resourceType": "Observation",
+                    "status": "final",
+                    "code": {"text": "t"},
+                    "subject": {"reference": f"Patient?identifier={SYSTEM}|{mark}"},
+                },
+                "request": {"method": "POST", "url": "Observation"},
+            }
+        ],
+    }
+    with http(gw, OBS_WRITER_KEY) as w:
+        refused = w.post("", json=probe)
+        assert refused.status_code == 403  # a conditional reference would tell whether the patient exists

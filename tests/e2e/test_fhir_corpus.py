@@ -101,9 +101,9 @@ def test_synthea_bundles_load_and_read_back_equal(tmp_path: Path, corpora_dir: P
             by_type[rtype].append(rid)
         seen = 0
         for rtype, ids in by_type.items():
-            for start in range(0, len(ids), 200):
-                chunk = ids[start : start + 200]
-                page = h.get(f"/{rtype}", params={"_id": ",".join(chunk), "_count": "200"}).json()
+            for start in range(0, len(ids), 100):  # _id takes at most 100 values
+                chunk = ids[start : start + 100]
+                page = h.get(f"/{rtype}", params={"_id": ",".join(chunk), "_count": "100"}).json()
                 assert page["total"] == len(chunk)
                 for entry in page["entry"]:
                     got = entry["resource"]

@@ -29,7 +29,7 @@ import pytest
 
 from adapters import BUILTIN_ADAPTERS
 from adapters.fhir.adapter import FHIR_VERSION, FhirAdapter, mask_patient
-from adapters.fhir.resources import read_resource, validate, write_json, write_xml
+from adapters.fhir.resources import load_json, read_resource, validate, write_json, write_xml
 from gateway.adapter import Adapter, Issue, Outcome, ParseError
 from gateway.envelope import Envelope, Receipt
 from gateway.pipeline import classify
@@ -125,7 +125,7 @@ def test_valid_fixture_round_trips_through_xml_and_json(path: Path) -> None:
     assert read_resource(write_xml(resource), "application/fhir+xml") == resource
     assert read_resource(write_json(resource), "application/fhir+json") == resource
     env = ADAPTER.parse(path.read_bytes(), _receipt(path))
-    assert json.loads(ADAPTER.serialize(env)) == resource
+    assert load_json(ADAPTER.serialize(env)) == resource
 
 
 def test_patient_business_keys_are_masked() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import json
 import pkgutil
+from decimal import Decimal
 from typing import Any
 
 import fhir.resources.R4B as R4B
@@ -22,6 +23,7 @@ from adapters.fhir.resources import (
     JSON_MEDIA,
     RESOURCE_TYPES,
     XML_MEDIA,
+    load_json,
     model_of,
     read_resource,
     serialize,
@@ -309,14 +311,14 @@ OBSERVATION: dict[str, Any] = {
     "code": {"coding": [{"system": "http://loinc.org", "code": "29463-7"}]},
     "effectiveDateTime": "2026-01-15T10:15:00.000Z",
     "issued": "2026-01-15T10:20:31.123456789+01:00",
-    "valueQuantity": {"value": 68.4, "unit": "kg"},
+    "valueQuantity": {"value": Decimal("68.4"), "unit": "kg"},
 }
 
 
 def test_serialize_gives_bytes_and_media_type() -> None:
     body, media = serialize(OBSERVATION, "json")
     assert media == JSON_MEDIA == "application/fhir+json; charset=utf-8"
-    assert json.loads(body) == OBSERVATION == json.loads(write_json(OBSERVATION))
+    assert load_json(body) == OBSERVATION == load_json(write_json(OBSERVATION))
     body, media = serialize(OBSERVATION, "xml")
     assert media == XML_MEDIA == "application/fhir+xml; charset=utf-8"
     root = etree.fromstring(body)
@@ -332,12 +334,19 @@ def test_xml_keeps_date_times_as_written() -> None:
     assert read_resource(xml, XML) == OBSERVATION
 
 
-def test_decimals_are_json_numbers() -> None:
-    """A decimal's trailing zeros are not kept (the JSON form holds binary floats): 1.50 is 1.5."""
-    raw = b'{"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "valueQuantity": {"value": 1.50}}'
+def test_decimals_keep_their_digits_in_json_and_xml() -> None:
+    """FHIR decimals are exact: 1.50 stays 1.50 and a long decimal keeps every digit, both ways."""
+    raw = (
+        b'{"resourceType": "Observation", "status": "final", "code": {"text": "x"},'
+        b' "valueQuantity": {"value": 1.50}, "component": [{"code": {"text": "y"},'
+        b' "valueQuantity": {"value": 0.1000000000000000055511151231257827}}]}'
+    )
     obs = read_resource(raw, JSON)
-    assert obs["valueQuantity"]["value"] == 1.5
-    assert b'<value value="1.5"/>' in write_xml(obs)
+    assert b'"value":1.50' in write_json(obs)
+    assert b'"value":0.1000000000000000055511151231257827' in write_json(obs)
+    xml = write_xml(obs)
+    assert b'<value value="1.50"/>' in xml and b'<value value="0.1000000000000000055511151231257827"/>' in xml
+    assert write_json(read_resource(xml, XML)) == write_json(obs)
 
 
 def test_write_xml_refuses_what_is_not_a_resource() -> None:

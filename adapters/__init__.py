@@ -17,6 +17,7 @@ from adapters.finance.iso8583 import ISO8583Adapter
 from adapters.finance.iso8583_relay import ISO8583Relay
 from adapters.finance.iso20022 import ISO20022Adapter
 from adapters.hl7.adapter import HL7Adapter
+from adapters.hl7.fhir_transform import hl7v2_to_fhir
 from adapters.retail.pos_json import POSJSONAdapter
 from adapters.retail.poslog import POSLogAdapter
 from adapters.retail.shopify import ShopifyAdapter
@@ -45,5 +46,7 @@ BUILTIN_SINKS: dict[str, Callable[..., Sink]] = {
 }
 """Sinks that belong to an adapter's platform (by configuration ``type``), beside the core's own."""
 
-BUILTIN_TRANSFORMS: dict[str, Transform] = {}
+BUILTIN_TRANSFORMS: dict[str, Transform] = {
+    "hl7v2_to_fhir": hl7v2_to_fhir,
+}
 """Route transforms that need an adapter (HL7 v2 → FHIR), beside the core's own."""

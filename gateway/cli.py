@@ -163,6 +163,10 @@ def _parser() -> argparse.ArgumentParser:
         "--test", type=Path, metavar="ROUTE_TESTS", help="YAML table of fixture → expected route and sinks"
     )
 
+    p = sub.add_parser("convert", help="convert HL7 v2 messages to FHIR R4 transaction Bundles (JSON)")
+    p.add_argument("files", type=Path, nargs="+", metavar="FILE.hl7")
+    p.add_argument("--tables", type=Path, metavar="DIR", help="HL7 → FHIR mapping tables that override ours")
+
     p = sub.add_parser("docs", help="document the routing table of a config: picture and table")
     p.add_argument("config_file", type=Path)
     p.add_argument("--format", choices=["markdown", "mermaid", "svg"], default="markdown")
@@ -259,6 +263,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         else:
             sys.stdout.write(text if text.endswith("\n") else text + "\n")
         return EXIT_OK
+    if args.command == "convert":
+        return _convert(args)
     if args.command == "deliveries":
         return _deliveries(args)
     if args.command == "access":
@@ -270,6 +276,28 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "subjects":
         return _erase_subject(args)
     return EXIT_USAGE
+
+
+def _convert(args: argparse.Namespace) -> int:
+    """Print each file's message as a FHIR Bundle; exit 1 when one cannot be converted."""
+    from adapters.hl7.er7 import split_batch
+    from adapters.hl7.to_fhir import ConversionError, Tables, convert
+    from gateway.envelope import sha256_hex
+
+    tables = Tables.load(args.tables) if args.tables else None
+    status = EXIT_OK
+    for path in args.files:
+        raw = path.read_bytes()
+        batch = split_batch(raw)
+        for unit in batch.units if batch is not None and batch.units else [raw]:
+            try:
+                bundle = convert(unit, raw_sha256=sha256_hex(unit), tables=tables)
+            except ConversionError as exc:
+                print(f"{path}: cannot convert ({exc.code}): {exc}", file=sys.stderr)
+                status = EXIT_FAILED
+                continue
+            print(json.dumps(bundle, indent=2, ensure_ascii=False))
+    return status
 
 
 def _erase_subject(args: argparse.Namespace) -> int:

@@ -22,6 +22,8 @@ from adapters import BUILTIN_ADAPTERS
 from adapters.fhir.api import FhirAPI
 from adapters.fhir.api import mount as mount_fhir
 from adapters.finance.iso8583_listener import ISO8583Server
+from adapters.hl7 import fhir_transform
+from adapters.hl7.convert_api import mount as mount_convert
 from adapters.hl7.mllp import MLLPServer
 from adapters.retail.pos_json import json_schema as pos_json_schema
 from adapters.retail.poslog_drop import DropFolder
@@ -104,6 +106,7 @@ async def serve(
             )
         )
     hl7 = BUILTIN_ADAPTERS["hl7v2"]
+    fhir_transform.use_tables(settings.convert.tables_dir)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -183,6 +186,7 @@ async def serve(
             metrics=metrics,
             verify=lambda: verify_store(store, checkpoint_to, public_path(settings.signing_key())),
         )
+        mount_convert(app, keyring, settings.http.max_body_bytes)
         mount_fhir(
             app,
             FhirAPI(store=store, intake=intake, keyring=keyring, max_body_bytes=settings.http.max_body_bytes),

@@ -291,7 +291,7 @@ def test_duplicate_and_reserved_route_names() -> None:
 
 def test_unknown_transform() -> None:
     assert errors([{"name": "a", "to": ["ehr"], "transform": "hl7v2_to_fihr"}]) == [
-        "routes[0].transform: 'hl7v2_to_fihr' is not a transform; known transforms: hl7v2_without_z_segments"
+        "routes[0].transform: 'hl7v2_to_fihr' is not a transform; known transforms: hl7v2_to_fhir, hl7v2_without_z_segments"
     ]
 
 

@@ -1,0 +1,168 @@
+"""PV1 / PV2 → Encounter, PL → Location (the IG's segment maps).
+
+The Encounter is keyed by the visit number PV1-19 (authority + id; the
+sending facility when CX.4 is empty), else by the message's control id, so
+that A01, A08 and A03 for one visit update one Encounter.
+
+Its status comes from the trigger event through the ``encounter_status``
+table (the IG's ConceptMap of table 0003: A01/A02 in-progress, A03 finished,
+A04/A05 planned, A11 cancelled, A13 in-progress …). For an event the table
+marks ``from-visit`` (A08) or does not list, the status is read from the visit
+instead: PV1-45 (discharge) → finished, PV1-44 (admit) → in-progress, else
+unknown. The IG's ``unknown`` for A08 would, with update-as-create, overwrite
+the status an A01 set; reading the visit keeps it.
+
+Locations: PV1-3 (assigned, ``active``), PV1-6 (prior, ``completed``),
+PV1-11 (temporary, ``active``), PV1-42 (pending, ``planned``). Each PL becomes
+a chain of Locations, facility (PL.4, ``si``) ← building (PL.7, ``bu``) ←
+floor (PL.8, ``lvl``) ← point of care (PL.1, ``wa``) ← room (PL.2, ``ro``) ←
+bed (PL.3, ``bd``), each ``partOf`` the one before and keyed by its whole
+path; the Encounter points at the most specific one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from adapters.hl7.er7 import Segment
+from adapters.hl7.to_fhir import datatypes as dt
+from adapters.hl7.to_fhir.context import Composite, Context
+
+__all__ = ["encounter", "location"]
+
+PARTICIPATION = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
+PHYSICAL_TYPE = "http://terminology.hl7.org/CodeSystem/location-physical-type"
+NULL_FLAVOR = "http://terminology.hl7.org/CodeSystem/v3-NullFlavor"
+_LEVELS = (
+    (4, "si", "Site"),
+    (7, "bu", "Building"),
+    (8, "lvl", "Level"),
+    (1, "wa", "Ward"),
+    (2, "ro", "Room"),
+    (3, "bd", "Bed"),
+)
+_PARTICIPANTS = (
+    (7, "ATND", "attender"),
+    (8, "REF", "referrer"),
+    (9, "CON", "consultant"),
+    (17, "ADM", "admitter"),
+)
+
+
+def location(ctx: Context, pl: Composite) -> str | None:
+    """A PL → the chain of Locations it names; the reference of the most specific one."""
+    parent: str | None = None
+    path: list[str] = []
+    for comp, code, display in _LEVELS:
+        name = pl.get(comp) if comp != 4 else (pl.sub(4, 1) or pl.sub(4, 2))
+        if not name:
+            continue
+        path.append(f"{code}={name}")
+        res: dict[str, Any] = {
+            "resourceType": "Location",
+            "name": name,
+            "mode": "instance",
+            "physicalType": {"coding": [{"system": PHYSICAL_TYPE, "code": code, "display": display}]},
+        }
+        if parent:
+            res["partOf"] = {"reference": parent}
+        parent = ctx.add(res, "|".join(path))
+    if parent and pl.get(9):
+        found = ctx.resource(parent)
+        if found is not None:
+            found.setdefault("description", pl.get(9))
+    return parent
+
+
+def _status(ctx: Context, pv1: Segment) -> str:
+    entry = ctx.tables.entry("encounter_status", ctx.trigger)
+    status = entry.get("code", "") if entry else ""
+    if status and status != "from-visit":
+        return status
+    if ctx.value(pv1, 45):
+        return "finished"
+    if ctx.value(pv1, 44):
+        return "in-progress"
+    return "unknown"
+
+
+def _class(ctx: Context, pv1: Segment) -> dict[str, str]:
+    code = ctx.value(pv1, 2)
+    mapped = ctx.tables.coding("0004", code)
+    if mapped:
+        return mapped
+    if code:
+        return {"system": "http://terminology.hl7.org/CodeSystem/v2-0004", "code": code}
+    return {"system": NULL_FLAVOR, "code": "UNK", "display": "unknown"}
+
+
+def _concepts(ctx: Context, reps: list[Composite], table: str | None = None) -> list[dict[str, Any]]:
+    return [c for c in (dt.codeable_concept(ctx, r, table) for r in reps) if c]
+
+
+def encounter(ctx: Context, pv1: Segment, pv2: Segment | None = None) -> str | None:
+    """PV1 (+ PV2) → Encounter of the current patient; sets ``ctx.encounter`` and returns its reference."""
+    if ctx.patient is None:
+        return None
+    msh = ctx.segment("MSH")
+    visit = ctx.field(pv1, 19)
+    if visit.get(1):
+        key = "visit|" + dt.cx_key(ctx, visit, dt.hd_key(ctx.field(msh, 4)))
+    else:
+        key = "message|" + "|".join((ctx.field(msh, 3).raw, ctx.field(msh, 4).raw, ctx.value(msh, 10)))
+    res: dict[str, Any] = {
+        "resourceType": "Encounter",
+        "status": _status(ctx, pv1),
+        "class": _class(ctx, pv1),
+    }
+    ident = dt.identifier(ctx, visit)
+    if ident:
+        ident.setdefault("type", {"coding": [ctx.tables.coding("0203", "VN") or {"code": "VN"}]})
+        res["identifier"] = [ident]
+    types = _concepts(ctx, ctx.reps(pv1, 4), "0007") + _concepts(ctx, ctx.reps(pv1, 18), "0018")
+    if types:
+        res["type"] = types
+    service = dt.codeable_concept(ctx, ctx.field(pv1, 10), "0069")
+    if service:
+        res["serviceType"] = service
+    res["subject"] = {"reference": ctx.patient}
+    participants: list[dict[str, Any]] = []
+    for n, code, display in _PARTICIPANTS:
+        for rep in ctx.reps(pv1, n):
+            who = dt.practitioner(ctx, rep)
+            if who:
+                kind = {"coding": [{"system": PARTICIPATION, "code": code, "display": display}]}
+                participants.append({"type": [kind], "individual": {"reference": who}})
+    if participants:
+        res["participant"] = participants
+    span = dt.period(ctx, ctx.field(pv1, 44).get(1), ctx.field(pv1, 45).get(1))
+    if span:
+        res["period"] = span
+    reasons = _concepts(ctx, ctx.reps(pv2, 3))
+    if reasons:
+        res["reasonCode"] = reasons
+    stay = {}
+    admit_source = dt.codeable_concept(ctx, ctx.field(pv1, 14), "0023")
+    if admit_source:
+        stay["admitSource"] = admit_source
+    readmission = dt.codeable_concept(ctx, ctx.field(pv1, 13), "0092")
+    if readmission:
+        stay["reAdmission"] = readmission
+    disposition = dt.codeable_concept(ctx, ctx.field(pv1, 36), "0112")
+    if disposition:
+        stay["dischargeDisposition"] = disposition
+    if stay:
+        res["hospitalization"] = stay
+    places: list[dict[str, Any]] = []
+    for n, status in ((3, "active"), (11, "active"), (6, "completed"), (42, "planned")):
+        for rep in ctx.reps(pv1, n)[:1]:
+            where = location(ctx, rep)
+            if where and not any(p["location"]["reference"] == where for p in places):
+                places.append({"location": {"reference": where}, "status": status})
+    if places:
+        res["location"] = places
+    ref = ctx.add(res, key)
+    if ctx.encounter is None:
+        ctx.encounter, ctx.encounter_key = ref, key
+        ctx.focus.append(ref)
+    return ref

@@ -1,0 +1,40 @@
+"""Helpers for the HL7 v2 → FHIR tests: fixtures by name, resources of a Bundle by type."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from adapters.hl7 import er7
+from adapters.hl7.to_fhir.context import Context
+from adapters.hl7.to_fhir.tables import Tables, default_tables
+from tests.conftest import FIXTURES
+
+HL7 = FIXTURES / "hl7"
+
+
+def raw(name: str) -> bytes:
+    return (HL7 / name).read_bytes()
+
+
+def of_type(bundle: dict[str, Any], resource_type: str) -> list[dict[str, Any]]:
+    return [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == resource_type]
+
+
+def one(bundle: dict[str, Any], resource_type: str) -> dict[str, Any]:
+    found = of_type(bundle, resource_type)
+    assert len(found) == 1, f"{len(found)} {resource_type} resources"
+    return found[0]
+
+
+def by_ref(bundle: dict[str, Any], ref: str) -> dict[str, Any]:
+    for entry in bundle["entry"]:
+        if entry["request"]["url"] == ref:
+            resource: dict[str, Any] = entry["resource"]
+            return resource
+    raise AssertionError(f"no entry {ref}")
+
+
+def context(msh7: str = "20240501103500-0500", tables: Tables | None = None, escape: str = "\\") -> Context:
+    """A context over a minimal message, for datatype tests."""
+    text = f"MSH|^~{escape}&|APP|FAC|RCV|RFAC|{msh7}||ADT^A01|C1|P|2.5.1\rPID|1||X1^^^NS^MR"
+    return Context(er7.parse_text(text), tables or default_tables(), message_type="ADT^A01")

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from fhirpy import SyncFHIRClient
 
+from adapters.hl7.to_fhir import ConversionError, convert
 from tests.e2e.test_hl7_intake import field, mllp_exchange
 from tests.support import ADMIN_KEY, READ_KEY, Gateway, wait_until
 
@@ -51,7 +52,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         {
             "auth": {
                 "api_keys": [
-                    {"name": "ehr", "key": KEY, "scopes": ["fhir:read", "ingest:hl7v2"]},
+                    {"name": "ehr", "key": KEY, "scopes": ["fhir:read", "fhir:write", "ingest:hl7v2"]},
                     {"name": "auditor", "key": READ_KEY, "scopes": ["messages:read", "lineage:read"]},
                     {"name": "operator", "key": ADMIN_KEY, "scopes": ["admin"]},
                 ]
@@ -167,3 +168,26 @@ def test_offline_conversion_over_http_and_the_command_line(gw: Gateway, tmp_path
     done = gw.cli("convert", str(path))
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == bundle  # the same Bundle offline and over HTTP
+
+
+def test_every_corpus_conversion_loads_through_the_fhir_api(gw: Gateway, corpora_dir: Path) -> None:
+    """Each FHIR-Converter sample of a supported type converts, and its Bundle loads through POST /fhir."""
+    folder = corpora_dir / "hl7v2" / "microsoft-FHIR-Converter" / "messages"
+    loaded: dict[str, int] = {}
+    with httpx.Client(
+        base_url=f"{gw.http_url}/fhir", headers={"Authorization": f"Bearer {KEY}"}, timeout=60
+    ) as h:
+        for path in sorted(folder.glob("*.hl7")):
+            raw = path.read_bytes().replace(b"\r\n", b"\r").replace(b"\n", b"\r")
+            try:
+                bundle = convert(raw)
+            except ConversionError as exc:
+                assert exc.code == "unsupported_message_type", (path.name, exc.code)
+                continue
+            r = h.post("", json=bundle)
+            assert r.status_code == 200, (path.name, r.text[:300])
+            statuses = {e["response"]["status"] for e in r.json()["entry"]}
+            assert statuses <= {"201 Created", "200 OK"}, (path.name, statuses)
+            kind = bundle["entry"][0]["resource"]["eventCoding"]["code"]
+            loaded[kind] = loaded.get(kind, 0) + 1
+    assert sum(loaded.values()) >= 40, loaded

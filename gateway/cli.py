@@ -280,6 +280,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _convert(args: argparse.Namespace) -> int:
     """Print each file's message as a FHIR Bundle; exit 1 when one cannot be converted."""
+    from adapters.fhir.resources import pretty_json
     from adapters.hl7.er7 import split_batch
     from adapters.hl7.to_fhir import ConversionError, Tables, convert
     from gateway.envelope import sha256_hex
@@ -296,7 +297,7 @@ def _convert(args: argparse.Namespace) -> int:
                 print(f"{path}: cannot convert ({exc.code}): {exc}", file=sys.stderr)
                 status = EXIT_FAILED
                 continue
-            print(json.dumps(bundle, indent=2, ensure_ascii=False))
+            sys.stdout.write(pretty_json(bundle))
     return status
 
 

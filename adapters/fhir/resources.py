@@ -504,6 +504,11 @@ def write_json(resource: Mapping[str, Any]) -> bytes:
     return orjson.dumps(resource if isinstance(resource, dict) else dict(resource), default=_exact)
 
 
+def pretty_json(resource: Mapping[str, Any]) -> str:
+    """The resource as indented JSON text for people (decimals exact, non-ASCII as is), with a newline."""
+    return orjson.dumps(dict(resource), default=_exact, option=orjson.OPT_INDENT_2).decode() + "\n"
+
+
 def write_xml(resource: Mapping[str, Any]) -> bytes:
     """The resource as FHIR XML (namespace ``http://hl7.org/fhir``), through its R4B model.
 

@@ -892,10 +892,54 @@ _MODIFIERS: Final[Mapping[str, frozenset[str]]] = {
 
 _IGNORED: Final = frozenset({"_format", "_pretty", "_elements"})
 _SUB: Final = "SELECT id FROM fhir_index WHERE type = ? AND param = ?"
+_ROWS_OF_R: Final = (
+    "SELECT 1 FROM fhir_index INDEXED BY fhir_index_resource WHERE type = ? AND param = ? AND id = r.id"
+)
+"""One resource's own index rows of one parameter: a check reads those few rows, never a whole
+parameter's range (without statistics SQLite would pick the date index and scan it per resource)."""
 
 
 def _shown(name: str) -> str:
     return name if _SAFE_NAME_RE.fullmatch(name) else "an unknown search parameter"
+
+
+@dataclass(frozen=True, slots=True)
+class _Clause:
+    """One criterion, in the two forms the query may use: ``driver`` selects the ids that satisfy it
+    (``r.id IN (SELECT id FROM fhir_index ...)``: its index rows are read once), ``check`` tests one
+    resource (a correlated ``EXISTS`` on that resource's own rows). The most selective criterion drives
+    and the others check, so that a broad criterion (a date range over a million Observations) is
+    never materialised whole."""
+
+    rank: int
+    """Lower is more selective: ids, then references, tokens, strings, numbers, dates, presence."""
+    driver: str
+    driver_args: tuple[Any, ...]
+    check: str
+    check_args: tuple[Any, ...]
+
+
+_RANK: Final[Mapping[str, int]] = {
+    "reference": 1, "token": 2, "uri": 2, "string": 3, "quantity": 4, "number": 4, "date": 5,
+}  # fmt: skip
+
+
+def _simple(rank: int, sql: str, args: tuple[Any, ...]) -> _Clause:
+    """A criterion on the resource row itself (``_id``, ``_lastUpdated``): one form serves both."""
+    return _Clause(rank, sql, args, sql, args)
+
+
+def _where(clauses: Sequence[_Clause]) -> tuple[str, tuple[Any, ...]]:
+    """The WHERE fragment: the most selective clause drives, the others are checked per resource."""
+    if not clauses:
+        return "1", ()
+    lead = min(range(len(clauses)), key=lambda i: clauses[i].rank)
+    parts: list[str] = []
+    args: list[Any] = []
+    for i, c in enumerate(clauses):
+        parts.append(c.driver if i == lead else c.check)
+        args.extend(c.driver_args if i == lead else c.check_args)
+    return " AND ".join(parts), tuple(args)
 
 
 @dataclass(slots=True)
@@ -904,8 +948,8 @@ class _Query:
 
     rtype: str
     params: Mapping[str, SearchParam]
-    clauses: list[str]
-    args: list[Any]
+    clauses: list[_Clause]
+    args: list[Any]  # unused: each clause carries its own arguments
     echo: list[tuple[str, str]]
     options: dict[str, tuple[str, str]]  # _sort/_summary/_total: (name, value) as given
     includes: list[tuple[Include, str]]
@@ -952,30 +996,39 @@ def _add_missing(q: _Query, p: SearchParam, raw: str) -> None:
         raise _unsupported(f"Search parameter {p.name} does not support :missing.")
     if raw not in ("true", "false"):
         raise _invalid(f"The value of {p.name}:missing must be true or false.")
-    q.clauses.append(f"r.id {'NOT IN' if raw == 'true' else 'IN'} ({_SUB})")
-    q.args.extend((q.rtype, p.name))
+    present = _ROWS_OF_R
+    if raw == "true":
+        q.clauses.append(_simple(9, f"NOT EXISTS ({present})", (q.rtype, p.name)))
+    else:
+        q.clauses.append(
+            _Clause(8, f"r.id IN ({_SUB})", (q.rtype, p.name), f"EXISTS ({present})", (q.rtype, p.name))
+        )
 
 
 def _add_id(q: _Query, raw: str) -> None:
     ids = [_unescape(a) for a in _alternatives(raw)]
-    q.clauses.append(f"r.id IN ({', '.join('?' * len(ids))})")
-    q.args.extend(ids)
+    q.clauses.append(_simple(0, f"r.id IN ({', '.join('?' * len(ids))})", tuple(ids)))
 
 
 def _add_last_updated(q: _Query, raw: str) -> None:
     conds = [_date_sql("_lastUpdated", a, "r.last_updated", "r.last_updated") for a in _alternatives(raw)]
     joined = " OR ".join(f"({sql})" for sql, _ in conds)
-    q.clauses.append(f"({joined})" if len(conds) > 1 else conds[0][0])
-    q.args.extend(arg for _, args in conds for arg in args)
+    sql = f"({joined})" if len(conds) > 1 else conds[0][0]
+    q.clauses.append(_simple(6, sql, tuple(arg for _, args in conds for arg in args)))
 
 
 def _add_match(q: _Query, p: SearchParam, modifier: str, raw: str) -> None:
     matcher = _MATCHERS[p.kind]
     conds = [matcher(p, modifier, a) for a in _alternatives(raw)]
+    either = " OR ".join(f"({sql})" for sql, _ in conds)
+    check = f"EXISTS ({_ROWS_OF_R} AND ({either}))"
+    check_args = (q.rtype, p.name, *(arg for _, args in conds for arg in args))
+    if modifier == "not":
+        q.clauses.append(_simple(9, f"NOT {check}", check_args))
+        return
     subs = " UNION ALL ".join(f"{_SUB} AND {sql}" for sql, _ in conds)
-    q.clauses.append(f"r.id {'NOT IN' if modifier == 'not' else 'IN'} ({subs})")
-    for _, args in conds:
-        q.args.extend((q.rtype, p.name, *args))
+    driver_args = tuple(arg for _, args in conds for arg in (q.rtype, p.name, *args))
+    q.clauses.append(_Clause(_RANK.get(p.kind, 7), f"r.id IN ({subs})", driver_args, check, check_args))
 
 
 def _page_number(name: str, raw: str) -> int:
@@ -1107,10 +1160,11 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, stric
     )
     options = [q.options[k] for k in ("_sort", "_summary", "_total") if k in q.options]
     includes = [("_include", raw) for raw in sorted({raw for _, raw in q.includes})]
+    where, args = _where(q.clauses)
     return Search(
         resource_type=resource_type,
-        where=" AND ".join(q.clauses) or "1",
-        args=tuple(q.args),
+        where=where,
+        args=args,
         order_by=order_by,
         order_args=order_args,
         count=q.count,

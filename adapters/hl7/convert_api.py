@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from adapters.fhir.outcome import FhirError, operation_outcome
+from adapters.fhir.resources import write_json
 from adapters.hl7 import fhir_transform
 from adapters.hl7.er7 import split_batch
 from adapters.hl7.to_fhir import ConversionError, convert
@@ -60,7 +61,7 @@ def mount(app: FastAPI, keyring: KeyRing, max_body_bytes: int) -> None:
                 raise FhirError(422, "processing", f"The message cannot be converted ({exc.code}).") from None
         except FhirError as exc:
             return _outcome(exc)
-        return Response(orjson.dumps(bundle), 200, media_type="application/fhir+json")
+        return Response(write_json(bundle), 200, media_type="application/fhir+json")
 
     app.add_api_route(
         PATH,

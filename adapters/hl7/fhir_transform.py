@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import orjson
-
+from adapters.fhir.resources import write_json
 from adapters.hl7.to_fhir import ConversionError, Tables, convert
 from gateway.envelope import Envelope
 from gateway.transforms import Transformed, TransformError
@@ -43,4 +42,4 @@ def hl7v2_to_fhir(envelope: Envelope) -> Transformed:
         )
     except ConversionError as exc:
         raise TransformError(f"hl7v2_to_fhir: {exc.code}") from None
-    return Transformed(orjson.dumps(converted), FHIR_JSON)
+    return Transformed(write_json(converted), FHIR_JSON)

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from fhirpy import SyncFHIRClient
 
+from adapters.fhir.resources import write_json
 from adapters.hl7.to_fhir import ConversionError, convert
 from tests.e2e.test_hl7_intake import field, mllp_exchange
 from tests.support import ADMIN_KEY, READ_KEY, Gateway, wait_until
@@ -184,7 +185,7 @@ def test_every_corpus_conversion_loads_through_the_fhir_api(gw: Gateway, corpora
             except ConversionError as exc:
                 assert exc.code == "unsupported_message_type", (path.name, exc.code)
                 continue
-            r = h.post("", json=bundle)
+            r = h.post("", content=write_json(bundle), headers={"Content-Type": "application/fhir+json"})
             assert r.status_code == 200, (path.name, r.text[:300])
             statuses = {e["response"]["status"] for e in r.json()["entry"]}
             assert statuses <= {"201 Created", "200 OK"}, (path.name, statuses)

@@ -17,7 +17,8 @@ Layout (each module small and single-purpose):
 - :mod:`.registry` — message type → builder (:func:`register`);
 - :mod:`.header` — MSH/EVN → MessageHeader and Provenance (every message type);
 - :mod:`.patient`, :mod:`.encounter`, :mod:`.clinical` — segment maps;
-- :mod:`.adt` — the ADT builders.
+- :mod:`.adt` — the ADT builders; :mod:`.orders` (ORM^O01, OML^O21), :mod:`.results` (ORU^R01),
+  :mod:`.immunization` (VXU^V04), :mod:`.scheduling` (SIU^S12-S17, S26), :mod:`.documents` (MDM^T01-T10).
 
 The mappings follow the HL7 v2-to-FHIR IG (https://build.fhir.org/ig/HL7/v2-to-fhir/);
 the choices it leaves open are documented in the module that makes them.
@@ -30,7 +31,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from adapters.hl7 import er7
-from adapters.hl7.to_fhir import adt, header, registry
+from adapters.hl7.to_fhir import adt, documents, header, immunization, orders, registry, results, scheduling  # noqa: F401 - register at import
 from adapters.hl7.to_fhir.context import Context
 from adapters.hl7.to_fhir.errors import ConversionError
 from adapters.hl7.to_fhir.registry import Builder
@@ -52,6 +53,9 @@ def register(message_types: Iterable[str], builder: Builder) -> None:
 register(adt.VISIT_TYPES, adt.build_visit)
 register(adt.PERSON_TYPES, adt.build_person)
 register(adt.MERGE_TYPES, adt.build_merge)
+SUPPORTED = (
+    registry.supported()
+)  # with what orders, results, immunization, scheduling and documents registered
 
 
 def message_type(message: er7.Message) -> str:

@@ -19,6 +19,8 @@ __all__ = ["allergy", "condition", "coverage", "procedure"]
 CLINICAL = "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical"
 CONDITION_CATEGORY = "http://terminology.hl7.org/CodeSystem/condition-category"
 COVERAGE_CLASS = "http://terminology.hl7.org/CodeSystem/coverage-class"
+PERFORMER_FIELDS = (8, 11, 12)
+"""The PR1 fields naming who performed the procedure (anesthesiologist, surgeon, practitioner)."""
 
 
 def _code_key(code: dict[str, Any] | None, fallback: str) -> str:
@@ -65,7 +67,7 @@ def allergy(ctx: Context, al1: Segment, index: int) -> str | None:
 
 def condition(ctx: Context, dg1: Segment, index: int) -> str | None:
     """DG1 → Condition (category encounter-diagnosis): code DG1-3 (text DG1-4 in old versions),
-    onset DG1-5, the current encounter."""
+    onset DG1-5, asserter the diagnosing clinician DG1-16, the current encounter."""
     if ctx.patient is None:
         return None
     code = dt.codeable_concept(ctx, ctx.field(dg1, 3))
@@ -95,13 +97,16 @@ def condition(ctx: Context, dg1: Segment, index: int) -> str | None:
     onset = dt.date_time(ctx, ctx.field(dg1, 5))
     if onset:
         res["onsetDateTime"] = onset
+    clinicians = [p for p in (dt.practitioner(ctx, r) for r in ctx.reps(dg1, 16)) if p]
+    if clinicians:  # asserter is 0..1 where DG1-16 repeats: the first diagnosing clinician
+        res["asserter"] = {"reference": clinicians[0]}
     key = f"{ctx.patient_key}|{ctx.encounter_key}|{_code_key(code, ctx.value(dg1, 1) or str(index))}"
     return ctx.add(res, key)
 
 
 def procedure(ctx: Context, pr1: Segment, index: int) -> str | None:
     """PR1 → Procedure (status completed): code PR1-3 (text PR1-4), performedDateTime PR1-5,
-    the current encounter."""
+    performers PR1-8 / PR1-11 / PR1-12, the current encounter."""
     if ctx.patient is None:
         return None
     code = dt.codeable_concept(ctx, ctx.field(pr1, 3))
@@ -121,8 +126,27 @@ def procedure(ctx: Context, pr1: Segment, index: int) -> str | None:
     performed = dt.date_time(ctx, ctx.field(pr1, 5))
     if performed:
         res["performedDateTime"] = performed
+    performers = _performers(ctx, pr1)
+    if performers:
+        res["performer"] = performers
     key = f"{ctx.patient_key}|{ctx.encounter_key}|{_code_key(code, ctx.value(pr1, 1) or str(index))}"
     return ctx.add(res, key)
+
+
+def _performers(ctx: Context, pr1: Segment) -> list[dict[str, Any]]:
+    """PR1-8 (anesthesiologist), PR1-11 (surgeon), PR1-12 (procedure practitioner) → performers, the
+    function from the ``procedure_performer_function`` table (the IG's SNOMED codes; none for PR1-12)."""
+    out: list[dict[str, Any]] = []
+    for n in PERFORMER_FIELDS:
+        function = ctx.tables.coding("procedure_performer_function", f"PR1-{n}")
+        for rep in ctx.reps(pr1, n):
+            who = dt.practitioner(ctx, rep)
+            if who:
+                performer: dict[str, Any] = {"actor": {"reference": who}}
+                if function:
+                    performer = {"function": {"coding": [function]}, **performer}
+                out.append(performer)
+    return out
 
 
 def _payor(ctx: Context, in1: Segment) -> str | None:
@@ -147,16 +171,34 @@ def _payor(ctx: Context, in1: Segment) -> str | None:
     return ctx.add(res, key)
 
 
+def _insured(ctx: Context, in1: Segment, index: int) -> str | None:
+    """IN1-16 (name of insured) of an insured who is not the patient → a RelatedPerson of the
+    patient, relationship IN1-17 (table 0063). Keyed by patient + IN1 set id."""
+    names = [n for n in (dt.human_name(ctx, r) for r in ctx.reps(in1, 16)) if n]
+    if not names or ctx.patient is None:
+        return None
+    res: dict[str, Any] = {"resourceType": "RelatedPerson", "patient": {"reference": ctx.patient}}
+    relationship = dt.codeable_concept(ctx, ctx.field(in1, 17), "0063")
+    if relationship:
+        res["relationship"] = [relationship]
+    res["name"] = names
+    return ctx.add(res, f"{ctx.patient_key}|IN1|{ctx.value(in1, 1) or index}|insured")
+
+
 def coverage(ctx: Context, in1: Segment, index: int) -> str | None:
     """IN1 → Coverage (status active) of the current patient, payor Organization from IN1-3/4,
     class plan IN1-2 and group IN1-8, period IN1-12/13, type IN1-15, relationship IN1-17,
-    subscriberId IN1-36. Keyed by patient + plan + set id."""
+    subscriber the patient (IN1-17 self) or a RelatedPerson named by IN1-16 (IN1-17 another
+    relationship), identifier and subscriberId the policy number IN1-36. Keyed by patient + plan + set id."""
     if ctx.patient is None:
         return None
     payor = _payor(ctx, in1)
     if payor is None:
         return None
     res: dict[str, Any] = {"resourceType": "Coverage", "status": "active"}
+    policy = ctx.value(in1, 36)
+    if policy:  # the policy number, assigned by the insurer
+        res["identifier"] = [{"value": policy, "assigner": {"reference": payor}}]
     kind = dt.codeable_concept(ctx, ctx.field(in1, 15))
     if kind:
         res["type"] = kind
@@ -169,6 +211,14 @@ def coverage(ctx: Context, in1: Segment, index: int) -> str | None:
         if relation["code"] == "self":
             res["subscriber"] = {"reference": ctx.patient}
         res["relationship"] = {"coding": [relation]}
+    else:
+        unmapped = dt.codeable_concept(ctx, ctx.field(in1, 17))
+        if unmapped:
+            res["relationship"] = unmapped
+    if "subscriber" not in res and ctx.value(in1, 17):
+        insured = _insured(ctx, in1, index)
+        if insured:
+            res["subscriber"] = {"reference": insured}
     span = dt.period(ctx, ctx.value(in1, 12), ctx.value(in1, 13))
     if span:
         res["period"] = span

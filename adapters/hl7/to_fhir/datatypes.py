@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import re
 from datetime import date as _date
+from decimal import Decimal
 from typing import Any
 from urllib.parse import quote
 
@@ -46,11 +47,13 @@ __all__ = [
     "contact_point",
     "date",
     "date_time",
+    "driver_licence",
     "dtm",
     "hd_system",
     "human_name",
     "identifier",
     "instant",
+    "organization",
     "period",
     "practitioner",
     "quantity",
@@ -287,6 +290,14 @@ def identifier(ctx: Context, cx: str | Composite) -> dict[str, Any] | None:
     return _identifier(ctx, c.get(1), c.part(4), c.get(5), c.get(7), c.get(8))
 
 
+def driver_licence(ctx: Context, dln: str | Composite) -> dict[str, Any] | None:
+    """DLN → Identifier (the IG's DLN[Identifier]): value DLN.1, type ``DL`` (table 0203), system
+    from the issuing state/province/country DLN.2 (its code read as an assigning authority namespace,
+    see the module docstring), period.end the expiration date DLN.3."""
+    c = _of(ctx, dln)
+    return _identifier(ctx, c.get(1), c.part(2), "DL", end=c.get(3))
+
+
 def cx_key(ctx: Context, cx: Composite, fallback_authority: str = "") -> str:
     """A CX as a resource key: ``authority|id`` (the fallback authority when CX.4 is empty)."""
     return f"{hd_key(cx.part(4)) or fallback_authority}|{cx.get(1)}"
@@ -422,13 +433,29 @@ def practitioner(ctx: Context, xcn: str | Composite) -> str | None:
     return ctx.add(_clean(resource), key)
 
 
-def number(value: str) -> int | float | None:
-    """An NM string → a JSON number (``None`` when it is not one)."""
+def organization(ctx: Context, xon: str | Composite) -> str | None:
+    """XON → an Organization (the IG's XON[Organization]): name XON.1, identifier XON.10 (else XON.3)
+    with system from XON.6 and type XON.7 (table 0203). Added to the context keyed by assigning
+    authority + id, else by the name; returns its reference (``None`` when the XON is empty)."""
+    c = _of(ctx, xon)
+    value = c.get(10) or c.get(3)
+    ident = _identifier(ctx, value, c.part(6), c.get(7))
+    name = c.get(1)
+    if ident is None and not name:
+        return None
+    key = f"xon|{hd_key(c.part(6))}|{value}" if ident is not None else f"xon-name|{name}"
+    resource = {"resourceType": "Organization", "identifier": [ident] if ident else None, "name": name}
+    return ctx.add(_clean(resource), key)
+
+
+def number(value: str) -> int | Decimal | None:
+    """An NM string → a JSON number with the digits it was sent with (``1.50`` stays ``1.50``: FHIR
+    decimals are exact), or ``None`` when it is not one."""
     value = value.strip()
     if not _NUMBER.fullmatch(value):
         return None
     if "." in value:
-        return float(value)
+        return Decimal(value)
     return int(value)
 
 

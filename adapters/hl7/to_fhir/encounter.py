@@ -8,16 +8,25 @@ Its status comes from the trigger event through the ``encounter_status``
 table (the IG's ConceptMap of table 0003: A01/A02 in-progress, A03 finished,
 A04/A05 planned, A11 cancelled, A13 in-progress …). For an event the table
 marks ``from-visit`` (A08) or does not list, the status is read from the visit
-instead: PV1-45 (discharge) → finished, PV1-44 (admit) → in-progress, else
-unknown. The IG's ``unknown`` for A08 would, with update-as-create, overwrite
-the status an A01 set; reading the visit keeps it.
+instead: PV1-45 (discharge) → finished; else the patient class PV1-2 through
+the ``patient_class_status`` table (the IG's PV1-2 map "IF PV1-45 NOT VALUED",
+ConceptMap table-hl70004-to-encounter-status: E/I/O … in-progress, P planned,
+U unknown); else PV1-44 (admit) → in-progress; else unknown. The IG's
+``unknown`` for A08 would, with update-as-create, overwrite the status an A01
+set; reading the visit keeps it.
 
 Locations: PV1-3 (assigned, ``active``), PV1-6 (prior, ``completed``),
-PV1-11 (temporary, ``active``), PV1-42 (pending, ``planned``). Each PL becomes
+PV1-11 (temporary, ``active``), PV1-43 (prior temporary, ``completed``; the
+IG's R4 PV1 map), PV1-42 (pending, ``planned``). Each PL becomes
 a chain of Locations, facility (PL.4, ``si``) ← building (PL.7, ``bu``) ←
 floor (PL.8, ``lvl``) ← point of care (PL.1, ``wa``) ← room (PL.2, ``ro``) ←
 bed (PL.3, ``bd``), each ``partOf`` the one before and keyed by its whole
-path; the Encounter points at the most specific one.
+path; the Encounter points at the most specific one. PV1-37 (discharged to)
+is a Location of its own, ``hospitalization.destination``.
+
+Participants: PV1-7 ATND, PV1-8 REF, PV1-9 CON, PV1-17 ADM, PV1-52 (other
+healthcare provider) PART. Identifiers: PV1-19 (type VN), then PV1-50
+(alternate visit ids).
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ from adapters.hl7.er7 import Segment
 from adapters.hl7.to_fhir import datatypes as dt
 from adapters.hl7.to_fhir.context import Composite, Context
 
-__all__ = ["encounter", "location"]
+__all__ = ["encounter", "location", "site"]
 
 PARTICIPATION = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
 PHYSICAL_TYPE = "http://terminology.hl7.org/CodeSystem/location-physical-type"
@@ -46,6 +55,7 @@ _PARTICIPANTS = (
     (8, "REF", "referrer"),
     (9, "CON", "consultant"),
     (17, "ADM", "admitter"),
+    (52, "PART", "Participation"),
 )
 
 
@@ -74,6 +84,41 @@ def location(ctx: Context, pl: Composite) -> str | None:
     return parent
 
 
+def site(ctx: Context, hd: Composite) -> str | None:
+    """A facility HD (EVN-7) → a site Location (the IG's HD[Location]): name HD.1 (else HD.2), the
+    ISO/UUID universal id as identifier. Keyed as the site level of a PL chain, so a PL naming the same
+    facility gives the same Location."""
+    name = hd.get(1) or hd.get(2)
+    if not name:
+        return None
+    code, display = _LEVELS[0][1:]
+    res: dict[str, Any] = {
+        "resourceType": "Location",
+        "name": name,
+        "mode": "instance",
+        "physicalType": {"coding": [{"system": PHYSICAL_TYPE, "code": code, "display": display}]},
+    }
+    system = dt.hd_system(ctx, hd) if hd.get(2) else None
+    if system and system.startswith(("urn:oid:", "urn:uuid:")):
+        res["identifier"] = [{"system": "urn:ietf:rfc:3986", "value": system}]
+    return ctx.add(res, f"{code}={name}")
+
+
+def _discharge_location(ctx: Context, dld: Composite) -> str | None:
+    """PV1-37 (DLD) → the Location discharged to (the IG's DLD[Location-Discharge]): type DLD.1;
+    name its text (else its code), so that the Location reads without the code system."""
+    where = dt.codeable_concept(ctx, dld.part(1))
+    if where is None:
+        return None
+    cwe = dld.part(1)
+    res: dict[str, Any] = {
+        "resourceType": "Location",
+        "name": cwe.get(2) or cwe.get(1) or where.get("text"),
+        "type": [where],
+    }
+    return ctx.add(res, "discharge|" + "|".join(cwe.get(i) for i in (3, 1, 2)))
+
+
 def _status(ctx: Context, pv1: Segment) -> str:
     entry = ctx.tables.entry("encounter_status", ctx.trigger)
     status = entry.get("code", "") if entry else ""
@@ -81,6 +126,9 @@ def _status(ctx: Context, pv1: Segment) -> str:
         return status
     if ctx.value(pv1, 45):
         return "finished"
+    by_class = ctx.tables.entry("patient_class_status", ctx.value(pv1, 2))
+    if by_class and by_class.get("code"):
+        return by_class["code"]
     if ctx.value(pv1, 44):
         return "in-progress"
     return "unknown"
@@ -115,10 +163,17 @@ def encounter(ctx: Context, pv1: Segment, pv2: Segment | None = None) -> str | N
         "status": _status(ctx, pv1),
         "class": _class(ctx, pv1),
     }
+    idents: list[dict[str, Any]] = []
     ident = dt.identifier(ctx, visit)
     if ident:
         ident.setdefault("type", {"coding": [ctx.tables.coding("0203", "VN") or {"code": "VN"}]})
-        res["identifier"] = [ident]
+        idents.append(ident)
+    for alternate in ctx.reps(pv1, 50):
+        other = dt.identifier(ctx, alternate)
+        if other and not any(i.get("value") == other["value"] for i in idents):
+            idents.append(other)
+    if idents:
+        res["identifier"] = idents
     types = _concepts(ctx, ctx.reps(pv1, 4), "0007") + _concepts(ctx, ctx.reps(pv1, 18), "0018")
     if types:
         res["type"] = types
@@ -151,10 +206,13 @@ def encounter(ctx: Context, pv1: Segment, pv2: Segment | None = None) -> str | N
     disposition = dt.codeable_concept(ctx, ctx.field(pv1, 36), "0112")
     if disposition:
         stay["dischargeDisposition"] = disposition
+    destination = _discharge_location(ctx, ctx.field(pv1, 37))
+    if destination:
+        stay["destination"] = {"reference": destination}
     if stay:
         res["hospitalization"] = stay
     places: list[dict[str, Any]] = []
-    for n, status in ((3, "active"), (11, "active"), (6, "completed"), (42, "planned")):
+    for n, status in ((3, "active"), (11, "active"), (6, "completed"), (43, "completed"), (42, "planned")):
         for rep in ctx.reps(pv1, n)[:1]:
             where = location(ctx, rep)
             if where and not any(p["location"]["reference"] == where for p in places):

@@ -13,7 +13,8 @@ than an extension: every FHIR reader shows it, and no profile is needed); the
 entity is left out when there is no envelope id. ``recorded`` is MSH-7 as an
 instant (never the conversion time, which would break determinism);
 ``occurredDateTime`` EVN-6 or EVN-2, ``reason`` EVN-4, the operator EVN-5 an
-``enterer`` agent, the sending facility the ``author`` agent.
+``enterer`` agent, the sending facility the ``author`` agent, ``location`` the
+event facility EVN-7 (a site Location, the one a PL naming that facility gives).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 from urllib.parse import quote
 
 from adapters.hl7.to_fhir import datatypes as dt
+from adapters.hl7.to_fhir import encounter
 from adapters.hl7.to_fhir.context import Composite, Context
 from adapters.hl7.to_fhir.errors import ConversionError
 
@@ -30,6 +32,7 @@ __all__ = ["ENVELOPE_SYSTEM", "message_header", "provenance", "sender"]
 ENVELOPE_SYSTEM = "urn:connector-gateway:envelope"
 EVENT_SYSTEM = "http://terminology.hl7.org/CodeSystem/v2-0003"
 PARTICIPANT_TYPE = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
+UNKNOWN_ENDPOINT = "urn:connector-gateway:application:unknown"
 
 
 def _endpoint(ctx: Context, hd: Composite) -> str | None:
@@ -80,12 +83,11 @@ def sender(ctx: Context) -> str:
 
 
 def message_header(ctx: Context) -> str:
-    """MSH → MessageHeader (event MSH-9 trigger, source MSH-3/4, destination MSH-5/6, sender MSH-4)."""
+    """MSH → MessageHeader (event MSH-9 trigger, source MSH-3/4, destination MSH-5/6, sender MSH-4,
+    ``responsible`` the Organization of MSH-22, ``destination.receiver`` that of MSH-23, else MSH-6)."""
     msh = ctx.segment("MSH")
     app, fac = ctx.field(msh, 3), ctx.field(msh, 4)
-    source: dict[str, Any] = {
-        "endpoint": _endpoint(ctx, app) or _endpoint(ctx, fac) or "urn:connector-gateway:application:unknown"
-    }
+    source: dict[str, Any] = {"endpoint": _endpoint(ctx, app) or _endpoint(ctx, fac) or UNKNOWN_ENDPOINT}
     name = app.get(1) or fac.get(1)
     if name:
         source["name"] = name
@@ -100,15 +102,19 @@ def message_header(ctx: Context) -> str:
         return ref
     rapp, rfac = ctx.field(msh, 5), ctx.field(msh, 6)
     endpoint = _endpoint(ctx, rapp) or _endpoint(ctx, rfac)
-    if endpoint:
-        dest: dict[str, Any] = {"endpoint": endpoint}
+    # MSH-23 (receiving responsible organization, XON) is the receiver; MSH-6 only when it is empty
+    receiver = dt.organization(ctx, ctx.field(msh, 23)) or organization(ctx, rfac)
+    if endpoint or receiver:
+        dest: dict[str, Any] = {"endpoint": endpoint or UNKNOWN_ENDPOINT}
         if rapp.get(1) or rfac.get(1):
             dest["name"] = rapp.get(1) or rfac.get(1)
-        receiver = organization(ctx, rfac)
         if receiver:
             dest["receiver"] = {"reference": receiver}
         added["destination"] = [dest]
     added["sender"] = {"reference": sender(ctx)}
+    responsible = dt.organization(ctx, ctx.field(msh, 22))
+    if responsible:
+        added["responsible"] = {"reference": responsible}
     return ref
 
 
@@ -148,6 +154,9 @@ def provenance(ctx: Context, header_ref: str) -> str:
                 }
             )
     resource["agent"] = agents
+    where = encounter.site(ctx, ctx.field(evn, 7))
+    if where:
+        resource["location"] = {"reference": where}
     # every entry, the operator added just now included
     resource["target"] = [{"reference": e["request"]["url"]} for e in ctx.entries]
     if ctx.envelope_id:

@@ -8,6 +8,13 @@ there is no patient identity, and :func:`patient` raises
 
 Because each entry is a ``PUT`` (the whole resource is replaced), a Patient
 is always written from everything its PID carries, never partially.
+
+Beyond PID-5, the patient aliases PID-9 are further names (the IG's ``name[2]``,
+their use from XPN.7 only: an alias is not necessarily an old name); after
+PID-2/3/4 and the SSN PID-19, the driver's licence PID-20 is an identifier of
+type ``DL``. The mother's identifiers PID-21 make a RelatedPerson (MTH) of the
+patient; a mother also sent as an NK1 stays a RelatedPerson of her own, as
+nothing in the two segments says they are one person.
 """
 
 from __future__ import annotations
@@ -77,6 +84,9 @@ def _identifiers(ctx: Context, pid: Segment) -> list[dict[str, Any]]:
         }
         if not any(i.get("value") == ssn and i.get("system") == ident["system"] for i in out):
             out.append(ident)
+    licence = dt.driver_licence(ctx, ctx.field(pid, 20))
+    if licence and licence not in out:
+        out.append(licence)
     return out
 
 
@@ -85,7 +95,8 @@ def _yes(value: str) -> bool | None:
 
 
 def patient(ctx: Context, pid: Segment | None, pd1: Segment | None = None) -> str:
-    """PID (+ PD1) → Patient; sets ``ctx.patient`` / ``ctx.patient_key`` and returns the reference."""
+    """PID (+ PD1) → Patient (and the mother of PID-21); sets ``ctx.patient`` / ``ctx.patient_key``
+    and returns the reference."""
     ids = [rep for rep in ctx.reps(pid, 3) if rep.get(1)]
     if pid is None or not ids:
         raise ConversionError("no_patient", "The message has no patient identifier (PID-3).")
@@ -102,6 +113,9 @@ def patient(ctx: Context, pid: Segment | None, pd1: Segment | None = None) -> st
         res["extension"] = [e for e in extensions if e]
     res["identifier"] = _identifiers(ctx, pid)
     names = [n for n in (dt.human_name(ctx, r) for r in ctx.reps(pid, 5)) if n]
+    for alias in (dt.human_name(ctx, r) for r in ctx.reps(pid, 9)):
+        if alias and alias not in names:
+            names.append(alias)
     if names:
         res["name"] = names
     telecom = [t for t in (dt.contact_point(ctx, r, "home") for r in ctx.reps(pid, 13)) if t]
@@ -146,11 +160,33 @@ def patient(ctx: Context, pid: Segment | None, pd1: Segment | None = None) -> st
     if ctx.patient is None:
         ctx.patient, ctx.patient_key = ref, key
         ctx.focus.append(ref)
+    _mother(ctx, pid, ref, key)
     return ref
 
 
+def _mother(ctx: Context, pid: Segment, patient_ref: str, patient_key: str) -> str | None:
+    """PID-21 (mother's identifier) → the mother as a RelatedPerson of the patient (the IG's
+    CX[RelatedPerson-Mother]): one identifier per repetition, relationship MTH (table 0063).
+    Keyed by the patient, so every message about the patient updates the one mother."""
+    idents = [i for i in (dt.identifier(ctx, r) for r in ctx.reps(pid, 21)) if i]
+    if not idents:
+        return None
+    mother = ctx.tables.coding("0063", "MTH") or {
+        "system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode",
+        "code": "MTH",
+    }
+    res: dict[str, Any] = {
+        "resourceType": "RelatedPerson",
+        "identifier": idents,
+        "patient": {"reference": patient_ref},
+        "relationship": [{"coding": [mother]}],
+    }
+    return ctx.add(res, f"{patient_key}|mother")
+
+
 def related_person(ctx: Context, nk1: Segment, index: int) -> str | None:
-    """NK1 → RelatedPerson of the current patient: name NK1-2, relationship NK1-3 (table 0063)
+    """NK1 → RelatedPerson of the current patient: name NK1-2 then the contact person's name NK1-30
+    (the IG's name[1] and name[2]), relationship NK1-3 (table 0063)
     and NK1-7 (contact role, table 0131), address NK1-4, telecom NK1-5 (home) / NK1-6 (work),
     gender NK1-15, birth date NK1-16, identifiers NK1-33. Keyed by patient + NK1-1 (else position)."""
     if ctx.patient is None:
@@ -164,6 +200,7 @@ def related_person(ctx: Context, nk1: Segment, index: int) -> str | None:
     if relationship:
         res["relationship"] = relationship
     names = [n for n in (dt.human_name(ctx, r) for r in ctx.reps(nk1, 2)) if n]
+    names += [n for n in (dt.human_name(ctx, r) for r in ctx.reps(nk1, 30)) if n and n not in names]
     if names:
         res["name"] = names
     telecom = [t for t in (dt.contact_point(ctx, r, "home") for r in ctx.reps(nk1, 5)) if t]

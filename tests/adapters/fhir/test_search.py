@@ -25,21 +25,7 @@ from adapters.fhir.search import (
     params_of,
     parse_search,
 )
-
-SCHEMA = """
-CREATE TABLE fhir_resources (
-  type TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL, last_updated TEXT NOT NULL,
-  deleted INTEGER NOT NULL DEFAULT 0, message_id TEXT NOT NULL, body BLOB NOT NULL,
-  PRIMARY KEY (type, id)) WITHOUT ROWID;
-CREATE INDEX fhir_resources_updated ON fhir_resources (type, last_updated);
-CREATE TABLE fhir_index (
-  type TEXT NOT NULL, param TEXT NOT NULL, id TEXT NOT NULL, system TEXT NOT NULL DEFAULT '',
-  value TEXT NOT NULL DEFAULT '', exact TEXT, low TEXT, high TEXT, num REAL);
-CREATE INDEX fhir_index_value ON fhir_index (type, param, value, id);
-CREATE INDEX fhir_index_date ON fhir_index (type, param, low, high, id);
-CREATE INDEX fhir_index_num ON fhir_index (type, param, num, id) WHERE num IS NOT NULL;
-CREATE INDEX fhir_index_resource ON fhir_index (type, id);
-"""
+from gateway.store.sqlite import migrate
 
 MRN = "http://hospital.example/mrn"
 LOINC = "http://loinc.org"
@@ -174,8 +160,8 @@ OBSERVATIONS: list[tuple[str, dict[str, Any]]] = [
 
 @pytest.fixture(scope="module")
 def db() -> Iterator[sqlite3.Connection]:
-    conn = sqlite3.connect(":memory:")
-    conn.executescript(SCHEMA)
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    migrate(conn)  # the store's real schema (migration 10: the FHIR tables and their indexes)
     for last_updated, resource in PATIENTS + OBSERVATIONS:
         rtype, rid = resource["resourceType"], resource["id"]
         conn.execute(

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from adapters.fhir.resources import validate
+from adapters.fhir.resources import validate, write_json
 from adapters.hl7.to_fhir import SUPPORTED, ConversionError, Tables, convert, register
 from adapters.hl7.to_fhir.context import Context, resource_id
 from tests.adapters.hl7.to_fhir.conftest import HL7, by_ref, of_type, one, raw
@@ -33,7 +33,7 @@ def _valid(bundle: dict[str, Any]) -> None:
 def test_every_adt_fixture_converts_validates_and_is_deterministic(name: str) -> None:
     first = convert(raw(name), envelope_id="env-1")
     second = convert(raw(name), envelope_id="env-1")
-    assert json.dumps(first, sort_keys=False) == json.dumps(second, sort_keys=False)
+    assert write_json(first) == write_json(second)
     assert first["resourceType"] == "Bundle" and first["type"] == "transaction"
     _valid(first)
     entries = first["entry"]
@@ -338,8 +338,8 @@ SECRET = "ZEBRA-SECRET-7741"
     ("message", "code"),
     [
         (
-            f"MSH|^~\\&|A|B|C|D|20240101||ORU^R01|{SECRET}|P|2.5.1\rPID|1||{SECRET}^^^X^MR".encode(),
-            "unsupported_message_type",
+            f"MSH|^~\\&|A|B|C|D|20240101||ZZZ^Z99|{SECRET}|P|2.5.1\rPID|1||{SECRET}^^^X^MR".encode(),
+            "unsupported_message_type",  # a type no module registers
         ),
         (
             f"MSH|^~\\&|A|B|C|D|20240101||ADT^A01|{SECRET}|P|2.5.1\rEVN|A01\rPV1|1|I|{SECRET}".encode(),
@@ -385,3 +385,227 @@ def test_register_adds_a_message_type() -> None:
 
         registry._BUILDERS.pop("ZZZ^Z01", None)
         to_fhir.SUPPORTED = registry.supported()
+
+
+# -- fields the IG maps beyond the basics (adt_a08__ig_extended_fields.hl7) --------------------
+
+SNOMED = "http://snomed.info/sct"
+
+
+@pytest.fixture(scope="module")
+def extended() -> dict[str, Any]:
+    bundle = convert(raw("adt_a08__ig_extended_fields.hl7"))
+    _valid(bundle)
+    return bundle
+
+
+def _related(bundle: dict[str, Any], code: str) -> list[dict[str, Any]]:
+    return [
+        r
+        for r in of_type(bundle, "RelatedPerson")
+        if any(c["code"] == code for rel in r.get("relationship", []) for c in rel["coding"])
+    ]
+
+
+def test_pid9_alias_pid20_licence_and_pid21_mother(extended: dict[str, Any]) -> None:
+    patient = one(extended, "Patient")
+    patient_ref = f"Patient/{patient['id']}"
+    # PID-9 → a second name, its use only from XPN.7 (empty here)
+    assert patient["name"] == [
+        {"use": "official", "family": "QUINTERO", "given": ["SOFIA", "ISABEL"]},
+        {"family": "VALE", "given": ["SOFIA"]},
+    ]
+    # PID-20 (DLN) → identifier of type DL, system from DLN.2, expiry DLN.3
+    licence = patient["identifier"][-1]
+    assert licence["value"] == "D7340021"
+    assert licence["type"]["coding"][0] == {
+        "system": V2 + "0203",
+        "code": "DL",
+        "display": "Driver's license number",
+    }
+    assert licence["system"] == "urn:connector-gateway:identifier:OR"
+    assert licence["period"] == {"end": "2029-05-12"}
+    # PID-21 → the mother, a RelatedPerson of the patient with her identifier
+    (mother,) = _related(extended, "MTH")
+    assert mother["patient"] == {"reference": patient_ref}
+    assert mother["relationship"] == [
+        {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode",
+                    "code": "MTH",
+                    "display": "mother",
+                }
+            ]
+        }
+    ]
+    assert mother["identifier"] == [
+        {
+            "type": {"coding": [{"system": V2 + "0203", "code": "MR", "display": "Medical record number"}]},
+            "system": OID,
+            "value": "NW600017",
+            "assigner": {"display": "NWG"},
+        }
+    ]
+    # the same patient in the full A01 has no PID-21: no mother from PID there
+    assert mother["id"] not in {r["id"] for r in of_type(convert(raw("adt_a01__full.hl7")), "RelatedPerson")}
+
+
+def test_nk1_30_contact_person_name(extended: dict[str, Any]) -> None:
+    (contact,) = _related(extended, "FRND")  # NK1-2 empty: NK1-30 is the only name
+    assert contact["name"] == [{"family": "ROSALES", "given": ["TERESA"]}]
+    spouse = next(r for r in _related(extended, "SPS") if len(r["name"]) == 2)  # NK1-2 and NK1-30
+    assert spouse["name"] == [
+        {"family": "QUINTERO", "given": ["MATEO", "L"]},
+        {"family": "QUINTERO", "given": ["MATT"]},
+    ]
+
+
+def test_pv1_52_37_43_50_and_status_from_patient_class(extended: dict[str, Any]) -> None:
+    encounter = one(extended, "Encounter")
+    # A08 without PV1-44/45: the status comes from PV1-2 (I → in-progress)
+    assert encounter["status"] == "in-progress"
+    assert [i["value"] for i in encounter["identifier"]] == ["VN700001", "ALT-551200"]
+    part = encounter["participant"][-1]
+    assert part["type"] == [
+        {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                    "code": "PART",
+                    "display": "Participation",
+                }
+            ]
+        }
+    ]
+    assert by_ref(extended, part["individual"]["reference"])["name"][0]["family"] == "PATEL"
+    destination = by_ref(extended, encounter["hospitalization"]["destination"]["reference"])
+    assert destination["name"] == "Skilled nursing facility"
+    assert destination["type"][0]["coding"][0] == {
+        "system": "urn:connector-gateway:code-system:99NWLOC",
+        "code": "SNF",
+        "display": "Skilled nursing facility",
+    }
+    assigned, prior_temporary = encounter["location"]
+    assert assigned["status"] == "active"
+    assert prior_temporary["status"] == "completed"
+    room = by_ref(extended, prior_temporary["location"]["reference"])
+    assert (room["name"], by_ref(extended, room["partOf"]["reference"])["name"]) == ("2", "CATH")
+
+
+def test_dg1_16_asserter_and_pr1_performers(extended: dict[str, Any]) -> None:
+    condition = one(extended, "Condition")
+    assert by_ref(extended, condition["asserter"]["reference"])["name"][0]["family"] == "VANCE"
+    performers = one(extended, "Procedure")["performer"]
+    assert [p.get("function", {}).get("coding", [{}])[0].get("code") for p in performers] == [
+        "88189002",
+        "304292004",
+        None,
+    ]
+    assert performers[0]["function"]["coding"][0] == {
+        "system": SNOMED,
+        "code": "88189002",
+        "display": "Anesthesiologist",
+    }
+    assert performers[1]["function"]["coding"][0]["display"] == "Surgeon"
+    families = [by_ref(extended, p["actor"]["reference"])["name"][0]["family"] for p in performers]
+    assert families == ["BRANDT", "OSEI", "LIND"]
+
+
+def test_in1_policy_number_and_insured_related_person(extended: dict[str, Any]) -> None:
+    coverage = one(extended, "Coverage")
+    assert coverage["identifier"] == [{"value": "POL-88120", "assigner": coverage["payor"][0]}]
+    assert coverage["relationship"]["coding"][0]["code"] == "spouse"
+    insured = by_ref(extended, coverage["subscriber"]["reference"])
+    assert insured["resourceType"] == "RelatedPerson"
+    assert insured["patient"] == {"reference": f"Patient/{one(extended, 'Patient')['id']}"}
+    assert insured["name"] == [{"family": "QUINTERO", "given": ["MATEO", "L"]}]
+    assert insured["relationship"][0]["coding"][0]["code"] == "SPS"
+    # IN1-17 SEL: the patient is the subscriber, no RelatedPerson for the insured
+    full = convert(raw("adt_a01__full.hl7"))
+    assert one(full, "Coverage")["subscriber"] == {"reference": f"Patient/{one(full, 'Patient')['id']}"}
+
+
+def test_evn_7_event_facility_is_the_provenance_location(extended: dict[str, Any]) -> None:
+    provenance = extended["entry"][-1]["resource"]
+    site = by_ref(extended, provenance["location"]["reference"])
+    assert site["name"] == "NORTHWIND_GEN"
+    assert site["physicalType"]["coding"][0]["code"] == "si"
+    assert site["identifier"] == [
+        {"system": "urn:ietf:rfc:3986", "value": "urn:oid:2.16.840.1.113883.3.999.1"}
+    ]
+    assert provenance["location"] in provenance["target"]
+    # EVN-5, the operator, stays the enterer agent
+    enterer = by_ref(extended, provenance["agent"][1]["who"]["reference"])
+    assert enterer["name"][0]["family"] == "REYES"
+
+
+def test_evn_7_and_pl_4_naming_one_facility_give_one_location() -> None:
+    text = (
+        "MSH|^~\\&|APP|FAC|RCV|RFAC|20240501103500-0500||ADT^A01|C7|P|2.5.1\r"
+        "EVN|A01|20240501103500-0500|||||NWG\r"
+        "PID|1||X1^^^NS^MR\r"
+        "PV1|1|I|3WEST^312^B^NWG"
+    )
+    bundle = convert(text.encode())
+    _valid(bundle)
+    sites = [r for r in of_type(bundle, "Location") if r["name"] == "NWG"]
+    assert len(sites) == 1
+    assert bundle["entry"][-1]["resource"]["location"] == {"reference": f"Location/{sites[0]['id']}"}
+
+
+def test_msh_22_responsible_and_msh_23_receiver() -> None:
+    text = (
+        "MSH|^~\\&|APP|FAC|RCV|RFAC|20240501103500-0500||ADT^A01|C22|P|2.8|||||USA||en-US|||"
+        "NORTHWIND HEALTH^^^^^NWG&2.16.840.1.113883.3.999&ISO^XX^^^NWHS01|REGIONAL HEALTH EXCHANGE\r"
+        "PID|1||X1^^^NS^MR"
+    )
+    bundle = convert(text.encode())
+    _valid(bundle)
+    header = one(bundle, "MessageHeader")
+    responsible = by_ref(bundle, header["responsible"]["reference"])
+    assert responsible["name"] == "NORTHWIND HEALTH"
+    assert responsible["identifier"][0]["value"] == "NWHS01"
+    receiver = by_ref(bundle, header["destination"][0]["receiver"]["reference"])
+    assert receiver == {
+        "resourceType": "Organization",
+        "id": receiver["id"],
+        "name": "REGIONAL HEALTH EXCHANGE",
+    }
+    # without MSH-22/23: no responsible, and the receiving facility MSH-6 is the receiver
+    plain = convert(b"MSH|^~\\&|APP|FAC|RCV|RFAC|20240501103500-0500||ADT^A01|C23|P|2.5.1\rPID|1||X1^^^NS^MR")
+    plain_header = one(plain, "MessageHeader")
+    assert "responsible" not in plain_header
+    assert by_ref(plain, plain_header["destination"][0]["receiver"]["reference"])["name"] == "RFAC"
+    # MSH-23 alone still gives a destination (its endpoint unknown)
+    alone = convert(
+        b"MSH|^~\\&|APP|FAC|||20240501103500-0500||ADT^A01|C24|P|2.8|||||||||||HIE\rPID|1||X1^^^NS^MR"
+    )
+    dest = one(alone, "MessageHeader")["destination"][0]
+    assert dest["endpoint"] == "urn:connector-gateway:application:unknown"
+    assert by_ref(alone, dest["receiver"]["reference"])["name"] == "HIE"
+
+
+@pytest.mark.parametrize(
+    ("trigger", "pv1_2", "admit", "discharge", "status"),
+    [
+        ("A08", "E", "", "", "in-progress"),  # PV1-2 through table-hl70004-to-encounter-status
+        ("A08", "O", "", "", "in-progress"),
+        ("A08", "P", "202405011030", "", "planned"),  # PV1-2 before PV1-44
+        ("A08", "U", "", "", "unknown"),
+        ("A08", "I", "202405011030", "202405041545", "finished"),  # PV1-45 first
+        ("A08", "", "202405011030", "", "in-progress"),  # no class: PV1-44 as before
+        ("A08", "Z", "", "", "unknown"),  # a class the table does not know, nothing else
+        ("A16", "P", "", "", "planned"),  # an event the trigger table does not list
+        ("A03", "P", "", "", "finished"),  # the trigger decides: A03 stays finished
+        ("A04", "I", "", "", "planned"),  # … and A04 planned
+    ],
+)
+def test_encounter_status_fallback(trigger: str, pv1_2: str, admit: str, discharge: str, status: str) -> None:
+    pv1 = ["PV1", "1", pv1_2, "3WEST^312^B^NWG"] + [""] * 40 + [admit, discharge]
+    text = (
+        f"MSH|^~\\&|APP|FAC|RCV|RFAC|20240501103500-0500||ADT^{trigger}|S{trigger}|P|2.5.1\r"
+        "PID|1||X1^^^NS^MR\r" + "|".join(pv1)
+    )
+    encounter = one(convert(text.encode()), "Encounter")
+    assert len(pv1) - 1 == 45 and encounter["status"] == status

@@ -53,4 +53,4 @@ def test_corpus_a01_key_values_agree_with_fhir_converter(corpora_dir: Path) -> N
     assert patient["address"][0]["city"] == "Ann Arbor"
     encounter = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Encounter")
     assert encounter["class"]["code"] == "PRENC"
-    assert len(encounter["participant"]) == 4
+    assert len(encounter["participant"]) == 5  # PV1-7, 8, 9, 17 and 52

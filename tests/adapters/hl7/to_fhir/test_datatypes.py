@@ -224,3 +224,88 @@ def test_escapes_decoded_per_component() -> None:
     ctx = context()
     name = dt.human_name(ctx, "A\\F\\B\\S\\C\\R\\D\\E\\^X")
     assert name == {"family": "A|B^C~D\\", "given": ["X"]}
+
+
+def test_dln_driver_licence_identifier() -> None:
+    ctx = context()
+    assert dt.driver_licence(ctx, "D7340021^OR^20290512") == {
+        "type": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/v2-0203",
+                    "code": "DL",
+                    "display": "Driver's license number",
+                }
+            ]
+        },
+        "system": "urn:connector-gateway:identifier:OR",
+        "value": "D7340021",
+        "period": {"end": "2029-05-12"},
+        "assigner": {"display": "OR"},
+    }
+    assert dt.driver_licence(ctx, "D1") == {
+        "type": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/v2-0203",
+                    "code": "DL",
+                    "display": "Driver's license number",
+                }
+            ]
+        },
+        "value": "D1",
+    }
+    assert dt.driver_licence(ctx, "^OR^20290512") is None
+    assert dt.driver_licence(ctx, "") is None
+
+
+def test_xon_organization_is_added_once_and_keyed() -> None:
+    ctx = context()
+    by_id = dt.organization(ctx, "NORTHWIND HEALTH^^^^^NWG&2.16.840.1.113883.3.999&ISO^XX^^^NWHS01")
+    again = dt.organization(ctx, "Northwind^^^^^NWG&2.16.840.1.113883.3.999&ISO^XX^^^NWHS01")
+    by_name = dt.organization(ctx, "REGIONAL HEALTH EXCHANGE")
+    assert by_id is not None and by_id.startswith("Organization/")
+    assert again == by_id and by_name not in (by_id, None)
+    assert dt.organization(ctx, "") is None
+    assert ctx.resource(by_id) == {
+        "resourceType": "Organization",
+        "id": by_id.split("/")[1],
+        "identifier": [
+            {
+                "type": {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/v2-0203",
+                            "code": "XX",
+                            "display": "Organization identifier",
+                        }
+                    ]
+                },
+                "system": "urn:oid:2.16.840.1.113883.3.999",
+                "value": "NWHS01",
+                "assigner": {"display": "NWG"},
+            }
+        ],
+        "name": "NORTHWIND HEALTH",
+    }
+    resource = ctx.resource(by_name or "")
+    assert resource is not None and resource["name"] == "REGIONAL HEALTH EXCHANGE"
+    assert "identifier" not in resource
+    # XON.3 (the old ID number) when XON.10 is empty
+    old = ctx.resource(dt.organization(ctx, "OLD CLINIC^^4410") or "")
+    assert old is not None and old["identifier"] == [{"value": "4410"}]
+
+
+def test_numbers_keep_the_digits_they_were_sent_with() -> None:
+    """FHIR decimals are exact: an NM of 1.50 is written 1.50, not 1.5."""
+    from decimal import Decimal
+
+    from adapters.fhir.resources import write_json
+    from adapters.hl7.to_fhir.datatypes import number
+
+    assert number("1.50") == Decimal("1.50") and str(number("1.50")) == "1.50"
+    assert number("7") == 7 and number("-0.020") == Decimal("-0.020")
+    assert number("abc") is None
+    assert write_json({"resourceType": "Observation", "valueQuantity": {"value": number("1.50")}}).endswith(
+        b'"value":1.50}}'
+    )

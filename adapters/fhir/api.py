@@ -56,6 +56,9 @@ FORM = frozenset({"application/x-www-form-urlencoded"})
 CLIENT_HINTS = frozenset({"_totalMethod"})
 """Query parameters some clients add that change nothing here (fhirpy's count() sends _totalMethod)."""
 MAX_PAGE = 1000
+MAX_TOTAL = 10_000
+"""A search counts its matches up to this many to answer ``Bundle.total``; past it the total is left out
+(the ``next`` link still pages on) unless ``_total=accurate`` or ``_summary=count`` asks for it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -618,7 +621,12 @@ class FhirAPI:
 
         def run(conn: sqlite3.Connection) -> tuple[int | None, list[Version], list[Version]]:
             with _snapshot(conn):  # the total and the page from one state of the store
-                total = stored.count(conn, rtype, s.where, s.args) if (s.total or s.summary_count) else None
+                total: int | None = None
+                if s.summary_count or ("_total", "accurate") in s.echo:
+                    total = stored.count(conn, rtype, s.where, s.args)
+                elif s.total:  # beyond MAX_TOTAL a count costs more than the page: the total is left out
+                    total = stored.count(conn, rtype, s.where, s.args, MAX_TOTAL)
+                    total = total if total <= MAX_TOTAL else None
                 if s.summary_count or s.count == 0:
                     return total, [], []
                 found = stored.search(

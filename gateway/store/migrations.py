@@ -218,7 +218,7 @@ MIGRATIONS.append(
         high    TEXT,
         num     REAL
     );
-    CREATE INDEX fhir_index_value ON fhir_index (type, param, value, id);
+    CREATE INDEX fhir_index_value ON fhir_index (type, param, value, system, id);
     CREATE INDEX fhir_index_date ON fhir_index (type, param, low, high, id);
     CREATE INDEX fhir_index_num ON fhir_index (type, param, num, id) WHERE num IS NOT NULL;
     CREATE INDEX fhir_index_resource ON fhir_index (type, id, param);

@@ -134,9 +134,15 @@ def search(
     return [_version(r) for r in rows]
 
 
-def count(conn: sqlite3.Connection, rtype: str, where: str, args: Sequence[Any]) -> int:
-    sql = f"SELECT count(*) FROM fhir_resources r WHERE r.type = ? AND r.deleted = 0 AND ({where})"  # noqa: S608
-    (n,) = conn.execute(sql, [rtype, *args]).fetchone()
+def count(
+    conn: sqlite3.Connection, rtype: str, where: str, args: Sequence[Any], at_most: int | None = None
+) -> int:
+    """How many current resources satisfy ``where``; with ``at_most``, counting stops past it (a broad
+    search over a million resources must not read them all to say how many there are)."""
+    inner = f"SELECT 1 FROM fhir_resources r WHERE r.type = ? AND r.deleted = 0 AND ({where})"  # noqa: S608
+    if at_most is not None:
+        inner += f" LIMIT {int(at_most) + 1}"
+    (n,) = conn.execute(f"SELECT count(*) FROM ({inner})", [rtype, *args]).fetchone()  # noqa: S608
     return int(n)
 
 

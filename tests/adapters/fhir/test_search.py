@@ -617,7 +617,10 @@ def _plan(db: sqlite3.Connection, s: Search) -> str:
 
 def test_identifier_search_uses_the_value_index(db: sqlite3.Connection) -> None:
     plan = _plan(db, parse_search("Patient", [("identifier", f"{MRN}|MRN-1")]))
-    assert "fhir_index USING INDEX fhir_index_value (type=? AND param=? AND value=?)" in plan
+    assert (
+        "fhir_index USING COVERING INDEX fhir_index_value (type=? AND param=? AND value=? AND system=?)"
+        in plan
+    )
     assert "SCAN" not in plan
 
 
@@ -625,3 +628,14 @@ def test_date_sort_looks_up_each_result_by_id(db: sqlite3.Connection) -> None:
     plan = _plan(db, parse_search("Observation", [("code", "8480-6"), ("_sort", "-date")]))
     assert "fhir_index USING INDEX fhir_index_resource (type=? AND id=?)" in plan
     assert "SCAN" not in plan
+
+
+def test_a_capped_count_stops_past_its_cap(db: sqlite3.Connection) -> None:
+    """A broad search counts at most one past the cap (the API then leaves Bundle.total out)."""
+    from gateway.store import resources
+
+    every = parse_search("Observation", [])
+    exact = resources.count(db, "Observation", every.where, every.args)
+    assert exact == len(OBSERVATIONS) > 3
+    assert resources.count(db, "Observation", every.where, every.args, at_most=2) == 3
+    assert resources.count(db, "Observation", every.where, every.args, at_most=exact) == exact

@@ -20,9 +20,7 @@ import re
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
-from email.utils import format_datetime
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import orjson
@@ -31,7 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from adapters.fhir import bundle, interactions, search
+from adapters.fhir import bundle, http, interactions, search
 from adapters.fhir.adapter import FhirAdapter
 from adapters.fhir.capability import capability_statement
 from adapters.fhir.interactions import Written
@@ -49,13 +47,12 @@ from gateway.store.resources import Version
 
 log = logging.getLogger("gateway.fhir")
 
-BASE = "/fhir"
+BASE = http.BASE
 _ENTRY = re.compile(r"Bundle\.entry\[(\d+)\]")
 RESOURCE_MEDIA = JSON_TYPES | XML_TYPES
 FORM = frozenset({"application/x-www-form-urlencoded"})
 CLIENT_HINTS = frozenset({"_totalMethod"})
 """Query parameters some clients add that change nothing here (fhirpy's count() sends _totalMethod)."""
-MAX_PAGE = 1000
 MAX_TOTAL = 10_000
 """A search counts its matches up to this many to answer ``Bundle.total``; past it the total is left out
 (the ``next`` link still pages on) unless ``_total=accurate`` or ``_summary=count`` asks for it."""
@@ -89,69 +86,6 @@ INTERACTIONS: tuple[Interaction, ...] = (
     Interaction("batch", "system", "POST", "", "write"),
     Interaction("history-system", "system", "GET", "/_history", "read"),
 )
-
-Format = Literal["json", "xml"]
-_FORMATS: dict[str, Format] = {
-    "json": "json",
-    "application/json": "json",
-    "application/fhir+json": "json",
-    "application/json+fhir": "json",
-    "xml": "xml",
-    "application/xml": "xml",
-    "application/fhir+xml": "xml",
-    "application/xml+fhir": "xml",
-    "text/xml": "xml",
-}
-
-
-def response_format(request: Request) -> Format:
-    """``json`` or ``xml``, from ``_format`` or ``Accept``; 406 when neither can be served."""
-    fmt = request.query_params.get("_format")
-    if fmt is not None:
-        chosen = _FORMATS.get(fmt.split(";")[0].strip().lower())
-        if chosen is None:
-            raise FhirError(406, "not-supported", "_format must be json or xml (or a FHIR media type).")
-        return chosen
-    accept = request.headers.get("accept", "")
-    if not accept.strip():
-        return "json"
-    wanted = [part.split(";")[0].strip().lower() for part in accept.split(",")]
-    for media in wanted:
-        if media in _FORMATS:
-            return _FORMATS[media]
-        if media in ("*/*", "application/*", "text/*", "application/fhir"):
-            return "json"
-    raise FhirError(406, "not-supported", "Accept must allow application/fhir+json or application/fhir+xml.")
-
-
-def outcome_response(exc: FhirError, fmt: Format = "json") -> Response:
-    body, media = serialize(operation_outcome(exc.issues), fmt)
-    return Response(body, status_code=exc.status, media_type=media, headers=exc.headers)
-
-
-def _peer(request: Request) -> str:
-    return f"{request.client.host}:{request.client.port}" if request.client else ""
-
-
-def _http_date(instant: str) -> str:
-    return format_datetime(datetime.fromisoformat(instant.replace("Z", "+00:00")), usegmt=True)
-
-
-def _base_url(request: Request) -> str:
-    return str(request.base_url).rstrip("/") + BASE
-
-
-def _version_headers(v: Version | Written) -> dict[str, str]:
-    return {"ETag": f'W/"{v.version}"', "Last-Modified": _http_date(v.last_updated)}
-
-
-def allowed(who: Principal, rtype: str, access: str) -> bool:
-    """Whether ``who`` may ``access`` (read or write) resources of ``rtype``: ``fhir:read`` /
-    ``fhir:write``, ``admin``, or a SMART system scope (``system/Patient.read``, ``system/*.*``)."""
-    scopes = who.scopes
-    if "admin" in scopes or f"fhir:{access}" in scopes:
-        return True
-    return any(f"system/{t}.{a}" in scopes for t in (rtype, "*") for a in (access, "*"))
 
 
 class FhirAPI:
@@ -187,7 +121,7 @@ class FhirAPI:
     def principal(self, request: Request, rtype: str, access: str, who: Principal | None = None) -> Principal:
         """The authenticated caller, when it may ``access`` resources of ``rtype``; else 401 or 403."""
         who = who or self.authenticated(request)
-        if not allowed(who, rtype, access):
+        if not http.allowed(who, rtype, access):
             self.note(
                 [
                     EventDraft(
@@ -242,7 +176,7 @@ class FhirAPI:
         status: int = 200,
         headers: Mapping[str, str] | None = None,
     ) -> Response:
-        fmt = response_format(request)
+        fmt = http.response_format(request)
         if resource is None:
             return Response(status_code=status, headers=dict(headers or {}))
         body, media = serialize(resource, fmt)
@@ -302,7 +236,7 @@ class FhirAPI:
     ) -> Envelope:
         receipt = Receipt(
             listener="fhir",
-            peer=_peer(request),
+            peer=http.peer(request),
             client=who.name,
             content_type=media,
             attributes={"interaction": interaction, "resource_id": rid},
@@ -318,9 +252,9 @@ class FhirAPI:
         return replace(env, receipt=receipt)
 
     def written_reply(self, request: Request, w: Written) -> Response:
-        headers = _version_headers(w)
+        headers = http.version_headers(w)
         if w.action != "deleted":
-            headers["Location"] = f"{_base_url(request)}/{w.location}"
+            headers["Location"] = f"{http.base_url(request)}/{w.location}"
         prefer = request.headers.get("prefer", "")
         if "return=minimal" in prefer or w.body is None:
             return self.reply(request, None, w.status if w.status != 204 else 204, headers)
@@ -353,7 +287,7 @@ class FhirAPI:
         done = await self.write(env, await self.validated(env), perform)
         assert isinstance(done, Written)
         if done.action == "matched":  # the resource that was there: a read, for a key that may read it
-            if not allowed(who, rtype, "read"):
+            if not http.allowed(who, rtype, "read"):
                 done = replace(done, body=None)
             else:
                 self.note([self._read_event(who, done.type, done.id, done.version, env.id, "create")])
@@ -401,7 +335,7 @@ class FhirAPI:
         who = self.principal(request, rtype, "write")
         if_match = bundle.if_match_version(request.headers.get("if-match"))
         receipt = Receipt(
-            "fhir", _peer(request), who.name, attributes={"interaction": "delete", "resource_id": rid}
+            "fhir", http.peer(request), who.name, attributes={"interaction": "delete", "resource_id": rid}
         )
         env = Envelope(
             id=new_id(),
@@ -516,8 +450,8 @@ class FhirAPI:
 
     def version_reply(self, request: Request, v: Version) -> Response:
         """One stored version: JSON as stored (byte for byte, decimals as written), or XML."""
-        headers = _version_headers(v)
-        if response_format(request) == "json":
+        headers = http.version_headers(v)
+        if http.response_format(request) == "json":
             return Response(v.body, 200, headers, JSON_MEDIA)
         return self.reply(request, interactions.body_of(v), 200, headers)
 
@@ -544,7 +478,7 @@ class FhirAPI:
         if v is None:
             raise FhirError(404, "not-found", f"No {rtype} has this id.")
         if v.deleted:
-            raise FhirError(410, "deleted", f"The {rtype} was deleted.", headers=_version_headers(v))
+            raise FhirError(410, "deleted", f"The {rtype} was deleted.", headers=http.version_headers(v))
         self._access(who, "ResourceRead", [v], {"interaction": "read"})
         return self.version_reply(request, v)
 
@@ -558,7 +492,10 @@ class FhirAPI:
             raise FhirError(404, "not-found", f"No {rtype} version has this id.")
         if v.deleted:
             raise FhirError(
-                410, "deleted", f"This version of the {rtype} is its deletion.", headers=_version_headers(v)
+                410,
+                "deleted",
+                f"This version of the {rtype} is its deletion.",
+                headers=http.version_headers(v),
             )
         self._access(who, "ResourceRead", [v], {"interaction": "vread"})
         return self.version_reply(request, v)
@@ -567,8 +504,8 @@ class FhirAPI:
         if rtype is not None:
             rtype = self.known_type(rtype)
         who = self.principal(request, rtype or "*", "read")
-        count, offset = _paging(request.query_params)
-        since = _instant(request.query_params.get("_since"))
+        count, offset = http.paging(request.query_params)
+        since = http.instant(request.query_params.get("_since"))
 
         def run(conn: sqlite3.Connection) -> tuple[int, list[Version], bool]:
             with _snapshot(conn):
@@ -579,12 +516,12 @@ class FhirAPI:
         total, versions, known = self.store.read(run)
         if not known:
             raise FhirError(404, "not-found", f"No {rtype} has this id.")
-        fmt = response_format(request)
+        fmt = http.response_format(request)
         entries = []
         for v in versions:
             method = v.method or ("DELETE" if v.deleted else "PUT")
             entry: dict[str, Any] = {
-                "fullUrl": f"{_base_url(request)}/{v.type}/{v.id}",
+                "fullUrl": f"{http.base_url(request)}/{v.type}/{v.id}",
                 "request": {"method": method, "url": f"{v.type}/{v.id}" if method != "POST" else v.type},
                 "response": {
                     "status": "200 OK" if method != "POST" else "201 Created",
@@ -605,7 +542,7 @@ class FhirAPI:
             "id": new_id(),
             "type": "history",
             "total": total,
-            "link": _links(_base_url(request) + "/" + path, echo, count, offset, total),
+            "link": http.links(http.base_url(request) + "/" + path, echo, count, offset, total),
             "entry": entries,
         }
         return self.reply(request, out)
@@ -617,7 +554,7 @@ class FhirAPI:
         params = [(k, v) for k, v in params if k not in CLIENT_HINTS]
         s = search.parse_search(rtype, params, strict=not lenient)
 
-        fmt = response_format(request)
+        fmt = http.response_format(request)
 
         def run(conn: sqlite3.Connection) -> tuple[int | None, list[Version], list[Version]]:
             with _snapshot(conn):  # the total and the page from one state of the store
@@ -636,12 +573,14 @@ class FhirAPI:
 
         total, found, included = self.store.read(run)
         # an included resource is read too: only the types this key may read come back
-        included = [v for v in included if allowed(who, v.type, "read")]
-        base = _base_url(request)
+        included = [v for v in included if http.allowed(who, v.type, "read")]
+        base = http.base_url(request)
         out: dict[str, Any] = {"resourceType": "Bundle", "id": new_id(), "type": "searchset"}
         if total is not None:
             out["total"] = total
-        out["link"] = _links(f"{base}/{rtype}", s.echo, s.count, s.offset, total, more=len(found) == s.count)
+        out["link"] = http.links(
+            f"{base}/{rtype}", s.echo, s.count, s.offset, total, more=len(found) == s.count
+        )
         out["entry"] = [
             {
                 "fullUrl": f"{base}/{v.type}/{v.id}",
@@ -666,7 +605,7 @@ class FhirAPI:
         return self.reply(request, out)
 
     def metadata(self, request: Request) -> Response:
-        return self.reply(request, capability_statement(INTERACTIONS, _base_url(request)))
+        return self.reply(request, capability_statement(INTERACTIONS, http.base_url(request)))
 
 
 @contextlib.contextmanager
@@ -679,52 +618,9 @@ def _snapshot(conn: sqlite3.Connection) -> Iterator[None]:
         conn.execute("COMMIT")
 
 
-def _resource_of(v: Version, fmt: Format) -> Any:
+def _resource_of(v: Version, fmt: http.Format) -> Any:
     """A stored version inside a Bundle: for JSON its stored bytes as they are, for XML its resource."""
     return orjson.Fragment(v.body) if fmt == "json" else interactions.body_of(v)
-
-
-def _instant(value: str | None) -> str | None:
-    """``_since`` as the store's instant form; 400 unless it is an instant with a time zone."""
-    if value is None:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        parsed = None
-    if parsed is None or parsed.tzinfo is None:
-        raise FhirError(
-            400, "invalid", "_since must be an instant with a time zone, such as 2026-01-01T00:00:00Z."
-        )
-    return parsed.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _paging(query: Mapping[str, str]) -> tuple[int, int]:
-    count, offset = query.get("_count", "20"), query.get("_offset", "0")
-    if not (count.isdigit() and offset.isdigit() and len(count) <= 9 and len(offset) <= 12):
-        raise FhirError(400, "invalid", "_count and _offset must be whole numbers, not too large.")
-    return min(int(count), MAX_PAGE), int(offset)
-
-
-def _links(
-    url: str,
-    echo: Sequence[tuple[str, str]],
-    count: int,
-    offset: int,
-    total: int | None,
-    *,
-    more: bool | None = None,
-) -> list[dict[str, str]]:
-    def at(off: int) -> str:
-        return url + "?" + urlencode([*echo, ("_count", str(count)), ("_offset", str(off))])
-
-    links = [{"relation": "self", "url": at(offset)}]
-    has_next = (offset + count < total) if total is not None else bool(more)
-    if count and has_next:
-        links.append({"relation": "next", "url": at(offset + count)})
-    if count and offset > 0:
-        links.append({"relation": "previous", "url": at(max(0, offset - count))})
-    return links
 
 
 def _included(
@@ -760,25 +656,25 @@ def mount(app: FastAPI, api: FhirAPI) -> None:
 
             async def run_async(request: Request) -> Response:
                 try:
-                    response_format(request)  # a 406 before any work, never after a write
+                    http.response_format(request)  # a 406 before any work, never after a write
                     result: Response = await handler(request, **request.path_params)
                     return result
                 except FhirError as exc:
-                    return outcome_response(exc, _safe_format(request))
+                    return http.outcome_response(exc, http.safe_format(request))
                 except Exception as exc:
-                    return _unexpected(request, exc)
+                    return http.unexpected(request, exc)
 
             return run_async
 
         def run(request: Request) -> Response:
             try:
-                response_format(request)
+                http.response_format(request)
                 result: Response = handler(request, **request.path_params)
                 return result
             except FhirError as exc:
-                return outcome_response(exc, _safe_format(request))
+                return http.outcome_response(exc, http.safe_format(request))
             except Exception as exc:
-                return _unexpected(request, exc)
+                return http.unexpected(request, exc)
 
         return run
 
@@ -846,15 +742,15 @@ def mount(app: FastAPI, api: FhirAPI) -> None:
             text = {404: "No such FHIR endpoint.", 405: "This interaction is not supported here."}.get(
                 exc.status_code, "The request cannot be processed."
             )
-            return outcome_response(FhirError(exc.status_code, code, text), _safe_format(request))
+            return http.outcome_response(FhirError(exc.status_code, code, text), http.safe_format(request))
         assert previous_http is not None
         answer: Awaitable[Response] | Response = previous_http(request, exc)
         return await answer if isinstance(answer, Awaitable) else answer
 
     async def validation_error(request: Request, exc: Exception) -> Response:
         if request.url.path.startswith(BASE + "/"):
-            return outcome_response(
-                FhirError(400, "invalid", "The request is not valid."), _safe_format(request)
+            return http.outcome_response(
+                FhirError(400, "invalid", "The request is not valid."), http.safe_format(request)
             )
         assert previous_validation is not None
         answer: Awaitable[Response] | Response = previous_validation(request, exc)
@@ -864,19 +760,4 @@ def mount(app: FastAPI, api: FhirAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation_error)
 
 
-def _unexpected(request: Request, exc: Exception) -> Response:
-    """A failure the API did not foresee: logged by kind only (never a value), answered 500."""
-    log.error("fhir request failed", extra={"error": type(exc).__name__, "path": request.url.path[:64]})
-    return outcome_response(
-        FhirError(500, "exception", "The server could not process the request."), _safe_format(request)
-    )
-
-
-def _safe_format(request: Request) -> Format:
-    try:
-        return response_format(request)
-    except FhirError:
-        return "json"
-
-
-__all__ = ["INTERACTIONS", "FhirAPI", "Interaction", "allowed", "mount"]
+__all__ = ["INTERACTIONS", "FhirAPI", "Interaction", "mount"]

@@ -681,3 +681,15 @@ def test_bundles_resolve_relative_references_and_check_every_scope(gw: Gateway) 
     with http(gw, OBS_WRITER_KEY) as w:
         refused = w.post("", json=probe)
         assert refused.status_code == 403  # a conditional reference would tell whether the patient exists
+
+
+def test_prefer_return_minimal_representation_and_operation_outcome(gw: Gateway) -> None:
+    with http(gw) as h:
+        minimal = h.post("/Patient", json=patient(marker()), headers={"Prefer": "return=minimal"})
+        assert minimal.status_code == 201 and not minimal.content
+        assert minimal.headers["etag"] == 'W/"1"' and "/fhir/Patient/" in minimal.headers["location"]
+        told = h.post("/Patient", json=patient(marker()), headers={"Prefer": "return=OperationOutcome"})
+        assert told.status_code == 201 and outcome(told).issue[0].severity == "information"
+        shown = h.post("/Patient", json=patient(marker()), headers={"Prefer": "return=representation"})
+        assert shown.status_code == 201 and shown.json()["resourceType"] == "Patient"
+        assert shown.json()["meta"]["versionId"] == "1" and "lastUpdated" in shown.json()["meta"]

@@ -140,7 +140,8 @@ def links(
 
 def unexpected(request: Request, exc: Exception) -> Response:
     """A failure the API did not foresee: logged by kind only (never a value), answered 500."""
-    log.error("fhir request failed", extra={"error": type(exc).__name__, "path": request.url.path[:64]})
+    route = getattr(request.scope.get("route"), "path", "")  # the template (/fhir/{rtype}/{rid}), never ids
+    log.error("fhir request failed", extra={"error": type(exc).__name__, "route": route})
     return outcome_response(
         FhirError(500, "exception", "The server could not process the request."), safe_format(request)
     )

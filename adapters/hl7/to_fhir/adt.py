@@ -8,14 +8,15 @@
 - :func:`build_merge` (A40): per PID/MRG pair, the surviving Patient from PID
   and the prior one from MRG-1, linked ``replaces`` / ``replaced-by``.
 
-OBX segments inside ADT messages are not mapped here (the results module owns
-Observation).
+Each OBX (the OBSERVATION group, with the NTEs after it) becomes an Observation of the
+patient through the results module's OBX map (:func:`.results.patient_observations`), linked to
+the Encounter unless the event is one before the visit begins (its Encounter ``planned``).
 """
 
 from __future__ import annotations
 
 from adapters.hl7.er7 import Segment
-from adapters.hl7.to_fhir import clinical, encounter, patient
+from adapters.hl7.to_fhir import clinical, encounter, patient, results
 from adapters.hl7.to_fhir.context import Context
 
 __all__ = ["MERGE_TYPES", "PERSON_TYPES", "VISIT_TYPES", "build_merge", "build_person", "build_visit"]
@@ -76,6 +77,7 @@ def _body(ctx: Context, with_visit: bool) -> None:
             clinical.procedure(ctx, seg, n)
         elif seg.id == "IN1":
             clinical.coverage(ctx, seg, n)
+    results.patient_observations(ctx, results.collect(segments))
 
 
 def build_visit(ctx: Context) -> None:

@@ -1,7 +1,12 @@
 """MDM^T01/T02/T04/T05/T06/T08/T09/T10 → DocumentReference (the IG's TXA and OBX[DocumentReference] maps).
 
 The Patient (PID) and the Encounter (PV1/PV2) come from the existing mappers;
-ORC/OBR (orders), CON and NTE segments of an MDM are not mapped here. Per
+each COMMON_ORDER group before the TXA (ORC, TQ1, OBR, NTE) is a ServiceRequest
+through the orders module's ORC/OBR map (:func:`.orders.service_request`, keyed
+as an ORM's), named in the document's ``context.related``, as the IG's MDM_T02 map
+says. The OBX segments are the document's content (the IG maps them to
+OBX[DocumentReference] only: no Observation is made); CON segments and the NTEs
+after an OBX (NTE[DocumentReference] maps NTE-3 only) are not mapped. Per
 message one DocumentReference, keyed by the unique document number TXA-12
 (authority + id; the sending facility when it has no authority), else the file
 name TXA-16, else the message:
@@ -15,7 +20,8 @@ name TXA-16, else the message:
   when it is a LOINC code (MDM senders put the LOINC document type there).
 - ``date`` TXA-6 (origination), else TXA-4 (activity), as an instant, only when
   it has a time (the IG maps a date-only value to an R6 extension instead);
-  ``context.period.start`` TXA-4; ``context.encounter`` the PV1 Encounter.
+  ``context.period.start`` TXA-4; ``context.encounter`` the PV1 Encounter;
+  ``context.related`` the ServiceRequests of the message's orders.
 - ``author`` TXA-9 (originator) and TXA-5 (primary activity provider),
   ``authenticator`` TXA-10, else the person of TXA-22; all Practitioners.
 - ``relatesTo`` TXA-13 (parent document): ``appends`` for an addendum
@@ -48,7 +54,7 @@ from typing import Any
 
 from adapters.hl7.er7 import Segment, unescape
 from adapters.hl7.to_fhir import datatypes as dt
-from adapters.hl7.to_fhir import encounter, patient, registry
+from adapters.hl7.to_fhir import encounter, orders, patient, registry
 from adapters.hl7.to_fhir.context import HL7_NULL, Composite, Context, resource_id
 from adapters.hl7.to_fhir.errors import ConversionError
 from adapters.hl7.to_fhir.immunization import ei_key, entity_identifier
@@ -185,8 +191,11 @@ def _people(ctx: Context, reps: list[Composite]) -> list[str]:
     return [p for p in (dt.practitioner(ctx, r) for r in reps) if p]
 
 
-def document_reference(ctx: Context, txa: Segment, obxs: list[Segment]) -> str:
-    """TXA + its OBX → the DocumentReference of the current patient (see the module docstring)."""
+def document_reference(
+    ctx: Context, txa: Segment, obxs: list[Segment], related: list[str] | None = None
+) -> str:
+    """TXA + its OBX → the DocumentReference of the current patient (see the module docstring);
+    ``related`` the references of the orders it is about (``context.related``)."""
     res: dict[str, Any] = {"resourceType": "DocumentReference"}
     master = entity_identifier(ctx, ctx.field(txa, 12))
     if master:
@@ -246,6 +255,8 @@ def document_reference(ctx: Context, txa: Segment, obxs: list[Segment]) -> str:
     activity = dt.date_time(ctx, ctx.field(txa, 4))
     if activity:
         context["period"] = {"start": activity}
+    if related:
+        context["related"] = [{"reference": ref} for ref in related]
     if context:
         res["context"] = context
     ref = ctx.add(res, _key(ctx, txa))
@@ -253,8 +264,33 @@ def document_reference(ctx: Context, txa: Segment, obxs: list[Segment]) -> str:
     return ref
 
 
+def _orders(segments: list[Segment]) -> list[orders.Order]:
+    """The COMMON_ORDER groups before the TXA: ORC, TQ1*, OBR, NTE* each (an OBR after an order
+    that has one starts the next order, sharing the ORC)."""
+    out: list[orders.Order] = []
+    current: orders.Order | None = None
+    for seg in segments:
+        if seg.id == "TXA":
+            break
+        if seg.id == "ORC":
+            current = orders.Order(len(out) + 1, orc=seg)
+            out.append(current)
+        elif current is None:
+            continue
+        elif seg.id == "OBR":
+            if current.obr is not None:
+                current = orders.Order(len(out) + 1, orc=current.orc)
+                out.append(current)
+            current.obr = seg
+        elif seg.id == "TQ1":
+            current.timing.append(seg)
+        elif seg.id == "NTE":
+            current.notes.append(seg)
+    return out
+
+
 def build_mdm(ctx: Context) -> None:
-    """An MDM event: the patient, the visit, and the document the TXA (+ OBX) describes."""
+    """An MDM event: the patient, the visit, the orders, and the document the TXA (+ OBX) describes."""
     patient.patient(ctx, ctx.segment("PID"))
     pv1 = ctx.segment("PV1")
     if pv1 is not None:
@@ -262,7 +298,9 @@ def build_mdm(ctx: Context) -> None:
     txa = ctx.segment("TXA")
     if txa is None:
         raise ConversionError("no_document", "The message has no document header segment (TXA).")
-    document_reference(ctx, txa, ctx.message.segments_named("OBX"))
+    placed = [orders.service_request(ctx, order) for order in _orders(ctx.message.segments)]
+    related = list(dict.fromkeys(p.ref for p in placed if p))
+    document_reference(ctx, txa, ctx.message.segments_named("OBX"), related)
 
 
 registry.register(MDM_TYPES, build_mdm)

@@ -1,8 +1,9 @@
 """PV1 / PV2 → Encounter, PL → Location (the IG's segment maps).
 
 The Encounter is keyed by the visit number PV1-19 (authority + id; the
-sending facility when CX.4 is empty), else by the message's control id, so
-that A01, A08 and A03 for one visit update one Encounter.
+sending facility when CX.4 is empty), else by what the caller names (an SIU:
+the appointment), else by the message's control id, so that A01, A08 and A03
+for one visit update one Encounter.
 
 Its status comes from the trigger event through the ``encounter_status``
 table (the IG's ConceptMap of table 0003: A01/A02 in-progress, A03 finished,
@@ -17,7 +18,8 @@ set; reading the visit keeps it.
 
 Locations: PV1-3 (assigned, ``active``), PV1-6 (prior, ``completed``),
 PV1-11 (temporary, ``active``), PV1-43 (prior temporary, ``completed``; the
-IG's R4 PV1 map), PV1-42 (pending, ``planned``). Each PL becomes
+IG's R4 PV1 map), PV1-42 (pending, ``planned``), PV2-1 (prior pending, ``planned``; the
+IG's PV2 map). Each PL becomes
 a chain of Locations, facility (PL.4, ``si``) ← building (PL.7, ``bu``) ←
 floor (PL.8, ``lvl``) ← point of care (PL.1, ``wa``) ← room (PL.2, ``ro``) ←
 bed (PL.3, ``bd``), each ``partOf`` the one before and keyed by its whole
@@ -25,7 +27,8 @@ path; the Encounter points at the most specific one. PV1-37 (discharged to)
 is a Location of its own, ``hospitalization.destination``.
 
 Participants: PV1-7 ATND, PV1-8 REF, PV1-9 CON, PV1-17 ADM, PV1-52 (other
-healthcare provider) PART. Identifiers: PV1-19 (type VN), then PV1-50
+healthcare provider) PART, PV2-13 (referral source) REF, as the IG's PV2 map says; the same
+person in the same role is listed once. Identifiers: PV1-19 (type VN), then PV1-50
 (alternate visit ids).
 """
 
@@ -148,14 +151,20 @@ def _concepts(ctx: Context, reps: list[Composite], table: str | None = None) -> 
     return [c for c in (dt.codeable_concept(ctx, r, table) for r in reps) if c]
 
 
-def encounter(ctx: Context, pv1: Segment, pv2: Segment | None = None) -> str | None:
-    """PV1 (+ PV2) → Encounter of the current patient; sets ``ctx.encounter`` and returns its reference."""
+def encounter(
+    ctx: Context, pv1: Segment, pv2: Segment | None = None, *, fallback_key: str = ""
+) -> str | None:
+    """PV1 (+ PV2) → Encounter of the current patient; sets ``ctx.encounter`` and returns its reference.
+
+    ``fallback_key`` keys it when PV1-19 is empty (default: the message)."""
     if ctx.patient is None:
         return None
     msh = ctx.segment("MSH")
     visit = ctx.field(pv1, 19)
     if visit.get(1):
         key = "visit|" + dt.cx_key(ctx, visit, dt.hd_key(ctx.field(msh, 4)))
+    elif fallback_key:
+        key = fallback_key
     else:
         key = "message|" + "|".join((ctx.field(msh, 3).raw, ctx.field(msh, 4).raw, ctx.value(msh, 10)))
     res: dict[str, Any] = {
@@ -182,12 +191,16 @@ def encounter(ctx: Context, pv1: Segment, pv2: Segment | None = None) -> str | N
         res["serviceType"] = service
     res["subject"] = {"reference": ctx.patient}
     participants: list[dict[str, Any]] = []
-    for n, code, display in _PARTICIPANTS:
-        for rep in ctx.reps(pv1, n):
+    people: list[tuple[Segment | None, int, str, str]] = [(pv1, n, c, d) for n, c, d in _PARTICIPANTS]
+    people.append((pv2, 13, "REF", "referrer"))  # PV2-13 referral source (the IG's PV2 map)
+    for seg, n, code, display in people:
+        for rep in ctx.reps(seg, n):
             who = dt.practitioner(ctx, rep)
             if who:
                 kind = {"coding": [{"system": PARTICIPATION, "code": code, "display": display}]}
-                participants.append({"type": [kind], "individual": {"reference": who}})
+                item = {"type": [kind], "individual": {"reference": who}}
+                if item not in participants:
+                    participants.append(item)
     if participants:
         res["participant"] = participants
     span = dt.period(ctx, ctx.field(pv1, 44).get(1), ctx.field(pv1, 45).get(1))
@@ -212,8 +225,11 @@ def encounter(ctx: Context, pv1: Segment, pv2: Segment | None = None) -> str | N
     if stay:
         res["hospitalization"] = stay
     places: list[dict[str, Any]] = []
-    for n, status in ((3, "active"), (11, "active"), (6, "completed"), (43, "completed"), (42, "planned")):
-        for rep in ctx.reps(pv1, n)[:1]:
+    sources: list[tuple[Segment | None, int, str]] = [(pv1, 3, "active"), (pv1, 11, "active")]
+    sources += [(pv1, 6, "completed"), (pv1, 43, "completed")]
+    sources += [(pv1, 42, "planned"), (pv2, 1, "planned")]
+    for seg, n, status in sources:
+        for rep in ctx.reps(seg, n)[:1]:
             where = location(ctx, rep)
             if where and not any(p["location"]["reference"] == where for p in places):
                 places.append({"location": {"reference": where}, "status": status})

@@ -39,8 +39,11 @@ Immunization (one per group):
   (vaccine type; its text is the ``documentType`` when no 69764-9 is given),
   29768-9 ``publicationDate``, 29769-7 ``presentationDate``. An education group
   with neither a document type nor a vaccine type is dropped (FHIR's imm-1).
-  **Any other OBX is not mapped** (no Observation is made for it, and
-  ``reaction`` is not filled); nor are OBX segments outside an order group.
+  NTEs after these OBX are the Immunization's ``note``.
+- Any other OBX under the RXA is an Observation (the results module's OBX map, the IG's
+  ORDER.OBSERVATION → OBX[Observation]) with ``partOf`` the Immunization and the NTEs after it as
+  its ``note``; ``reaction`` is not filled. The OBX before the first ORC/RXA (the
+  PERSON_OBSERVATION group) are Observations of the patient.
 
 The EI helpers :func:`entity_identifier` and :func:`ei_key` are shared with the
 scheduling and documents modules.
@@ -115,6 +118,8 @@ class _Group:
     rxr: Segment | None = None
     obx: list[Segment] = field(default_factory=list)
     nte: list[Segment] = field(default_factory=list)
+    segments: list[Segment] = field(default_factory=list)
+    """Every segment after the RXA, in order (its OBSERVATION groups)."""
 
 
 def _groups(segments: list[Segment]) -> list[_Group]:
@@ -128,14 +133,14 @@ def _groups(segments: list[Segment]) -> list[_Group]:
             current = _Group(orc, seg)
             groups.append(current)
             orc = None  # the next RXA without an ORC of its own has none
-        elif current is None:
-            continue
-        elif seg.id == "RXR" and current.rxr is None:
-            current.rxr = seg
-        elif seg.id == "OBX":
-            current.obx.append(seg)
-        elif seg.id == "NTE":
-            current.nte.append(seg)
+        elif current is not None:
+            current.segments.append(seg)
+            if seg.id == "RXR" and current.rxr is None:
+                current.rxr = seg
+            elif seg.id == "OBX":
+                current.obx.append(seg)
+            elif seg.id == "NTE":
+                current.nte.append(seg)
     return groups
 
 
@@ -347,16 +352,39 @@ def immunization(
     return ref
 
 
+def _mapped_here(ctx: Context, obx: Segment) -> bool:
+    """Whether the ``immunization_observations`` table maps this OBX into the Immunization."""
+    code = ctx.field(obx, 3)
+    entry = ctx.tables.entry("immunization_observations", code.get(1)) or ctx.tables.entry(
+        "immunization_observations", code.get(4)
+    )
+    return bool(entry and entry.get("target"))
+
+
 def build_vxu(ctx: Context) -> None:
-    """VXU^V04: the patient, next of kin, the visit, and an Immunization per ORC/RXA group."""
+    """VXU^V04: the patient, next of kin, the visit, the person's observations, and an Immunization
+    per ORC/RXA group with the Observations of its other OBX."""
+    from adapters.hl7.to_fhir import results  # results builds on orders, which builds on patient
+
     patient.patient(ctx, ctx.segment("PID"), ctx.segment("PD1"))
     pv1 = ctx.segment("PV1")
     if pv1 is not None:
         encounter.encounter(ctx, pv1, ctx.segment("PV2"))
     for n, nk1 in enumerate(ctx.message.segments_named("NK1"), 1):
         patient.related_person(ctx, nk1, n)
-    for group in _groups(ctx.message.segments):
-        immunization(ctx, group.orc, group.rxa, group.rxr, group.obx, group.nte)
+    segments = ctx.message.segments
+    first_order = next((i for i, s in enumerate(segments) if s.id in ("ORC", "RXA")), len(segments))
+    results.patient_observations(ctx, results.collect(segments[:first_order]))
+    for group in _groups(segments):
+        found = results.collect(group.segments)
+        own = [r for r in found if not _mapped_here(ctx, r.obx)]
+        theirs = [id(nte) for r in own for nte in r.notes]
+        notes = [nte for nte in group.nte if id(nte) not in theirs]
+        ref = immunization(ctx, group.orc, group.rxa, group.rxr, group.obx, notes)
+        if ref is None:
+            continue
+        for result in own:
+            results.observation(ctx, result, parent=ref, part_of=ref)
 
 
 registry.register(VXU_TYPES, build_vxu)

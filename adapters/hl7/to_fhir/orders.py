@@ -36,7 +36,10 @@ Choices where the IG leaves room:
   shares the previous ORC (its status, dates and orderer); in ORU an
   ORDER_OBSERVATION's ORC is optional and is never shared.
 - **Orders that are not services.** An ORC whose detail is RXO/RXE/RQD/RQ1/ODS/ODT
-  (pharmacy, supply, diet) and has no OBR is not a ServiceRequest; it is not mapped.
+  (pharmacy, supply, diet) and has no OBR is not a ServiceRequest; it is not mapped. The
+  OBX of its OBSERVATION group still become Observations of the patient (the IG's ORM_O01
+  ORDER_DETAIL.OBSERVATION → OBX[Observation]), keyed under the order's key, without
+  ``supportingInfo`` (there is no ServiceRequest to carry it).
 - A message without a PID raises ``ConversionError("no_patient")`` (a
   ServiceRequest needs a subject).
 """
@@ -436,6 +439,10 @@ def build_orders(ctx: Context) -> None:
             results.observation(ctx, result)
         for order in group.orders:
             if order.obr is None and order.other_detail:
+                # not a ServiceRequest, but its OBX are still the patient's Observations
+                parent = order_key(ctx, order)
+                for r in order.results:
+                    results.observation(ctx, r, parent=parent)
                 continue
             placed = service_request(ctx, order)
             if placed is None:

@@ -63,6 +63,7 @@ instant needs one and none is invented.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
@@ -75,10 +76,12 @@ from adapters.hl7.to_fhir.registry import register
 __all__ = [
     "RESULT_TYPES",
     "build_results",
+    "collect",
     "diagnostic_report",
     "is_ucum",
     "observation",
     "observation_value",
+    "patient_observations",
     "units",
 ]
 
@@ -315,9 +318,13 @@ def observation(
     obr: Segment | None = None,
     based_on: str | None = None,
     specimen: str | None = None,
+    part_of: str | None = None,
+    with_encounter: bool = True,
 ) -> str | None:
     """OBX (+ its NTEs) → Observation (see the module docstring); ``parent`` is the key of its
-    report or order (``None``: a patient-level OBX). Returns its reference, ``None`` without OBX-3."""
+    report or order (``None``: a patient-level OBX); ``part_of`` the event it is part of (the
+    Immunization of a VXU order); ``with_encounter=False`` leaves ``encounter`` out (an OBX sent
+    before the visit began). Returns its reference, ``None`` without OBX-3."""
     obx = result.obx
     code = dt.codeable_concept(ctx, ctx.field(obx, 3))
     if code is None:
@@ -336,12 +343,14 @@ def observation(
         res["identifier"] = [ident]
     if based_on:
         res["basedOn"] = [{"reference": based_on}]
+    if part_of:
+        res["partOf"] = [{"reference": part_of}]
     status = ctx.tables.entry("0085", ctx.value(obx, 11)) or {}
     res["status"] = status.get("code", "unknown")
     res["code"] = code
     if ctx.patient:
         res["subject"] = {"reference": ctx.patient}
-    if ctx.encounter:
+    if ctx.encounter and with_encounter:
         res["encounter"] = {"reference": ctx.encounter}
     effective = dt.date_time(ctx, ctx.field(obx, 14)) or dt.date_time(ctx, ctx.field(obr, 7))
     if effective:
@@ -377,6 +386,36 @@ def observation(
     if ranges:
         res["referenceRange"] = ranges
     return ctx.add(res, key)
+
+
+def collect(segments: Iterable[Segment]) -> list[orders.Result]:
+    """The OBX segments of ``segments``, each with the NTEs right after it (a PRT between them is
+    skipped), as :class:`~adapters.hl7.to_fhir.orders.Result` numbered from 1: the OBSERVATION
+    groups of an ADT, SIU or VXU message."""
+    out: list[orders.Result] = []
+    last: orders.Result | None = None
+    for seg in segments:
+        if seg.id == "OBX":
+            last = orders.Result(seg, len(out) + 1)
+            out.append(last)
+        elif seg.id == "NTE" and last is not None:
+            last.notes.append(seg)
+        elif seg.id != "PRT":
+            last = None
+    return out
+
+
+def patient_observations(ctx: Context, found: list[orders.Result]) -> list[str]:
+    """OBX outside any order (the IG's OBX[Observation] of an ADT's OBSERVATION, an SIU's PATIENT or
+    a VXU's PERSON_OBSERVATION group) → Observations of the current patient; their references.
+
+    ``encounter`` is the current Encounter unless that is still ``planned`` (a pre-admit, a
+    registration, a scheduled visit): the IG leaves the link to the implementer, except that an
+    observation sent with an event before the encounter occurs is *not* about that encounter."""
+    visit = ctx.resource(ctx.encounter) if ctx.encounter else None
+    linked = visit is not None and visit.get("status") != "planned"
+    refs = [observation(ctx, r, with_encounter=linked) for r in found]
+    return [r for r in refs if r]
 
 
 def _issued(ctx: Context, obr: Segment | None) -> str | None:

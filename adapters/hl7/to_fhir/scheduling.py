@@ -41,10 +41,24 @@ AIG, AIL, AIP, each with its NTEs). One Appointment per message:
   An actor named twice (one practitioner in several resource groups) is one
   participant.
 
-Not mapped: the PV1 of an SIU (the visit does not exist yet; an Encounter keyed
-by the message would be a new one per message), SCH-12/16/20 contact persons,
-SCH-26/27 order numbers (``basedOn``; orders are converted elsewhere), OBX
-under the patient, start-time offsets (AIx-5/7).
+- SCH-12 (placer contact), SCH-16 (filler contact) and SCH-20 (entered by) are
+  Practitioner participants, as the IG's SCH[Appointment] map says: type text
+  ``placer contact`` / ``filler contact`` (the IG names them as codes of
+  participant-type, a code system without them, so only the text is sent) and
+  ``enterer`` (provenance-participant-type) for SCH-20; a person already a
+  participant (an AIP) is not added again.
+- ``basedOn`` the ServiceRequests of SCH-26/SCH-27 (:func:`service_requests`, the IG's
+  SCH[ServiceRequest], made only when one of them is valued).
+
+The PATIENT group, as the IG's SIU_S12 map says: PV1/PV2 → the Encounter
+(:func:`.encounter.encounter`), keyed by PV1-19, else by this Appointment's key,
+so that S13, S14, S15 … for the appointment update one Encounter rather than
+making one per message; its OBX (with the NTEs after them) → Observations of
+the patient (:func:`.results.patient_observations`); DG1 → Conditions.
+
+Not mapped: SCH-15/19/22 contact locations (the IG's SCH map has none), the
+AIS[ServiceRequest] map (the IG leaves aligning AIS with repeating SCH-26/27 to the
+implementer), start-time offsets (AIx-5/7).
 """
 
 from __future__ import annotations
@@ -53,7 +67,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from adapters.hl7.er7 import Segment
-from adapters.hl7.to_fhir import clinical, patient, registry
+from adapters.hl7.to_fhir import clinical, encounter, orders, patient, registry, results
 from adapters.hl7.to_fhir import datatypes as dt
 from adapters.hl7.to_fhir.context import Composite, Context
 from adapters.hl7.to_fhir.encounter import location
@@ -72,6 +86,9 @@ _RESOURCES = {
     "AIP": (6, 9, 10, 12),
 }
 _BODY = frozenset({"PID", "PD1", "PV1", "PV2", "OBX", "DG1", "RGS", *_RESOURCES})
+_RESOURCE_GROUPS = frozenset({"RGS", *_RESOURCES})
+"""The segments that end the PATIENT group (whose OBX, with the NTEs after them, are Observations)."""
+PROVENANCE_PARTICIPANT = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
 
 
 # -- times ----------------------------------------------------------------------------------------
@@ -181,7 +198,76 @@ def _key(ctx: Context, sch: Segment) -> str:
 # -- the resource ---------------------------------------------------------------------------------
 
 
-def appointment(ctx: Context, sch: Segment, conditions: list[str] | None = None) -> str:
+_CONTACTS = (
+    # SCH field, participant type (the IG's SCH[Appointment] map)
+    (12, {"text": "placer contact"}),
+    (16, {"text": "filler contact"}),
+    (20, {"coding": [{"system": PROVENANCE_PARTICIPANT, "code": "enterer", "display": "Enterer"}]}),
+)
+
+
+def _contacts(ctx: Context, sch: Segment, status: str) -> list[dict[str, Any]]:
+    """SCH-12 / SCH-16 / SCH-20 → participants (a Practitioner each; one person, one participant)."""
+    out: dict[str, dict[str, Any]] = {}
+    for n, kind in _CONTACTS:
+        for rep in ctx.reps(sch, n):
+            who = dt.practitioner(ctx, rep)
+            if who is None:
+                continue
+            item = out.setdefault(
+                who,
+                {"type": [], "actor": {"reference": who}, "status": _participant_status(ctx, "", status)},
+            )
+            if kind not in item["type"]:
+                item["type"].append(kind)
+    return list(out.values())
+
+
+def service_requests(ctx: Context, sch: Segment) -> list[str]:
+    """SCH-26 / SCH-27 → a ServiceRequest per order number pair (the IG's SCH[ServiceRequest], made
+    only when one of them is valued): identifier SCH-26 (``PLAC``) and SCH-27 (``FILL``) of the same
+    repetition, ``status`` SCH-25 through the ``request`` member of table ``0278`` (``active`` when
+    SCH-25 is not valued, as the IG assigns), ``intent`` ``order``, subject the patient. Keyed as the
+    orders module keys an order (placer number, else filler number), so that the Appointment's
+    ``basedOn`` is the ServiceRequest an ORM for that order made."""
+    if ctx.patient is None:
+        return []
+    placers, fillers = ctx.reps(sch, 26), ctx.reps(sch, 27)
+    filler_status = ctx.value(sch, 25)
+    entry = ctx.tables.entry("0278", filler_status) or {}
+    status = entry.get("request", "unknown") if filler_status else "active"
+    refs: list[str] = []
+    for i in range(max(len(placers), len(fillers))):
+        placer = placers[i] if i < len(placers) else None
+        filler = fillers[i] if i < len(fillers) else None
+        idents = [
+            orders.ei_identifier(ctx, ei, code)
+            for ei, code in ((placer, "PLAC"), (filler, "FILL"))
+            if ei is not None
+        ]
+        if not any(idents):
+            continue
+        if placer is not None and placer.get(1):
+            key = "placer|" + orders.ei_key(ctx, placer)
+        else:
+            assert filler is not None
+            key = "filler|" + orders.ei_key(ctx, filler)
+        res: dict[str, Any] = {
+            "resourceType": "ServiceRequest",
+            "identifier": [i for i in idents if i],
+            "status": status,
+            "intent": "order",
+            "subject": {"reference": ctx.patient},
+        }
+        ref = ctx.add(res, key)
+        if ref not in refs:
+            refs.append(ref)
+    return refs
+
+
+def appointment(
+    ctx: Context, sch: Segment, conditions: list[str] | None = None, based_on: list[str] | None = None
+) -> str:
     """SCH and the message's resource segments → the Appointment (see the module docstring)."""
     res: dict[str, Any] = {"resourceType": "Appointment"}
     idents = [
@@ -251,6 +337,12 @@ def appointment(ctx: Context, sch: Segment, conditions: list[str] | None = None)
             "status": _participant_status(ctx, "", status),
         }
         participants.insert(0, patient_item)
+    for contact in _contacts(ctx, sch, status):
+        if contact["actor"]["reference"] not in actors:
+            actors.add(contact["actor"]["reference"])
+            participants.append(contact)
+    if based_on:
+        res["basedOn"] = [{"reference": ref} for ref in based_on]
     res["participant"] = participants or [
         {"type": [{"text": "unknown"}], "status": _participant_status(ctx, "", status)}
     ]
@@ -282,19 +374,27 @@ def _times(ctx: Context, sch: Segment, res: dict[str, Any], first: tuple[str | N
 
 
 def build_siu(ctx: Context) -> None:
-    """An SIU event: the patient (when PID is sent), their diagnoses, and the Appointment."""
+    """An SIU event: the patient (when PID is sent), the visit, their observations and diagnoses,
+    the orders the appointment is for, and the Appointment."""
     sch = ctx.segment("SCH")
     if sch is None:
         raise ConversionError("no_schedule", "The message has no schedule activity segment (SCH).")
     pid = ctx.segment("PID")
     if pid is not None and any(rep.get(1) for rep in ctx.reps(pid, 3)):
         patient.patient(ctx, pid, ctx.segment("PD1"))
+    pv1 = ctx.segment("PV1")
+    if pv1 is not None:
+        encounter.encounter(ctx, pv1, ctx.segment("PV2"), fallback_key="appointment|" + _key(ctx, sch))
+    segments = ctx.message.segments
+    start = next((i for i, s in enumerate(segments) if s.id == "PID"), len(segments))
+    end = next((i for i, s in enumerate(segments) if i > start and s.id in _RESOURCE_GROUPS), len(segments))
+    results.patient_observations(ctx, results.collect(segments[start:end]))
     conditions = [
         ref
         for n, dg1 in enumerate(ctx.message.segments_named("DG1"), 1)
         if (ref := clinical.condition(ctx, dg1, n))
     ]
-    appointment(ctx, sch, conditions)
+    appointment(ctx, sch, conditions, service_requests(ctx, sch))
 
 
 registry.register(SIU_TYPES, build_siu)

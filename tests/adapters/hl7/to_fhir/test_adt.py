@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -609,3 +610,68 @@ def test_encounter_status_fallback(trigger: str, pv1_2: str, admit: str, dischar
     )
     encounter = one(convert(text.encode()), "Encounter")
     assert len(pv1) - 1 == 45 and encounter["status"] == status
+
+
+# -- OBX and PV2-1 / PV2-13 (the IG's ADT_A01 OBSERVATION group and PV2 map) --------------------
+
+OBX_PV2 = "adt_a01__obx_pv2.hl7"
+
+
+def test_adt_obx_are_observations_of_the_patient_and_the_visit() -> None:
+    bundle = convert(raw(OBX_PV2))
+    _valid(bundle)
+    patient, encounter = one(bundle, "Patient"), one(bundle, "Encounter")
+    weight, height = of_type(bundle, "Observation")
+    for obs in (weight, height):
+        assert obs["subject"] == {"reference": f"Patient/{patient['id']}"}
+        assert obs["encounter"] == {"reference": f"Encounter/{encounter['id']}"}
+        assert obs["status"] == "final"
+    assert weight["code"]["coding"][0] == {
+        "system": "http://loinc.org",
+        "code": "29463-7",
+        "display": "Body weight",
+    }
+    assert weight["valueQuantity"] == {
+        "value": Decimal("82.5"),
+        "unit": "kilogram",
+        "system": "http://unitsofmeasure.org",
+        "code": "kg",
+    }
+    assert weight["effectiveDateTime"] == "2024-05-02T08:05:00-05:00"
+    assert height["valueString"] == "about 180 cm"
+    assert convert(raw(OBX_PV2)) == bundle  # deterministic
+    # a pre-admit (A05): the visit is planned, so the observation is not about it
+    text = raw(OBX_PV2).replace(b"ADT^A01^ADT_A01", b"ADT^A05^ADT_A05").replace(b"EVN|A01", b"EVN|A05")
+    pre_admit = convert(text)
+    _valid(pre_admit)
+    assert one(pre_admit, "Encounter")["status"] == "planned"
+    assert all("encounter" not in obs for obs in of_type(pre_admit, "Observation"))
+    # a person event (A28) has no Encounter, but still the Observations
+    person = convert(raw(OBX_PV2).replace(b"ADT^A01^ADT_A01", b"ADT^A28^ADT_A05"))
+    assert of_type(person, "Encounter") == [] and len(of_type(person, "Observation")) == 2
+
+
+def test_pv2_prior_pending_location_and_referral_source() -> None:
+    bundle = convert(raw(OBX_PV2))
+    encounter = one(bundle, "Encounter")
+    places = [
+        (by_ref(bundle, p["location"]["reference"])["name"], p["status"]) for p in encounter["location"]
+    ]
+    assert places == [("B", "active"), ("A", "planned")]  # the beds of PV1-3 and PV2-1
+    assert (
+        by_ref(
+            bundle, by_ref(bundle, encounter["location"][1]["location"]["reference"])["partOf"]["reference"]
+        )["name"]
+        == "401"
+    )
+    roles = {
+        p["type"][0]["coding"][0]["code"]: by_ref(bundle, p["individual"]["reference"])["name"][0]["family"]
+        for p in encounter["participant"]
+    }
+    assert roles == {"ATND": "MOREAU", "ADM": "MOREAU", "REF": "HALVORSEN"}
+    referrer = next(p for p in encounter["participant"] if p["type"][0]["coding"][0]["code"] == "REF")
+    assert (
+        referrer["type"][0]["coding"][0]["system"]
+        == "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
+    )
+    assert by_ref(bundle, referrer["individual"]["reference"])["identifier"][0]["value"] == "55120"

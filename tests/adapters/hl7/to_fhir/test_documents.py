@@ -12,7 +12,7 @@ import adapters.hl7.to_fhir.documents  # noqa: F401  (registers MDM^T01/T02/T04/
 from adapters.fhir.resources import validate, write_json
 from adapters.hl7 import er7
 from adapters.hl7.to_fhir import ConversionError, convert, message_type, registry
-from tests.adapters.hl7.to_fhir.conftest import HL7, by_ref, one, raw
+from tests.adapters.hl7.to_fhir.conftest import HL7, by_ref, of_type, one, raw
 
 V2 = "http://terminology.hl7.org/CodeSystem/v2-"
 CORPUS = ("hl7v2", "microsoft-FHIR-Converter", "messages")
@@ -229,3 +229,48 @@ def test_corpus_mdm_key_values_agree_with_fhir_converter(corpora_dir: Path) -> N
     long_note = one(convert((folder / "MDM-T02-03.hl7").read_bytes()), "DocumentReference")
     assert len(_text(long_note).splitlines()) == 29
     assert long_note["docStatus"] == "preliminary"  # IP
+
+
+def test_orders_of_an_mdm_are_service_requests_the_document_is_related_to() -> None:
+    """The IG's MDM_T02 map: each COMMON_ORDER (ORC, TQ1, OBR, NTE) → a ServiceRequest, named in
+    DocumentReference.context.related; the OBX stay the document's content (no Observation)."""
+    bundle = _variant(
+        "mdm_t02__document.hl7",
+        (
+            "\rTXA|",
+            "\rORC|RE|ORD-5501^NW_EHR|FIL-8802^NW_DICT||CM||||20240327160000+0000|||30122^VANCE^ELEANOR^^^DR"
+            "\rTQ1|1||||||20240327163000+0000||R"
+            "\rOBR|1|ORD-5501^NW_EHR|FIL-8802^NW_DICT|11488-4^Consult note^LN"
+            "\rNTE|1||Dictation requested by the clinic"
+            "\rTXA|",
+        ),
+    )
+    request, doc, patient = (
+        one(bundle, "ServiceRequest"),
+        one(bundle, "DocumentReference"),
+        one(bundle, "Patient"),
+    )
+    assert doc["context"]["related"] == [{"reference": f"ServiceRequest/{request['id']}"}]
+    assert [(i["type"]["coding"][0]["code"], i["value"]) for i in request["identifier"]] == [
+        ("PLAC", "ORD-5501"),
+        ("FILL", "FIL-8802"),
+    ]
+    assert request["status"] == "completed"  # ORC-5 CM through table 0038
+    assert request["intent"] == "order"
+    assert request["code"]["coding"][0] == {
+        "system": "http://loinc.org",
+        "code": "11488-4",
+        "display": "Consult note",
+    }
+    assert request["subject"] == {"reference": f"Patient/{patient['id']}"}
+    assert request["encounter"] == {"reference": f"Encounter/{one(bundle, 'Encounter')['id']}"}
+    assert request["occurrenceDateTime"] == "2024-03-27T16:30:00+00:00"
+    assert request["priority"] == "routine"
+    assert request["authoredOn"] == "2024-03-27T16:00:00+00:00"
+    assert by_ref(bundle, request["requester"]["reference"])["name"][0]["family"] == "VANCE"
+    assert request["note"] == [{"text": "Dictation requested by the clinic"}]
+    assert of_type(bundle, "Observation") == []
+    # without an ORC there is no ServiceRequest and no context.related
+    plain = convert(raw("mdm_t02__document.hl7"))
+    assert of_type(plain, "ServiceRequest") == []
+    assert "related" not in one(plain, "DocumentReference")["context"]

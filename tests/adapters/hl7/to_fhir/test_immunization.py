@@ -119,8 +119,17 @@ def test_refusal() -> None:
         "display": "Ordering Provider",
     }
     assert by_ref(bundle, performer["actor"]["reference"])["name"][0]["family"] == "OKAFOR"
-    # the contraindication OBX is not mapped
-    assert of_type(bundle, "Observation") == []
+    # the contraindication OBX has no Immunization element: an Observation that is part of it
+    (obs,) = of_type(bundle, "Observation")
+    assert obs["partOf"] == [{"reference": f"Immunization/{imm['id']}"}]
+    assert obs["subject"] == imm["patient"]
+    assert obs["status"] == "final"
+    assert obs["code"]["coding"][0]["code"] == "30945-0"
+    assert obs["valueCodeableConcept"]["coding"][0] == {
+        "system": "http://snomed.info/sct",
+        "code": "91930004",
+        "display": "Allergy to eggs",
+    }
     assert set(imm) <= {
         "resourceType",
         "id",
@@ -195,7 +204,8 @@ def test_historical_record_vis_funding_and_notes() -> None:
     imm = one(bundle, "Immunization")
     assert imm["primarySource"] is False
     assert imm["reportOrigin"]["coding"][0]["code"] == "01"
-    assert imm["note"] == [{"text": "Given at pharmacy"}, {"text": "Parent asked about the schedule"}]
+    # the NTE after OBX 5 is that Observation's note (the IG's ORDER.OBSERVATION.NTE), not the Immunization's
+    assert imm["note"] == [{"text": "Given at pharmacy"}]
     assert imm["fundingSource"]["coding"] == [
         {"system": "urn:oid:2.16.840.1.114222.4.5.274", "code": "VXC50", "display": "Public"}
     ]
@@ -207,7 +217,12 @@ def test_historical_record_vis_funding_and_notes() -> None:
         }
     ]
     assert imm["programEligibility"][0]["coding"][0]["code"] == "V02"
-    assert of_type(bundle, "Observation") == []
+    # only the OBX the Immunization has no element for becomes an Observation
+    (obs,) = of_type(bundle, "Observation")
+    assert obs["code"]["coding"][0]["code"] == "12345-6"
+    assert obs["valueQuantity"] == {"value": 7}
+    assert obs["partOf"] == [{"reference": f"Immunization/{imm['id']}"}]
+    assert obs["note"] == [{"text": "Parent asked about the schedule"}]
 
 
 def _corpus(corpora_dir: Path) -> list[Path]:
@@ -269,3 +284,26 @@ def test_corpus_vxu_key_values_agree_with_fhir_converter(corpora_dir: Path) -> N
             "presentationDate": "2012-08-14",
         }
     ]
+
+
+def test_person_observations_before_the_orders() -> None:
+    """VXU_V04 PERSON_OBSERVATION (OBX before the first ORC) → Observations of the patient, with the
+    NTEs after them; not part of any Immunization."""
+    bundle = _variant(
+        "vxu_v04__immunization.hl7",
+        (
+            "\rORC|RE||IMM-77120",
+            "\rOBX|1|CE|59784-9^Disease with presumed immunity^LN|1|38907003^Varicella infection^SCT||||||F|||20240326\r"
+            "NTE|1||History of chickenpox reported by the mother\r"
+            "ORC|RE||IMM-77120",
+        ),
+    )
+    patient, imm = one(bundle, "Patient"), one(bundle, "Immunization")
+    (obs,) = of_type(bundle, "Observation")
+    assert obs["subject"] == {"reference": f"Patient/{patient['id']}"}
+    assert "partOf" not in obs
+    assert obs["code"]["coding"][0]["code"] == "59784-9"
+    assert obs["valueCodeableConcept"]["coding"][0]["code"] == "38907003"
+    assert obs["effectiveDateTime"] == "2024-03-26"
+    assert obs["note"] == [{"text": "History of chickenpox reported by the mother"}]
+    assert "note" not in imm or all("chickenpox" not in n["text"] for n in imm["note"])

@@ -141,3 +141,28 @@ def test_an_obr_without_its_own_orc_shares_the_previous_one() -> None:
     assert first["id"] != second["id"]
     assert second["status"] == "active" and second["requester"] == first["requester"]
     assert second["code"]["coding"][0]["code"] == "2222-2"
+
+
+def test_obx_of_an_order_that_is_not_a_service_are_still_observations() -> None:
+    """ORM_O01 ORDER_DETAIL.OBSERVATION → OBX[Observation] whatever the detail segment; an ORC with
+    RXO and no OBR makes no ServiceRequest, so its OBX are Observations of the patient alone."""
+    text = (
+        "MSH|^~\\&|NW_PHARM|NORTHWIND_GEN|RX|NWG|20240503110000-0500||ORM^O01^ORM_O01|NWG-ORM-0901|P|2.5.1\r"
+        "PID|1||NW440012^^^NWG^MR||HALE^RUTH||19660707|F\r"
+        "PV1|1|I|3WEST^301^A^NWG||||||||||||||||V-9911^^^NWG^VN\r"
+        "ORC|NW|RX-7001^NW_PHARM\r"
+        "RXO|00049-3980^Zoloft 50mg^NDC|50||mg\r"
+        "OBX|1|NM|3141-9^Body weight measured^LN||64|kg^kilogram^UCUM|||||F|||20240503103000\r"
+        "NTE|1||Weighed before the first dose\r"
+    )
+    bundle = convert(text.encode())
+    _valid(bundle)
+    assert of_type(bundle, "ServiceRequest") == []
+    obs, patient, encounter = one(bundle, "Observation"), one(bundle, "Patient"), one(bundle, "Encounter")
+    assert obs["subject"] == {"reference": f"Patient/{patient['id']}"}
+    assert obs["encounter"] == {"reference": f"Encounter/{encounter['id']}"}
+    assert obs["code"]["coding"][0]["code"] == "3141-9"
+    assert obs["valueQuantity"]["value"] == 64
+    assert obs["note"] == [{"text": "Weighed before the first dose"}]
+    assert "basedOn" not in obs
+    assert convert(text.encode()) == bundle

@@ -221,7 +221,8 @@ def test_corpus_siu_key_values_agree_with_fhir_converter(corpora_dir: Path) -> N
         "code": "EMERGENCY",
         "display": "Emergency appointment",
     }
-    assert len(appt["participant"]) == 4
+    # patient, device, location, AIP practitioner; SCH-12 = SCH-16 (one person) and SCH-20
+    assert len(appt["participant"]) == 6
     ids = {
         one(convert((folder / f"SIU-{e}-01.hl7").read_bytes()), "Appointment")["id"]
         for e in ("S12", "S14", "S15")
@@ -233,3 +234,90 @@ def test_corpus_siu_key_values_agree_with_fhir_converter(corpora_dir: Path) -> N
     }
     assert statuses == {"S15": "cancelled", "S16": "cancelled", "S17": "entered-in-error", "S26": "noshow"}
     assert of_type(convert((folder / "SIU-S12-01.hl7").read_bytes()), "Condition")
+
+
+# -- the patient group and the orders of an SIU (the IG's SIU_S12 message map) ------------------
+
+ORDERS = "siu_s12__orders_visit_obx.hl7"
+
+
+def test_siu_pv1_is_an_encounter_keyed_by_the_appointment_when_it_has_no_visit_number() -> None:
+    bundle = convert(raw(ORDERS))
+    _valid(bundle)
+    encounter, patient = one(bundle, "Encounter"), one(bundle, "Patient")
+    assert encounter["subject"] == {"reference": f"Patient/{patient['id']}"}
+    assert encounter["class"]["code"] == "AMB"
+    # PV1-3 (active) and PV2-1 (prior pending location: planned)
+    names = [by_ref(bundle, p["location"]["reference"])["name"] for p in encounter["location"]]
+    assert names == ["EXAM3", "BAY1"]
+    assert [p["status"] for p in encounter["location"]] == ["active", "planned"]
+    # PV2-13 referral source: a REF participant
+    (referrer,) = encounter["participant"]
+    assert referrer["type"][0]["coding"][0]["code"] == "REF"
+    assert by_ref(bundle, referrer["individual"]["reference"])["name"][0]["family"] == "IBARRA"
+    # a reschedule of the same appointment (another message) updates the same Encounter
+    moved = _variant(ORDERS, ("SIU^S12^SIU_S12|NWG-SIU-0101", "SIU^S14^SIU_S12|NWG-SIU-0102"))
+    assert one(moved, "Encounter")["id"] == encounter["id"]
+
+
+def test_siu_patient_obx_is_an_observation_of_the_patient() -> None:
+    bundle = convert(raw(ORDERS))
+    obs, patient = one(bundle, "Observation"), one(bundle, "Patient")
+    assert obs["subject"] == {"reference": f"Patient/{patient['id']}"}
+    assert obs["code"]["coding"][0]["code"] == "8480-6"
+    assert obs["valueQuantity"]["value"] == 142
+    assert obs["interpretation"][0]["coding"][0]["code"] == "H"
+    assert "note" not in obs  # the NTE after the AIS is not about the OBX
+    assert obs["effectiveDateTime"] == "2024-05-01T08:30:00-05:00"
+
+
+def test_sch_26_27_are_service_requests_the_appointment_is_based_on() -> None:
+    bundle = convert(raw(ORDERS))
+    appt, patient = one(bundle, "Appointment"), one(bundle, "Patient")
+    requests = of_type(bundle, "ServiceRequest")
+    assert appt["basedOn"] == [{"reference": f"ServiceRequest/{r['id']}"} for r in requests]
+    # repetition 1 pairs SCH-26 and SCH-27; repetition 2 has a placer number only
+    assert [[(i["type"]["coding"][0]["code"], i["value"]) for i in r["identifier"]] for r in requests] == [
+        [("PLAC", "ORD-4411"), ("FILL", "FIL-7700")],
+        [("PLAC", "ORD-4412")],
+    ]
+    for request in requests:
+        assert (request["status"], request["intent"]) == ("active", "order")
+        assert request["subject"] == {"reference": f"Patient/{patient['id']}"}
+    # the same resource an ORM for order ORD-4411 makes (keyed by the placer number)
+    orm = convert(
+        b"MSH|^~\\&|NW_EHR|NORTHWIND_GEN|LAB|NWG|20240501080000-0500||ORM^O01|O-1|P|2.5.1\r"
+        b"PID|1||NW990011^^^NWG^MR||OKONJO^FELA\rORC|NW|ORD-4411^NW_EHR\rOBR|1|ORD-4411^NW_EHR||93000^ECG^C4"
+    )
+    assert one(orm, "ServiceRequest")["id"] == requests[0]["id"]
+    # SCH-25 through table 0278's request member; neither SCH-26 nor SCH-27: no ServiceRequest
+    cancelled = _variant(ORDERS, ("Booked^Booked^HL70278", "Cancelled^Cancelled^HL70278"))
+    assert {r["status"] for r in of_type(cancelled, "ServiceRequest")} == {"revoked"}
+    none = _variant(ORDERS, ("|ORD-4411^NW_EHR~ORD-4412^NW_EHR|FIL-7700^NW_LAB", "||"))
+    assert of_type(none, "ServiceRequest") == [] and "basedOn" not in one(none, "Appointment")
+
+
+def test_sch_contact_persons_are_participants() -> None:
+    bundle = convert(raw(ORDERS))
+    appt = one(bundle, "Appointment")
+    people = {
+        by_ref(bundle, p["actor"]["reference"])["name"][0]["family"]: p
+        for p in appt["participant"]
+        if p["actor"]["reference"].startswith("Practitioner/")
+    }
+    assert set(people) == {"OKAFOR", "LINDQVIST", "MARSH"}
+    assert people["OKAFOR"]["type"] == [{"text": "placer contact"}]
+    # SCH-16 names the AIP practitioner: one participant, with the AIP's role
+    assert people["LINDQVIST"]["type"][0]["coding"][0]["code"] == "AT"
+    assert people["MARSH"]["type"] == [
+        {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+                    "code": "enterer",
+                    "display": "Enterer",
+                }
+            ]
+        }
+    ]
+    assert {p["status"] for p in people.values()} == {"accepted"}

@@ -344,17 +344,18 @@ class SinkWorker:
         try:
             envelope = envelope_of(d)
             try:
-                if d.transform:
-                    transformed = transforms()[d.transform](envelope)
+                if d.transform:  # off the loop: converting a large message takes a while
+                    transformed = await asyncio.to_thread(transforms()[d.transform], envelope)
                     body, content_type = transformed.body, transformed.content_type
                 else:
                     body, content_type = d.raw, CONTENT_TYPES.get(d.protocol, "application/octet-stream")
             except (TransformError, KeyError) as exc:
                 self.breaker.release()  # the sink was not asked: if this was the probe, it proved nothing
-                outcome, code, reason = (
+                outcome, code, reason = (  # a TransformError says why in bounded codes, never values
                     "dead",
                     "transform_failed",
-                    f"transform {d.transform!r} failed: {type(exc).__name__}",
+                    f"transform {d.transform!r} failed: "
+                    + (str(exc) if isinstance(exc, TransformError) else type(exc).__name__),
                 )
             else:
                 await self.sink.send(Delivery(d.id, envelope, body, content_type, attempt))

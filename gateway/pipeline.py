@@ -415,7 +415,7 @@ class Intake:
             for (rec, _, _), decision in zip(prepared, decisions, strict=True):
                 if decision.kind != "stored":
                     continue
-                if decision.outcome == "accepted":
+                if decision.outcome == "accepted" and (decision.effect is None or decision.effect.routed):
                     sinks.update(d.sink for d in rec.deliveries)
                 if rec.reply_record is not None:  # stored with its parent, whatever the parent's outcome
                     sinks.update(d.sink for d in rec.reply_record.deliveries)
@@ -468,7 +468,7 @@ class Intake:
     ) -> None:
         """Tell ``note`` of each stored message (duplicates and conflicts were not routed again)."""
         for (rec, _, _), decision in zip(prepared, decisions, strict=True):
-            if decision.kind != "stored":
+            if decision.kind != "stored" or (decision.effect is not None and not decision.effect.routed):
                 continue
             note(
                 rec.route,

@@ -288,6 +288,51 @@ def _online_problems(settings: Settings) -> list[Finding]:
     return out
 
 
+def _fhir_findings(settings: Settings, i: int, protocols: Sequence[str]) -> list[Finding]:
+    """What goes wrong when a route feeds FHIR sinks: the store's sink takes only converted Bundles,
+    converted PHI lands in clear in the FHIR store, and conversions applied out of order would let an
+    older message overwrite a newer one."""
+    route = settings.routes[i]
+    kinds = {settings.sinks[s].type for s in route.to if s in settings.sinks}
+    out: list[Finding] = []
+    converted = route.transform == "hl7v2_to_fhir"
+    if "fhir_store" in kinds and not converted:
+        out.append(
+            Finding(
+                "error",
+                f"routes[{i}].transform",
+                "a fhir_store sink takes FHIR transaction Bundles: give the route transform hl7v2_to_fhir",
+            )
+        )
+    if "fhir" in kinds and not converted and any(p != "fhir" for p in protocols):
+        out.append(
+            Finding(
+                "warning",
+                f"routes[{i}].transform",
+                "a fhir sink takes FHIR writes or converted Bundles: other messages are dead-lettered",
+            )
+        )
+    if converted and route.order_by is None:
+        out.append(
+            Finding(
+                "warning",
+                f"routes[{i}].order_by",
+                "without order_by: patient_id, conversions of one patient's messages may be applied out "
+                "of order, and an older message would overwrite what a newer one said",
+            )
+        )
+    if converted and "fhir_store" in kinds and route.storage != "full":
+        out.append(
+            Finding(
+                "warning",
+                f"routes[{i}].storage",
+                f"storage {route.storage} applies to the HL7 message; the FHIR store keeps the resources "
+                "converted from it in clear, to serve them at /fhir",
+            )
+        )
+    return out
+
+
 def lint(settings: Settings) -> list[Finding]:
     """Every error and warning about the routing table, its sinks and alerts, errors first."""
     errors = [Finding("error", p.key, p.message) for p in routing_problems(settings)]
@@ -320,6 +365,7 @@ def lint(settings: Settings) -> list[Finding]:
                 )
             )
             continue
+        warnings.extend(_fhir_findings(settings, i, protocols))
         if "fhir" in protocols and route.storage != "full":
             warnings.append(
                 Finding(

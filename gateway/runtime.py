@@ -75,6 +75,9 @@ class Runtime:
             if errors:
                 raise ConfigError("invalid routing configuration:\n  " + "\n  ".join(str(f) for f in errors))
             sinks: dict[str, Sink] = {name: build_sink(name, cfg) for name, cfg in settings.sinks.items()}
+            for sink in sinks.values():  # before the engine starts: a due delivery finds its store
+                if isinstance(sink, StoreClient):
+                    sink.store = self.intake.store
             inventory = (
                 InventorySync(
                     self.store, settings.inventory, sinks, {n: c.retry for n, c in settings.sinks.items()}
@@ -113,8 +116,6 @@ class Runtime:
             for sink in sinks.values():
                 if isinstance(sink, LedgerClient):
                     sink.apply = self.intake.apply_stock if inventory is not None else None
-                if isinstance(sink, StoreClient):
-                    sink.store = self.intake.store
             if inventory is not None:
                 await inventory.start({name: worker.bucket for name, worker in engine.workers.items()})
             if old_engine is not None:

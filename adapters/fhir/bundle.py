@@ -48,6 +48,8 @@ class Entry:
     resource: dict[str, Any] | None = None
     if_none_exist: str | None = None
     if_match: int | None = None
+    if_none_match: bool = False
+    """A PUT with ``ifNoneMatch: *``: write only if the resource does not exist (HTTP's create-only)."""
     written: Written | None = None
     read: Version | None = None
 
@@ -142,6 +144,15 @@ def _entry(index: int, raw: Any) -> Entry:
         raise FhirError(
             400, "invalid", "The entry's resource id differs from its url.", f"{where}.resource.id"
         )
+    inm = request.get("ifNoneMatch")
+    if inm is not None and (method != "PUT" or inm != "*"):
+        raise FhirError(
+            400,
+            "not-supported",
+            "ifNoneMatch is taken as * on a PUT (create only if absent).",
+            f"{where}.request.ifNoneMatch",
+        )
+    entry.if_none_match = inm == "*"
     ine = request.get("ifNoneExist")
     entry.if_none_exist = ine if isinstance(ine, str) and ine else None
     entry.if_match = if_match_version(
@@ -238,6 +249,11 @@ def _perform(conn: sqlite3.Connection, entry: Entry, message_id: str) -> None:
         entry.written = interactions.create(conn, entry.resource, message_id, rid=entry.id)
     elif entry.method == "PUT":
         assert entry.resource is not None
+        if entry.if_none_match:
+            cur = resources.current(conn, entry.type, entry.id)
+            if cur is not None and not cur.deleted:
+                entry.written = Written(entry.type, cur.id, cur.version, cur.last_updated, 200, "matched")
+                return
         entry.written = interactions.update(
             conn, entry.resource, entry.id, message_id, if_match=entry.if_match
         )

@@ -87,6 +87,7 @@ from adapters.fhir.resources import (
     JSON_TYPES,
     RESOURCE_TYPES,
     XML_TYPES,
+    load_json,
     media_type,
     read_resource,
     write_json,
@@ -177,7 +178,13 @@ class FHIRSink:
             raise RuntimeError(f"sink {self.name!r} is not open")
         env = delivery.envelope
         if env.protocol != "fhir":
-            raise self._rejected("not_fhir", "the message is not a FHIR write (protocol fhir)")
+            if delivery.content_type.split(";")[0].strip() in JSON_TYPES:  # a route transform made FHIR
+                await self._converted(delivery)
+                return
+            raise self._rejected(
+                "not_fhir",
+                "the message is neither a FHIR write nor converted to FHIR (transform hl7v2_to_fhir)",
+            )
         interaction = env.headers.get("interaction", "")
         if interaction == "delete":
             await self._delete(delivery)
@@ -229,6 +236,22 @@ class FHIRSink:
         headers = {"Content-Type": JSON_MEDIA, "Prefer": "return=minimal"}
         answer = await self._request(
             "POST", self._base, delivery, what="POST Bundle", data=write_json(resource), headers=headers
+        )
+        if not 200 <= answer.status < 300:
+            raise self._failed("POST Bundle", answer)
+
+    async def _converted(self, delivery: Delivery) -> None:
+        """A transaction Bundle a route transform made (HL7 v2 → FHIR), POSTed to the base as it is: its
+        entries are PUTs with ids derived from business keys, so a redelivery changes nothing."""
+        try:
+            found = load_json(delivery.body)
+        except (ValueError, RecursionError):
+            raise self._rejected("unreadable", "the converted message is not FHIR JSON") from None
+        if not isinstance(found, dict) or found.get("resourceType") != "Bundle":
+            raise self._rejected("no_resource_type", "the converted message is not a FHIR Bundle")
+        headers = {"Content-Type": JSON_MEDIA, "Prefer": "return=minimal"}
+        answer = await self._request(
+            "POST", self._base, delivery, what="POST Bundle", data=delivery.body, headers=headers
         )
         if not 200 <= answer.status < 300:
             raise self._failed("POST Bundle", answer)

@@ -15,6 +15,7 @@ it. A store that cannot write now is retried by the delivery engine.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from typing import Any
 
@@ -69,7 +70,7 @@ class FhirStoreSink:
     async def send(self, delivery: Delivery) -> None:
         if self.store is None:
             raise DeliveryRetryable("no_store", f"sink {self.name}: the store is not attached yet")
-        found = self._bundle(delivery)
+        found = await asyncio.to_thread(self._bundle, delivery)  # validation off the loop
         message_id = delivery.envelope.id
         actor = f"sink:{self.name}"
 

@@ -8,6 +8,8 @@ cannot be converted (never quoting it). Scope ``ingest:hl7v2``.
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
@@ -56,7 +58,9 @@ def mount(app: FastAPI, keyring: KeyRing, max_body_bytes: int) -> None:
             if batch is not None and len(batch.units) > 1:
                 raise FhirError(400, "not-supported", "Send one message at a time, not a batch.")
             try:
-                bundle = convert(raw, raw_sha256=sha256_hex(raw), tables=fhir_transform.tables())
+                bundle = await asyncio.to_thread(  # off the loop: a large message takes a while
+                    convert, raw, raw_sha256=sha256_hex(raw), tables=fhir_transform.tables()
+                )
             except ConversionError as exc:
                 raise FhirError(422, "processing", f"The message cannot be converted ({exc.code}).") from None
         except FhirError as exc:

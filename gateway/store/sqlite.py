@@ -575,7 +575,9 @@ class SQLiteStore:
         if status == "accepted" and rec.effect is not None:
             effected = rec.effect(txn.conn)
             drafts.extend(effected.events)
-        if rec.route and conflict_with is None and (effected is None or effected.routed):
+        if effected is not None and not effected.routed:  # it changed nothing: nothing to deliver
+            txn.conn.execute("UPDATE messages SET route = '' WHERE id = ?", (rec.id,))
+        elif rec.route and conflict_with is None:
             drafts.append(self._route_event(txn, rec, at, status))
         if status == "accepted" and (rec.movements or rec.reports or rec.items):
             if rec.movements:

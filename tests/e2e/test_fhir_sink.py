@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.e2e.test_hl7_intake import field, mllp_exchange
 from tests.support import Gateway, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -55,7 +56,14 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, Ga
                     "match": {"protocol": "fhir"},
                     "to": ["downstream"],
                     "order_by": "resource_id",
-                }
+                },
+                {
+                    "name": "adt-to-downstream",
+                    "match": {"protocol": "hl7v2"},
+                    "transform": "hl7v2_to_fhir",
+                    "to": ["downstream"],
+                    "order_by": "patient_id",
+                },
             ],
             "unmatched": "reject",
         },
@@ -201,3 +209,22 @@ def test_a_transaction_bundle_reaches_the_downstream_server(pair: tuple[Gateway,
         obs = on_b.get("/Observation", params={"subject": f"Patient/{b_pid}"}).json()
         (o,) = obs["entry"]
         assert o["resource"]["valueQuantity"]["value"] == 72
+
+
+def test_hl7_converted_on_the_way_reaches_the_downstream_server(pair: tuple[Gateway, Gateway]) -> None:
+    """An ADT^A01 over MLLP into A, converted by the route, arrives at B as FHIR (same ids, same patient)."""
+    a, b = pair
+    mrn = f"SINK{uuid.uuid4().hex[:8].upper()}"
+    adt = (
+        "MSH|^~\\&|NW_ADT|NORTHWIND_GEN|GW|GATEWAY|20240312084500+0000||ADT^A01^ADT_A01|"
+        f"SINK-{mrn}|P|2.5.1\rEVN|A01|20240312084455+0000\r"
+        f"PID|1||{mrn}^^^NWG^MR||LINDQVIST^ASTRID||19700101|F\r"
+        "PV1|1|I|3WEST^312^B^NWG\r"
+    ).encode()
+    assert field(mllp_exchange(a.mllp_port, adt), "MSA", 1) == "AA"
+    delivered(a)
+    with http(b, B_KEY) as hb:
+        found = hb.get("/Patient", params={"identifier": mrn}).json()
+        assert found["total"] == 1
+        assert found["entry"][0]["resource"]["name"][0]["family"] == "LINDQVIST"
+        assert found["entry"][0]["resource"]["birthDate"] == "1970-01-01"

@@ -64,6 +64,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
                     "name": "adt-to-fhir",
                     "match": {"protocol": "hl7v2"},
                     "transform": "hl7v2_to_fhir",
+                    "order_by": "patient_id",
                     "to": ["fhir"],
                 }
             ],
@@ -132,6 +133,24 @@ def test_admit_update_discharge_over_mllp_reads_back_through_fhir(gw: Gateway) -
             assert any(e["details"]["resource"] == f"Patient/{pat['id']}" for e in written) or mid != ids[0]
             assert written and all(e["actor"] == "sink:fhir" for e in written)
             assert "QUILLFEATHER" not in json.dumps(events) and MRN not in json.dumps(events)
+        # a lab result names the patient with a bare PID: it links to the Patient, it does not restate it
+        oru = (
+            "MSH|^~\\&|LAB|NORTHWIND_GEN|GW|GATEWAY|20240313090000+0000||ORU^R01^ORU_R01|CONV-ORU|P|2.5.1\r"
+            f"PID|1||{MRN}^^^NWG^MR||QUILLFEATHER^ODESSA\r"
+            "OBR|1||LAB-77|718-7^Hemoglobin^LN|||20240313083000+0000\r"
+            "OBX|1|NM|718-7^Hemoglobin^LN||13.50|g/dL^^UCUM|12.0-16.0|N|||F\r"
+        ).encode()
+        assert field(mllp_exchange(gw.mllp_port, oru), "MSA", 1) == "AA"
+        assert wait_until(
+            lambda: bool(fc.resources("Observation").search(subject=f"Patient/{pat['id']}").fetch())
+        )
+        obs = fc.resources("Observation").search(subject=f"Patient/{pat['id']}").fetch()[0]
+        with httpx.Client(base_url=f"{gw.http_url}/fhir", headers={"Authorization": f"Bearer {KEY}"}) as h:
+            stored = h.get(f"/Observation/{obs['id']}").content
+        assert b'"value":13.50' in stored  # the digits sent: FHIR decimals are exact
+        after = patients()[0]
+        assert after["address"] == pat["address"] and after["meta"]["versionId"] == pat["meta"]["versionId"]
+
         provenance = fc.resources("Provenance").search(target=f"Patient/{pat['id']}").fetch_all()
         assert {p["entity"][0]["what"]["identifier"]["value"] for p in provenance} >= {ids[0]}
 

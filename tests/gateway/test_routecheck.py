@@ -435,3 +435,21 @@ def test_an_iso8583_sink_relays_only_card_messages_in_the_listeners_spec() -> No
         "'default' differs from the listener's 'default_ascii'; requests go upstream as received",
     ) in errors
     assert not [k for k, _ in errors if k == "routes[0].match"]
+
+
+def test_fhir_sinks_need_what_they_take() -> None:
+    """fhir_store takes converted Bundles only; converted routes want order_by; storage does not reach the
+    FHIR store."""
+    store, ehr = {"type": "fhir_store"}, {"type": "fhir", "base_url": "https://ehr.example"}
+    base: dict[str, Any] = {"sinks": {"store": store, "ehr": ehr}, "unmatched": "reject"}
+    plain = {"name": "r", "match": {"protocol": "hl7v2"}, "to": ["store", "ehr"]}
+    raw = findings({**base, "routes": [plain]})
+    assert any(f[:2] == ("error", "routes[0].transform") and "hl7v2_to_fhir" in f[2] for f in raw)
+    assert any(f[0] == "warning" and "fhir sink" in f[2] for f in raw)
+    converted = {**plain, "transform": "hl7v2_to_fhir", "to": ["store"]}
+    unordered = findings({**base, "routes": [{**converted, "storage": "encrypted", "subject": "patient_id"}]})
+    keys = {(f[0], f[1]) for f in unordered}
+    assert ("warning", "routes[0].order_by") in keys and ("warning", "routes[0].storage") in keys
+    assert not any(f[0] == "error" for f in unordered)
+    ordered = findings({**base, "routes": [{**converted, "order_by": "patient_id", "to": ["store", "ehr"]}]})
+    assert not [f for f in ordered if f[1].startswith("routes[0]")]

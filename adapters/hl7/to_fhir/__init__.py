@@ -73,8 +73,11 @@ def convert(
     """One HL7 v2 message (ER7 bytes; ``\\r``, ``\\n`` or ``\\r\\n`` endings; a BOM is fine) →
     a FHIR R4 transaction Bundle (a dict). ``raw_sha256`` defaults to the digest of ``raw``.
 
+    The Patient and Encounter of a message that is not an ADT are written only where they do not exist
+    yet (``ifNoneMatch: *``): an ORU's PID names the patient, it does not restate their demographics.
+
     Raises :class:`ConversionError` (``unreadable``, ``unsupported_message_type``,
-    ``no_patient``, ``no_message_time``).
+    ``no_patient``, ``no_message_time``, ``too_large``).
     """
     try:
         message = er7.parse(raw)
@@ -95,5 +98,9 @@ def convert(
     )
     header_ref = header.message_header(ctx)
     builder(ctx)
+    if not kind.startswith("ADT^"):  # who the patient is and where they stay: the ADT feed says that
+        for ref in (ctx.patient, ctx.encounter):
+            if ref is not None:
+                ctx.only_if_absent(ref)
     header.provenance(ctx, header_ref)
     return ctx.bundle()

@@ -21,7 +21,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from adapters.fhir.bundle import MAX_ENTRIES
 from adapters.hl7.er7 import Message, Segment, unescape
+from adapters.hl7.to_fhir.errors import ConversionError
 from adapters.hl7.to_fhir.tables import Tables
 
 __all__ = ["NAMESPACE", "Composite", "Context", "resource_id"]
@@ -103,6 +105,7 @@ class Context:
     encounter: str | None = None
     encounter_key: str = ""
     _index: dict[tuple[str, str], int] = field(default_factory=dict)
+    _by_ref: dict[str, int] = field(default_factory=dict)
 
     # -- resources -------------------------------------------------------------------------
 
@@ -122,9 +125,14 @@ class Context:
             for name, value in resource.items():
                 existing.setdefault(name, value)
             return ref
+        if len(self.entries) >= MAX_ENTRIES:
+            raise ConversionError(
+                "too_large",
+                f"The message would make more than {MAX_ENTRIES} resources, more than one Bundle holds.",
+            )
         body = {"resourceType": rtype, "id": rid}
         body.update((k, v) for k, v in resource.items() if k not in ("resourceType", "id"))
-        self._index[(rtype, key)] = len(self.entries)
+        self._index[(rtype, key)] = self._by_ref[ref] = len(self.entries)
         self.entries.append(
             {"fullUrl": f"urn:uuid:{rid}", "resource": body, "request": {"method": "PUT", "url": ref}}
         )
@@ -132,11 +140,18 @@ class Context:
 
     def resource(self, ref: str) -> dict[str, Any] | None:
         """The resource already added under ``"Type/id"``, to amend it; ``None`` if there is none."""
-        for entry in self.entries:
-            if entry["request"]["url"] == ref:
-                found: dict[str, Any] = entry["resource"]
-                return found
-        return None
+        at = self._by_ref.get(ref)
+        if at is None:
+            return None
+        found: dict[str, Any] = self.entries[at]["resource"]
+        return found
+
+    def only_if_absent(self, ref: str) -> None:
+        """Write ``ref`` only where it does not exist yet (``ifNoneMatch: *``): an order or a result
+        names the patient to link to it, but its demographics are the ADT feed's to state."""
+        at = self._by_ref.get(ref)
+        if at is not None:
+            self.entries[at]["request"]["ifNoneMatch"] = "*"
 
     def bundle(self) -> dict[str, Any]:
         """The transaction Bundle of every entry added."""

@@ -319,3 +319,20 @@ def test_every_oru_orm_oml_message_of_the_corpus_converts_and_validates(corpora_
     assert failures == []
     # OML-O21-02.hl7 says ORM^O01 in its MSH-9
     assert done["ORU^R01"] >= 5 and done["ORM^O01"] >= 8 and done["OML^O21"] >= 4
+
+
+def test_a_message_too_large_for_one_bundle_is_refused() -> None:
+    """More resources than one Bundle may hold: refused with a code (the FHIR API would refuse the Bundle)."""
+    from adapters.fhir.bundle import MAX_ENTRIES
+    from adapters.hl7.to_fhir import ConversionError
+
+    head = (
+        "MSH|^~\\&|LAB|H|GW|G|20240313090000+0000||ORU^R01^ORU_R01|BIG-1|P|2.5.1\r"
+        "PID|1||M1^^^H^MR||DOE^JANE\rOBR|1||F1|718-7^Hemoglobin^LN|||20240313083000+0000\r"
+    )
+    obx = "".join(
+        f"OBX|{n}|NM|718-7^Hemoglobin^LN|{n}|13.5|g/dL^^UCUM|||||F\r" for n in range(1, MAX_ENTRIES + 5)
+    )
+    with pytest.raises(ConversionError) as caught:
+        convert((head + obx).encode())
+    assert caught.value.code == "too_large"

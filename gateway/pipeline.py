@@ -397,9 +397,11 @@ class Intake:
         :class:`StoreUnavailable`, or whatever the effect raised (then nothing of it was kept).
         """
         prepared = [self._prepare(adapter, env, receipt, None, issues, kept=True, effect=effect)]
-        rec, out, _ = prepared[0]
+        rec, out, reply = prepared[0]
         decisions = await self.store.record_intake([rec])
         self._committed(adapter, prepared, decisions)
+        if self.metrics is not None:
+            self.metrics.observe_intake(adapter.name, receipt, [reply.code])
         return decisions[0], out
 
     def _committed(

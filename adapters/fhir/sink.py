@@ -101,10 +101,9 @@ from gateway.sinks._net import CHECK_TIMEOUT_S
 from gateway.sinks.http import (
     KEEPALIVE_S,
     MAX_RESPONSE_BYTES,
-    _closed_in_handshake,
-    _root_causes,
     _status_line,
     parse_retry_after,
+    transport_error,
 )
 
 __all__ = ["FHIRSink"]
@@ -348,28 +347,8 @@ class FHIRSink:
 
     def _transport_error(self, exc: Exception, what: str) -> DeliveryRetryable:
         """A failure before any status arrived, coded as the http sink codes it; exception types only."""
-        causes = _root_causes(exc)
-        kinds = ", ".join(dict.fromkeys(type(c).__name__ for c in causes))
-        timeout = self.config.timeout_s
-        if isinstance(exc, aiohttp.ConnectionTimeoutError):
-            return self._retryable("connect_timeout", f"{what}: no connection within {timeout} s")
-        if isinstance(exc, aiohttp.ServerTimeoutError):
-            return self._retryable("timeout", f"{what}: no response within {timeout} s")
-        if (
-            isinstance(exc, aiohttp.ClientSSLError)
-            or any(isinstance(c, ssl.SSLError) for c in causes)
-            or (isinstance(exc, aiohttp.ClientConnectorError) and _closed_in_handshake(exc, self._base))
-        ):
-            return self._retryable("tls_error", f"{what}: TLS handshake failed ({kinds})")
-        if isinstance(exc, aiohttp.ClientConnectorError):
-            return self._retryable("connect_error", f"{what}: could not connect ({kinds})")
-        if isinstance(
-            exc, aiohttp.ServerDisconnectedError | aiohttp.ClientResponseError | aiohttp.ClientPayloadError
-        ):
-            return self._retryable("protocol_error", f"{what}: the server broke the HTTP protocol ({kinds})")
-        if isinstance(exc, aiohttp.ClientConnectionError):
-            return self._retryable("network_error", f"{what}: the connection failed ({kinds})")
-        return self._retryable("transport_error", f"{what}: the request failed ({kinds})")
+        code, reason = transport_error(exc, self.config.timeout_s, self._base)
+        return self._retryable(code, f"{what}: {reason}")
 
     # -- health and shutdown ----------------------------------------------------------------------
 

@@ -240,29 +240,7 @@ class HTTPSink:
         return DeliveryRetryable(code, f"sink {self.name!r}: {what}")
 
     def _transport_error(self, exc: Exception) -> DeliveryRetryable:
-        """The error code for a failure before any status arrived; the reason names exception types only."""
-        causes = _root_causes(exc)
-        kinds = ", ".join(dict.fromkeys(type(c).__name__ for c in causes))
-        if isinstance(exc, aiohttp.ConnectionTimeoutError):
-            return self._retryable("connect_timeout", f"no connection within {self.config.timeout_s} s")
-        if isinstance(exc, aiohttp.ServerTimeoutError):
-            return self._retryable("timeout", f"no response within {self.config.timeout_s} s")
-        if (
-            isinstance(exc, aiohttp.ClientSSLError)
-            or any(isinstance(c, ssl.SSLError) for c in causes)
-            or (isinstance(exc, aiohttp.ClientConnectorError) and _closed_in_handshake(exc, self._url))
-        ):
-            return self._retryable("tls_error", f"TLS handshake failed ({kinds})")
-        if isinstance(exc, aiohttp.ClientConnectorError):
-            return self._retryable("connect_error", f"could not connect ({kinds})")
-        if isinstance(
-            exc, aiohttp.ServerDisconnectedError | aiohttp.ClientResponseError | aiohttp.ClientPayloadError
-        ):
-            # closed before a whole response, or an unreadable status line or headers
-            return self._retryable("protocol_error", f"the server broke the HTTP protocol ({kinds})")
-        if isinstance(exc, aiohttp.ClientConnectionError):
-            return self._retryable("network_error", f"the connection failed ({kinds})")
-        return self._retryable("transport_error", f"the request failed ({kinds})")
+        return self._retryable(*transport_error(exc, self.config.timeout_s, self._url))
 
     async def check(self) -> bool:
         """True when a TCP connection to the endpoint's host and port opens within a short time."""
@@ -272,6 +250,33 @@ class HTTPSink:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
+
+
+def transport_error(exc: Exception, timeout_s: float, url: URL) -> tuple[str, str]:
+    """The error code and reason for a failure before any status arrived (every HTTP-based sink codes
+    them alike); the reason names exception types only, never a value."""
+    causes = _root_causes(exc)
+    kinds = ", ".join(dict.fromkeys(type(c).__name__ for c in causes))
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return "connect_timeout", f"no connection within {timeout_s} s"
+    if isinstance(exc, aiohttp.ServerTimeoutError):
+        return "timeout", f"no response within {timeout_s} s"
+    if (
+        isinstance(exc, aiohttp.ClientSSLError)
+        or any(isinstance(c, ssl.SSLError) for c in causes)
+        or (isinstance(exc, aiohttp.ClientConnectorError) and _closed_in_handshake(exc, url))
+    ):
+        return "tls_error", f"TLS handshake failed ({kinds})"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "connect_error", f"could not connect ({kinds})"
+    if isinstance(
+        exc, aiohttp.ServerDisconnectedError | aiohttp.ClientResponseError | aiohttp.ClientPayloadError
+    ):
+        # closed before a whole response, or an unreadable status line or headers
+        return "protocol_error", f"the server broke the HTTP protocol ({kinds})"
+    if isinstance(exc, aiohttp.ClientConnectionError):
+        return "network_error", f"the connection failed ({kinds})"
+    return "transport_error", f"the request failed ({kinds})"
 
 
 def _closed_in_handshake(exc: aiohttp.ClientConnectorError, url: URL) -> bool:

@@ -16,7 +16,7 @@ Layout (each module small and single-purpose):
 - :mod:`.tables` + ``tables/*.json`` — the v2 table → FHIR code maps (data, overridable);
 - :mod:`.registry` — message type → builder (:func:`register`);
 - :mod:`.header` — MSH/EVN → MessageHeader and Provenance (every message type);
-- :mod:`.patient`, :mod:`.encounter`, :mod:`.clinical` — segment maps;
+- :mod:`.patient`, :mod:`.encounter`, :mod:`.clinical`, :mod:`.roles` (ROL) — segment maps;
 - :mod:`.adt` — the ADT builders; :mod:`.orders` (ORM^O01, OML^O21), :mod:`.results` (ORU^R01),
   :mod:`.immunization` (VXU^V04), :mod:`.scheduling` (SIU^S12-S17, S26), :mod:`.documents` (MDM^T01-T10).
 

@@ -5,8 +5,15 @@
   Condition per DG1, Procedure per PR1, Coverage (+ payor) per IN1.
 - :func:`build_person` (A28, A31 and the other person-level events): the
   same without the Encounter (their PV1, when sent, is a placeholder).
-- :func:`build_merge` (A40): per PID/MRG pair, the surviving Patient from PID
-  and the prior one from MRG-1, linked ``replaces`` / ``replaced-by``.
+- :func:`build_merge` (A40, A47): per PID/MRG pair, the surviving Patient from PID
+  and the prior one from MRG-1, linked ``replaces`` / ``replaced-by``. For A47 (change patient
+  identifier list) PID-3 carries the new identifier and MRG-1 the prior one: the Patient known
+  by the prior identifier is made inactive and ``replaced-by`` the one known by the new identifier
+  (the IG's MRG[Patient] map; with ids keyed by identifier, a changed identifier is a new Patient).
+  A41 (merge account) and A45 (move visit) are not registered: they move an Account or an
+  Encounter (MRG-3 / MRG-5), not a Patient, which this merge builder does not map.
+- ROL segments (:mod:`.roles`): after PID / PD1 the primary care provider, after PV1 / PV2 an
+  Encounter participant.
 
 Each OBX (the OBSERVATION group, with the NTEs after it) becomes an Observation of the
 patient through the results module's OBX map (:func:`.results.patient_observations`), linked to
@@ -16,7 +23,7 @@ the Encounter unless the event is one before the visit begins (its Encounter ``p
 from __future__ import annotations
 
 from adapters.hl7.er7 import Segment
-from adapters.hl7.to_fhir import clinical, encounter, patient, results
+from adapters.hl7.to_fhir import clinical, encounter, patient, results, roles
 from adapters.hl7.to_fhir.context import Context
 
 __all__ = ["MERGE_TYPES", "PERSON_TYPES", "VISIT_TYPES", "build_merge", "build_person", "build_visit"]
@@ -53,7 +60,7 @@ VISIT_TYPES = frozenset(
 """Visit events: ADT_A01 / ADT_A03 / ADT_A05 / ADT_A06 / ADT_A09 / ADT_A12 / ADT_A21 structures."""
 PERSON_TYPES = frozenset({"ADT^A28", "ADT^A29", "ADT^A31"})
 """Person events (ADT_A05 / ADT_A27 structures without a visit)."""
-MERGE_TYPES = frozenset({"ADT^A40"})
+MERGE_TYPES = frozenset({"ADT^A40", "ADT^A47"})
 
 
 def _body(ctx: Context, with_visit: bool) -> None:
@@ -77,6 +84,7 @@ def _body(ctx: Context, with_visit: bool) -> None:
             clinical.procedure(ctx, seg, n)
         elif seg.id == "IN1":
             clinical.coverage(ctx, seg, n)
+    roles.apply(ctx, segments)
     results.patient_observations(ctx, results.collect(segments))
 
 
@@ -91,7 +99,7 @@ def build_person(ctx: Context) -> None:
 
 
 def build_merge(ctx: Context) -> None:
-    """A40: each PID and the MRG after it → surviving and prior Patients, linked."""
+    """A40 / A47: each PID and the MRG after it → surviving and prior Patients, linked."""
     current: Segment | None = None
     for seg in ctx.message.segments:
         if seg.id == "PID":

@@ -69,9 +69,7 @@ never retries: the delivery engine does.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -93,15 +91,14 @@ from adapters.fhir.resources import (
     write_json,
 )
 from gateway.config import FHIRSinkConfig
-from gateway.errors import ConfigError
 from gateway.sink import Delivery, DeliveryError, DeliveryRejected, DeliveryRetryable
 from gateway.sinks._net import CHECK_TIMEOUT_S
 
 # the http sink's own helpers: one way to name a status, a network failure and a Retry-After
 from gateway.sinks.http import (
-    KEEPALIVE_S,
     MAX_RESPONSE_BYTES,
     _status_line,
+    open_session,
     parse_retry_after,
     transport_error,
 )
@@ -144,29 +141,9 @@ class FHIRSink:
         """Read the bearer token from the environment and create the pooled session."""
         if self._session is not None:
             return
-        cfg = self.config
-        headers = dict(cfg.headers)
-        if cfg.bearer_token_env is not None:
-            token = os.environ.get(cfg.bearer_token_env, "")
-            if not token:
-                raise ConfigError(
-                    f"sinks.{self.name}.bearer_token_env: environment variable "
-                    f"{cfg.bearer_token_env} is not set or empty"
-                )
-            headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
-            headers["Authorization"] = f"Bearer {token}"
-        headers["Accept"] = ACCEPT
-        headers["Accept-Encoding"] = "identity"  # an OperationOutcome is read as sent, never inflated
-        verify: ssl.SSLContext | bool = False
-        if cfg.verify_tls:
-            verify = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=cfg.concurrency, ssl=verify, keepalive_timeout=KEEPALIVE_S),
-            headers=headers,
-            timeout=aiohttp.ClientTimeout(total=cfg.timeout_s),
-            cookie_jar=aiohttp.CookieJar(unsafe=True),  # like the http sink: keep sticky cookies
-            auto_decompress=False,
-            trust_env=False,
+        # an OperationOutcome is read as sent, never inflated
+        self._session = open_session(
+            self.name, self.config, {"Accept": ACCEPT, "Accept-Encoding": "identity"}
         )
 
     # -- one attempt ------------------------------------------------------------------------------

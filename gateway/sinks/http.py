@@ -56,10 +56,12 @@ import base64
 import math
 import os
 import ssl
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from http import HTTPStatus
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
@@ -141,6 +143,52 @@ def _root_causes(exc: BaseException) -> list[BaseException]:
     return seen
 
 
+class SessionSettings(Protocol):
+    """What an HTTP-based sink's configuration says about its connections (http, fhir)."""
+
+    @property
+    def headers(self) -> dict[str, str]: ...
+    @property
+    def bearer_token_env(self) -> str | None: ...
+    @property
+    def verify_tls(self) -> bool: ...
+    @property
+    def ca_file(self) -> Path | None: ...
+    @property
+    def concurrency(self) -> int: ...
+    @property
+    def timeout_s(self) -> float: ...
+
+
+def open_session(
+    name: str, cfg: SessionSettings, extra_headers: Mapping[str, str] | None = None
+) -> aiohttp.ClientSession:
+    """The pooled session of sink ``name``: its headers (and ``extra_headers``), the bearer token read
+    from the environment (a ConfigError when the variable is unset), TLS as configured, no proxies from
+    the environment, bodies read as sent."""
+    headers = dict(cfg.headers)
+    if cfg.bearer_token_env is not None:
+        token = os.environ.get(cfg.bearer_token_env, "")
+        if not token:
+            raise ConfigError(
+                f"sinks.{name}.bearer_token_env: environment variable {cfg.bearer_token_env} is not set or empty"
+            )
+        headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+        headers["Authorization"] = f"Bearer {token}"
+    headers.update(extra_headers or {})
+    verify: ssl.SSLContext | bool = False
+    if cfg.verify_tls:
+        verify = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=cfg.concurrency, ssl=verify, keepalive_timeout=KEEPALIVE_S),
+        headers=headers,
+        timeout=aiohttp.ClientTimeout(total=cfg.timeout_s),
+        cookie_jar=aiohttp.CookieJar(unsafe=True),  # like httpx: keep a downstream's (sticky) cookies
+        auto_decompress=False,
+        trust_env=False,
+    )
+
+
 class HTTPSink:
     """POSTs each delivery to ``config.endpoint``; see the module docstring for the outcome table."""
 
@@ -156,32 +204,7 @@ class HTTPSink:
         """Read the bearer token from the environment and create the pooled session."""
         if self._session is not None:
             return
-        cfg = self.config
-        headers = dict(cfg.headers)
-        if cfg.bearer_token_env is not None:
-            token = os.environ.get(cfg.bearer_token_env, "")
-            if not token:
-                raise ConfigError(
-                    f"sinks.{self.name}.bearer_token_env: environment variable "
-                    f"{cfg.bearer_token_env} is not set or empty"
-                )
-            headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
-            headers["Authorization"] = f"Bearer {token}"
-        verify: ssl.SSLContext | bool = False
-        if cfg.verify_tls:
-            verify = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(
-                limit=cfg.concurrency,
-                ssl=verify,
-                keepalive_timeout=KEEPALIVE_S,
-            ),
-            headers=headers,
-            timeout=aiohttp.ClientTimeout(total=cfg.timeout_s),
-            cookie_jar=aiohttp.CookieJar(unsafe=True),  # like httpx: keep a downstream's (sticky) cookies
-            auto_decompress=False,
-            trust_env=False,
-        )
+        self._session = open_session(self.name, self.config)
 
     async def send(self, delivery: Delivery) -> None:
         """POST ``delivery`` once; return on 2xx, else raise DeliveryRetryable or DeliveryRejected."""

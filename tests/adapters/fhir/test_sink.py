@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
-from collections import deque
 from collections.abc import Awaitable, Iterator
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,7 +28,7 @@ from gateway.errors import ConfigError
 from gateway.sink import Delivery, DeliveryRejected, DeliveryRetryable
 from gateway.sinks import build_sink
 from gateway.sinks.http import MAX_RESPONSE_BYTES
-from tests.gateway.sinks.peers import Answer, Recorded, delivery, envelope
+from tests.gateway.sinks.peers import Answer, Receiver, delivery, envelope
 from tests.support import free_port
 
 T = TypeVar("T")
@@ -47,74 +44,21 @@ def run(coro: Awaitable[T]) -> T:
     return asyncio.run(main())
 
 
-class FhirPeer:
-    """A real HTTP/1.1 server on 127.0.0.1 in a thread, for every method the sink uses; answers from
-    a script (then ``default``) and records every request."""
+class FhirPeer(Receiver):
+    """The tests' HTTP receiver as a FHIR server's base: records every request, answers from a script
+    (then an empty 200)."""
 
     def __init__(self) -> None:
-        self.requests: list[Recorded] = []
-        self.script: deque[Answer] = deque()
+        super().__init__()
         self.default = Answer(status=200, body=b"")
-        self.release = threading.Event()
-        peer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self) -> None:
-                self._answer("GET")
-
-            def do_PUT(self) -> None:
-                self._answer("PUT")
-
-            def do_POST(self) -> None:
-                self._answer("POST")
-
-            def do_DELETE(self) -> None:
-                self._answer("DELETE")
-
-            def _answer(self, method: str) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                peer.requests.append(Recorded(method, self.path, headers, body, self.client_address[1]))
-                answer = peer.script.popleft() if peer.script else peer.default
-                if answer.delay_s:
-                    peer.release.wait(answer.delay_s)
-                self.send_response(answer.status, answer.reason)
-                for name, value in answer.headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(answer.body)))
-                self.end_headers()
-                self.wfile.write(answer.body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-
-            def handle_error(self, request: Any, client_address: Any) -> None:
-                pass  # a client that gave up (time-out tests) is expected
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05})
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/fhir"
-
-    def answer(self, *answers: Answer) -> None:
-        self.script.extend(answers)
+        return f"http://127.0.0.1:{self.port}/fhir"
 
     def __enter__(self) -> FhirPeer:
-        self.thread.start()
+        super().__enter__()
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
 
 
 @pytest.fixture

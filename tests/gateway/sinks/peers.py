@@ -200,6 +200,12 @@ class Receiver:
             def do_GET(self) -> None:
                 self._answer("GET")
 
+            def do_PUT(self) -> None:
+                self._answer("PUT")
+
+            def do_DELETE(self) -> None:
+                self._answer("DELETE")
+
             def _answer(self, method: str) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
                 body = self.rfile.read(length)

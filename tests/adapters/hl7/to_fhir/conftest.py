@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from adapters.fhir.resources import validate
 from adapters.hl7 import er7
+from adapters.hl7.to_fhir import convert
 from adapters.hl7.to_fhir.context import Context
 from adapters.hl7.to_fhir.tables import Tables, default_tables
 from tests.conftest import FIXTURES
@@ -24,6 +26,23 @@ def one(bundle: dict[str, Any], resource_type: str) -> dict[str, Any]:
     found = of_type(bundle, resource_type)
     assert len(found) == 1, f"{len(found)} {resource_type} resources"
     return found[0]
+
+
+def assert_valid(bundle: dict[str, Any]) -> None:
+    """Every resource of the Bundle validates against the R4B models (errors named by place and code)."""
+    assert [(i.location, i.code) for i in validate(bundle) if i.severity in ("error", "fatal")] == []
+
+
+def variant(name: str, *edits: tuple[str, str]) -> dict[str, Any]:
+    """The fixture ``name`` with each ``(old, new)`` edit made (each ``old`` must be there), converted
+    and checked valid."""
+    text = raw(name).decode("ascii")
+    for old, new in edits:
+        assert old in text, old
+        text = text.replace(old, new)
+    bundle = convert(text.encode("ascii"))
+    assert_valid(bundle)
+    return bundle
 
 
 def by_ref(bundle: dict[str, Any], ref: str) -> dict[str, Any]:

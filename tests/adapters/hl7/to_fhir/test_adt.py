@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from adapters.fhir.resources import validate, write_json
+from adapters.fhir.resources import write_json
 from adapters.hl7.to_fhir import SUPPORTED, ConversionError, Tables, convert, register
 from adapters.hl7.to_fhir.context import Context, resource_id
-from tests.adapters.hl7.to_fhir.conftest import HL7, by_ref, of_type, one, raw
+from tests.adapters.hl7.to_fhir.conftest import HL7, assert_valid, by_ref, of_type, one, raw
 
 ADT_FIXTURES = sorted(p.name for p in HL7.glob("adt_*.hl7"))
 V2 = "http://terminology.hl7.org/CodeSystem/v2-"
@@ -25,18 +25,13 @@ def full() -> dict[str, Any]:
     return convert(raw("adt_a01__full.hl7"), envelope_id="01HZX3ENVELOPE", raw_sha256="ab" * 32)
 
 
-def _valid(bundle: dict[str, Any]) -> None:
-    issues = [i for i in validate(bundle) if i.severity in ("error", "fatal")]
-    assert issues == []
-
-
 @pytest.mark.parametrize("name", ADT_FIXTURES)
 def test_every_adt_fixture_converts_validates_and_is_deterministic(name: str) -> None:
     first = convert(raw(name), envelope_id="env-1")
     second = convert(raw(name), envelope_id="env-1")
     assert write_json(first) == write_json(second)
     assert first["resourceType"] == "Bundle" and first["type"] == "transaction"
-    _valid(first)
+    assert_valid(first)
     entries = first["entry"]
     assert entries[0]["resource"]["resourceType"] == "MessageHeader"
     assert entries[-1]["resource"]["resourceType"] == "Provenance"
@@ -288,7 +283,7 @@ def test_escapes_encodings_and_line_endings() -> None:
 
 def test_a40_merge_links_both_patients() -> None:
     bundle = convert(raw("adt_a40__merge.hl7"))
-    _valid(bundle)
+    assert_valid(bundle)
     surviving, prior = of_type(bundle, "Patient")
     assert surviving["identifier"][0]["value"] == "NW700001"
     assert prior["identifier"][0]["value"] == "NW799999"
@@ -396,7 +391,7 @@ SNOMED = "http://snomed.info/sct"
 @pytest.fixture(scope="module")
 def extended() -> dict[str, Any]:
     bundle = convert(raw("adt_a08__ig_extended_fields.hl7"))
-    _valid(bundle)
+    assert_valid(bundle)
     return bundle
 
 
@@ -549,7 +544,7 @@ def test_evn_7_and_pl_4_naming_one_facility_give_one_location() -> None:
         "PV1|1|I|3WEST^312^B^NWG"
     )
     bundle = convert(text.encode())
-    _valid(bundle)
+    assert_valid(bundle)
     sites = [r for r in of_type(bundle, "Location") if r["name"] == "NWG"]
     assert len(sites) == 1
     assert bundle["entry"][-1]["resource"]["location"] == {"reference": f"Location/{sites[0]['id']}"}
@@ -562,7 +557,7 @@ def test_msh_22_responsible_and_msh_23_receiver() -> None:
         "PID|1||X1^^^NS^MR"
     )
     bundle = convert(text.encode())
-    _valid(bundle)
+    assert_valid(bundle)
     header = one(bundle, "MessageHeader")
     responsible = by_ref(bundle, header["responsible"]["reference"])
     assert responsible["name"] == "NORTHWIND HEALTH"
@@ -619,7 +614,7 @@ OBX_PV2 = "adt_a01__obx_pv2.hl7"
 
 def test_adt_obx_are_observations_of_the_patient_and_the_visit() -> None:
     bundle = convert(raw(OBX_PV2))
-    _valid(bundle)
+    assert_valid(bundle)
     patient, encounter = one(bundle, "Patient"), one(bundle, "Encounter")
     weight, height = of_type(bundle, "Observation")
     for obs in (weight, height):
@@ -643,7 +638,7 @@ def test_adt_obx_are_observations_of_the_patient_and_the_visit() -> None:
     # a pre-admit (A05): the visit is planned, so the observation is not about it
     text = raw(OBX_PV2).replace(b"ADT^A01^ADT_A01", b"ADT^A05^ADT_A05").replace(b"EVN|A01", b"EVN|A05")
     pre_admit = convert(text)
-    _valid(pre_admit)
+    assert_valid(pre_admit)
     assert one(pre_admit, "Encounter")["status"] == "planned"
     assert all("encounter" not in obs for obs in of_type(pre_admit, "Observation"))
     # a person event (A28) has no Encounter, but still the Observations

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 import adapters.hl7.to_fhir.documents  # noqa: F401  (registers MDM^T01/T02/T04/T05/T06/T08/T09/T10)
-from adapters.fhir.resources import validate, write_json
+from adapters.fhir.resources import write_json
 from adapters.hl7 import er7
 from adapters.hl7.to_fhir import ConversionError, convert, message_type, registry
-from tests.adapters.hl7.to_fhir.conftest import HL7, by_ref, of_type, one, raw
+from tests.adapters.hl7.to_fhir.conftest import HL7, assert_valid, by_ref, of_type, one, raw, variant
 
 V2 = "http://terminology.hl7.org/CodeSystem/v2-"
 CORPUS = ("hl7v2", "microsoft-FHIR-Converter", "messages")
@@ -27,20 +27,6 @@ MULTILINE_TEXT = "\n".join(
         "Signed: Dr. Vance",
     ]
 )
-
-
-def _valid(bundle: dict[str, Any]) -> None:
-    assert [(i.location, i.code) for i in validate(bundle) if i.severity in ("error", "fatal")] == []
-
-
-def _variant(name: str, *edits: tuple[str, str]) -> dict[str, Any]:
-    text = raw(name).decode("ascii")
-    for old, new in edits:
-        assert old in text, old
-        text = text.replace(old, new)
-    bundle = convert(text.encode("ascii"))
-    _valid(bundle)
-    return bundle
 
 
 def _text(doc: dict[str, Any], index: int = 0) -> str:
@@ -59,7 +45,7 @@ def test_mdm_types_are_registered() -> None:
 def test_every_mdm_fixture_converts_validates_and_is_deterministic(name: str) -> None:
     first = convert(raw(name), envelope_id="env-1")
     assert write_json(first) == write_json(convert(raw(name), envelope_id="env-1"))
-    _valid(first)
+    assert_valid(first)
     doc = one(first, "DocumentReference")
     assert {"reference": f"DocumentReference/{doc['id']}"} in first["entry"][0]["resource"]["focus"]
 
@@ -120,7 +106,7 @@ def test_multiline_text_with_escapes() -> None:
 
 def test_the_document_number_is_the_key() -> None:
     first = one(convert(raw("mdm_t02__multiline.hl7")), "DocumentReference")
-    amended = _variant(
+    amended = variant(
         "mdm_t02__multiline.hl7",
         ("NWG-MDM02-0002", "NWG-MDM02-0003"),
         ("Signed: Dr. Vance", "Signed: Dr. Vance (amended)"),
@@ -140,14 +126,14 @@ def test_the_document_number_is_the_key() -> None:
     ],
 )
 def test_statuses(txa17: str, txa19: str, doc_status: str, status: str) -> None:
-    doc = one(_variant("mdm_t02__multiline.hl7", ("|LA|R|AV|", f"|{txa17}|R|{txa19}|")), "DocumentReference")
+    doc = one(variant("mdm_t02__multiline.hl7", ("|LA|R|AV|", f"|{txa17}|R|{txa19}|")), "DocumentReference")
     assert (doc["docStatus"], doc["status"]) == (doc_status, status)
 
 
 def test_encapsulated_data() -> None:
     pdf = b"%PDF-1.4 synthetic"
     encoded = base64.b64encode(pdf).decode("ascii")
-    bundle = _variant(
+    bundle = variant(
         "mdm_t02__document.hl7",
         (
             "OBX|2|TX",
@@ -172,7 +158,7 @@ def test_encapsulated_data() -> None:
 def test_addendum_notification_without_content() -> None:
     text = raw("mdm_t02__multiline.hl7").decode("ascii").replace("MDM^T02^MDM_T02", "MDM^T05^MDM_T01")
     bundle = convert("\r".join(s for s in text.split("\r") if not s.startswith("OBX")).encode("ascii"))
-    _valid(bundle)
+    assert_valid(bundle)
     doc = one(bundle, "DocumentReference")
     assert doc["relatesTo"][0]["code"] == "appends"
     # content is required: one attachment with what the TXA says about the document
@@ -207,10 +193,10 @@ def test_every_corpus_mdm_converts_and_validates(corpora_dir: Path) -> None:
     for path in paths:
         data = path.read_bytes()
         assert message_type(er7.parse(data)) in registry.supported(), path.name
-        for variant in (data, data.replace(b"\n", b"\r")):
-            bundle = convert(variant, envelope_id="corpus")
-            _valid(bundle)
-            assert bundle == convert(variant, envelope_id="corpus")
+        for sent in (data, data.replace(b"\n", b"\r")):
+            bundle = convert(sent, envelope_id="corpus")
+            assert_valid(bundle)
+            assert bundle == convert(sent, envelope_id="corpus")
             one(bundle, "DocumentReference")
 
 
@@ -234,7 +220,7 @@ def test_corpus_mdm_key_values_agree_with_fhir_converter(corpora_dir: Path) -> N
 def test_orders_of_an_mdm_are_service_requests_the_document_is_related_to() -> None:
     """The IG's MDM_T02 map: each COMMON_ORDER (ORC, TQ1, OBR, NTE) → a ServiceRequest, named in
     DocumentReference.context.related; the OBX stay the document's content (no Observation)."""
-    bundle = _variant(
+    bundle = variant(
         "mdm_t02__document.hl7",
         (
             "\rTXA|",

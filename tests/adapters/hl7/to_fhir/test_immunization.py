@@ -3,33 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 import adapters.hl7.to_fhir.immunization  # noqa: F401  (registers VXU^V04)
-from adapters.fhir.resources import validate, write_json
+from adapters.fhir.resources import write_json
 from adapters.hl7 import er7
 from adapters.hl7.to_fhir import convert, message_type, registry
-from tests.adapters.hl7.to_fhir.conftest import HL7, by_ref, of_type, one, raw
+from tests.adapters.hl7.to_fhir.conftest import HL7, assert_valid, by_ref, of_type, one, raw, variant
 
 CVX = "http://hl7.org/fhir/sid/cvx"
 V2 = "http://terminology.hl7.org/CodeSystem/v2-"
 CORPUS = ("hl7v2", "microsoft-FHIR-Converter", "messages")
-
-
-def _valid(bundle: dict[str, Any]) -> None:
-    assert [(i.location, i.code) for i in validate(bundle) if i.severity in ("error", "fatal")] == []
-
-
-def _variant(name: str, *edits: tuple[str, str]) -> dict[str, Any]:
-    text = raw(name).decode("ascii")
-    for old, new in edits:
-        assert old in text, old
-        text = text.replace(old, new)
-    bundle = convert(text.encode("ascii"))
-    _valid(bundle)
-    return bundle
 
 
 def test_vxu_is_registered() -> None:
@@ -40,7 +25,7 @@ def test_vxu_is_registered() -> None:
 def test_every_vxu_fixture_converts_validates_and_is_deterministic(name: str) -> None:
     first = convert(raw(name), envelope_id="env-1")
     assert write_json(first) == write_json(convert(raw(name), envelope_id="env-1"))
-    _valid(first)
+    assert_valid(first)
     assert first["entry"][0]["resource"]["resourceType"] == "MessageHeader"
     assert first["entry"][-1]["resource"]["resourceType"] == "Provenance"
     immunization = one(first, "Immunization")
@@ -147,7 +132,7 @@ def test_refusal() -> None:
 def test_the_key_is_the_order_number_so_a_correction_updates_the_same_immunization() -> None:
     first = one(convert(raw("vxu_v04__refused.hl7")), "Immunization")
     corrected = one(
-        _variant(
+        variant(
             "vxu_v04__refused.hl7",
             ("NWG-VXU04-0002", "NWG-VXU04-0003"),
             ("||RE|A", "||CP|U"),
@@ -162,10 +147,10 @@ def test_the_key_is_the_order_number_so_a_correction_updates_the_same_immunizati
 
 def test_without_order_numbers_the_key_is_patient_vaccine_and_date() -> None:
     no_orc_ids = ("ORC|RE|PL-55821^NW_IMMZ|", "ORC|RE||")
-    imm = one(_variant("vxu_v04__refused.hl7", no_orc_ids), "Immunization")
-    resent = one(_variant("vxu_v04__refused.hl7", no_orc_ids, ("-0002|", "-0009|")), "Immunization")
+    imm = one(variant("vxu_v04__refused.hl7", no_orc_ids), "Immunization")
+    resent = one(variant("vxu_v04__refused.hl7", no_orc_ids, ("-0002|", "-0009|")), "Immunization")
     other_day = one(
-        _variant("vxu_v04__refused.hl7", no_orc_ids, ("RXA|0|1|20240410", "RXA|0|1|20240411")),
+        variant("vxu_v04__refused.hl7", no_orc_ids, ("RXA|0|1|20240410", "RXA|0|1|20240411")),
         "Immunization",
     )
     assert "identifier" not in imm
@@ -178,13 +163,13 @@ def test_without_order_numbers_the_key_is_patient_vaccine_and_date() -> None:
     [("PA", "A", "completed", True), ("NA", "A", "not-done", False), ("CP", "D", "entered-in-error", False)],
 )
 def test_completion_status_and_action_code(rxa20: str, rxa21: str, status: str, subpotent: bool) -> None:
-    imm = one(_variant("vxu_v04__immunization.hl7", ("|CP|A", f"|{rxa20}|{rxa21}")), "Immunization")
+    imm = one(variant("vxu_v04__immunization.hl7", ("|CP|A", f"|{rxa20}|{rxa21}")), "Immunization")
     assert imm["status"] == status
     assert imm.get("isSubpotent", False) is subpotent
 
 
 def test_historical_record_vis_funding_and_notes() -> None:
-    bundle = _variant(
+    bundle = variant(
         "vxu_v04__immunization.hl7",
         (
             "00^New immunization record^NIP001",
@@ -236,10 +221,10 @@ def test_every_corpus_vxu_converts_and_validates(corpora_dir: Path) -> None:
     assert len(paths) >= 4
     for path in paths:
         data = path.read_bytes()
-        for variant in (data, data.replace(b"\n", b"\r")):
-            bundle = convert(variant, envelope_id="corpus")
-            _valid(bundle)
-            assert bundle == convert(variant, envelope_id="corpus")
+        for sent in (data, data.replace(b"\n", b"\r")):
+            bundle = convert(sent, envelope_id="corpus")
+            assert_valid(bundle)
+            assert bundle == convert(sent, envelope_id="corpus")
             assert of_type(bundle, "Immunization"), path.name
 
 
@@ -289,7 +274,7 @@ def test_corpus_vxu_key_values_agree_with_fhir_converter(corpora_dir: Path) -> N
 def test_person_observations_before_the_orders() -> None:
     """VXU_V04 PERSON_OBSERVATION (OBX before the first ORC) → Observations of the patient, with the
     NTEs after them; not part of any Immunization."""
-    bundle = _variant(
+    bundle = variant(
         "vxu_v04__immunization.hl7",
         (
             "\rORC|RE||IMM-77120",

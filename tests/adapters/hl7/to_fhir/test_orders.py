@@ -8,17 +8,12 @@ import pytest
 
 import adapters.hl7.to_fhir.orders  # registers ORM^O01, OML^O21
 import adapters.hl7.to_fhir.results  # noqa: F401  (registers ORU^R01)
-from adapters.fhir.resources import validate, write_json
+from adapters.fhir.resources import write_json
 from adapters.hl7.to_fhir import convert, registry
-from tests.adapters.hl7.to_fhir.conftest import by_ref, of_type, one, raw
+from tests.adapters.hl7.to_fhir.conftest import assert_valid, by_ref, of_type, one, raw
 
 V2 = "http://terminology.hl7.org/CodeSystem/v2-"
 FIXTURES = ["orm_o01__order.hl7", "oml_o21__lab_order.hl7"]
-
-
-def _valid(bundle: dict[str, Any]) -> None:
-    issues = [(i.location, i.code) for i in validate(bundle) if i.severity in ("error", "fatal")]
-    assert issues == []
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +30,7 @@ def oml() -> dict[str, Any]:
 def test_fixture_converts_validates_and_is_deterministic(name: str) -> None:
     first = convert(raw(name), envelope_id="env-1")
     assert write_json(first) == write_json(convert(raw(name), envelope_id="env-1"))
-    _valid(first)
+    assert_valid(first)
     urls = [e["request"]["url"] for e in first["entry"]]
     assert len(urls) == len(set(urls))
     assert {"ORM^O01", "OML^O21"} <= registry.supported()
@@ -123,7 +118,7 @@ def test_status_from_order_status_then_order_control(orc1: str, orc5: str, statu
         "OBR|1|PO-1^EMR||1234-5^Test^LN\r"
     )
     bundle = convert(message.encode())
-    _valid(bundle)
+    assert_valid(bundle)
     assert one(bundle, "ServiceRequest")["status"] == status
 
 
@@ -136,7 +131,7 @@ def test_an_obr_without_its_own_orc_shares_the_previous_one() -> None:
         "OBR|2|PO-7^EMR||2222-2^Second^LN\r"
     )
     bundle = convert(message.encode())
-    _valid(bundle)
+    assert_valid(bundle)
     first, second = of_type(bundle, "ServiceRequest")
     assert first["id"] != second["id"]
     assert second["status"] == "active" and second["requester"] == first["requester"]
@@ -156,7 +151,7 @@ def test_obx_of_an_order_that_is_not_a_service_are_still_observations() -> None:
         "NTE|1||Weighed before the first dose\r"
     )
     bundle = convert(text.encode())
-    _valid(bundle)
+    assert_valid(bundle)
     assert of_type(bundle, "ServiceRequest") == []
     obs, patient, encounter = one(bundle, "Observation"), one(bundle, "Patient"), one(bundle, "Encounter")
     assert obs["subject"] == {"reference": f"Patient/{patient['id']}"}

@@ -17,17 +17,12 @@ from adapters.fhir.resources import validate, write_json
 from adapters.hl7 import er7
 from adapters.hl7.to_fhir import Tables, convert, message_type, registry
 from adapters.hl7.to_fhir.results import is_ucum
-from tests.adapters.hl7.to_fhir.conftest import by_ref, context, of_type, one, raw
+from tests.adapters.hl7.to_fhir.conftest import assert_valid, by_ref, context, of_type, one, raw
 
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
 V3_INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 FIXTURES = ["oru_r01__cbc_20_obx.hl7", "oru_r01__value_types.hl7"]
-
-
-def _valid(bundle: dict[str, Any]) -> None:
-    issues = [(i.location, i.code) for i in validate(bundle) if i.severity in ("error", "fatal")]
-    assert issues == []
 
 
 def _by_code(bundle: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -48,7 +43,7 @@ def values() -> dict[str, Any]:
 def test_fixture_converts_validates_and_is_deterministic(name: str) -> None:
     first = convert(raw(name), envelope_id="env-1")
     assert write_json(first) == write_json(convert(raw(name), envelope_id="env-1"))
-    _valid(first)
+    assert_valid(first)
     urls = [e["request"]["url"] for e in first["entry"]]
     assert len(urls) == len(set(urls))
     assert "ORU^R01" in registry.supported()
@@ -211,7 +206,7 @@ def test_corrected_result_updates_the_same_observation(values: dict[str, Any]) -
     assert corrected != original
     resent = text.replace(original, corrected).replace("NWG-ORU01-0002", "NWG-ORU01-0003")
     bundle = convert(resent.encode())
-    _valid(bundle)
+    assert_valid(bundle)
     before, after = _by_code(values)["2345-7"], _by_code(bundle)["2345-7"]
     assert after["id"] == before["id"]
     assert after["status"] == "corrected"
@@ -233,7 +228,7 @@ def test_result_points_at_the_service_request_of_its_order() -> None:
         "OBX|1|NM|2093-3^Cholesterol^LN||212|mg/dL|<200|H|||F\r"
     )
     bundle = convert(result.encode())
-    _valid(bundle)
+    assert_valid(bundle)
     report = one(bundle, "DiagnosticReport")
     assert report["basedOn"] == [{"reference": f"ServiceRequest/{requests['2093-3']['id']}"}]
     request = one(bundle, "ServiceRequest")
@@ -252,7 +247,7 @@ def test_observation_outside_an_order_and_repeated_values() -> None:
         "OBX|2|NA|8867-4^Heart rate^LN||60^61^62|/min|||||F\r"
     )
     bundle = convert(message.encode())
-    _valid(bundle)
+    assert_valid(bundle)
     first, second = of_type(bundle, "Observation")
     assert [c["valueQuantity"]["value"] for c in first["component"]] == [60, 72]
     assert first["component"][0]["code"]["coding"][0]["code"] == "8867-4"

@@ -9,7 +9,7 @@ import pytest
 from adapters.fhir.resources import validate
 from adapters.hl7 import er7
 from adapters.hl7.to_fhir import SUPPORTED, convert, roles
-from tests.adapters.hl7.to_fhir.conftest import by_ref, of_type, one, raw
+from tests.adapters.hl7.to_fhir.conftest import assert_valid, by_ref, of_type, one, raw
 
 V2 = "http://terminology.hl7.org/CodeSystem/v2-"
 PARTICIPATION = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
@@ -21,7 +21,7 @@ def bundle() -> dict[str, Any]:
 
 
 def _valid(b: dict[str, Any]) -> None:
-    assert [i for i in validate(b) if i.severity in ("error", "fatal")] == []
+    assert_valid(b)
     for entry in b["entry"]:
         assert [i for i in validate(entry["resource"]) if i.severity in ("error", "fatal")] == []
 

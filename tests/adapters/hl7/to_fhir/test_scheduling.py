@@ -8,28 +8,14 @@ from typing import Any
 import pytest
 
 import adapters.hl7.to_fhir.scheduling  # noqa: F401  (registers SIU^S12-S17, S26)
-from adapters.fhir.resources import validate, write_json
+from adapters.fhir.resources import write_json
 from adapters.hl7 import er7
 from adapters.hl7.to_fhir import ConversionError, convert, message_type, registry
-from tests.adapters.hl7.to_fhir.conftest import HL7, by_ref, of_type, one, raw
+from tests.adapters.hl7.to_fhir.conftest import HL7, assert_valid, by_ref, of_type, one, raw, variant
 
 V2 = "http://terminology.hl7.org/CodeSystem/v2-"
 CORPUS = ("hl7v2", "microsoft-FHIR-Converter", "messages")
 LIFECYCLE = ("siu_s12__booked.hl7", "siu_s14__reschedule.hl7", "siu_s15__cancel.hl7")
-
-
-def _valid(bundle: dict[str, Any]) -> None:
-    assert [(i.location, i.code) for i in validate(bundle) if i.severity in ("error", "fatal")] == []
-
-
-def _variant(name: str, *edits: tuple[str, str]) -> dict[str, Any]:
-    text = raw(name).decode("ascii")
-    for old, new in edits:
-        assert old in text, old
-        text = text.replace(old, new)
-    bundle = convert(text.encode("ascii"))
-    _valid(bundle)
-    return bundle
 
 
 def _apply(store: dict[str, dict[str, Any]], bundle: dict[str, Any]) -> None:
@@ -47,7 +33,7 @@ def test_siu_types_are_registered() -> None:
 def test_every_siu_fixture_converts_validates_and_is_deterministic(name: str) -> None:
     first = convert(raw(name), envelope_id="env-1")
     assert write_json(first) == write_json(convert(raw(name), envelope_id="env-1"))
-    _valid(first)
+    assert_valid(first)
     appointment = one(first, "Appointment")
     assert {"reference": f"Appointment/{appointment['id']}"} in first["entry"][0]["resource"]["focus"]
 
@@ -104,7 +90,7 @@ def test_s12_then_s14_then_s15_is_one_appointment_ending_cancelled_at_the_new_ti
     ids = []
     for name in LIFECYCLE:
         bundle = convert(raw(name), envelope_id=name)
-        _valid(bundle)
+        assert_valid(bundle)
         ids.append(one(bundle, "Appointment")["id"])
         _apply(store, bundle)
         if name == "siu_s14__reschedule.hl7":
@@ -138,7 +124,7 @@ def test_s12_then_s14_then_s15_is_one_appointment_ending_cancelled_at_the_new_ti
     ],
 )
 def test_status(trigger: str, filler_status: str, expected: str) -> None:
-    bundle = _variant(
+    bundle = variant(
         "siu_s12__booked.hl7",
         ("SIU^S12^", f"SIU^{trigger}^"),
         ("|Booked^Booked^HL70278", f"|{filler_status}"),
@@ -147,7 +133,7 @@ def test_status(trigger: str, filler_status: str, expected: str) -> None:
 
 
 def test_times_from_the_resources_and_durations_in_other_units() -> None:
-    bundle = _variant(
+    bundle = variant(
         "siu_s12__booked.hl7",
         ("|45|min|^^45^20240610093000^20240610101500|", "|1|h||"),
         ("|20240610093000|||45|min||Booked\rNTE", "|20240610091500|||45|min||Booked\rNTE"),
@@ -159,9 +145,9 @@ def test_times_from_the_resources_and_durations_in_other_units() -> None:
 
 
 def test_without_a_filler_id_the_placer_id_is_the_key() -> None:
-    placer_only = one(_variant("siu_s12__booked.hl7", ("|APT-50112^NW_SCHED|", "||")), "Appointment")
+    placer_only = one(variant("siu_s12__booked.hl7", ("|APT-50112^NW_SCHED|", "||")), "Appointment")
     resent = one(
-        _variant("siu_s12__booked.hl7", ("|APT-50112^NW_SCHED|", "||"), ("SIU-0001", "SIU-0077")),
+        variant("siu_s12__booked.hl7", ("|APT-50112^NW_SCHED|", "||"), ("SIU-0001", "SIU-0077")),
         "Appointment",
     )
     assert placer_only["id"] == resent["id"] != one(convert(raw("siu_s12__booked.hl7")), "Appointment")["id"]
@@ -199,10 +185,10 @@ def test_every_corpus_siu_converts_and_validates(corpora_dir: Path) -> None:
     for path in paths:
         data = path.read_bytes()
         assert message_type(er7.parse(data)) in registry.supported(), path.name
-        for variant in (data, data.replace(b"\n", b"\r")):
-            bundle = convert(variant, envelope_id="corpus")
-            _valid(bundle)
-            assert bundle == convert(variant, envelope_id="corpus")
+        for sent in (data, data.replace(b"\n", b"\r")):
+            bundle = convert(sent, envelope_id="corpus")
+            assert_valid(bundle)
+            assert bundle == convert(sent, envelope_id="corpus")
             one(bundle, "Appointment")
 
 
@@ -243,7 +229,7 @@ ORDERS = "siu_s12__orders_visit_obx.hl7"
 
 def test_siu_pv1_is_an_encounter_keyed_by_the_appointment_when_it_has_no_visit_number() -> None:
     bundle = convert(raw(ORDERS))
-    _valid(bundle)
+    assert_valid(bundle)
     encounter, patient = one(bundle, "Encounter"), one(bundle, "Patient")
     assert encounter["subject"] == {"reference": f"Patient/{patient['id']}"}
     assert encounter["class"]["code"] == "AMB"
@@ -256,7 +242,7 @@ def test_siu_pv1_is_an_encounter_keyed_by_the_appointment_when_it_has_no_visit_n
     assert referrer["type"][0]["coding"][0]["code"] == "REF"
     assert by_ref(bundle, referrer["individual"]["reference"])["name"][0]["family"] == "IBARRA"
     # a reschedule of the same appointment (another message) updates the same Encounter
-    moved = _variant(ORDERS, ("SIU^S12^SIU_S12|NWG-SIU-0101", "SIU^S14^SIU_S12|NWG-SIU-0102"))
+    moved = variant(ORDERS, ("SIU^S12^SIU_S12|NWG-SIU-0101", "SIU^S14^SIU_S12|NWG-SIU-0102"))
     assert one(moved, "Encounter")["id"] == encounter["id"]
 
 
@@ -291,9 +277,9 @@ def test_sch_26_27_are_service_requests_the_appointment_is_based_on() -> None:
     )
     assert one(orm, "ServiceRequest")["id"] == requests[0]["id"]
     # SCH-25 through table 0278's request member; neither SCH-26 nor SCH-27: no ServiceRequest
-    cancelled = _variant(ORDERS, ("Booked^Booked^HL70278", "Cancelled^Cancelled^HL70278"))
+    cancelled = variant(ORDERS, ("Booked^Booked^HL70278", "Cancelled^Cancelled^HL70278"))
     assert {r["status"] for r in of_type(cancelled, "ServiceRequest")} == {"revoked"}
-    none = _variant(ORDERS, ("|ORD-4411^NW_EHR~ORD-4412^NW_EHR|FIL-7700^NW_LAB", "||"))
+    none = variant(ORDERS, ("|ORD-4411^NW_EHR~ORD-4412^NW_EHR|FIL-7700^NW_LAB", "||"))
     assert of_type(none, "ServiceRequest") == [] and "basedOn" not in one(none, "Appointment")
 
 

@@ -71,19 +71,7 @@ def _body(ctx: Context, with_visit: bool) -> None:
         pv1 = ctx.segment("PV1")
         if pv1 is not None:
             encounter.encounter(ctx, pv1, ctx.segment("PV2"))
-    counts: dict[str, int] = {}
-    for seg in segments:
-        n = counts[seg.id] = counts.get(seg.id, 0) + 1
-        if seg.id == "NK1":
-            patient.related_person(ctx, seg, n)
-        elif seg.id == "AL1":
-            clinical.allergy(ctx, seg, n)
-        elif seg.id == "DG1":
-            clinical.condition(ctx, seg, n)
-        elif seg.id == "PR1":
-            clinical.procedure(ctx, seg, n)
-        elif seg.id == "IN1":
-            clinical.coverage(ctx, seg, n)
+    clinical.about_the_patient(ctx, segments)
     roles.apply(ctx, segments)
     results.patient_observations(ctx, results.collect(segments))
 

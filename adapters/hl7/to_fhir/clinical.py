@@ -8,10 +8,12 @@ meaningfully, the encounter (diagnoses and procedures) or the set id
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 from adapters.hl7.er7 import Segment
 from adapters.hl7.to_fhir import datatypes as dt
+from adapters.hl7.to_fhir import patient
 from adapters.hl7.to_fhir.context import Context
 
 __all__ = ["allergy", "condition", "coverage", "procedure"]
@@ -240,3 +242,25 @@ def coverage(ctx: Context, in1: Segment, index: int) -> str | None:
         res["class"] = classes
     key = f"{ctx.patient_key}|{plan.get(1)}|{ctx.value(in1, 1) or index}"
     return ctx.add(res, key)
+
+
+ABOUT_THE_PATIENT: Mapping[str, Callable[[Context, Segment, int], Any]] = {
+    "NK1": patient.related_person,
+    "AL1": allergy,
+    "DG1": condition,
+    "PR1": procedure,
+    "IN1": coverage,
+}
+"""The segments a message may send about its patient, and their maps."""
+
+
+def about_the_patient(
+    ctx: Context, segments: Iterable[Segment], kinds: Collection[str] = tuple(ABOUT_THE_PATIENT)
+) -> None:
+    """Map each segment of ``kinds`` among ``segments`` (NK1, AL1, DG1, PR1, IN1), in order, each
+    numbered within its kind (the number keys resources that carry no id of their own)."""
+    counts: dict[str, int] = {}
+    for seg in segments:
+        n = counts[seg.id] = counts.get(seg.id, 0) + 1
+        if seg.id in kinds:
+            ABOUT_THE_PATIENT[seg.id](ctx, seg, n)

@@ -188,17 +188,7 @@ def start_patient(ctx: Context, group: PatientGroup) -> None:
     patient.patient(ctx, group.pid, group.pd1)  # raises no_patient without a PID-3
     if group.pv1 is not None:
         encounter.encounter(ctx, group.pv1, group.pv2)
-    counts: dict[str, int] = {}
-    for seg in group.extras:
-        n = counts[seg.id] = counts.get(seg.id, 0) + 1
-        if seg.id == "NK1":
-            patient.related_person(ctx, seg, n)
-        elif seg.id == "AL1":
-            clinical.allergy(ctx, seg, n)
-        elif seg.id == "PR1":
-            clinical.procedure(ctx, seg, n)
-        elif seg.id == "IN1":
-            clinical.coverage(ctx, seg, n)
+    clinical.about_the_patient(ctx, group.extras, ("NK1", "AL1", "PR1", "IN1"))
     for n, dg1 in enumerate(group.diagnoses, 1):
         clinical.condition(ctx, dg1, n)
 

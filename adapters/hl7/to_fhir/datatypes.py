@@ -474,3 +474,46 @@ def quantity(ctx: Context, nm: str, units_cwe: str | Composite) -> dict[str, Any
         out["system"] = system
         out["code"] = u.get(1)
     return out
+
+
+_EI_TYPE_DISPLAY = {"PLAC": "Placer Identifier", "FILL": "Filler Identifier", "PGN": "Placer Group Number"}
+
+
+def ei_authority(ctx: Context, ei: Composite) -> Composite:
+    """The assigning authority of an EI (EI.2 namespace, EI.3 universal id, EI.4 its type) as an HD."""
+    sep = ctx.message.delimiters.component
+    return Composite(ctx, sep.join((ei.component(2), ei.component(3), ei.component(4))))
+
+
+def entity_identifier(ctx: Context, ei: Composite, type_code: str = "") -> dict[str, Any] | None:
+    """EI → Identifier: value EI.1, system from the authority EI.2-4 (as for CX.4), assigner EI.2, and
+    type ``type_code`` (table 0203, else v2-0203 with PLAC / FILL / PGN named) when given."""
+    value = ei.get(1)
+    if not value:
+        return None
+    out: dict[str, Any] = {}
+    if type_code:
+        kind = ctx.tables.coding("0203", type_code) or {
+            "system": V2_SYSTEM + "0203",
+            "code": type_code,
+            "display": _EI_TYPE_DISPLAY.get(type_code, type_code),
+        }
+        out["type"] = {"coding": [kind]}
+    authority = ei_authority(ctx, ei)
+    system = hd_system(ctx, authority)
+    if system:
+        out["system"] = system
+    out["value"] = value
+    if authority.get(1):
+        out["assigner"] = {"display": authority.get(1)}
+    return out
+
+
+def ei_key(ctx: Context, ei: Composite, *, sender_fallback: bool = False) -> str:
+    """An EI as part of a resource key: ``authority|id``. Without an authority (EI.2-4 empty), the
+    sending facility (MSH-4) with ``sender_fallback``; else none, so that numbers sent by different
+    systems (an order's placer number in the ORM and again in the ORU) still meet."""
+    authority = hd_key(ei_authority(ctx, ei))
+    if not authority and sender_fallback:
+        authority = hd_key(ctx.field(ctx.segment("MSH"), 4))
+    return f"{authority}|{ei.get(1)}"

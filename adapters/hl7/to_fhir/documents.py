@@ -57,7 +57,6 @@ from adapters.hl7.to_fhir import datatypes as dt
 from adapters.hl7.to_fhir import encounter, orders, patient, registry
 from adapters.hl7.to_fhir.context import HL7_NULL, Composite, Context, resource_id
 from adapters.hl7.to_fhir.errors import ConversionError
-from adapters.hl7.to_fhir.immunization import ei_key, entity_identifier
 
 __all__ = ["MDM_TYPES", "build_mdm", "document_reference"]
 
@@ -179,7 +178,7 @@ def _instant_with_time(ctx: Context, ts: Composite) -> str | None:
 def _key(ctx: Context, txa: Segment) -> str:
     number = ctx.field(txa, 12)
     if number.get(1):
-        return "document|" + ei_key(ctx, number)
+        return "document|" + dt.ei_key(ctx, number, sender_fallback=True)
     file_name = ctx.value(txa, 16)
     if file_name:
         return "file|" + dt.hd_key(ctx.field(ctx.segment("MSH"), 4)) + "|" + file_name
@@ -197,7 +196,7 @@ def document_reference(
     """TXA + its OBX → the DocumentReference of the current patient (see the module docstring);
     ``related`` the references of the orders it is about (``context.related``)."""
     res: dict[str, Any] = {"resourceType": "DocumentReference"}
-    master = entity_identifier(ctx, ctx.field(txa, 12))
+    master = dt.entity_identifier(ctx, ctx.field(txa, 12))
     if master:
         res["masterIdentifier"] = master
     file_name = ctx.value(txa, 16)
@@ -224,10 +223,12 @@ def document_reference(
     if checker:
         res["authenticator"] = {"reference": checker[0]}
     parent = ctx.field(txa, 13)
-    target = entity_identifier(ctx, parent)
+    target = dt.entity_identifier(ctx, parent)
     if target:
         relation = ctx.tables.entry("mdm_relates_to", ctx.trigger)
-        parent_id = resource_id("DocumentReference", "document|" + ei_key(ctx, parent))
+        parent_id = resource_id(
+            "DocumentReference", "document|" + dt.ei_key(ctx, parent, sender_fallback=True)
+        )
         res["relatesTo"] = [
             {
                 "code": relation.get("code", "replaces") if relation else "replaces",

@@ -44,9 +44,6 @@ Immunization (one per group):
   ORDER.OBSERVATION → OBX[Observation]) with ``partOf`` the Immunization and the NTEs after it as
   its ``note``; ``reaction`` is not filled. The OBX before the first ORC/RXA (the
   PERSON_OBSERVATION group) are Observations of the patient.
-
-The EI helpers :func:`entity_identifier` and :func:`ei_key` are shared with the
-scheduling and documents modules.
 """
 
 from __future__ import annotations
@@ -60,52 +57,12 @@ from adapters.hl7.to_fhir import datatypes as dt
 from adapters.hl7.to_fhir import encounter, patient, registry
 from adapters.hl7.to_fhir.context import Composite, Context
 
-__all__ = ["VXU_TYPES", "build_vxu", "ei_key", "entity_identifier", "immunization"]
+__all__ = ["VXU_TYPES", "build_vxu", "immunization"]
 
 VXU_TYPES = frozenset({"VXU^V04"})
 
-V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
-_ID_TYPES = {
-    "PLAC": {"system": V2_0203, "code": "PLAC", "display": "Placer Identifier"},
-    "FILL": {"system": V2_0203, "code": "FILL", "display": "Filler Identifier"},
-}
 UNKNOWN_AMOUNT = 999
 _INFO_SOURCE = re.compile(r"\d{2}")
-
-
-# -- EI (shared) --------------------------------------------------------------------------------
-
-
-def _ei_authority(ctx: Context, ei: Composite) -> Composite:
-    """The assigning authority of an EI (EI.2 namespace, EI.3 universal id, EI.4 its type) as an HD."""
-    sep = ctx.message.delimiters.component
-    return Composite(ctx, sep.join(ei.component(i) for i in (2, 3, 4)).rstrip(sep))
-
-
-def entity_identifier(ctx: Context, ei: Composite, type_code: str = "") -> dict[str, Any] | None:
-    """EI → Identifier: value EI.1, system from the authority EI.2-4 (as for CX.4), assigner EI.2,
-    type ``PLAC`` / ``FILL`` (v2-0203) or another 0203 code when ``type_code`` is given."""
-    value = ei.get(1)
-    if not value:
-        return None
-    authority = _ei_authority(ctx, ei)
-    out: dict[str, Any] = {}
-    if type_code:
-        coding = _ID_TYPES.get(type_code) or ctx.tables.coding("0203", type_code) or {"code": type_code}
-        out["type"] = {"coding": [dict(coding)]}
-    system = dt.hd_system(ctx, authority)
-    if system:
-        out["system"] = system
-    out["value"] = value
-    if authority.get(1):
-        out["assigner"] = {"display": authority.get(1)}
-    return out
-
-
-def ei_key(ctx: Context, ei: Composite) -> str:
-    """An EI as a resource key: ``authority|id``; the sending facility (MSH-4) when EI.2-4 are empty."""
-    authority = dt.hd_key(_ei_authority(ctx, ei)) or dt.hd_key(ctx.field(ctx.segment("MSH"), 4))
-    return f"{authority}|{ei.get(1)}"
 
 
 # -- groups ---------------------------------------------------------------------------------------
@@ -253,9 +210,9 @@ def _observations(ctx: Context, obxs: list[Segment], res: dict[str, Any]) -> Non
 def _key(ctx: Context, orc: Segment | None, rxa: Segment, vaccine: dict[str, Any]) -> str:
     filler, placer = ctx.field(orc, 3), ctx.field(orc, 2)
     if filler.get(1):
-        return "filler|" + ei_key(ctx, filler)
+        return "filler|" + dt.ei_key(ctx, filler, sender_fallback=True)
     if placer.get(1):
-        return "placer|" + ei_key(ctx, placer)
+        return "placer|" + dt.ei_key(ctx, placer, sender_fallback=True)
     first = (vaccine.get("coding") or [{}])[0]
     code = f"{first.get('system', '')}|{first.get('code', '')}" if first else vaccine.get("text", "")
     return f"administered|{ctx.patient_key}|{code}|{ctx.value(rxa, 3)}"
@@ -282,8 +239,8 @@ def immunization(
     idents = [
         i
         for i in (
-            entity_identifier(ctx, ctx.field(orc, 2), "PLAC"),
-            entity_identifier(ctx, ctx.field(orc, 3), "FILL"),
+            dt.entity_identifier(ctx, ctx.field(orc, 2), "PLAC"),
+            dt.entity_identifier(ctx, ctx.field(orc, 3), "FILL"),
         )
         if i
     ]

@@ -62,8 +62,6 @@ __all__ = [
     "Placed",
     "Result",
     "build_orders",
-    "ei_identifier",
-    "ei_key",
     "fresh_key",
     "groups",
     "note",
@@ -75,8 +73,6 @@ __all__ = [
 ORDER_TYPES = frozenset({"ORM^O01", "OML^O21"})
 """The order messages :func:`build_orders` converts."""
 
-IDENTIFIER_TYPE = dt.V2_SYSTEM + "0203"
-_IDENTIFIER_DISPLAY = {"PLAC": "Placer Identifier", "FILL": "Filler Identifier", "PGN": "Placer Group Number"}
 _ORDER_DETAIL = frozenset({"RXO", "RXE", "RQD", "RQ1", "ODS", "ODT"})
 _PATIENT_EXTRAS = frozenset({"NK1", "AL1", "IN1", "PR1"})
 
@@ -196,40 +192,6 @@ def start_patient(ctx: Context, group: PatientGroup) -> None:
 # -- small datatypes -------------------------------------------------------------------------
 
 
-def _ei_authority(ctx: Context, ei: Composite) -> Composite:
-    """The HD of an EI (components 2-4) as a composite of its own."""
-    sep = ctx.message.delimiters.component
-    return Composite(ctx, sep.join((ei.component(2), ei.component(3), ei.component(4))))
-
-
-def ei_identifier(ctx: Context, ei: Composite, type_code: str = "") -> dict[str, Any] | None:
-    """EI → Identifier: value EI.1, system from EI.2-4 (as an HD), type ``type_code`` (table 0203)."""
-    value = ei.get(1)
-    if not value:
-        return None
-    out: dict[str, Any] = {}
-    if type_code:
-        kind = ctx.tables.coding("0203", type_code) or {
-            "system": IDENTIFIER_TYPE,
-            "code": type_code,
-            "display": _IDENTIFIER_DISPLAY.get(type_code, type_code),
-        }
-        out["type"] = {"coding": [kind]}
-    authority = _ei_authority(ctx, ei)
-    system = dt.hd_system(ctx, authority)
-    if system:
-        out["system"] = system
-    out["value"] = value
-    if authority.get(1):
-        out["assigner"] = {"display": authority.get(1)}
-    return out
-
-
-def ei_key(ctx: Context, ei: Composite) -> str:
-    """An EI as part of a key: ``authority|id`` (no authority when EI.2-4 are empty)."""
-    return f"{dt.hd_key(_ei_authority(ctx, ei))}|{ei.get(1)}"
-
-
 def fresh_key(ctx: Context, resource_type: str, key: str) -> str:
     """``key``, or ``key#2``, ``key#3`` … when a ``resource_type`` with that key is already in ``ctx``."""
     candidate, n = key, 1
@@ -288,10 +250,10 @@ def order_key(ctx: Context, order: Order) -> str:
     orc, obr = order.orc, order.obr
     placer = first(ctx, (orc, 2), (obr, 2))
     if placer.get(1):
-        return "placer|" + ei_key(ctx, placer)
+        return "placer|" + dt.ei_key(ctx, placer)
     filler = first(ctx, (orc, 3), (obr, 3))
     if filler.get(1):
-        return "filler|" + ei_key(ctx, filler)
+        return "filler|" + dt.ei_key(ctx, filler)
     set_id = ctx.value(obr, 1) if obr is not None else ""
     return f"message|{control_key(ctx)}|{order.index}|{set_id}"
 
@@ -332,7 +294,9 @@ def specimen(ctx: Context, spm: Segment, parent_key: str, index: int) -> str | N
     SPM-18, the current patient. Keyed by its filler (else placer) id, else the order and SPM-1."""
     eip = ctx.field(spm, 2)
     placer, filler = eip.part(1), eip.part(2)
-    idents = [i for i in (ei_identifier(ctx, placer, "PLAC"), ei_identifier(ctx, filler, "FILL")) if i]
+    idents = [
+        i for i in (dt.entity_identifier(ctx, placer, "PLAC"), dt.entity_identifier(ctx, filler, "FILL")) if i
+    ]
     kind = dt.codeable_concept(ctx, ctx.field(spm, 4))
     if not idents and kind is None:
         return None
@@ -353,9 +317,9 @@ def specimen(ctx: Context, spm: Segment, parent_key: str, index: int) -> str | N
     elif span:
         res["collection"] = {"collectedDateTime": span["start"]}
     if filler.get(1):
-        key = "specimen|filler|" + ei_key(ctx, filler)
+        key = "specimen|filler|" + dt.ei_key(ctx, filler)
     elif placer.get(1):
-        key = "specimen|placer|" + ei_key(ctx, placer)
+        key = "specimen|placer|" + dt.ei_key(ctx, placer)
     else:
         key = f"{parent_key}|SPM|{ctx.value(spm, 1) or index}|{index}"
     return ctx.add(res, key)
@@ -371,12 +335,12 @@ def service_request(ctx: Context, order: Order, *, with_notes: bool = True) -> P
     key = fresh_key(ctx, "ServiceRequest", order_key(ctx, order))
     res: dict[str, Any] = {"resourceType": "ServiceRequest"}
     idents = [
-        ei_identifier(ctx, first(ctx, (orc, 2), (obr, 2)), "PLAC"),
-        ei_identifier(ctx, first(ctx, (orc, 3), (obr, 3)), "FILL"),
+        dt.entity_identifier(ctx, first(ctx, (orc, 2), (obr, 2)), "PLAC"),
+        dt.entity_identifier(ctx, first(ctx, (orc, 3), (obr, 3)), "FILL"),
     ]
     if any(idents):
         res["identifier"] = [i for i in idents if i]
-    group = ei_identifier(ctx, ctx.field(orc, 4), "PGN")
+    group = dt.entity_identifier(ctx, ctx.field(orc, 4), "PGN")
     if group:
         res["requisition"] = group
     res["status"] = _status(ctx, order)

@@ -338,7 +338,7 @@ def observation(
         key = f"patient|{ctx.patient_key}|message|{orders.control_key(ctx)}|{set_id}|{_code_key(code)}"
     key = orders.fresh_key(ctx, "Observation", key)
     res: dict[str, Any] = {"resourceType": "Observation"}
-    ident = orders.ei_identifier(ctx, ctx.field(obx, 21), "FILL")
+    ident = dt.entity_identifier(ctx, ctx.field(obx, 21), "FILL")
     if ident:
         res["identifier"] = [ident]
     if based_on:
@@ -432,10 +432,10 @@ def report_key(ctx: Context, order: orders.Order) -> str:
     orc, obr = order.orc, order.obr
     filler = orders.first(ctx, (obr, 3), (orc, 3))
     if filler.get(1):
-        return "report|filler|" + orders.ei_key(ctx, filler)
+        return "report|filler|" + dt.ei_key(ctx, filler)
     placer = orders.first(ctx, (obr, 2), (orc, 2))
     if placer.get(1):
-        return "report|placer|" + orders.ei_key(ctx, placer)
+        return "report|placer|" + dt.ei_key(ctx, placer)
     return f"report|message|{orders.control_key(ctx)}|{ctx.value(obr, 1) or order.index}"
 
 
@@ -462,8 +462,8 @@ def diagnostic_report(ctx: Context, order: orders.Order, placed: orders.Placed |
     if notes:
         res["extension"] = [{"url": REPORT_NOTE, "valueAnnotation": n} for n in notes]
     idents = [
-        orders.ei_identifier(ctx, orders.first(ctx, (obr, 2), (orc, 2)), "PLAC"),
-        orders.ei_identifier(ctx, orders.first(ctx, (obr, 3), (orc, 3)), "FILL"),
+        dt.entity_identifier(ctx, orders.first(ctx, (obr, 2), (orc, 2)), "PLAC"),
+        dt.entity_identifier(ctx, orders.first(ctx, (obr, 3), (orc, 3)), "FILL"),
     ]
     if any(idents):
         res["identifier"] = [i for i in idents if i]

@@ -67,12 +67,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from adapters.hl7.er7 import Segment
-from adapters.hl7.to_fhir import clinical, encounter, orders, patient, registry, results
+from adapters.hl7.to_fhir import clinical, encounter, patient, registry, results
 from adapters.hl7.to_fhir import datatypes as dt
 from adapters.hl7.to_fhir.context import Composite, Context
 from adapters.hl7.to_fhir.encounter import location
 from adapters.hl7.to_fhir.errors import ConversionError
-from adapters.hl7.to_fhir.immunization import ei_key, entity_identifier
 
 __all__ = ["SIU_TYPES", "appointment", "build_siu"]
 
@@ -188,9 +187,9 @@ def _status(ctx: Context, sch: Segment) -> str:
 def _key(ctx: Context, sch: Segment) -> str:
     filler, placer = ctx.field(sch, 2), ctx.field(sch, 1)
     if filler.get(1):
-        return "filler|" + ei_key(ctx, filler)
+        return "filler|" + dt.ei_key(ctx, filler, sender_fallback=True)
     if placer.get(1):
-        return "placer|" + ei_key(ctx, placer)
+        return "placer|" + dt.ei_key(ctx, placer, sender_fallback=True)
     msh = ctx.segment("MSH")
     return "message|" + "|".join((ctx.field(msh, 3).raw, ctx.field(msh, 4).raw, ctx.value(msh, 10)))
 
@@ -241,17 +240,17 @@ def service_requests(ctx: Context, sch: Segment) -> list[str]:
         placer = placers[i] if i < len(placers) else None
         filler = fillers[i] if i < len(fillers) else None
         idents = [
-            orders.ei_identifier(ctx, ei, code)
+            dt.entity_identifier(ctx, ei, code)
             for ei, code in ((placer, "PLAC"), (filler, "FILL"))
             if ei is not None
         ]
         if not any(idents):
             continue
         if placer is not None and placer.get(1):
-            key = "placer|" + orders.ei_key(ctx, placer)
+            key = "placer|" + dt.ei_key(ctx, placer)
         else:
             assert filler is not None
-            key = "filler|" + orders.ei_key(ctx, filler)
+            key = "filler|" + dt.ei_key(ctx, filler)
         res: dict[str, Any] = {
             "resourceType": "ServiceRequest",
             "identifier": [i for i in idents if i],
@@ -273,8 +272,8 @@ def appointment(
     idents = [
         i
         for i in (
-            entity_identifier(ctx, ctx.field(sch, 1), "PLAC"),
-            entity_identifier(ctx, ctx.field(sch, 2), "FILL"),
+            dt.entity_identifier(ctx, ctx.field(sch, 1), "PLAC"),
+            dt.entity_identifier(ctx, ctx.field(sch, 2), "FILL"),
         )
         if i
     ]

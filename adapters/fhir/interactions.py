@@ -166,9 +166,11 @@ def update(
             "conflict",
             "The If-Match version is not the resource's current version; read it again and retry.",
         )
-    if live and cur is not None and _content(body_of(cur)) == _content(resource):
-        # the same content again (a redelivery, a replayed conversion): no new version, as HAPI does
-        return Written(rtype, rid, cur.version, cur.last_updated, 200, "unchanged", body_of(cur))
+    if live and cur is not None:
+        now = body_of(cur)
+        if _content(now) == _content(resource):
+            # the same content again (a redelivery, a replayed conversion): no new version, as HAPI does
+            return Written(rtype, rid, cur.version, cur.last_updated, 200, "unchanged", now)
     version = cur.version + 1 if cur is not None else 1
     stored, at = _put(conn, resource, rid, version, "PUT", message_id)
     return Written(rtype, rid, version, at, 200 if live else 201, "updated" if live else "created", stored)

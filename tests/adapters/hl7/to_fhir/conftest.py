@@ -12,6 +12,8 @@ from adapters.hl7.to_fhir.tables import Tables, default_tables
 from tests.conftest import FIXTURES
 
 HL7 = FIXTURES / "hl7"
+CORPUS = ("hl7v2", "microsoft-FHIR-Converter", "messages")
+"""Where FHIR-Converter's sample messages lie under the shared corpora."""
 
 
 def raw(name: str) -> bytes:
@@ -43,6 +45,18 @@ def variant(name: str, *edits: tuple[str, str]) -> dict[str, Any]:
     bundle = convert(text.encode("ascii"))
     assert_valid(bundle)
     return bundle
+
+
+def converted_both_ways(data: bytes) -> list[dict[str, Any]]:
+    """A corpus message as stored (LF segment ends) and with CR ones: each converted, valid, and the same
+    again when converted twice; the two Bundles."""
+    bundles = []
+    for sent in (data, data.replace(b"\n", b"\r")):
+        bundle = convert(sent, envelope_id="corpus")
+        assert_valid(bundle)
+        assert bundle == convert(sent, envelope_id="corpus")
+        bundles.append(bundle)
+    return bundles
 
 
 def by_ref(bundle: dict[str, Any], ref: str) -> dict[str, Any]:

@@ -12,10 +12,19 @@ import adapters.hl7.to_fhir.documents  # noqa: F401  (registers MDM^T01/T02/T04/
 from adapters.fhir.resources import write_json
 from adapters.hl7 import er7
 from adapters.hl7.to_fhir import ConversionError, convert, message_type, registry
-from tests.adapters.hl7.to_fhir.conftest import HL7, assert_valid, by_ref, of_type, one, raw, variant
+from tests.adapters.hl7.to_fhir.conftest import (
+    CORPUS,
+    HL7,
+    assert_valid,
+    by_ref,
+    converted_both_ways,
+    of_type,
+    one,
+    raw,
+    variant,
+)
 
 V2 = "http://terminology.hl7.org/CodeSystem/v2-"
-CORPUS = ("hl7v2", "microsoft-FHIR-Converter", "messages")
 MULTILINE_TEXT = "\n".join(
     [
         "DISCHARGE SUMMARY",
@@ -193,10 +202,7 @@ def test_every_corpus_mdm_converts_and_validates(corpora_dir: Path) -> None:
     for path in paths:
         data = path.read_bytes()
         assert message_type(er7.parse(data)) in registry.supported(), path.name
-        for sent in (data, data.replace(b"\n", b"\r")):
-            bundle = convert(sent, envelope_id="corpus")
-            assert_valid(bundle)
-            assert bundle == convert(sent, envelope_id="corpus")
+        for bundle in converted_both_ways(data):
             one(bundle, "DocumentReference")
 
 

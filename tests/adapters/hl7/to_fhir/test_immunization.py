@@ -10,11 +10,20 @@ import adapters.hl7.to_fhir.immunization  # noqa: F401  (registers VXU^V04)
 from adapters.fhir.resources import write_json
 from adapters.hl7 import er7
 from adapters.hl7.to_fhir import convert, message_type, registry
-from tests.adapters.hl7.to_fhir.conftest import HL7, assert_valid, by_ref, of_type, one, raw, variant
+from tests.adapters.hl7.to_fhir.conftest import (
+    CORPUS,
+    HL7,
+    assert_valid,
+    by_ref,
+    converted_both_ways,
+    of_type,
+    one,
+    raw,
+    variant,
+)
 
 CVX = "http://hl7.org/fhir/sid/cvx"
 V2 = "http://terminology.hl7.org/CodeSystem/v2-"
-CORPUS = ("hl7v2", "microsoft-FHIR-Converter", "messages")
 
 
 def test_vxu_is_registered() -> None:
@@ -221,10 +230,7 @@ def test_every_corpus_vxu_converts_and_validates(corpora_dir: Path) -> None:
     assert len(paths) >= 4
     for path in paths:
         data = path.read_bytes()
-        for sent in (data, data.replace(b"\n", b"\r")):
-            bundle = convert(sent, envelope_id="corpus")
-            assert_valid(bundle)
-            assert bundle == convert(sent, envelope_id="corpus")
+        for bundle in converted_both_ways(data):
             assert of_type(bundle, "Immunization"), path.name
 
 

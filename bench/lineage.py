@@ -55,7 +55,6 @@ def fill(path: Path, events: int) -> None:
         rows = []
         for name in (
             "MessageReceived",
-            "MessageValidated",
             "MessageAccepted",
             "ReplySent",
             "DeliverySucceeded",

@@ -25,12 +25,13 @@ _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _random = random.Random(os.urandom(32))
 
 
+_PAIRS = [_CROCKFORD[i >> 5] + _CROCKFORD[i & 31] for i in range(1024)]
+_PAIR_SHIFTS = tuple(range(120, -1, -10))
+
+
 def _ulid(value: int) -> str:
-    out = []
-    for _ in range(26):
-        out.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return "".join(reversed(out))
+    """``value`` (below 2**130) as 26 Crockford base32 digits, two digits (10 bits) a step."""
+    return "".join([_PAIRS[(value >> shift) & 1023] for shift in _PAIR_SHIFTS])
 
 
 def new_id() -> str:

@@ -89,9 +89,14 @@ def chain_hash(prev_hash: str, canonical_bytes: bytes) -> str:
     return hashlib.sha256(prev_hash.encode() + canonical_bytes).hexdigest()
 
 
+def event_hash(seq: int, at: str, draft: EventDraft, prev_hash: str) -> str:
+    """The hash of ``draft`` at ``seq`` and ``at``, chained to ``prev_hash``."""
+    return chain_hash(prev_hash, canonical(seq, at, draft))
+
+
 def seal(seq: int, at: str, draft: EventDraft, prev_hash: str) -> LineageEvent:
     """Give a draft its sequence number, time and hashes."""
-    digest = chain_hash(prev_hash, canonical(seq, at, draft))
+    digest = event_hash(seq, at, draft, prev_hash)
     return LineageEvent(
         seq=seq,
         at=at,
@@ -221,4 +226,4 @@ def verify_chain(
 
 def pseudonym(key: bytes, value: str) -> str:
     """A stable keyed pseudonym for a business key, so lineage can be searched without holding the value."""
-    return "hk:" + hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:32]
+    return "hk:" + hmac.digest(key, value.encode(), "sha256").hex()[:32]

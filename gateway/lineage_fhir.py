@@ -47,6 +47,10 @@ InventoryReconciled,
 any other event
 =====================  ==========================  ======================  ======
 
+``MessageValidated`` appears only in chains written before the validation
+outcome rode on ``MessageAccepted`` / ``MessageRejected`` (details
+``validation``, ``errors``, ``warnings``, ``codes``).
+
 ``LineageQueried`` is a read (R, subtype ``read``) when it names a message and a
 search (E, subtype ``search-type``) when it does not. As DICOM has it, an
 export is a read of the data leaving (R), an import a create (C), and BALP

@@ -40,7 +40,9 @@ nothing of the inbound payload is echoed except its addressing header fields.
 
 from __future__ import annotations
 
+import functools
 import json
+import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from importlib import resources
@@ -90,6 +92,7 @@ _DEFAULT_0357: str = _CODES["default"]
 _NEWER: dict[str, dict[str, str]] = _CODES["newer_codes"]
 
 
+@functools.lru_cache(maxsize=64)
 def _version_key(version: str) -> tuple[int, ...]:
     try:
         return tuple(int(p) for p in version.strip().split("."))
@@ -120,7 +123,11 @@ def error_condition(issue_code: str, version: str = DEFAULT_VERSION) -> tuple[st
 
 
 def _delimiters(headers: Mapping[str, str]) -> er7.Delimiters:
-    chars = headers.get("encoding_characters", "")
+    return _delimiters_of(headers.get("encoding_characters", ""))
+
+
+@functools.lru_cache(maxsize=64)
+def _delimiters_of(chars: str) -> er7.Delimiters:
     try:
         return er7.delimiters_from(chars[:1], chars[1:])
     except er7.ER7Error:
@@ -184,6 +191,17 @@ def _line(fields: list[str], sep: str) -> str:
     return sep.join(fields)
 
 
+def _stamp_of(moment: datetime) -> str:
+    """MSH-7 for ``moment``: seconds in UTC with the zone written out."""
+    return moment.astimezone(UTC).strftime("%Y%m%d%H%M%S") + "+0000"
+
+
+@functools.lru_cache(maxsize=2)
+def _stamp(second: int) -> str:
+    """MSH-7 for a Unix second: formatted once per second, however many ACKs it answers."""
+    return _stamp_of(datetime.fromtimestamp(second, UTC))
+
+
 def build_ack(
     code: str,
     headers: Mapping[str, str],
@@ -211,7 +229,7 @@ def build_ack(
     trigger = headers.get("trigger_event", "")
     msg_type = ["ACK", trigger, "ACK"] if version_key >= (2, 3, 1) else ["ACK", trigger]
     charset = headers.get("charset", "")
-    stamp = (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y%m%d%H%M%S") + "+0000"
+    stamp = _stamp(int(time.time())) if now is None else _stamp_of(now)
     msh = [
         "MSH",
         d.encoding_characters(),

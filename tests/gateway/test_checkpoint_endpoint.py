@@ -38,7 +38,7 @@ from gateway.checkpoints import (
 from gateway.errors import ConfigError
 from gateway.lineage import EventDraft, seal
 from gateway.store.sqlite import SQLiteStore
-from tests.gateway.test_store import record
+from tests.gateway.test_store import exchange
 
 TOKEN = "cp-token-7f3a9c1e5b"
 
@@ -153,7 +153,7 @@ def fill(store: SQLiteStore, first: int, count: int) -> None:
 
     async def go() -> None:
         for i in range(first, first + count):
-            await store.record_intake([record(f"EP{i}", f"body{i}".encode())])
+            await exchange(store, f"EP{i}", f"body{i}".encode())
 
     asyncio.run(go())
 
@@ -324,7 +324,7 @@ def test_the_running_checkpointer_posts_in_a_worker_thread_and_retries_at_stop(
         async def main() -> None:
             checkpointer.start()
             for i in range(6):
-                await store.record_intake([record(f"RUN{i}", b"body")])
+                await exchange(store, f"RUN{i}", b"body")
                 deadline = time.monotonic() + 0.3
                 while time.monotonic() < deadline:
                     before = time.monotonic()
@@ -345,7 +345,7 @@ def test_the_running_checkpointer_posts_in_a_worker_thread_and_retries_at_stop(
     checkpointer = Checkpointer(store, key, down, every_events=1000, every_s=3600)
 
     async def stop_now() -> None:
-        await store.record_intake([record("LAST", b"body")])
+        await exchange(store, "LAST", b"body")
         await checkpointer.stop()
 
     asyncio.run(stop_now())

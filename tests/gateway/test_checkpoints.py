@@ -19,13 +19,13 @@ from gateway.checkpoints import (
 )
 from gateway.lineage import EventDraft, seal
 from gateway.store.sqlite import SQLiteStore
-from tests.gateway.test_store import record
+from tests.gateway.test_store import exchange
 
 
 def fill(store: SQLiteStore, first: int, count: int) -> None:
     async def go() -> None:
         for i in range(first, first + count):
-            await store.record_intake([record(f"CP{i}", f"body{i}".encode())])
+            await exchange(store, f"CP{i}", f"body{i}".encode())
 
     asyncio.run(go())
 

@@ -141,9 +141,7 @@ def main() -> None:
             )
             for conns in args.connections:
                 rate, p50, p99 = uvloop.run(run(gw_port, recv_port, conns, args.messages, f"e2e{conns}"))
-                ceiling, _, _, _ = uvloop.run(
-                    intake_bench.load(ceil_port, conns, args.messages, f"ceil{conns}")
-                )
+                ceiling, *_ = uvloop.run(intake_bench.load(ceil_port, conns, args.messages, f"ceil{conns}"))
                 print(
                     f"{conns:>5}  {rate:15.0f}  {p50:8.2f}  {p99:8.2f}  {ceiling:20.0f}  {rate / ceiling:.2f}"
                 )

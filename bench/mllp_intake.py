@@ -11,7 +11,10 @@ For each connection count it measures, with the same client and the same
   machine can do durably with no HL7 work;
 * ``gateway``: the real ``gateway serve`` process.
 
-It prints msg/s and p50/p99 ACK latency for each and the gateway/ceiling ratio.
+It prints msg/s and p50/p99 ACK latency for each, the server process's CPU time per
+message (user + system, all its threads; read from /proc, so Linux only), and the
+gateway/ceiling ratio. CPU per message moves far less than msg/s when the machine is
+busy with other work: compare it when judging a change to the intake path.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import uvloop
 REPO = Path(__file__).resolve().parents[1]
 MESSAGE = (REPO / "fixtures/hl7/adt_a01__1500_bytes.hl7").read_bytes().replace(b"\n", b"\r")
 START, END = b"\x0b", b"\x1c\x0d"
+WARM_UP = 50
 FIXED_ACK = b"MSH|^~\\&|GW|GW|S|S|20260101000000||ACK^A01^ACK|1|P|2.5\rMSA|AA|1\r"
 
 
@@ -125,18 +129,20 @@ async def client(port: int, prefix: str, count: int, latencies: list[float]) -> 
     return accepted
 
 
-async def load(port: int, connections: int, total: int, tag: str) -> tuple[float, float, float, int]:
+async def load(port: int, connections: int, total: int, tag: str) -> tuple[float, float, float, int, int]:
+    """Send ``total`` messages over ``connections`` (after a warm-up): msg/s, p50 and p99 ms, the number
+    accepted, and the number sent including the warm-up (what the server's CPU time was spent on)."""
     per = max(1, total // connections)
     latencies: list[float] = []
     # warm-up
-    await client(port, f"{tag}-warm", 50, [])
+    await client(port, f"{tag}-warm", WARM_UP, [])
     t0 = time.perf_counter()
     results = await asyncio.gather(*(client(port, f"{tag}-{c}", per, latencies) for c in range(connections)))
     elapsed = time.perf_counter() - t0
     latencies.sort()
     p50 = statistics.median(latencies) * 1000
     p99 = latencies[int(len(latencies) * 0.99) - 1] * 1000
-    return per * connections / elapsed, p50, p99, sum(results)
+    return per * connections / elapsed, p50, p99, sum(results), per * connections + WARM_UP
 
 
 def spawn_gateway(tmp: Path, config_yaml: str, mllp_port: int) -> subprocess.Popen[bytes]:
@@ -157,6 +163,15 @@ def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
             p.wait(timeout=20)
         except subprocess.TimeoutExpired:
             p.kill()
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of process ``pid`` so far (all threads), or ``None`` off Linux."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -204,13 +219,27 @@ def main() -> None:
                 f"message: {len(MESSAGE)} bytes ADT^A01, validation={args.validation}, "
                 f"{args.messages} messages per run, cpus={os.cpu_count()}"
             )
-            print(f"{'conns':>5}  {'server':8}  {'msg/s':>8}  {'p50 ms':>7}  {'p99 ms':>7}  accepted")
+            print(
+                f"{'conns':>5}  {'server':8}  {'msg/s':>8}  {'p50 ms':>7}  {'p99 ms':>7}  {'cpu us/msg':>10}  accepted"
+            )
             for conns in args.connections:
                 row = {}
-                for name, port in (("1-commit", single_port), ("ceiling", ceil_port), ("gateway", gw_port)):
-                    rate, p50, p99, ok = uvloop.run(load(port, conns, args.messages, f"{name}{conns}"))
+                servers = (
+                    ("1-commit", single, single_port),
+                    ("ceiling", ceiling, ceil_port),
+                    ("gateway", gateway, gw_port),
+                )
+                for name, proc, port in servers:
+                    before = cpu_seconds(proc.pid)
+                    rate, p50, p99, ok, sent = uvloop.run(load(port, conns, args.messages, f"{name}{conns}"))
+                    after = cpu_seconds(proc.pid)
+                    cpu = (
+                        f"{(after - before) / sent * 1e6:10.0f}"
+                        if before is not None and after is not None
+                        else f"{'-':>10}"
+                    )
                     row[name] = rate
-                    print(f"{conns:>5}  {name:8}  {rate:8.0f}  {p50:7.2f}  {p99:7.2f}  {ok}")
+                    print(f"{conns:>5}  {name:8}  {rate:8.0f}  {p50:7.2f}  {p99:7.2f}  {cpu}  {ok}")
                 print(f"{conns:>5}  ratio     gateway/ceiling = {row['gateway'] / row['ceiling']:.2f}")
         finally:
             stop_all([ceiling, single, gateway])

@@ -250,6 +250,9 @@ class SQLiteStore:
             group, rest = work[:MAX_GROUP], work[MAX_GROUP:]
             self._pending, self._deferred = rest, []
             await self._commit_group(loop, self._wconn, group)
+            # let the group just committed send its replies before the next group's statements run:
+            # its senders then prepare their next messages while this thread writes
+            await asyncio.sleep(0)
 
     async def _commit_group(
         self,

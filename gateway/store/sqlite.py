@@ -9,7 +9,9 @@ next group. Under concurrency many messages share one fsync; a lone sender
 never waits for a commit window. Keeping the statements on the loop thread
 also means the fsync thread takes the GIL once per commit instead of once per
 statement, which is what a writer thread competing with the event loop for the
-GIL loses most of its time to.
+GIL loses most of its time to. Between groups the pump yields once, so the
+replies of the group just committed leave before the next group's statements
+run: its senders prepare their next messages while the loop writes.
 
 Each work item runs inside a savepoint, so one failing item does not take its
 neighbours down; a failed COMMIT fails every item in it, and intake then

@@ -69,6 +69,7 @@ from types import MappingProxyType
 from typing import Any, Final, Literal
 
 from adapters.fhir.outcome import FhirError
+from adapters.fhir.resources import RESOURCE_TYPES
 
 SearchKind = Literal["string", "token", "date", "reference", "quantity", "number", "uri"]
 
@@ -130,39 +131,18 @@ class Search:
 
 # --- the resource types a reference may name --------------------------------------------------------
 
-_RESOURCE_TYPES: Final = frozenset(
+_R4_ONLY_TYPES: Final = frozenset(
     """
-    Account ActivityDefinition AdministrableProductDefinition AdverseEvent AllergyIntolerance Appointment
-    AppointmentResponse AuditEvent Basic Binary BiologicallyDerivedProduct BodyStructure Bundle
-    CapabilityStatement CarePlan CareTeam CatalogEntry ChargeItem ChargeItemDefinition Citation Claim
-    ClaimResponse ClinicalImpression ClinicalUseDefinition CodeSystem Communication CommunicationRequest
-    CompartmentDefinition Composition ConceptMap Condition Consent Contract Coverage
-    CoverageEligibilityRequest CoverageEligibilityResponse DetectedIssue Device DeviceDefinition
-    DeviceMetric DeviceRequest DeviceUseStatement DiagnosticReport DocumentManifest DocumentReference
-    EffectEvidenceSynthesis Encounter Endpoint EnrollmentRequest EnrollmentResponse EpisodeOfCare
-    EventDefinition Evidence EvidenceReport EvidenceVariable ExampleScenario ExplanationOfBenefit
-    FamilyMemberHistory Flag Goal GraphDefinition Group GuidanceResponse HealthcareService ImagingStudy
-    Immunization ImmunizationEvaluation ImmunizationRecommendation ImplementationGuide Ingredient
-    InsurancePlan Invoice Library Linkage List Location ManufacturedItemDefinition Measure MeasureReport
-    Media Medication MedicationAdministration MedicationDispense MedicationKnowledge MedicationRequest
-    MedicationStatement MedicinalProduct MedicinalProductAuthorization MedicinalProductContraindication
-    MedicinalProductDefinition MedicinalProductIndication MedicinalProductIngredient
-    MedicinalProductInteraction MedicinalProductManufactured MedicinalProductPackaged
-    MedicinalProductPharmaceutical MedicinalProductUndesirableEffect MessageDefinition MessageHeader
-    MolecularSequence NamingSystem NutritionOrder NutritionProduct Observation ObservationDefinition
-    OperationDefinition OperationOutcome Organization OrganizationAffiliation PackagedProductDefinition
-    Parameters Patient PaymentNotice PaymentReconciliation Person PlanDefinition Practitioner
-    PractitionerRole Procedure Provenance Questionnaire QuestionnaireResponse RegulatedAuthorization
-    RelatedPerson RequestGroup ResearchDefinition ResearchElementDefinition ResearchStudy ResearchSubject
-    RiskAssessment RiskEvidenceSynthesis Schedule SearchParameter ServiceRequest Slot Specimen
-    SpecimenDefinition StructureDefinition StructureMap Subscription SubscriptionStatus SubscriptionTopic
-    Substance SubstanceDefinition SubstanceNucleicAcid SubstancePolymer SubstanceProtein
-    SubstanceReferenceInformation SubstanceSourceMaterial SubstanceSpecification SupplyDelivery
-    SupplyRequest Task TerminologyCapabilities TestReport TestScript ValueSet VerificationResult
-    VisionPrescription
-    """.split()  # noqa: SIM905 (a word list reads better than 160 quoted strings)
+    EffectEvidenceSynthesis MedicinalProduct MedicinalProductAuthorization MedicinalProductContraindication
+    MedicinalProductIndication MedicinalProductIngredient MedicinalProductInteraction
+    MedicinalProductManufactured MedicinalProductPackaged MedicinalProductPharmaceutical
+    MedicinalProductUndesirableEffect RiskEvidenceSynthesis SubstanceNucleicAcid SubstancePolymer
+    SubstanceProtein SubstanceReferenceInformation SubstanceSourceMaterial SubstanceSpecification
+    """.split()  # noqa: SIM905 (a word list reads better than quoted strings)
 )
-"""Every R4 resource type, and those R4B added (the server validates with R4B models)."""
+"""The R4 resource types that R4B dropped: a reference stored by an R4 client may still name one."""
+_RESOURCE_TYPES: Final = RESOURCE_TYPES | _R4_ONLY_TYPES
+"""Every type a reference may name: the R4B types the server validates with, and the R4-only ones."""
 _ANY_TARGET: Final = tuple(sorted(_RESOURCE_TYPES))
 
 

@@ -25,7 +25,7 @@ _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _random = random.Random(os.urandom(32))
 
 
-_PAIRS = [_CROCKFORD[i >> 5] + _CROCKFORD[i & 31] for i in range(1024)]
+_PAIRS = tuple(_CROCKFORD[i >> 5] + _CROCKFORD[i & 31] for i in range(1024))
 _PAIR_SHIFTS = tuple(range(120, -1, -10))
 
 

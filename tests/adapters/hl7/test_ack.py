@@ -27,6 +27,19 @@ def build(name: str, code: str, issues: list[Issue] | None = None, **override: s
     return er7.parse(ack.build_ack(code, headers, issues or [], control_id="ACK-1", now=NOW))
 
 
+def test_an_ack_built_now_is_stamped_with_the_current_utc_second() -> None:
+    headers = headers_of("adt_a01__basic.hl7")
+    stamps = []
+    for _ in range(3):  # the stamp is formatted once per second: later ACKs of that second reuse it
+        before = datetime.now(UTC).replace(microsecond=0)
+        stamp = er7.parse(ack.build_ack("AA", headers)).get("MSH-7")
+        after = datetime.now(UTC)
+        assert stamp.endswith("+0000")
+        assert before <= datetime.strptime(stamp[:14], "%Y%m%d%H%M%S").replace(tzinfo=UTC) <= after
+        stamps.append(stamp)
+    assert stamps == sorted(stamps)
+
+
 def test_positive_ack_addressing() -> None:
     msg = build("adt_a01__basic.hl7", "AA")
     assert msg.get("MSA-1") == "AA" and msg.get("MSA-2") == "NWG-ADT01-0001"

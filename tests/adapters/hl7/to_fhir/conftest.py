@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from adapters.fhir.resources import validate
+from adapters.fhir.resources import validate, write_json
 from adapters.hl7 import er7
-from adapters.hl7.to_fhir import convert
+from adapters.hl7.to_fhir import convert, message_type
 from adapters.hl7.to_fhir.context import Context
 from adapters.hl7.to_fhir.tables import Tables, default_tables
 from tests.conftest import FIXTURES
@@ -45,6 +46,23 @@ def variant(name: str, *edits: tuple[str, str]) -> dict[str, Any]:
     bundle = convert(text.encode("ascii"))
     assert_valid(bundle)
     return bundle
+
+
+def converted_fixture(name: str) -> dict[str, Any]:
+    """The fixture ``name`` converted: the same bytes when converted twice, valid, each entry's URL once."""
+    first = convert(raw(name), envelope_id="env-1")
+    assert write_json(first) == write_json(convert(raw(name), envelope_id="env-1"))
+    assert_valid(first)
+    urls = [e["request"]["url"] for e in first["entry"]]
+    assert len(urls) == len(set(urls))
+    return first
+
+
+def corpus_messages(corpora_dir: Path, kind: str, pattern: str = "*.hl7") -> list[Path]:
+    """FHIR-Converter's sample messages named like ``pattern`` whose MSH-9 type begins with ``kind``
+    (``MDM^``, ``VXU^V04``), sorted."""
+    folder = corpora_dir.joinpath(*CORPUS)
+    return sorted(p for p in folder.glob(pattern) if message_type(er7.parse(p.read_bytes())).startswith(kind))
 
 
 def converted_both_ways(data: bytes) -> list[dict[str, Any]]:

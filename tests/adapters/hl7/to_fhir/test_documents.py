@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 import adapters.hl7.to_fhir.documents  # noqa: F401  (registers MDM^T01/T02/T04/T05/T06/T08/T09/T10)
-from adapters.fhir.resources import write_json
 from adapters.hl7 import er7
 from adapters.hl7.to_fhir import ConversionError, convert, message_type, registry
 from tests.adapters.hl7.to_fhir.conftest import (
@@ -18,6 +17,8 @@ from tests.adapters.hl7.to_fhir.conftest import (
     assert_valid,
     by_ref,
     converted_both_ways,
+    converted_fixture,
+    corpus_messages,
     of_type,
     one,
     raw,
@@ -52,9 +53,7 @@ def test_mdm_types_are_registered() -> None:
 
 @pytest.mark.parametrize("name", sorted(p.name for p in HL7.glob("mdm_*.hl7")))
 def test_every_mdm_fixture_converts_validates_and_is_deterministic(name: str) -> None:
-    first = convert(raw(name), envelope_id="env-1")
-    assert write_json(first) == write_json(convert(raw(name), envelope_id="env-1"))
-    assert_valid(first)
+    first = converted_fixture(name)
     doc = one(first, "DocumentReference")
     assert {"reference": f"DocumentReference/{doc['id']}"} in first["entry"][0]["resource"]["focus"]
 
@@ -188,16 +187,9 @@ def test_notifications_that_would_erase_content_are_not_converted() -> None:
     assert caught.value.code == "unsupported_message_type"
 
 
-def _corpus(corpora_dir: Path) -> list[Path]:
-    folder = corpora_dir.joinpath(*CORPUS)
-    return sorted(
-        p for p in folder.glob("MDM*.hl7") if message_type(er7.parse(p.read_bytes())).startswith("MDM^")
-    )
-
-
 @pytest.mark.corpus
 def test_every_corpus_mdm_converts_and_validates(corpora_dir: Path) -> None:
-    paths = _corpus(corpora_dir)
+    paths = corpus_messages(corpora_dir, "MDM^", "MDM*.hl7")
     assert len(paths) >= 13
     for path in paths:
         data = path.read_bytes()

@@ -7,15 +7,14 @@ from pathlib import Path
 import pytest
 
 import adapters.hl7.to_fhir.immunization  # noqa: F401  (registers VXU^V04)
-from adapters.fhir.resources import write_json
-from adapters.hl7 import er7
-from adapters.hl7.to_fhir import convert, message_type, registry
+from adapters.hl7.to_fhir import convert, registry
 from tests.adapters.hl7.to_fhir.conftest import (
     CORPUS,
     HL7,
-    assert_valid,
     by_ref,
     converted_both_ways,
+    converted_fixture,
+    corpus_messages,
     of_type,
     one,
     raw,
@@ -32,9 +31,7 @@ def test_vxu_is_registered() -> None:
 
 @pytest.mark.parametrize("name", sorted(p.name for p in HL7.glob("vxu_*.hl7")))
 def test_every_vxu_fixture_converts_validates_and_is_deterministic(name: str) -> None:
-    first = convert(raw(name), envelope_id="env-1")
-    assert write_json(first) == write_json(convert(raw(name), envelope_id="env-1"))
-    assert_valid(first)
+    first = converted_fixture(name)
     assert first["entry"][0]["resource"]["resourceType"] == "MessageHeader"
     assert first["entry"][-1]["resource"]["resourceType"] == "Provenance"
     immunization = one(first, "Immunization")
@@ -219,14 +216,9 @@ def test_historical_record_vis_funding_and_notes() -> None:
     assert obs["note"] == [{"text": "Parent asked about the schedule"}]
 
 
-def _corpus(corpora_dir: Path) -> list[Path]:
-    folder = corpora_dir.joinpath(*CORPUS)
-    return sorted(p for p in folder.glob("*.hl7") if message_type(er7.parse(p.read_bytes())) == "VXU^V04")
-
-
 @pytest.mark.corpus
 def test_every_corpus_vxu_converts_and_validates(corpora_dir: Path) -> None:
-    paths = _corpus(corpora_dir)
+    paths = corpus_messages(corpora_dir, "VXU^V04")
     assert len(paths) >= 4
     for path in paths:
         data = path.read_bytes()

@@ -8,9 +8,8 @@ import pytest
 
 import adapters.hl7.to_fhir.orders  # registers ORM^O01, OML^O21
 import adapters.hl7.to_fhir.results  # noqa: F401  (registers ORU^R01)
-from adapters.fhir.resources import write_json
 from adapters.hl7.to_fhir import convert, registry
-from tests.adapters.hl7.to_fhir.conftest import assert_valid, by_ref, of_type, one, raw
+from tests.adapters.hl7.to_fhir.conftest import assert_valid, by_ref, converted_fixture, of_type, one, raw
 
 V2 = "http://terminology.hl7.org/CodeSystem/v2-"
 FIXTURES = ["orm_o01__order.hl7", "oml_o21__lab_order.hl7"]
@@ -28,11 +27,7 @@ def oml() -> dict[str, Any]:
 
 @pytest.mark.parametrize("name", FIXTURES)
 def test_fixture_converts_validates_and_is_deterministic(name: str) -> None:
-    first = convert(raw(name), envelope_id="env-1")
-    assert write_json(first) == write_json(convert(raw(name), envelope_id="env-1"))
-    assert_valid(first)
-    urls = [e["request"]["url"] for e in first["entry"]]
-    assert len(urls) == len(set(urls))
+    converted_fixture(name)
     assert {"ORM^O01", "OML^O21"} <= registry.supported()
 
 

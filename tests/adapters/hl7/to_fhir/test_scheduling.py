@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 
 import adapters.hl7.to_fhir.scheduling  # noqa: F401  (registers SIU^S12-S17, S26)
-from adapters.fhir.resources import write_json
 from adapters.hl7 import er7
 from adapters.hl7.to_fhir import ConversionError, convert, message_type, registry
 from tests.adapters.hl7.to_fhir.conftest import (
@@ -17,6 +16,8 @@ from tests.adapters.hl7.to_fhir.conftest import (
     assert_valid,
     by_ref,
     converted_both_ways,
+    converted_fixture,
+    corpus_messages,
     of_type,
     one,
     raw,
@@ -40,9 +41,7 @@ def test_siu_types_are_registered() -> None:
 
 @pytest.mark.parametrize("name", sorted(p.name for p in HL7.glob("siu_*.hl7")))
 def test_every_siu_fixture_converts_validates_and_is_deterministic(name: str) -> None:
-    first = convert(raw(name), envelope_id="env-1")
-    assert write_json(first) == write_json(convert(raw(name), envelope_id="env-1"))
-    assert_valid(first)
+    first = converted_fixture(name)
     appointment = one(first, "Appointment")
     assert {"reference": f"Appointment/{appointment['id']}"} in first["entry"][0]["resource"]["focus"]
 
@@ -180,16 +179,9 @@ def test_existing_fixture() -> None:
     assert kinds == ["Patient", "Location", "Practitioner"]
 
 
-def _corpus(corpora_dir: Path) -> list[Path]:
-    folder = corpora_dir.joinpath(*CORPUS)
-    return sorted(
-        p for p in folder.glob("SIU*.hl7") if message_type(er7.parse(p.read_bytes())).startswith("SIU^")
-    )
-
-
 @pytest.mark.corpus
 def test_every_corpus_siu_converts_and_validates(corpora_dir: Path) -> None:
-    paths = _corpus(corpora_dir)
+    paths = corpus_messages(corpora_dir, "SIU^", "SIU*.hl7")
     assert len(paths) >= 15
     for path in paths:
         data = path.read_bytes()

@@ -168,6 +168,32 @@ class FhirAdapter:
         """Never: a Bundle is one message (the REST API handles its entries)."""
         return None
 
+    def deletion(self, resource_type: str, resource_id: str, receipt: Receipt) -> Envelope:
+        """The envelope of a DELETE of ``resource_type/resource_id``: no body, no bytes, the type, the id
+        and the interaction in its headers."""
+        return Envelope(
+            id=new_id(),
+            received_at=receipt.received_at,
+            protocol=self.name,
+            version=FHIR_VERSION,
+            message_type=resource_type,
+            control_id="",
+            sender="",
+            receiver="",
+            raw=b"",
+            raw_sha256=sha256_hex(b""),
+            body=None,
+            headers={
+                "message_type": resource_type,
+                "control_id": "",
+                "resource_type": resource_type,
+                "resource_id": resource_id,
+                "interaction": "delete",
+            },
+            sensitivity="phi",
+            receipt=receipt,
+        )
+
     def parse(self, raw: bytes, receipt: Receipt) -> Envelope:
         """Read the resource (:func:`adapters.fhir.resources.read_resource`) into an envelope."""
         control_id = receipt.attributes.get("x-request-id", "")

@@ -36,7 +36,7 @@ from adapters.fhir.interactions import Written
 from adapters.fhir.outcome import FhirError, operation_outcome
 from adapters.fhir.resources import JSON_MEDIA, JSON_TYPES, RESOURCE_TYPES, XML_TYPES, serialize
 from gateway.adapter import Issue, ParseError
-from gateway.envelope import Envelope, Receipt, new_id, sha256_hex
+from gateway.envelope import Envelope, Receipt, new_id
 from gateway.errors import AuthError, StoreUnavailable
 from gateway.lineage import EventDraft
 from gateway.pipeline import Intake
@@ -337,28 +337,7 @@ class FhirAPI:
         receipt = Receipt(
             "fhir", http.peer(request), who.name, attributes={"interaction": "delete", "resource_id": rid}
         )
-        env = Envelope(
-            id=new_id(),
-            received_at=receipt.received_at,
-            protocol="fhir",
-            version="4.0.1",
-            message_type=rtype,
-            control_id="",
-            sender="",
-            receiver="",
-            raw=b"",
-            raw_sha256=sha256_hex(b""),
-            body=None,
-            headers={
-                "message_type": rtype,
-                "control_id": "",
-                "resource_type": rtype,
-                "resource_id": rid,
-                "interaction": "delete",
-            },
-            sensitivity="phi",
-            receipt=receipt,
-        )
+        env = self.adapter.deletion(rtype, rid, receipt)
 
         def perform(conn: sqlite3.Connection, mid: str) -> Written:
             return interactions.delete(conn, rtype, rid, mid, if_match=if_match)

@@ -93,17 +93,9 @@ def fhir_envelope(
 
 
 def delete_envelope(rtype: str, rid: str) -> Envelope:
-    base = envelope(protocol="fhir", message_type=rtype, raw=b"")
-    return replace(
-        base,
-        headers={
-            "message_type": rtype,
-            "control_id": "",
-            "resource_type": rtype,
-            "resource_id": rid,
-            "interaction": "delete",
-        },
-    )
+    """The envelope the /fhir API hands to intake for a DELETE."""
+    receipt = Receipt("fhir", attributes={"interaction": "delete", "resource_id": rid})
+    return FhirAdapter().deletion(rtype, rid, receipt)
 
 
 def stored(env: Envelope) -> Delivery:

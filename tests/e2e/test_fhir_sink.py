@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.e2e.test_fhir_api import SYSTEM, patient
 from tests.e2e.test_hl7_intake import field, mllp_exchange
 from tests.support import Gateway, wait_until
 
@@ -24,7 +25,6 @@ pytestmark = pytest.mark.e2e
 A_KEY = "fhir-a-key-0123456789abcdef"
 B_KEY = "fhir-b-key-0123456789abcdef"
 TOKEN_ENV = "FHIR_DOWNSTREAM_TOKEN"
-SYSTEM = "urn:oid:1.2.36.146.595.217.0.1"
 FHIR_JSON = "application/fhir+json"
 FHIR_XML = "application/fhir+xml"
 FAST_RETRY = {"max_attempts": 8, "base_s": 0.05, "cap_s": 0.5}
@@ -105,17 +105,6 @@ def delivered(a: Gateway) -> None:
 
     assert wait_until(idle, 30), (sink_state(a), a.logs()[-3000:])
     assert sink_state(a)["dead"] == 0, sink_state(a)
-
-
-def patient(mark: str, family: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "resourceType": "Patient",
-        "identifier": [{"system": SYSTEM, "value": mark}],
-        "name": [{"family": family, "given": ["Peter", "James"]}],
-        "gender": "male",
-        "birthDate": "1974-12-25",
-        **extra,
-    }
 
 
 def without_meta(resource: dict[str, Any]) -> dict[str, Any]:

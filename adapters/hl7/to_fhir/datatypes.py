@@ -509,6 +509,12 @@ def entity_identifier(ctx: Context, ei: Composite, type_code: str = "") -> dict[
     return out
 
 
+def order_identifiers(ctx: Context, placer: Composite, filler: Composite) -> list[dict[str, Any]]:
+    """A placer and a filler number (EI) → their Identifiers typed PLAC and FILL, the ones present, in
+    that order."""
+    return [i for i in (entity_identifier(ctx, placer, "PLAC"), entity_identifier(ctx, filler, "FILL")) if i]
+
+
 def ei_key(ctx: Context, ei: Composite, *, sender_fallback: bool = False) -> str:
     """An EI as part of a resource key: ``authority|id``. Without an authority (EI.2-4 empty), the
     sending facility (MSH-4) with ``sender_fallback``; else none, so that numbers sent by different

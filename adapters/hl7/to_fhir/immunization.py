@@ -236,14 +236,7 @@ def immunization(
         return None
     status, subpotent = _status(ctx, rxa)
     res: dict[str, Any] = {"resourceType": "Immunization"}
-    idents = [
-        i
-        for i in (
-            dt.entity_identifier(ctx, ctx.field(orc, 2), "PLAC"),
-            dt.entity_identifier(ctx, ctx.field(orc, 3), "FILL"),
-        )
-        if i
-    ]
+    idents = dt.order_identifiers(ctx, ctx.field(orc, 2), ctx.field(orc, 3))
     if idents:
         res["identifier"] = idents
     res["status"] = status

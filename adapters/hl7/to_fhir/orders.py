@@ -294,9 +294,7 @@ def specimen(ctx: Context, spm: Segment, parent_key: str, index: int) -> str | N
     SPM-18, the current patient. Keyed by its filler (else placer) id, else the order and SPM-1."""
     eip = ctx.field(spm, 2)
     placer, filler = eip.part(1), eip.part(2)
-    idents = [
-        i for i in (dt.entity_identifier(ctx, placer, "PLAC"), dt.entity_identifier(ctx, filler, "FILL")) if i
-    ]
+    idents = dt.order_identifiers(ctx, placer, filler)
     kind = dt.codeable_concept(ctx, ctx.field(spm, 4))
     if not idents and kind is None:
         return None
@@ -334,12 +332,9 @@ def service_request(ctx: Context, order: Order, *, with_notes: bool = True) -> P
     orc, obr = order.orc, order.obr
     key = fresh_key(ctx, "ServiceRequest", order_key(ctx, order))
     res: dict[str, Any] = {"resourceType": "ServiceRequest"}
-    idents = [
-        dt.entity_identifier(ctx, first(ctx, (orc, 2), (obr, 2)), "PLAC"),
-        dt.entity_identifier(ctx, first(ctx, (orc, 3), (obr, 3)), "FILL"),
-    ]
-    if any(idents):
-        res["identifier"] = [i for i in idents if i]
+    idents = dt.order_identifiers(ctx, first(ctx, (orc, 2), (obr, 2)), first(ctx, (orc, 3), (obr, 3)))
+    if idents:
+        res["identifier"] = idents
     group = dt.entity_identifier(ctx, ctx.field(orc, 4), "PGN")
     if group:
         res["requisition"] = group

@@ -461,12 +461,11 @@ def diagnostic_report(ctx: Context, order: orders.Order, placed: orders.Placed |
     notes = [n for n in (orders.note(ctx, nte) for nte in order.notes) if n]
     if notes:
         res["extension"] = [{"url": REPORT_NOTE, "valueAnnotation": n} for n in notes]
-    idents = [
-        dt.entity_identifier(ctx, orders.first(ctx, (obr, 2), (orc, 2)), "PLAC"),
-        dt.entity_identifier(ctx, orders.first(ctx, (obr, 3), (orc, 3)), "FILL"),
-    ]
-    if any(idents):
-        res["identifier"] = [i for i in idents if i]
+    idents = dt.order_identifiers(
+        ctx, orders.first(ctx, (obr, 2), (orc, 2)), orders.first(ctx, (obr, 3), (orc, 3))
+    )
+    if idents:
+        res["identifier"] = idents
     if based_on:
         res["basedOn"] = [{"reference": based_on}]
     status = ctx.tables.coding("0123", ctx.value(obr, 25))

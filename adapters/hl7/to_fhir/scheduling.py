@@ -269,14 +269,7 @@ def appointment(
 ) -> str:
     """SCH and the message's resource segments → the Appointment (see the module docstring)."""
     res: dict[str, Any] = {"resourceType": "Appointment"}
-    idents = [
-        i
-        for i in (
-            dt.entity_identifier(ctx, ctx.field(sch, 1), "PLAC"),
-            dt.entity_identifier(ctx, ctx.field(sch, 2), "FILL"),
-        )
-        if i
-    ]
+    idents = dt.order_identifiers(ctx, ctx.field(sch, 1), ctx.field(sch, 2))
     if idents:
         res["identifier"] = idents
     status = _status(ctx, sch)

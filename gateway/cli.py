@@ -202,13 +202,17 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--fix", action="store_true", help="have the gateway push the ledger's level again")
     q.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("subjects", help="data subjects of routes with storage: encrypted")
+    p = sub.add_parser("subjects", help="data subjects: of routes with storage: encrypted, and FHIR patients")
     ssub = p.add_subparsers(dest="action", required=True)
     q = ssub.add_parser(
-        "erase", help="erase a data subject: their encrypted bodies become unreadable for good"
+        "erase",
+        help="erase a data subject: their encrypted bodies become unreadable for good, and for "
+        "Patient/<id> the FHIR store's Patient and the resources about it are expunged",
     )
     _store_options(q)
-    q.add_argument("subject", help="the subject's value as the route's subject header carries it")
+    q.add_argument(
+        "subject", help="the subject's value as the route's subject header carries it (FHIR: Patient/<id>)"
+    )
 
     p = sub.add_parser("replay", help="make dead-lettered deliveries pending again (recorded in lineage)")
     _store_options(p)
@@ -302,17 +306,24 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _erase_subject(args: argparse.Namespace) -> int:
-    """Delete the subject's data key; record the erasure (by pseudonym) in lineage."""
+    """Delete the subject's data key and expunge what the FHIR store holds about them; record the
+    erasure (by pseudonym) in lineage."""
     import getpass
 
+    from adapters.fhir.erasure import expunge_patient
     from gateway.server import open_store
 
     store = open_store(_settings(args).data_dir)
+    actor = f"user:{getpass.getuser()} (cli)"
     try:
-        count = asyncio.run(store.erase_subject(args.subject, f"user:{getpass.getuser()} (cli)"))
+        done = asyncio.run(store.erase_subject(args.subject, actor, [expunge_patient]))
     finally:
         store.close()
-    print(f"subject erased: {count} encrypted message bodies can no longer be read; lineage still verifies")
+    print(
+        f"subject erased: {done.bodies} encrypted message bodies can no longer be read, "
+        f"{done.records} FHIR resources expunged (whole, or their versions about the subject); "
+        "lineage still verifies"
+    )
     return EXIT_OK
 
 

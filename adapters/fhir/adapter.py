@@ -113,7 +113,7 @@ def _reference(value: object) -> str:
     return ""
 
 
-def _patient(resource: Mapping[str, Any]) -> str:
+def patient_of(resource: Mapping[str, Any]) -> str:
     """The patient a resource is about (module docstring)."""
     rtype = resource.get("resourceType")
     if rtype == "Patient":
@@ -123,7 +123,7 @@ def _patient(resource: Mapping[str, Any]) -> str:
         entries = resource.get("entry")
         for entry in entries if isinstance(entries, list) else []:
             inner = entry.get("resource") if isinstance(entry, dict) else None
-            found = _patient(inner) if isinstance(inner, dict) else ""
+            found = patient_of(inner) if isinstance(inner, dict) else ""
             if found:
                 return found
         return ""
@@ -216,7 +216,7 @@ class FhirAdapter:
         entries = body.get("entry")
         if body["resourceType"] == "Bundle":
             headers["entries"] = str(len(entries) if isinstance(entries, list) else 0)
-        patient = _patient(body)
+        patient = patient_of(body)
         return Envelope(
             id=new_id(),
             received_at=receipt.received_at,

@@ -49,6 +49,22 @@ Effect = Callable[[sqlite3.Connection], Applied]
 the record's transaction before it is routed. When it raises, nothing of the record is kept and the
 caller gets the exception."""
 
+Expunger = Callable[[sqlite3.Connection, str, str], int]
+"""What an adapter's own tables hold about a data subject, removed in the erasure's transaction:
+called with the connection, the subject as given and its pseudonym; answers how many records (FHIR
+resources) it removed or changed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Erasure:
+    """What erasing a data subject did."""
+
+    bodies: int
+    """Encrypted message bodies sealed under the subject's key, unreadable from now on."""
+    records: int = 0
+    """Records the expungers removed or changed (FHIR resources about the subject)."""
+
+
 MessageStatus = Literal["accepted", "rejected", "batch"]
 DecisionKind = Literal["stored", "duplicate", "conflict"]
 
@@ -406,8 +422,9 @@ class Store(Protocol):
 
     # -- inventory ledger (gateway.store.ledger) -------------------------------------------
 
-    async def erase_subject(self, value: str, actor: str) -> int:
-        """Erase a data subject's key: their encrypted bodies become unreadable (lineage still verifies)."""
+    async def erase_subject(self, value: str, actor: str, expungers: Sequence[Expunger] = ()) -> Erasure:
+        """Erase a data subject's key: their encrypted bodies become unreadable (lineage still verifies);
+        each expunger removes what its tables hold about them, in the same transaction."""
         ...
 
     async def apply_stock(self, movements: Sequence[Movement], message_id: str, actor: str) -> list[str]:

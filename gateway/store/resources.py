@@ -91,6 +91,44 @@ def put(conn: sqlite3.Connection, v: Version, index: Iterable[IndexEntry]) -> No
         )
 
 
+def versions_of(conn: sqlite3.Connection, rtype: str, rid: str) -> list[Version]:
+    """Every version of a resource, oldest first (tombstones included)."""
+    rows = conn.execute(f"{_VERSIONS} WHERE type = ? AND id = ? ORDER BY version", (rtype, rid)).fetchall()
+    return [_version(r) for r in rows]
+
+
+def referring(conn: sqlite3.Connection, params: Sequence[str], value: str) -> list[tuple[str, str]]:
+    """(type, id) of the current resources whose index rows of ``params`` hold ``value`` (a reference
+    such as ``Patient/p1``)."""
+    marks = ",".join("?" * len(params))
+    sql = f"SELECT DISTINCT type, id FROM fhir_index WHERE value = ? AND param IN ({marks})"  # noqa: S608
+    return [(r[0], r[1]) for r in conn.execute(sql, [value, *params])]
+
+
+def written_for(conn: sqlite3.Connection, key_pseudonym: str) -> list[tuple[str, str]]:
+    """(type, id) of the resources with a version written by a message whose business keys include the
+    one with this pseudonym (deleted resources and earlier versions too: the index holds neither)."""
+    rows = conn.execute(
+        "SELECT DISTINCT v.type, v.id FROM message_keys k JOIN fhir_versions v ON v.message_id = k.message_id"
+        " WHERE k.pseudonym = ?",
+        (key_pseudonym,),
+    )
+    return [(r[0], r[1]) for r in rows]
+
+
+def expunge(conn: sqlite3.Connection, rtype: str, rid: str, versions: Sequence[int] | None = None) -> None:
+    """Remove a resource for good: every version, the current one and its index rows; with ``versions``,
+    only those earlier versions (the current one stays as it is, and so does its index)."""
+    if versions is not None:
+        conn.executemany(
+            "DELETE FROM fhir_versions WHERE type = ? AND id = ? AND version = ?",
+            [(rtype, rid, v) for v in versions],
+        )
+        return
+    for table in ("fhir_versions", "fhir_resources", "fhir_index"):
+        conn.execute(f"DELETE FROM {table} WHERE type = ? AND id = ?", (rtype, rid))  # noqa: S608
+
+
 def history(
     conn: sqlite3.Connection,
     rtype: str | None,

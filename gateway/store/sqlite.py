@@ -59,7 +59,9 @@ from gateway.store import (
     DeliveryRow,
     DueDelivery,
     Effect,
+    Erasure,
     EventQuery,
+    Expunger,
     IntakeDecision,
     IntakeRecord,
     MessageFilter,
@@ -737,14 +739,14 @@ class SQLiteStore:
         except StoreError:  # sealed under a key erased since (the subject has a new one now)
             raise BodyErased("the body's data subject was erased") from None
 
-    async def erase_subject(self, value: str, actor: str) -> int:
+    async def erase_subject(self, value: str, actor: str, expungers: Sequence[Expunger] = ()) -> Erasure:
         """Erase a data subject: delete its key (their sealed bodies become unreadable), dead-letter their
-        pending deliveries, record ``SubjectErased`` with the pseudonym; the number of bodies affected."""
+        pending deliveries, let each expunger remove what its tables hold about them, and record
+        ``SubjectErased`` with the pseudonym and the counts, all in one transaction."""
         subject = pseudonym(self._key, value)
 
-        def fn(txn: _Txn) -> int:
+        def fn(txn: _Txn) -> Erasure:
             at = utcnow().isoformat()
-            had_key = self._subjects.erase(subject)  # in the writer's turn: no intake seals meanwhile
             ids = [
                 r[0]
                 for r in txn.conn.execute(
@@ -757,21 +759,40 @@ class SQLiteStore:
                     " updated_at = ? WHERE message_id = ? AND status = 'pending'",
                     ("The data subject was erased.", at, mid),
                 )
+            records = sum(expunge(txn.conn, value, subject) for expunge in expungers)
+            # last, as it cannot be rolled back: a failure before it leaves everything as it was
+            had_key = self._subjects.erase(subject)  # in the writer's turn: no intake seals meanwhile
             txn.append(
                 [
                     EventDraft(
                         "SubjectErased",
                         None,
                         actor,
-                        outcome="erased" if had_key else "no_key",
-                        details={"subject": subject, "messages": len(ids)},
+                        outcome="erased" if had_key or records else "no_key",
+                        details={"subject": subject, "messages": len(ids), "records": records},
                     )
                 ],
                 at,
             )
-            return len(ids)
+            return Erasure(len(ids), records)
 
-        return await self.submit(fn)
+        done = await self.submit(fn)
+        if done.records:
+            await asyncio.get_running_loop().run_in_executor(None, self._purge_wal)
+        return done
+
+    def _purge_wal(self) -> None:
+        """Copy the WAL into the database and empty it, so that pages holding removed rows survive
+        nowhere (``secure_delete`` has overwritten them in the database file itself). It waits for
+        readers on older snapshots; when one holds on past the busy timeout, the WAL is left as it is,
+        and later writes overwrite it from its start."""
+        conn = _connect(self.path)
+        try:
+            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if busy:
+                log.warning("store wal not emptied after an erasure; a reader held on")
+        finally:
+            conn.close()
 
     async def replay(self, message_id: str | None, sink: str | None, actor: str) -> int:
         def fn(txn: _Txn) -> int:

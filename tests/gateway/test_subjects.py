@@ -53,3 +53,34 @@ def test_replay_never_brings_back_an_erased_subjects_delivery(store: SQLiteStore
     (row,) = store.list_messages(MessageFilter(control_id="S-3"))
     (delivery,) = store.deliveries_of(row.id)
     assert (delivery.status, delivery.last_error_code) == ("dead", "subject_erased")
+
+
+def test_expungers_run_in_the_erasure_and_a_failing_one_erases_nothing(store: SQLiteStore) -> None:
+    seen: list[tuple[str, str]] = []
+
+    def failing(conn: sqlite3.Connection, value: str, subject: str) -> int:
+        conn.execute("DELETE FROM messages")  # undone with the rest
+        raise RuntimeError("cannot")
+
+    def counting(conn: sqlite3.Connection, value: str, subject: str) -> int:
+        seen.append((value, subject))
+        return 2
+
+    async def go() -> None:
+        await store.record_intake([sealed("S-4", b"MSH|SECRET-FOUR")])  # type: ignore[list-item]
+        with pytest.raises(RuntimeError):
+            await store.erase_subject("P1", "user:test", [failing])
+
+    asyncio.run(go())
+    (row,) = store.list_messages(MessageFilter(control_id="S-4"))
+    assert store.get_raw(row.id) == b"MSH|SECRET-FOUR"  # the key is still there, the message too
+    assert not [e for e in store.lineage_of(row.id) if e.event == "SubjectErased"]
+
+    done = asyncio.run(store.erase_subject("P1", "user:test", [counting]))
+    assert (done.bodies, done.records) == (1, 2)
+    ((value, subject),) = seen
+    assert value == "P1" and subject != "P1"  # expungers get the pseudonym beside the value
+    with pytest.raises(BodyErased):
+        store.get_raw(row.id)
+    erased = [e for e in store.events_between(None, None) if e.event == "SubjectErased"]
+    assert [(e.details["messages"], e.details["records"]) for e in erased] == [(1, 2)]

@@ -1,0 +1,63 @@
+"""Erasing a data subject from the FHIR store: a Patient and the resources about it, expunged.
+
+``gateway subjects erase Patient/<id>`` runs :func:`expunge_patient` in the
+erasure's transaction. A resource is *about* the patient when the adapter would
+file it under that patient (:func:`adapters.fhir.adapter.patient_of`: the
+Patient itself, or a ``subject``, ``patient`` or ``beneficiary`` reference to
+it), which is also the business key its writes were filed under. The
+candidates come from the search index (current resources that refer to the
+patient) and from the writes filed under the patient's pseudonym (deleted
+resources and earlier versions, which the index does not hold); each is then
+judged version by version:
+
+* when its latest version with content is about the patient, the whole
+  resource goes (every version, tombstone and index row): reads answer 404, as
+  after HAPI FHIR's ``$expunge``;
+* when only earlier versions are (an Observation moved to another patient),
+  those versions go and the current one stays.
+
+What stays: the lineage events of the writes, which name resources by type and
+id and hold no values, and the envelopes, whose bodies are unreadable when
+their route sealed them (``storage: encrypted``) under the same subject.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+
+from adapters.fhir.adapter import patient_of
+from adapters.fhir.interactions import body_of
+from adapters.fhir.resources import ID_PATTERN
+from gateway.store import resources
+
+PATIENT_PARAMS = ("subject", "patient", "beneficiary")
+"""The reference search parameters that file a resource under a patient."""
+_ID = re.compile(ID_PATTERN)
+
+
+def expunge_patient(conn: sqlite3.Connection, value: str, key_pseudonym: str) -> int:
+    """Expunge what the FHIR store holds about the patient ``value`` (``Patient/<id>``); the number of
+    resources removed or cut down. Any other kind of subject value holds nothing here: 0."""
+    rtype, _, rid = value.partition("/")
+    if rtype != "Patient" or not _ID.fullmatch(rid):
+        return 0
+    candidates = dict.fromkeys(
+        [
+            ("Patient", rid),
+            *resources.referring(conn, PATIENT_PARAMS, value),
+            *resources.written_for(conn, key_pseudonym),
+        ]
+    )
+    touched = 0
+    for ctype, cid in candidates:
+        versions = [v for v in resources.versions_of(conn, ctype, cid) if not v.deleted]
+        about = [v.version for v in versions if patient_of(body_of(v)) == value]
+        if not about:
+            continue
+        if about[-1] == versions[-1].version:
+            resources.expunge(conn, ctype, cid)
+        else:
+            resources.expunge(conn, ctype, cid, about)
+        touched += 1
+    return touched

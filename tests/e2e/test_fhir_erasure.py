@@ -1,0 +1,116 @@
+"""End to end: erasing a FHIR patient expunges it and what is about it from the real gateway's FHIR store.
+
+A published FHIR client (fhirpy) writes two patients and their records through
+``/fhir`` on a route that seals bodies per patient; ``gateway subjects erase
+Patient/<id>`` runs beside the live server. Afterwards the erased patient's
+resources answer 404, searches and histories no longer hold them, an
+Observation moved to the other patient keeps only its current version, the
+other patient is untouched, no copy of the erased patient's name is left in
+the store's files, and the lineage chain still verifies.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fhirpy import SyncFHIRClient
+
+from tests.gateway.sinks.peers import Receiver
+from tests.support import ADMIN_KEY, Gateway
+
+pytestmark = pytest.mark.e2e
+
+FHIR_KEY = "fhir-erasure-0123456789abcdef"
+
+
+def observation(patient_id: str, code: str, value: float) -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "valueQuantity": {"value": value, "unit": "mmol/L"},
+    }
+
+
+def test_erasing_a_patient_expunges_its_fhir_resources(tmp_path: Path) -> None:
+    erased_name, kept_name = f"ERASEDCANARY{uuid.uuid4().hex[:8]}", f"KEPTCANARY{uuid.uuid4().hex[:8]}"
+    with Receiver() as registry:
+        gw = Gateway(
+            tmp_path,
+            {
+                "auth": {
+                    "api_keys": [
+                        {"name": "ehr", "key": FHIR_KEY, "scopes": ["fhir:read", "fhir:write"]},
+                        {"name": "operator", "key": ADMIN_KEY, "scopes": ["admin"]},
+                    ]
+                },
+                "sinks": {"registry": {"type": "http", "endpoint": registry.url}},
+                "routes": [
+                    {
+                        "name": "fhir-records",
+                        "match": {"protocol": "fhir"},
+                        "to": ["registry"],
+                        "storage": "encrypted",
+                        "subject": "patient",
+                    }
+                ],
+                "unmatched": "reject",
+            },
+        ).start()
+        try:
+            fc = SyncFHIRClient(f"{gw.http_url}/fhir", authorization=f"Bearer {FHIR_KEY}")
+            for pid, family in (("erase-me-1", erased_name), ("keep-me-1", kept_name)):
+                fc.resource("Patient", id=pid, name=[{"family": family, "given": ["Ann"]}]).save()
+            glucose = fc.resource("Observation", **observation("erase-me-1", "2345-7", 5.4))
+            glucose.save()
+            removed = fc.resource("Observation", **observation("erase-me-1", "2339-0", 6.1))
+            removed.save()
+            removed.delete()  # deleted before the erasure: only its history holds it
+            moved = fc.resource("Observation", **observation("erase-me-1", "2093-3", 4.2))
+            moved.save()
+            moved["subject"] = {"reference": "Patient/keep-me-1"}  # filed under the wrong patient, moved
+            moved.save()
+            kept = fc.resource("Observation", **observation("keep-me-1", "2345-7", 7.7))
+            kept.save()
+
+            erased = gw.cli("subjects", "erase", "Patient/erase-me-1", *gw.store_args())
+            assert erased.returncode == 0, erased.stderr
+            # the patient and its two records whole, and the first version of the moved one
+            assert "4 FHIR resources" in erased.stdout
+
+            with httpx.Client(
+                base_url=f"{gw.http_url}/fhir", headers={"Authorization": f"Bearer {FHIR_KEY}"}
+            ) as h:
+                for ref in ("Patient/erase-me-1", f"Observation/{glucose.id}", f"Observation/{removed.id}"):
+                    assert h.get(f"/{ref}").status_code == 404, ref
+                    assert h.get(f"/{ref}/_history").status_code == 404, ref
+                found = h.get("/Observation", params={"subject": "Patient/erase-me-1"}).json()
+                assert found["total"] == 0
+                assert h.get("/Patient", params={"family": erased_name}).json()["total"] == 0
+                # the moved Observation keeps its current version, about the other patient, and only that
+                now = h.get(f"/Observation/{moved.id}")
+                assert now.status_code == 200 and now.json()["subject"]["reference"] == "Patient/keep-me-1"
+                history = h.get(f"/Observation/{moved.id}/_history").json()
+                assert [e["resource"]["meta"]["versionId"] for e in history["entry"]] == ["2"]
+                assert h.get(f"/Observation/{moved.id}/_history/1").status_code == 404
+                # the other patient and their records are untouched
+                assert h.get("/Patient/keep-me-1").json()["name"][0]["family"] == kept_name
+                theirs = h.get("/Observation", params={"subject": "Patient/keep-me-1"}).json()
+                assert {e["resource"]["id"] for e in theirs["entry"]} == {moved.id, kept.id}
+
+            with httpx.Client(base_url=gw.http_url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as api:
+                assert api.get("/api/lineage/verify").json()["ok"] is True
+                (event,) = api.post("/api/lineage/search", json={"event": "SubjectErased"}).json()["events"]
+                assert event["details"]["records"] == 4 and "erase-me-1" not in str(event)
+
+            # no copy of the erased patient's name is left in the store's files; the other's still is
+            at_rest = b"".join(p.read_bytes() for p in gw.data_dir.glob("gateway.db*")).lower()
+            assert erased_name.lower().encode() not in at_rest  # (the search index keeps names in lower case)
+            assert kept_name.lower().encode() in at_rest
+        finally:
+            assert gw.stop() == 0

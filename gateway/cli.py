@@ -478,10 +478,13 @@ def _messages(args: argparse.Namespace) -> int:
             for r in rows:
                 print(json.dumps(r.as_dict()))
             return EXIT_OK
-        print(f"{'ID':26}  {'RECEIVED':25}  {'TYPE':10}  {'CONTROL ID':20}  {'STATUS':9}  REPLY")
+        # columns as wide as their widest value (Observation, pacs.008.001.08, a UUID control id), within bounds
+        tw = min(max([10, *(len(r.message_type) for r in rows)]), 24)
+        cw = min(max([20, *(len(r.control_id) for r in rows)]), 36)
+        print(f"{'ID':26}  {'RECEIVED':25}  {'TYPE':{tw}}  {'CONTROL ID':{cw}}  {'STATUS':9}  REPLY")
         for r in rows:
             print(
-                f"{r.id:26}  {r.received_at[:25]:25}  {r.message_type[:10]:10}  {r.control_id[:20]:20}"
+                f"{r.id:26}  {r.received_at[:25]:25}  {r.message_type[:tw]:{tw}}  {r.control_id[:cw]:{cw}}"
                 f"  {r.status:9}  {r.reply_code}"
             )
         return EXIT_OK

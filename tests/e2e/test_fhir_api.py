@@ -693,3 +693,17 @@ def test_prefer_return_minimal_representation_and_operation_outcome(gw: Gateway)
         shown = h.post("/Patient", json=patient(marker()), headers={"Prefer": "return=representation"})
         assert shown.status_code == 201 and shown.json()["resourceType"] == "Patient"
         assert shown.json()["meta"]["versionId"] == "1" and "lastUpdated" in shown.json()["meta"]
+
+
+def test_the_cli_lists_writes_with_their_whole_resource_type(gw: Gateway) -> None:
+    with http(gw, OBS_WRITER_KEY) as h:
+        made = h.post(
+            "/Observation",
+            json={"resourceType": "Observation", "status": "final", "code": {"text": "listed"}},
+        )
+        assert made.status_code == 201
+    listed = gw.cli("messages", "list", "--protocol", "fhir", "--status", "accepted", *gw.store_args())
+    assert listed.returncode == 0, listed.stderr
+    header, *rows = listed.stdout.splitlines()
+    assert "Observation" in {row.split()[2] for row in rows}  # not cut to the column's least width
+    assert {row.index(" accepted ") + 1 for row in rows} == {header.index("STATUS")}  # columns line up

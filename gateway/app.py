@@ -11,7 +11,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -32,7 +33,7 @@ from gateway.metrics import Metrics
 from gateway.pipeline import Intake
 from gateway.runtime import Runtime
 from gateway.security import KeyRing, Principal
-from gateway.store import EventQuery, MessageFilter, Store
+from gateway.store import EventQuery, Expunger, MessageFilter, Store
 from gateway.store.subjects import BodyErased
 from gateway.webhooks import Refusals, Signature
 
@@ -125,6 +126,13 @@ def ingest_channels(
     return {name: make(adapters[name]) for name, make in known.items() if name in adapters}
 
 
+class SubjectErasure(BaseModel):
+    """The data subject to erase, as the route's subject header carries it (FHIR: ``Patient/<id>``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    subject: str = Field(min_length=1, max_length=512)
+
+
 class APIError(Exception):
     def __init__(self, status: int, code: str, detail: str) -> None:
         super().__init__(detail)
@@ -180,6 +188,7 @@ def create_app(
     metrics: Metrics | None = None,
     verify: Callable[[], Verification] | None = None,
     schemas: Mapping[str, dict[str, Any]] | None = None,
+    expungers: Sequence[Expunger] = (),
 ) -> FastAPI:
     schemas = dict(schemas or {})
     app = FastAPI(
@@ -360,6 +369,15 @@ def create_app(
         if runtime is not None and runtime.engine is not None:
             runtime.engine.notify({d.sink for d in store.deliveries_of(message_id)})
         return {"replayed": count}
+
+    @app.post("/api/subjects/erase", tags=["admin"])
+    async def erase_subject(erasure: SubjectErasure, who: Principal = scoped("admin")) -> dict[str, Any]:
+        """Erase a data subject, as ``gateway subjects erase`` does: their encrypted bodies become
+        unreadable for good, their pending deliveries are dead-lettered, and for ``Patient/<id>`` the FHIR
+        store's Patient and the resources about it are expunged. The value goes in the body, never in a
+        URL that access logs would keep."""
+        done = await store.erase_subject(erasure.subject, f"user:{who.name}", expungers)
+        return {"bodies": done.bodies, "records": done.records}
 
     @app.post("/api/admin/reload", tags=["admin"])
     async def reload(who: Principal = scoped("admin")) -> dict[str, Any]:

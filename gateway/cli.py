@@ -310,13 +310,13 @@ def _erase_subject(args: argparse.Namespace) -> int:
     erasure (by pseudonym) in lineage."""
     import getpass
 
-    from adapters.fhir.erasure import expunge_patient
+    from adapters import EXPUNGERS
     from gateway.server import open_store
 
     store = open_store(_settings(args).data_dir)
     actor = f"user:{getpass.getuser()} (cli)"
     try:
-        done = asyncio.run(store.erase_subject(args.subject, actor, [expunge_patient]))
+        done = asyncio.run(store.erase_subject(args.subject, actor, EXPUNGERS))
     finally:
         store.close()
     print(

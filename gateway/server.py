@@ -18,7 +18,7 @@ from typing import Any
 
 import uvicorn
 
-from adapters import BUILTIN_ADAPTERS
+from adapters import BUILTIN_ADAPTERS, EXPUNGERS
 from adapters.fhir.api import FhirAPI
 from adapters.fhir.api import mount as mount_fhir
 from adapters.finance.iso8583_listener import ISO8583Server
@@ -181,6 +181,7 @@ async def serve(
                 },
             ),
             schemas={"pos_json": pos_json_schema()},
+            expungers=EXPUNGERS,
             max_body_bytes=settings.http.max_body_bytes,
             runtime=runtime,
             metrics=metrics,

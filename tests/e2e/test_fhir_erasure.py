@@ -5,7 +5,7 @@ A published FHIR client (fhirpy) writes two patients and their records through
 Patient/<id>`` runs beside the live server. Afterwards the erased patient's
 resources answer 404, searches and histories no longer hold them, an
 Observation moved to the other patient keeps only its current version, the
-other patient is untouched, no copy of the erased patient's name is left in
+other patient is untouched, the same erasure works over the admin HTTP API, no copy of the erased patient's name is left in
 the store's files, and the lineage chain still verifies.
 """
 
@@ -39,6 +39,7 @@ def observation(patient_id: str, code: str, value: float) -> dict[str, Any]:
 
 def test_erasing_a_patient_expunges_its_fhir_resources(tmp_path: Path) -> None:
     erased_name, kept_name = f"ERASEDCANARY{uuid.uuid4().hex[:8]}", f"KEPTCANARY{uuid.uuid4().hex[:8]}"
+    second_name = f"SECONDCANARY{uuid.uuid4().hex[:8]}"
     with Receiver() as registry:
         gw = Gateway(
             tmp_path,
@@ -64,7 +65,11 @@ def test_erasing_a_patient_expunges_its_fhir_resources(tmp_path: Path) -> None:
         ).start()
         try:
             fc = SyncFHIRClient(f"{gw.http_url}/fhir", authorization=f"Bearer {FHIR_KEY}")
-            for pid, family in (("erase-me-1", erased_name), ("keep-me-1", kept_name)):
+            for pid, family in (
+                ("erase-me-1", erased_name),
+                ("keep-me-1", kept_name),
+                ("erase-me-2", second_name),
+            ):
                 fc.resource("Patient", id=pid, name=[{"family": family, "given": ["Ann"]}]).save()
             glucose = fc.resource("Observation", **observation("erase-me-1", "2345-7", 5.4))
             glucose.save()
@@ -77,6 +82,8 @@ def test_erasing_a_patient_expunges_its_fhir_resources(tmp_path: Path) -> None:
             moved.save()
             kept = fc.resource("Observation", **observation("keep-me-1", "2345-7", 7.7))
             kept.save()
+            second_obs = fc.resource("Observation", **observation("erase-me-2", "2345-7", 9.9))
+            second_obs.save()
 
             erased = gw.cli("subjects", "erase", "Patient/erase-me-1", *gw.store_args())
             assert erased.returncode == 0, erased.stderr
@@ -103,14 +110,31 @@ def test_erasing_a_patient_expunges_its_fhir_resources(tmp_path: Path) -> None:
                 theirs = h.get("/Observation", params={"subject": "Patient/keep-me-1"}).json()
                 assert {e["resource"]["id"] for e in theirs["entry"]} == {moved.id, kept.id}
 
-            with httpx.Client(base_url=gw.http_url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as api:
-                assert api.get("/api/lineage/verify").json()["ok"] is True
-                (event,) = api.post("/api/lineage/search", json={"event": "SubjectErased"}).json()["events"]
-                assert event["details"]["records"] == 4 and "erase-me-1" not in str(event)
+            # the same over the HTTP API, for an admin key only; the value travels in the body
+            second = {"subject": "Patient/erase-me-2"}
+            with httpx.Client(base_url=gw.http_url) as api:
+                refused = api.post("/api/subjects/erase", json=second, headers={"X-API-Key": FHIR_KEY})
+                assert refused.status_code == 403
+                admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+                bad = api.post(
+                    "/api/subjects/erase", json={"subject": "", "x": "Patient/erase-me-2"}, headers=admin
+                )
+                assert bad.status_code == 400 and "erase-me-2" not in bad.text
+                done = api.post("/api/subjects/erase", json=second, headers=admin)
+                assert done.status_code == 200 and done.json() == {"bodies": 2, "records": 2}
+                fhir = {"Authorization": f"Bearer {FHIR_KEY}"}
+                assert api.get("/fhir/Patient/erase-me-2", headers=fhir).status_code == 404
+                assert api.get(f"/fhir/Observation/{second_obs.id}", headers=fhir).status_code == 404
+
+                assert api.get("/api/lineage/verify", headers=admin).json()["ok"] is True
+                found = api.post("/api/lineage/search", json={"event": "SubjectErased"}, headers=admin).json()
+                assert [e["details"]["records"] for e in found["events"]] == [4, 2]
+                assert "erase-me" not in str(found)
 
             # no copy of the erased patient's name is left in the store's files; the other's still is
             at_rest = b"".join(p.read_bytes() for p in gw.data_dir.glob("gateway.db*")).lower()
             assert erased_name.lower().encode() not in at_rest  # (the search index keeps names in lower case)
+            assert second_name.lower().encode() not in at_rest
             assert kept_name.lower().encode() in at_rest
         finally:
             assert gw.stop() == 0

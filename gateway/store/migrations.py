@@ -224,3 +224,9 @@ MIGRATIONS.append(
     CREATE INDEX fhir_index_resource ON fhir_index (type, id, param);
     """
 )
+
+MIGRATIONS.append(
+    # 11: the versions a message wrote, found by index: erasing a FHIR patient looks up every version its
+    # writes made (adapters/fhir/erasure.py) inside the write transaction, which must not scan them all.
+    "CREATE INDEX fhir_versions_message ON fhir_versions (message_id)"
+)

@@ -34,7 +34,8 @@ from adapters.fhir.adapter import FhirAdapter
 from adapters.fhir.capability import capability_statement
 from adapters.fhir.interactions import Written
 from adapters.fhir.outcome import FhirError, operation_outcome
-from adapters.fhir.resources import JSON_MEDIA, JSON_TYPES, RESOURCE_TYPES, XML_TYPES, serialize
+from adapters.fhir.patch import PATCH_MEDIA, apply_patch, read_patch
+from adapters.fhir.resources import JSON_MEDIA, JSON_TYPES, RESOURCE_TYPES, XML_TYPES, serialize, write_json
 from gateway.adapter import Issue, ParseError
 from gateway.envelope import Envelope, Receipt, new_id
 from gateway.errors import AuthError, StoreUnavailable
@@ -51,6 +52,8 @@ BASE = http.BASE
 _ENTRY = re.compile(r"Bundle\.entry\[(\d+)\]")
 RESOURCE_MEDIA = JSON_TYPES | XML_TYPES
 FORM = frozenset({"application/x-www-form-urlencoded"})
+PATCH_RETRIES = 3
+"""Times a patch is applied again when another write made a new version between its read and its commit."""
 CLIENT_HINTS = frozenset({"_totalMethod"})
 """Query parameters some clients add that change nothing here (fhirpy's count() sends _totalMethod)."""
 MAX_TOTAL = 10_000
@@ -75,6 +78,7 @@ INTERACTIONS: tuple[Interaction, ...] = (
     Interaction("read", "instance", "GET", "/{rtype}/{rid}", "read"),
     Interaction("vread", "instance", "GET", "/{rtype}/{rid}/_history/{vid}", "read"),
     Interaction("update", "instance", "PUT", "/{rtype}/{rid}", "write"),
+    Interaction("patch", "instance", "PATCH", "/{rtype}/{rid}", "write"),
     Interaction("delete", "instance", "DELETE", "/{rtype}/{rid}", "write"),
     Interaction("history-instance", "instance", "GET", "/{rtype}/{rid}/_history", "read"),
     Interaction("history-type", "type", "GET", "/{rtype}/_history", "read"),
@@ -152,6 +156,13 @@ class FhirAPI:
         if media not in media_types:
             if media_types is FORM:
                 raise FhirError(415, "not-supported", "POST _search takes application/x-www-form-urlencoded.")
+            if media_types is PATCH_MEDIA:
+                raise FhirError(
+                    415,
+                    "not-supported",
+                    "PATCH takes JSON Patch (application/json-patch+json) or JSON Merge Patch "
+                    "(application/merge-patch+json); FHIRPath Patch is not supported.",
+                )
             raise FhirError(415, "not-supported", "Send application/fhir+json or application/fhir+xml.")
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
@@ -312,6 +323,55 @@ class FhirAPI:
         done = await self.write(env, await self.validated(env), perform)
         assert isinstance(done, Written)
         return self.written_reply(request, done)
+
+    async def patch(self, request: Request, rtype: str, rid: str) -> Response:
+        """A JSON Patch or merge patch (:mod:`adapters.fhir.patch`) applied to the current version and written
+        as its update.
+
+        Without If-Match, a write that lands between the read and the commit makes the patch apply again
+        to the newer version; with it, that is 412. The patched resource comes back only to a key that may
+        read the type: the patch was applied to content a write-only key has not seen."""
+        rtype = self.known_type(rtype)
+        who = self.principal(request, rtype, "write")
+        raw, media = await self.body(request, PATCH_MEDIA)
+        document = read_patch(raw, media)
+        if_match = bundle.if_match_version(request.headers.get("if-match"))
+        for attempt in range(1, PATCH_RETRIES + 1):
+            cur = self.store.read(lambda c: stored.current(c, rtype, rid))
+            if cur is None:
+                raise FhirError(404, "not-found", f"No {rtype} has this id.")
+            if cur.deleted:
+                raise FhirError(
+                    410, "deleted", f"The {rtype} was deleted.", headers=http.version_headers(cur)
+                )
+            if if_match is not None and if_match != cur.version:
+                raise FhirError(
+                    412,
+                    "conflict",
+                    "The If-Match version is not the resource's current version; read it again and retry.",
+                )
+            patched = apply_patch(interactions.body_of(cur), document)
+            env = await self.envelope(
+                request, who, write_json(patched), "application/fhir+json", "patch", rid
+            )
+            base = cur.version
+
+            def perform(
+                conn: sqlite3.Connection, mid: str, body: dict[str, Any] = env.body, base: int = base
+            ) -> Written:
+                return interactions.update(conn, body, rid, mid, if_match=base, method="PATCH")
+
+            try:
+                done = await self.write(env, await self.validated(env), perform)
+            except FhirError as exc:
+                if exc.status == 412 and if_match is None and attempt < PATCH_RETRIES:
+                    continue  # another write made a newer version meanwhile: patch that one
+                raise
+            assert isinstance(done, Written)
+            if not http.allowed(who, rtype, "read"):
+                done = replace(done, body=None)
+            return self.written_reply(request, done)
+        raise AssertionError("unreachable")  # the last attempt returns or raises
 
     async def conditional_update(self, request: Request, rtype: str) -> Response:
         rtype = self.known_type(rtype)
@@ -673,6 +733,7 @@ def mount(app: FastAPI, api: FhirAPI) -> None:
         ("GET", "/{rtype}/{rid}"): (api.read, False),
         ("GET", "/{rtype}/{rid}/_history/{vid}"): (api.vread, False),
         ("PUT", "/{rtype}/{rid}"): (api.update, True),
+        ("PATCH", "/{rtype}/{rid}"): (api.patch, True),
         ("DELETE", "/{rtype}/{rid}"): (api.delete, True),
         ("GET", "/{rtype}/{rid}/_history"): (lambda r, rtype, rid: api.history(r, rtype, rid), False),
         ("GET", "/{rtype}/_history"): (lambda r, rtype: api.history(r, rtype, None), False),

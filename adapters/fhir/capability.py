@@ -13,6 +13,7 @@ from functools import cache
 from typing import Any, Protocol
 
 from adapters.fhir import search
+from adapters.fhir.patch import JSON_PATCH, MERGE_PATCH
 from adapters.fhir.resources import RESOURCE_TYPES
 
 FHIR_VERSION = "4.0.1"
@@ -70,6 +71,7 @@ def capability_statement(interactions: Sequence[Implemented], base_url: str) -> 
         "implementation": {"description": "Connector gateway FHIR API", "url": base_url},
         "fhirVersion": FHIR_VERSION,
         "format": ["application/fhir+json", "application/fhir+xml"],
+        "patchFormat": [JSON_PATCH, MERGE_PATCH],
         "rest": [
             {
                 "mode": "server",

@@ -155,8 +155,10 @@ def update(
     message_id: str,
     *,
     if_match: int | None = None,
+    method: str = "PUT",
 ) -> Written:
-    """Update (or create with the client's id) ``rtype/rid``; ``If-Match`` must name the current version."""
+    """Update (or create with the client's id) ``rtype/rid``; ``If-Match`` must name the current version.
+    ``method`` is how history shows the new version (``PATCH`` for a patch)."""
     rtype = resource["resourceType"]
     cur = resources.current(conn, rtype, rid)
     live = cur is not None and not cur.deleted
@@ -172,7 +174,7 @@ def update(
             # the same content again (a redelivery, a replayed conversion): no new version, as HAPI does
             return Written(rtype, rid, cur.version, cur.last_updated, 200, "unchanged", now)
     version = cur.version + 1 if cur is not None else 1
-    stored, at = _put(conn, resource, rid, version, "PUT", message_id)
+    stored, at = _put(conn, resource, rid, version, method, message_id)
     return Written(rtype, rid, version, at, 200 if live else 201, "updated" if live else "created", stored)
 
 

@@ -113,6 +113,7 @@ def test_capability_statement_says_what_is_implemented(gw: Gateway) -> None:
     cap = CapabilityStatement.model_validate(r.json())
     assert cap.fhirVersion == "4.0.1"
     assert set(cap.format) == {"application/fhir+json", "application/fhir+xml"}
+    assert set(cap.patchFormat or []) == {"application/json-patch+json", "application/merge-patch+json"}
     rest = cap.rest[0]
     assert {i.code for i in rest.interaction} == {"transaction", "batch", "history-system"}
     by_type = {res.type: res for res in rest.resource}
@@ -123,6 +124,7 @@ def test_capability_statement_says_what_is_implemented(gw: Gateway) -> None:
         "read",
         "vread",
         "update",
+        "patch",
         "delete",
         "history-instance",
         "history-type",
@@ -474,7 +476,11 @@ def test_errors_are_operation_outcomes_with_the_right_status(gw: Gateway) -> Non
         assert h.get("/Patient/nope").status_code == 404
         assert outcome(h.get("/NotAType/1")).issue[0].code in ("not-supported", "not-found")
         assert h.get("/NotAType/1").status_code == 404
-        assert h.patch("/Patient/x", json={}).status_code == 405
+        assert h.post("/Patient/x", json={}).status_code == 405  # no interaction POSTs to an instance
+        fhirpath_patch = h.patch(
+            "/Patient/x", content=b"<Parameters/>", headers={"Content-Type": "application/fhir+xml"}
+        )
+        assert fhirpath_patch.status_code == 415 and outcome(fhirpath_patch).issue[0].code == "not-supported"
         assert h.get("/Patient", params={"favourite-colour": "red"}).status_code == 400
         lenient = h.get(
             "/Patient", params={"favourite-colour": "red"}, headers={"Prefer": "handling=lenient"}
@@ -707,3 +713,120 @@ def test_the_cli_lists_writes_with_their_whole_resource_type(gw: Gateway) -> Non
     header, *rows = listed.stdout.splitlines()
     assert "Observation" in {row.split()[2] for row in rows}  # not cut to the column's least width
     assert {row.index(" accepted ") + 1 for row in rows} == {header.index("STATUS")}  # columns line up
+
+
+JSON_PATCH = {"Content-Type": "application/json-patch+json"}
+
+
+def test_patch_with_json_patch_and_a_clients_merge_patch(gw: Gateway, sink: Receiver) -> None:
+    mark = marker()
+    fc = client(gw)
+    pat = fc.resource("Patient", **patient(mark, "Chalmers"))
+    pat.save()
+    before = len(sink.requests)
+    with http(gw) as h:
+        ops = [
+            {"op": "test", "path": "/name/0/family", "value": "Chalmers"},
+            {"op": "replace", "path": "/name/0/family", "value": "Windsor"},
+            {"op": "add", "path": "/telecom", "value": [{"system": "phone", "value": "555-0101"}]},
+            {"op": "remove", "path": "/name/0/given/1"},
+        ]
+        done = h.patch(f"/Patient/{pat.id}", json=ops, headers=JSON_PATCH)
+        assert done.status_code == 200 and done.headers["etag"] == 'W/"2"'
+        body = done.json()
+        assert (
+            body["name"][0] == {"family": "Windsor", "given": ["Peter"]} and body["meta"]["versionId"] == "2"
+        )
+        assert h.get(f"/Patient/{pat.id}").json()["telecom"][0]["value"] == "555-0101"
+        history = h.get(f"/Patient/{pat.id}/_history").json()
+        assert [e["request"]["method"] for e in history["entry"]] == ["PATCH", "POST"]
+        # the patched Patient is an envelope like any write: routed to the registry as it now is
+        assert wait_until(lambda: any(b"Windsor" in r.body for r in sink.requests[before:]))
+
+        # a failing test changes nothing and echoes no value
+        failed = h.patch(
+            f"/Patient/{pat.id}",
+            json=[
+                {"op": "test", "path": "/name/0/family", "value": "Secretvalue"},
+                {"op": "replace", "path": "/gender", "value": "female"},
+            ],
+            headers=JSON_PATCH,
+        )
+        assert failed.status_code == 422 and outcome(failed).issue[0].code == "processing"
+        assert "Operation 1 (test at /name/0/family)" in failed.text
+        assert "Secretvalue" not in failed.text and "Windsor" not in failed.text
+        missing = h.patch(
+            f"/Patient/{pat.id}",
+            json=[{"op": "replace", "path": "/address/0/city", "value": "X"}],
+            headers=JSON_PATCH,
+        )
+        assert missing.status_code == 422
+        assert h.get(f"/Patient/{pat.id}").headers["etag"] == 'W/"2"'
+
+        # malformed documents, and what a patch may not do
+        for bad in (
+            [],
+            {"op": "replace"},
+            [{"op": "frobnicate", "path": "/x"}],
+            [{"op": "add", "path": "x"}],
+        ):
+            r = h.patch(f"/Patient/{pat.id}", json=bad, headers=JSON_PATCH)
+            assert r.status_code == 400 and outcome(r).issue[0].code == "invalid", bad
+        moved = h.patch(
+            f"/Patient/{pat.id}",
+            json=[{"op": "replace", "path": "/id", "value": "other"}],
+            headers=JSON_PATCH,
+        )
+        assert moved.status_code == 422
+        invalid = h.patch(
+            f"/Patient/{pat.id}",
+            json=[{"op": "replace", "path": "/birthDate", "value": "Secret-date"}],
+            headers=JSON_PATCH,
+        )
+        assert invalid.status_code == 422 and "Secret" not in invalid.text  # validated like any write
+
+        # If-Match names the version the patch is for
+        stale = h.patch(
+            f"/Patient/{pat.id}",
+            json=[{"op": "replace", "path": "/gender", "value": "other"}],
+            headers={**JSON_PATCH, "If-Match": 'W/"1"'},
+        )
+        assert stale.status_code == 412
+        fresh = h.patch(
+            f"/Patient/{pat.id}",
+            json=[{"op": "replace", "path": "/gender", "value": "other"}],
+            headers={**JSON_PATCH, "If-Match": 'W/"2"'},
+        )
+        assert fresh.status_code == 200 and fresh.json()["meta"]["versionId"] == "3"
+        assert h.patch("/Patient/no-such-one", json=ops, headers=JSON_PATCH).status_code == 404
+
+        # decimals keep the digits they were written with
+        obs = h.post(
+            "/Observation",
+            json={"resourceType": "Observation", "status": "final", "code": {"text": "glucose"}},
+        ).json()
+        patched = h.patch(
+            f"/Observation/{obs['id']}",
+            content=b'[{"op": "add", "path": "/valueQuantity", "value": {"value": 7.10, "unit": "mmol/L"}}]',
+            headers=JSON_PATCH,
+        )
+        assert patched.status_code == 200 and b'"value":7.10' in h.get(f"/Observation/{obs['id']}").content
+
+    # fhirpy's patch() sends a merge patch as application/json: it works, and null removes a member
+    fc.reference("Patient", pat.id).patch(gender="female", telecom=None)
+    now = fc.reference("Patient", pat.id).to_resource()
+    assert now["gender"] == "female" and "telecom" not in now and now["meta"]["versionId"] == "4"
+
+    # a write-only key may patch, but does not get back what the resource says
+    with http(gw, WRITE_ONLY_KEY) as w:
+        blind = w.patch(
+            f"/Patient/{pat.id}",
+            json=[{"op": "replace", "path": "/gender", "value": "male"}],
+            headers=JSON_PATCH,
+        )
+        assert blind.status_code == 200 and not blind.content and blind.headers["etag"] == 'W/"5"'
+
+    # a deleted resource is gone for patches too
+    with http(gw) as h:
+        assert h.delete(f"/Patient/{pat.id}").status_code == 200
+        assert h.patch(f"/Patient/{pat.id}", json=ops, headers=JSON_PATCH).status_code == 410

@@ -57,6 +57,8 @@ PATCH_RETRIES = 3
 CLIENT_HINTS = frozenset({"_totalMethod"})
 """Query parameters some clients add that change nothing here (fhirpy's count() sends _totalMethod)."""
 MAX_TOTAL = 10_000
+MAX_INCLUDED = 1000
+"""Resources ``_include`` and ``_revinclude`` add to one page, at most (HAPI FHIR's default too)."""
 """A search counts its matches up to this many to answer ``Bundle.total``; past it the total is left out
 (the ``next`` link still pages on) unless ``_total=accurate`` or ``_summary=count`` asks for it."""
 
@@ -608,9 +610,15 @@ class FhirAPI:
                 found = stored.search(
                     conn, rtype, s.where, s.args, s.order_by, s.order_args, s.count, s.offset
                 )
-                return total, found, _included(conn, s.includes, found)
+                return (
+                    total,
+                    found,
+                    _included(conn, s.includes, found) + _revincluded(conn, s.revincludes, found),
+                )
 
         total, found, included = self.store.read(run)
+        cut = len(included) > MAX_INCLUDED
+        included = included[:MAX_INCLUDED]
         # an included resource is read too: only the types this key may read come back
         included = [v for v in included if http.allowed(who, v.type, "read")]
         base = http.base_url(request)
@@ -629,6 +637,15 @@ class FhirAPI:
             for mode, vs in (("match", found), ("include", included))
             for v in vs
         ]
+        if cut:
+            note = Issue(
+                "warning",
+                "too-costly",
+                "",
+                f"More resources are included than the {MAX_INCLUDED} one page may carry; "
+                "ask for fewer matches per page (_count).",
+            )
+            out["entry"].append({"resource": operation_outcome([note]), "search": {"mode": "outcome"}})
         if not out["entry"]:
             del out["entry"]
         if found or included:
@@ -684,6 +701,22 @@ def _included(
                     wanted.append((ttype, tid))
     matched = {(v.type, v.id) for v in found}
     return stored.current_many(conn, [w for w in wanted if w not in matched])
+
+
+def _revincluded(
+    conn: sqlite3.Connection, revincludes: Sequence[search.Include], found: Sequence[Version]
+) -> list[Version]:
+    """The resources that ``_revinclude`` asks for: those whose reference parameter names a match (each
+    once, none that is a match), one more than :data:`MAX_INCLUDED` at most, so that a cut is seen."""
+    if not revincludes or not found:
+        return []
+    refs = [f"{v.type}/{v.id}" for v in found]
+    wanted: dict[tuple[str, str], None] = {}
+    for inc in revincludes:
+        for ref in stored.referring(conn, [inc.param], refs, rtype=inc.source_type, limit=MAX_INCLUDED + 1):
+            wanted[ref] = None
+    matched = {(v.type, v.id) for v in found}
+    return stored.current_many(conn, [w for w in wanted if w not in matched][: MAX_INCLUDED + 1])
 
 
 def mount(app: FastAPI, api: FhirAPI) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from functools import cache
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from adapters.fhir import search
 from adapters.fhir.patch import JSON_PATCH, MERGE_PATCH
@@ -34,6 +34,20 @@ def _search_params(rtype: str) -> tuple[dict[str, str], ...]:
         {"name": name, "type": p.kind, **({"documentation": p.description} if p.description else {})}
         for name, p in sorted(params.items())
     )
+
+
+def _revincludes() -> dict[str, list[str]]:
+    """Per resource type, the ``Source:param`` reference parameters that can refer to it."""
+    out: dict[str, list[str]] = {}
+    for source in sorted(RESOURCE_TYPES - _NOT_RESOURCES):
+        for name, p in sorted(search.params_of(source).items()):
+            if p.kind == "reference":
+                for target in p.targets or sorted(RESOURCE_TYPES - _NOT_RESOURCES):
+                    out.setdefault(target, []).append(f"{source}:{name}")
+    return out
+
+
+_REVINCLUDES: Final = _revincludes()
 
 
 def capability_statement(interactions: Sequence[Implemented], base_url: str) -> dict[str, Any]:
@@ -61,6 +75,8 @@ def capability_statement(interactions: Sequence[Implemented], base_url: str) -> 
         )
         if includes:
             entry["searchInclude"] = includes
+        if rtype in _REVINCLUDES:
+            entry["searchRevInclude"] = _REVINCLUDES[rtype]
         resource_entries.append(entry)
     return {
         "resourceType": "CapabilityStatement",

@@ -45,7 +45,7 @@ def expunge_patient(conn: sqlite3.Connection, value: str, key_pseudonym: str) ->
     candidates = dict.fromkeys(
         [
             ("Patient", rid),
-            *resources.referring(conn, PATIENT_PARAMS, value),
+            *resources.referring(conn, PATIENT_PARAMS, [value]),
             *resources.written_for(conn, key_pseudonym),
         ]
     )

@@ -8,7 +8,8 @@ What lives here:
   dict) for the ``fhir_index`` table: one row per searchable value, deduplicated.
 * :func:`parse_search` — at search time, the query of ``GET /fhir/{type}?...`` as a :class:`Search`:
   a SQL boolean fragment over ``fhir_resources r`` (``?`` placeholders only), the ORDER BY, the page,
-  ``_summary``, ``_total``, ``_include`` and the parameters as understood (for Bundle links).
+  ``_summary``, ``_total``, ``_include``, ``_revinclude`` and the parameters as understood (for Bundle
+  links).
 
 Index rows (``fhir_index``: type, param, id, system, value, exact, low, high, num):
 
@@ -62,7 +63,7 @@ import functools
 import re
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from types import MappingProxyType
@@ -127,6 +128,8 @@ class Search:
     total: bool
     includes: tuple[Include, ...]
     echo: tuple[tuple[str, str], ...]
+    revincludes: tuple[Include, ...] = ()
+    """``_revinclude``: resources of ``source_type`` whose ``param`` refers to a match."""
 
 
 # --- the resource types a reference may name --------------------------------------------------------
@@ -935,6 +938,7 @@ class _Query:
     includes: list[tuple[Include, str]]
     count: int = _DEFAULT_COUNT
     offset: int = 0
+    revincludes: list[tuple[Include, str]] = field(default_factory=list)
 
 
 MAX_ALTERNATIVES: Final = 100
@@ -1057,6 +1061,20 @@ def _add_include(q: _Query, raw: str) -> None:
     q.includes.append((Include(q.rtype, p.name, target), raw))
 
 
+def _add_revinclude(q: _Query, raw: str) -> None:
+    if raw == "*":
+        raise _unsupported("_revinclude=* is not supported; name the parameter, as Type:param.")
+    parts = raw.split(":")
+    if len(parts) not in (2, 3) or parts[0] not in RESOURCE_TYPES:
+        raise _invalid(f"_revinclude must be Type:param or Type:param:{q.rtype}, Type a resource type.")
+    p = params_of(parts[0]).get(parts[1])
+    if p is None or p.kind != "reference":
+        raise _invalid(f"_revinclude must name a reference search parameter of {parts[0]}.")
+    if (p.targets and q.rtype not in p.targets) or (len(parts) == 3 and parts[2] != q.rtype):
+        raise _invalid(f"Search parameter {parts[0]}:{p.name} cannot refer to a {q.rtype}.")
+    q.revincludes.append((Include(parts[0], p.name, q.rtype), raw))
+
+
 _CONTROLS: Final[Mapping[str, Callable[[_Query, str], None]]] = {
     "_count": _set_count,
     "_offset": _set_offset,
@@ -1064,6 +1082,7 @@ _CONTROLS: Final[Mapping[str, Callable[[_Query, str], None]]] = {
     "_total": _set_total,
     "_sort": _set_sort,
     "_include": _add_include,
+    "_revinclude": _add_revinclude,
 }
 
 
@@ -1140,6 +1159,7 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, stric
     )
     options = [q.options[k] for k in ("_sort", "_summary", "_total") if k in q.options]
     includes = [("_include", raw) for raw in sorted({raw for _, raw in q.includes})]
+    includes += [("_revinclude", raw) for raw in sorted({raw for _, raw in q.revincludes})]
     where, args = _where(q.clauses)
     return Search(
         resource_type=resource_type,
@@ -1153,4 +1173,5 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, stric
         total=q.options.get("_total", ("", ""))[1] != "none",
         includes=tuple(dict.fromkeys(i for i, _ in q.includes)),
         echo=(*sorted(q.echo), *options, *includes),
+        revincludes=tuple(dict.fromkeys(i for i, _ in q.revincludes)),
     )

@@ -97,12 +97,27 @@ def versions_of(conn: sqlite3.Connection, rtype: str, rid: str) -> list[Version]
     return [_version(r) for r in rows]
 
 
-def referring(conn: sqlite3.Connection, params: Sequence[str], value: str) -> list[tuple[str, str]]:
-    """(type, id) of the current resources whose index rows of ``params`` hold ``value`` (a reference
-    such as ``Patient/p1``)."""
-    marks = ",".join("?" * len(params))
-    sql = f"SELECT DISTINCT type, id FROM fhir_index WHERE value = ? AND param IN ({marks})"  # noqa: S608
-    return [(r[0], r[1]) for r in conn.execute(sql, [value, *params])]
+def referring(
+    conn: sqlite3.Connection,
+    params: Sequence[str],
+    values: Sequence[str],
+    *,
+    rtype: str | None = None,
+    limit: int | None = None,
+) -> list[tuple[str, str]]:
+    """(type, id) of the current resources (of ``rtype``, when given) whose index rows of ``params``
+    hold one of ``values`` (references such as ``Patient/p1``), at most ``limit`` of them."""
+    sql = "SELECT DISTINCT type, id FROM fhir_index WHERE"
+    args: list[Any] = []
+    if rtype is not None:
+        sql += " type = ? AND"
+        args.append(rtype)
+    sql += f" param IN ({','.join('?' * len(params))}) AND value IN ({','.join('?' * len(values))})"
+    args += [*params, *values]
+    if limit is not None:
+        sql += " LIMIT ?"
+        args.append(limit)
+    return [(r[0], r[1]) for r in conn.execute(sql, args)]
 
 
 def written_for(conn: sqlite3.Connection, key_pseudonym: str) -> list[tuple[str, str]]:

@@ -830,3 +830,93 @@ def test_patch_with_json_patch_and_a_clients_merge_patch(gw: Gateway, sink: Rece
     with http(gw) as h:
         assert h.delete(f"/Patient/{pat.id}").status_code == 200
         assert h.patch(f"/Patient/{pat.id}", json=ops, headers=JSON_PATCH).status_code == 410
+
+
+def test_revinclude_brings_the_resources_that_refer_to_the_matches(gw: Gateway) -> None:
+    mark = marker()
+    with http(gw) as h:
+        pids = [h.post("/Patient", json=patient(f"{mark}-{n}")).json()["id"] for n in range(2)]
+        observations = {
+            pid: [
+                h.post(
+                    "/Observation",
+                    json={
+                        "resourceType": "Observation",
+                        "status": "final",
+                        "code": {"text": f"revinclude {n}"},
+                        "subject": {"reference": f"Patient/{pid}"},
+                    },
+                ).json()["id"]
+                for n in range(2)
+            ]
+            for pid in pids
+        }
+        gone = observations[pids[0]][1]
+        assert h.delete(f"/Observation/{gone}").status_code == 200  # deleted ones are not included
+
+        found = h.get(
+            "/Patient", params={"identifier": f"{SYSTEM}|{mark}-0", "_revinclude": "Observation:subject"}
+        ).json()
+        entries = [
+            (e["search"]["mode"], e["resource"]["resourceType"], e["resource"]["id"]) for e in found["entry"]
+        ]
+        assert entries == [
+            ("match", "Patient", pids[0]),
+            ("include", "Observation", observations[pids[0]][0]),
+        ]
+        assert found["total"] == 1  # included resources do not count as matches
+        assert "_revinclude=Observation%3Asubject" in found["link"][0]["url"]
+
+        both = h.get(
+            "/Patient",
+            params={"_id": ",".join(pids), "_revinclude": "Observation:patient", "_count": "1"},
+        ).json()
+        included = {e["resource"]["id"] for e in both["entry"] if e["search"]["mode"] == "include"}
+        matched = next(e["resource"]["id"] for e in both["entry"] if e["search"]["mode"] == "match")
+        assert included == {o for o in observations[matched] if o != gone}  # only the page's matches'
+
+        for bad in (
+            "Observation",
+            "Observation:code",
+            "Nothing:subject",
+            "Observation:subject:Group",
+            "Patient:general-practitioner",
+        ):
+            r = h.get("/Patient", params={"_id": pids[0], "_revinclude": bad})
+            assert r.status_code == 400 and outcome(r).issue[0].code == "invalid", bad
+
+    with http(gw, PATIENT_ONLY_KEY) as narrow:  # included resources are reads: only types this key may read
+        limited = narrow.get("/Patient", params={"_id": pids[1], "_revinclude": "Observation:subject"}).json()
+        assert [e["resource"]["resourceType"] for e in limited["entry"]] == ["Patient"]
+
+    with http(gw) as h:
+        cap = h.get("/metadata").json()
+        patient_entry = next(r for r in cap["rest"][0]["resource"] if r["type"] == "Patient")
+        assert {"Observation:subject", "Observation:patient", "Encounter:subject"} <= set(
+            patient_entry["searchRevInclude"]
+        )
+
+
+def test_revinclude_stops_at_a_thousand_and_says_so(gw: Gateway) -> None:
+    mark = marker()
+    with http(gw) as h:
+        pid = h.post("/Patient", json=patient(mark)).json()["id"]
+        entries = [
+            {
+                "resource": {
+                    "resourceType": "Observation",
+                    "status": "final",
+                    "code": {"text": f"many {n}"},
+                    "subject": {"reference": f"Patient/{pid}"},
+                },
+                "request": {"method": "POST", "url": "Observation"},
+            }
+            for n in range(1001)
+        ]
+        made = h.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": entries})
+        assert made.status_code == 200
+        found = h.get("/Patient", params={"_id": pid, "_revinclude": "Observation:subject"}).json()
+    modes = [e["search"]["mode"] for e in found["entry"]]
+    assert modes.count("match") == 1 and modes.count("include") == 1000 and modes[-1] == "outcome"
+    warning = found["entry"][-1]["resource"]["issue"][0]
+    assert warning["severity"] == "warning" and "1000" in warning["diagnostics"]

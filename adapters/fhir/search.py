@@ -27,7 +27,9 @@ Index rows (``fhir_index``: type, param, id, system, value, exact, low, high, nu
   reaching ``9999-12-31T23:59:59.999999Z`` and a missing start ``0001-01-01T00:00:00.000000Z``.
 * **reference** — ``value`` is ``Type/id`` for relative references (``/_history/n`` dropped) and the
   URL for absolute ones; ``urn:uuid:``, ``#contained`` and conditional (``Type?...``) references are
-  not indexed. A parameter with ``targets`` only indexes references to those types.
+  not indexed. A parameter with ``targets`` only indexes references to those types. A chained
+  parameter (``subject:Patient.identifier``) finds the rows whose value is ``Patient/<id>`` for the
+  ids that the chained parameter finds among Patients: one link deep, all in the index.
 * **quantity** — ``num`` the value, ``system`` and ``value`` the unit system and code (the unit
   when there is no code); when both a code and a different unit are given, a second row carries the
   unit with system ``''`` so that ``number||unit`` finds it too. **number** — ``num`` only.
@@ -1122,6 +1124,56 @@ def _order(rtype: str, params: Mapping[str, SearchParam], raw: str) -> tuple[str
     return ", ".join(terms), tuple(args)
 
 
+def _chain(q: _Query, raw_name: str, strict: bool) -> Callable[[str], None] | None:
+    """The handler of a chained parameter, ``ref[:Type].param[:modifier]``: the resources whose reference
+    ``ref`` names a ``Type`` that ``param`` finds (one link; ``:Type`` may be left out when ``ref`` can
+    name only one type). ``None`` to ignore an unknown one when not ``strict``."""
+    head, _, tail = raw_name.partition(".")
+    rname, _, rtype = head.partition(":")
+    cname, _, cmodifier = tail.partition(":")
+    ref = q.params.get(rname)
+    if "." in tail:
+        raise _unsupported("Chains of more than one link are not supported.")
+    if ref is None or ref.kind != "reference":
+        if not strict and ref is None:
+            return None
+        raise _invalid(f"Only reference search parameters of {q.rtype} chain; {_shown(rname)} is not one.")
+    if rtype and (rtype not in RESOURCE_TYPES or (ref.targets and rtype not in ref.targets)):
+        raise _invalid(f"Search parameter {ref.name} does not refer to {_shown(rtype)}.")
+    targets = (rtype,) if rtype else ref.targets
+    if len(targets) != 1:
+        raise _invalid(f"Name the type {ref.name} refers to in the chain, as {ref.name}:Type.{_shown(tail)}.")
+    target = targets[0]
+    child = params_of(target).get(cname)
+    if child is None or child.name in ("_id", "_lastUpdated"):
+        if not strict:
+            return None
+        raise _unsupported(f"Unknown search parameter {_shown(cname)} for {target} in the chain.")
+    if (cmodifier and cmodifier not in _MODIFIERS.get(child.kind, ())) or cmodifier in ("missing", "not"):
+        raise _unsupported(f"Search parameter {child.name} takes no such modifier in a chain.")
+    matcher = _MATCHERS[child.kind]
+
+    def add(raw: str) -> None:
+        conds = [matcher(child, cmodifier, a) for a in _alternatives(raw)]
+        # the references that name a target the child parameter finds (values are stored as Type/id)
+        named = " UNION ALL ".join(
+            f"SELECT ? || id FROM fhir_index WHERE type = ? AND param = ? AND {sql}"  # noqa: S608 (placeholders)
+            for sql, _ in conds
+        )
+        named_args = tuple(a for _, args in conds for a in (f"{target}/", target, child.name, *args))
+        q.clauses.append(
+            _Clause(
+                _RANK["reference"],
+                f"r.id IN ({_SUB} AND value IN ({named}))",
+                (q.rtype, ref.name, *named_args),
+                f"EXISTS ({_ROWS_OF_R} AND value IN ({named}))",
+                (q.rtype, ref.name, *named_args),
+            )
+        )
+
+    return add
+
+
 def _handler(q: _Query, name: str, modifier: str, strict: bool) -> Callable[[str], None] | None:
     """What to do with the values of query parameter ``name:modifier``; ``None`` to ignore it."""
     control = _CONTROLS.get(name)
@@ -1133,8 +1185,7 @@ def _handler(q: _Query, name: str, modifier: str, strict: bool) -> Callable[[str
     if p is not None:
         return _add_criterion(q, p, modifier)
     if strict:
-        chained = " (chained parameters are not supported)" if "." in name else ""
-        raise _unsupported(f"Unknown search parameter {_shown(name)} for {q.rtype}{chained}.")
+        raise _unsupported(f"Unknown search parameter {_shown(name)} for {q.rtype}.")
     return None
 
 
@@ -1148,7 +1199,7 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, stric
         name, _, modifier = raw_name.partition(":")
         if name in _IGNORED:
             continue
-        handle = _handler(q, name, modifier, strict)
+        handle = _chain(q, raw_name, strict) if "." in raw_name else _handler(q, name, modifier, strict)
         if handle is None or not raw_value.strip(","):
             continue
         handle(raw_value)

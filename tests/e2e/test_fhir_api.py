@@ -832,7 +832,7 @@ def test_patch_with_json_patch_and_a_clients_merge_patch(gw: Gateway, sink: Rece
         assert h.patch(f"/Patient/{pat.id}", json=ops, headers=JSON_PATCH).status_code == 410
 
 
-def test_revinclude_brings_the_resources_that_refer_to_the_matches(gw: Gateway) -> None:
+def test_revinclude_and_chains_follow_references_both_ways(gw: Gateway) -> None:
     mark = marker()
     with http(gw) as h:
         pids = [h.post("/Patient", json=patient(f"{mark}-{n}")).json()["id"] for n in range(2)]
@@ -884,6 +884,14 @@ def test_revinclude_brings_the_resources_that_refer_to_the_matches(gw: Gateway) 
         ):
             r = h.get("/Patient", params={"_id": pids[0], "_revinclude": bad})
             assert r.status_code == 400 and outcome(r).issue[0].code == "invalid", bad
+
+    # chained search, as fhirpy writes it (subject__Patient__identifier → subject:Patient.identifier)
+    fc = client(gw)
+    chained = (
+        fc.resources("Observation").search(subject__Patient__identifier=f"{SYSTEM}|{mark}-1").fetch_all()
+    )
+    assert sorted(o.id for o in chained) == sorted(observations[pids[1]])
+    assert fc.resources("Observation").search(patient__identifier=f"{SYSTEM}|{mark}-0").count() == 1
 
     with http(gw, PATIENT_ONLY_KEY) as narrow:  # included resources are reads: only types this key may read
         limited = narrow.get("/Patient", params={"_id": pids[1], "_revinclude": "Observation:subject"}).json()

@@ -579,7 +579,37 @@ def test_unknown_parameter_strict_and_lenient(db: sqlite3.Connection) -> None:
     assert found(db, "Patient", "colour=blue", "gender=male", strict=False) == ["p2", "p3"]
     unsafe = error("Patient", "<b>Smith</b>=1")
     assert "Smith" not in str(unsafe) and "an unknown search parameter" in str(unsafe)
-    assert "chained" in str(error("Observation", "subject.name=peter"))
+    assert "Name the type subject refers to" in str(error("Observation", "subject.name=peter"))
+    lenient = found(db, "Observation", "patient.colour=blue", "status=final", strict=False)
+    assert lenient == found(db, "Observation", "status=final")  # an unknown chained parameter is ignored
+
+
+def test_chained_parameters_find_resources_by_what_they_refer_to(db: sqlite3.Connection) -> None:
+    # o1 and o2 name p1 (o2 by a versioned reference), o3 names p2, o4 a Group, o5 a server elsewhere
+    assert found(db, "Observation", f"subject:Patient.identifier={MRN}|MRN-1") == ["o1", "o2"]
+    assert found(db, "Observation", "subject:Patient.identifier=MRN-1") == ["o1", "o2", "o3"]  # any system
+    assert found(db, "Observation", "patient.family=muller") == ["o1", "o2"]  # one target: no :Type needed
+    assert found(db, "Observation", "patient.family=m") == ["o1", "o2", "o3"]
+    assert found(db, "Observation", "patient.family:exact=Mueller") == ["o3"]
+    assert found(db, "Observation", "patient.gender=male,female", "code=http://loinc.org|29463-7") == ["o3"]
+    assert found(db, "Observation", "patient.birthdate=lt1980-01-01") == []  # p3 has no observation
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "subject.name=x",  # subject may name any type: which one?
+        "status.name=x",  # not a reference
+        "subject:Nothing.name=x",
+        "patient:Group.name=x",  # patient names Patients only
+        "patient.identifier.system=x",  # two links
+        "patient.colour=blue",
+        "patient.name:missing=true",
+        "patient._id=p1",
+    ],
+)
+def test_chains_that_cannot_be_answered_are_400(query: str) -> None:
+    error("Observation", query)
 
 
 @pytest.mark.parametrize(

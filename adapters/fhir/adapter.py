@@ -217,6 +217,8 @@ class FhirAdapter:
         if body["resourceType"] == "Bundle":
             headers["entries"] = str(len(entries) if isinstance(entries, list) else 0)
         patient = patient_of(body)
+        if not patient and body["resourceType"] == "Patient" and headers["resource_id"]:
+            patient = f"Patient/{headers['resource_id']}"  # a create: the id the server gave it
         return Envelope(
             id=new_id(),
             received_at=receipt.received_at,

@@ -52,15 +52,15 @@ BASE = http.BASE
 _ENTRY = re.compile(r"Bundle\.entry\[(\d+)\]")
 RESOURCE_MEDIA = JSON_TYPES | XML_TYPES
 FORM = frozenset({"application/x-www-form-urlencoded"})
-PATCH_RETRIES = 3
+PATCH_RETRIES = 10
 """Times a patch is applied again when another write made a new version between its read and its commit."""
 CLIENT_HINTS = frozenset({"_totalMethod"})
 """Query parameters some clients add that change nothing here (fhirpy's count() sends _totalMethod)."""
 MAX_TOTAL = 10_000
-MAX_INCLUDED = 1000
-"""Resources ``_include`` and ``_revinclude`` add to one page, at most (HAPI FHIR's default too)."""
 """A search counts its matches up to this many to answer ``Bundle.total``; past it the total is left out
 (the ``next`` link still pages on) unless ``_total=accurate`` or ``_summary=count`` asks for it."""
+MAX_INCLUDED = 1000
+"""Resources ``_include`` and ``_revinclude`` add to one page, at most (HAPI FHIR's default too)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +92,10 @@ INTERACTIONS: tuple[Interaction, ...] = (
     Interaction("batch", "system", "POST", "", "write"),
     Interaction("history-system", "system", "GET", "/_history", "read"),
 )
+
+
+class _Raced(Exception):
+    """Another write made a newer version between a patch's read and its commit."""
 
 
 class FhirAPI:
@@ -330,15 +334,17 @@ class FhirAPI:
         """A JSON Patch or merge patch (:mod:`adapters.fhir.patch`) applied to the current version and written
         as its update.
 
-        Without If-Match, a write that lands between the read and the commit makes the patch apply again
-        to the newer version; with it, that is 412. The patched resource comes back only to a key that may
-        read the type: the patch was applied to content a write-only key has not seen."""
+        A patch reads what it changes (a failing ``test`` tells whether a value is there), so it needs read
+        access to the type as well as write. With If-Match the patch is for that version only (412
+        otherwise); without it, a write that lands between the read and the commit makes the patch apply
+        again to the newer version, and after :data:`PATCH_RETRIES` such races the answer is 409."""
         rtype = self.known_type(rtype)
         who = self.principal(request, rtype, "write")
+        self.principal(request, rtype, "read", who)
         raw, media = await self.body(request, PATCH_MEDIA)
         document = read_patch(raw, media)
         if_match = bundle.if_match_version(request.headers.get("if-match"))
-        for attempt in range(1, PATCH_RETRIES + 1):
+        for _ in range(PATCH_RETRIES):
             cur = self.store.read(lambda c: stored.current(c, rtype, rid))
             if cur is None:
                 raise FhirError(404, "not-found", f"No {rtype} has this id.")
@@ -356,24 +362,24 @@ class FhirAPI:
             env = await self.envelope(
                 request, who, write_json(patched), "application/fhir+json", "patch", rid
             )
-            base = cur.version
 
             def perform(
-                conn: sqlite3.Connection, mid: str, body: dict[str, Any] = env.body, base: int = base
+                conn: sqlite3.Connection, mid: str, body: dict[str, Any] = env.body, base: int = cur.version
             ) -> Written:
-                return interactions.update(conn, body, rid, mid, if_match=base, method="PATCH")
+                now = stored.current(conn, rtype, rid)
+                if now is None or now.deleted or now.version != base:
+                    raise _Raced  # nothing is kept of this attempt; the loop reads the resource again
+                return interactions.update(conn, body, rid, mid, method="PATCH")
 
             try:
                 done = await self.write(env, await self.validated(env), perform)
-            except FhirError as exc:
-                if exc.status == 412 and if_match is None and attempt < PATCH_RETRIES:
-                    continue  # another write made a newer version meanwhile: patch that one
-                raise
+            except _Raced:
+                continue
             assert isinstance(done, Written)
-            if not http.allowed(who, rtype, "read"):
-                done = replace(done, body=None)
             return self.written_reply(request, done)
-        raise AssertionError("unreachable")  # the last attempt returns or raises
+        raise FhirError(
+            409, "conflict", "The resource kept changing while the patch was applied; send the patch again."
+        )
 
     async def conditional_update(self, request: Request, rtype: str) -> Response:
         rtype = self.known_type(rtype)
@@ -594,6 +600,8 @@ class FhirAPI:
         lenient = "handling=lenient" in request.headers.get("prefer", "")
         params = [(k, v) for k, v in params if k not in CLIENT_HINTS]
         s = search.parse_search(rtype, params, strict=not lenient)
+        for chained in sorted(s.chained):  # a chain reads the type it searches
+            self.principal(request, chained, "read", who)
 
         fmt = http.response_format(request)
 
@@ -610,17 +618,16 @@ class FhirAPI:
                 found = stored.search(
                     conn, rtype, s.where, s.args, s.order_by, s.order_args, s.count, s.offset
                 )
-                return (
-                    total,
-                    found,
-                    _included(conn, s.includes, found) + _revincluded(conn, s.revincludes, found),
-                )
+                included = _included(conn, s.includes, found)
+                seen = {(v.type, v.id) for v in included}
+                revincluded = _revincluded(conn, s.revincludes, found)
+                return total, found, included + [v for v in revincluded if (v.type, v.id) not in seen]
 
         total, found, included = self.store.read(run)
-        cut = len(included) > MAX_INCLUDED
-        included = included[:MAX_INCLUDED]
         # an included resource is read too: only the types this key may read come back
         included = [v for v in included if http.allowed(who, v.type, "read")]
+        cut = len(included) > MAX_INCLUDED
+        included = included[:MAX_INCLUDED]
         base = http.base_url(request)
         out: dict[str, Any] = {"resourceType": "Bundle", "id": new_id(), "type": "searchset"}
         if total is not None:
@@ -713,7 +720,7 @@ def _revincluded(
     refs = [f"{v.type}/{v.id}" for v in found]
     wanted: dict[tuple[str, str], None] = {}
     for inc in revincludes:
-        for ref in stored.referring(conn, [inc.param], refs, rtype=inc.source_type, limit=MAX_INCLUDED + 1):
+        for ref in stored.referring(conn, inc.source_type, [inc.param], refs, MAX_INCLUDED + 1):
             wanted[ref] = None
     matched = {(v.type, v.id) for v in found}
     return stored.current_many(conn, [w for w in wanted if w not in matched][: MAX_INCLUDED + 1])

@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import re
 import sqlite3
+from typing import Final
 
+from adapters.fhir import search
 from adapters.fhir.adapter import patient_of
 from adapters.fhir.interactions import body_of
-from adapters.fhir.resources import ID_PATTERN
+from adapters.fhir.resources import ID_PATTERN, RESOURCE_TYPES
 from gateway.store import resources
 
 PATIENT_PARAMS = ("subject", "patient", "beneficiary")
@@ -36,16 +38,34 @@ PATIENT_PARAMS = ("subject", "patient", "beneficiary")
 _ID = re.compile(ID_PATTERN)
 
 
+def _filing() -> dict[str, list[str]]:
+    """Per resource type, which of :data:`PATIENT_PARAMS` it has: one indexed lookup each."""
+    out: dict[str, list[str]] = {}
+    for rtype in sorted(RESOURCE_TYPES):
+        params = search.params_of(rtype)
+        names = [n for n in PATIENT_PARAMS if n in params and params[n].kind == "reference"]
+        if names:
+            out[rtype] = names
+    return out
+
+
+_FILING: Final = _filing()
+
+
 def expunge_patient(conn: sqlite3.Connection, value: str, key_pseudonym: str) -> int:
     """Expunge what the FHIR store holds about the patient ``value`` (``Patient/<id>``); the number of
     resources removed or cut down. Any other kind of subject value holds nothing here: 0."""
-    rtype, _, rid = value.partition("/")
-    if rtype != "Patient" or not _ID.fullmatch(rid):
+    kind, _, rid = value.partition("/")
+    if kind != "Patient" or not _ID.fullmatch(rid):
         return 0
     candidates = dict.fromkeys(
         [
             ("Patient", rid),
-            *resources.referring(conn, PATIENT_PARAMS, [value]),
+            *(
+                ref
+                for rtype, names in _FILING.items()
+                for ref in resources.referring(conn, rtype, names, [value])
+            ),
             *resources.written_for(conn, key_pseudonym),
         ]
     )

@@ -29,6 +29,7 @@ applied to, validated like any other write.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -67,7 +68,7 @@ def read_patch(raw: bytes, media: str) -> Patch:
     not one."""
     try:
         doc = load_json(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # (nesting deeper than the parser's stack)
         raise FhirError(400, "invalid", "The body is not JSON.") from None
     if media == MERGE_PATCH or (media == "application/json" and isinstance(doc, dict)):
         if not isinstance(doc, dict):
@@ -80,7 +81,7 @@ def read_patch(raw: bytes, media: str) -> Patch:
             400, "too-costly", f"A JSON Patch document may hold at most {MAX_OPERATIONS} operations."
         )
     for n, op in enumerate(doc, 1):
-        if not isinstance(op, dict) or op.get("op") not in _NEEDS:
+        if not isinstance(op, dict) or not isinstance(op.get("op"), str) or op["op"] not in _NEEDS:
             raise FhirError(
                 400, "invalid", f"Operation {n} must be an object whose op is one of {', '.join(_NEEDS)}."
             )
@@ -134,6 +135,16 @@ def _merge(target: Any, patch: Any) -> Any:
     return out
 
 
+_STEP = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}|\d{1,6}|-")
+"""A pointer step an error may show: a FHIR element name, an array index, or the end of an array."""
+
+
 def _shown(pointer: str) -> str:
-    """A pointer as an error may show it: its structure (member names, indexes), at most 120 characters."""
-    return pointer[:120] or "the root"
+    """A pointer as an error may show it: only when every step is an element name or an index (a step
+    could be anything the client typed, values included), and at most 120 characters."""
+    if not pointer:
+        return "the root"
+    steps = pointer[1:].split("/")
+    if len(pointer) > 120 or not all(_STEP.fullmatch(step) for step in steps):
+        return "its path"
+    return pointer

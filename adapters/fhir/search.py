@@ -132,6 +132,9 @@ class Search:
     echo: tuple[tuple[str, str], ...]
     revincludes: tuple[Include, ...] = ()
     """``_revinclude``: resources of ``source_type`` whose ``param`` refers to a match."""
+    chained: frozenset[str] = frozenset()
+    """The types chained parameters search (``subject:Patient.name``: Patient): the caller must be
+    allowed to read them, as the search tells what they hold."""
 
 
 # --- the resource types a reference may name --------------------------------------------------------
@@ -941,6 +944,7 @@ class _Query:
     count: int = _DEFAULT_COUNT
     offset: int = 0
     revincludes: list[tuple[Include, str]] = field(default_factory=list)
+    chained: set[str] = field(default_factory=set)
 
 
 MAX_ALTERNATIVES: Final = 100
@@ -1152,6 +1156,7 @@ def _chain(q: _Query, raw_name: str, strict: bool) -> Callable[[str], None] | No
     if (cmodifier and cmodifier not in _MODIFIERS.get(child.kind, ())) or cmodifier in ("missing", "not"):
         raise _unsupported(f"Search parameter {child.name} takes no such modifier in a chain.")
     matcher = _MATCHERS[child.kind]
+    q.chained.add(target)
 
     def add(raw: str) -> None:
         conds = [matcher(child, cmodifier, a) for a in _alternatives(raw)]
@@ -1225,4 +1230,5 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, stric
         includes=tuple(dict.fromkeys(i for i, _ in q.includes)),
         echo=(*sorted(q.echo), *options, *includes),
         revincludes=tuple(dict.fromkeys(i for i, _ in q.revincludes)),
+        chained=frozenset(q.chained),
     )

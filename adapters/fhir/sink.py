@@ -106,7 +106,8 @@ from gateway.sinks.http import (
 __all__ = ["FHIRSink"]
 
 ACCEPT: Final = "application/fhir+json"
-RESOURCE_WRITES: Final = frozenset({"create", "update", "conditional-update"})
+RESOURCE_WRITES: Final = frozenset({"create", "update", "conditional-update", "patch"})
+"""Interactions whose envelope carries the whole resource as it now is (a patch: the patched resource)."""
 DELETED: Final = frozenset({200, 202, 204, 404, 410})
 """What a DELETE may answer when the resource is gone afterwards (404, 410: it was gone already)."""
 RETRYABLE_4XX: Final = frozenset({408, 409, 412, 429})
@@ -171,7 +172,7 @@ class FHIRSink:
         else:
             raise self._rejected(
                 "unsupported_interaction",
-                "the message's interaction is none of create, update, conditional-update, delete, bundle",
+                "the message's interaction is none of create, update, conditional-update, patch, delete, bundle",
             )
 
     async def _put(self, delivery: Delivery) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -817,14 +818,33 @@ def test_patch_with_json_patch_and_a_clients_merge_patch(gw: Gateway, sink: Rece
     now = fc.reference("Patient", pat.id).to_resource()
     assert now["gender"] == "female" and "telecom" not in now and now["meta"]["versionId"] == "4"
 
-    # a write-only key may patch, but does not get back what the resource says
+    # a patch reads what it changes (a failing test is an answer): a write-only key may not patch
     with http(gw, WRITE_ONLY_KEY) as w:
-        blind = w.patch(
-            f"/Patient/{pat.id}",
-            json=[{"op": "replace", "path": "/gender", "value": "male"}],
-            headers=JSON_PATCH,
+        probe = [{"op": "test", "path": "/gender", "value": "female"}]
+        refused = w.patch(f"/Patient/{pat.id}", json=probe, headers=JSON_PATCH)
+        assert refused.status_code == 403 and outcome(refused).issue[0].code == "forbidden"
+
+    # concurrent patches without If-Match: each applies to the version it finds, none is lost
+    def add_given(n: int) -> int:
+        with http(gw) as h:
+            op = [{"op": "add", "path": "/name/0/given/-", "value": f"Given{n}"}]
+            return h.patch(f"/Patient/{pat.id}", json=op, headers=JSON_PATCH).status_code
+
+    given_before = len(fc.reference("Patient", pat.id).to_resource()["name"][0]["given"])
+    with ThreadPoolExecutor(6) as pool:
+        statuses = list(pool.map(add_given, range(6)))
+    assert set(statuses) <= {200, 409} and statuses.count(200) >= 1
+    given = fc.reference("Patient", pat.id).to_resource()["name"][0]["given"]
+    assert len(given) == given_before + statuses.count(200)  # no patch overwrote another
+    with http(gw) as h:
+        odd = h.patch(
+            f"/Patient/{pat.id}", json=[{"op": "remove", "path": "/Jane Doe 123-45-6789"}], headers=JSON_PATCH
         )
-        assert blind.status_code == 200 and not blind.content and blind.headers["etag"] == 'W/"5"'
+        assert odd.status_code == 422 and "Jane" not in odd.text and "123-45" not in odd.text
+        weird = h.patch(f"/Patient/{pat.id}", json=[{"op": ["add"], "path": "/x"}], headers=JSON_PATCH)
+        assert weird.status_code == 400
+        deep = h.patch(f"/Patient/{pat.id}", content=b"[" * 5000 + b"]" * 5000, headers=JSON_PATCH)
+        assert deep.status_code == 400
 
     # a deleted resource is gone for patches too
     with http(gw) as h:
@@ -892,6 +912,10 @@ def test_revinclude_and_chains_follow_references_both_ways(gw: Gateway) -> None:
     )
     assert sorted(o.id for o in chained) == sorted(observations[pids[1]])
     assert fc.resources("Observation").search(patient__identifier=f"{SYSTEM}|{mark}-0").count() == 1
+
+    with http(gw, OBSERVATION_ONLY_KEY) as lab:  # a chain reads the type it searches: Patients here
+        assert lab.get("/Observation", params={"patient.family": "chalmers"}).status_code == 403
+        assert lab.get("/Observation", params={"subject": f"Patient/{pids[0]}"}).status_code == 200
 
     with http(gw, PATIENT_ONLY_KEY) as narrow:  # included resources are reads: only types this key may read
         limited = narrow.get("/Patient", params={"_id": pids[1], "_revinclude": "Observation:subject"}).json()

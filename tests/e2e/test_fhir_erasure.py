@@ -65,12 +65,10 @@ def test_erasing_a_patient_expunges_its_fhir_resources(tmp_path: Path) -> None:
         ).start()
         try:
             fc = SyncFHIRClient(f"{gw.http_url}/fhir", authorization=f"Bearer {FHIR_KEY}")
-            for pid, family in (
-                ("erase-me-1", erased_name),
-                ("keep-me-1", kept_name),
-                ("erase-me-2", second_name),
-            ):
+            for pid, family in (("erase-me-1", erased_name), ("keep-me-1", kept_name)):
                 fc.resource("Patient", id=pid, name=[{"family": family, "given": ["Ann"]}]).save()
+            posted = fc.resource("Patient", name=[{"family": second_name}])  # the server gives the id
+            posted.save()
             glucose = fc.resource("Observation", **observation("erase-me-1", "2345-7", 5.4))
             glucose.save()
             removed = fc.resource("Observation", **observation("erase-me-1", "2339-0", 6.1))
@@ -82,7 +80,7 @@ def test_erasing_a_patient_expunges_its_fhir_resources(tmp_path: Path) -> None:
             moved.save()
             kept = fc.resource("Observation", **observation("keep-me-1", "2345-7", 7.7))
             kept.save()
-            second_obs = fc.resource("Observation", **observation("erase-me-2", "2345-7", 9.9))
+            second_obs = fc.resource("Observation", **observation(posted.id, "2345-7", 9.9))
             second_obs.save()
 
             erased = gw.cli("subjects", "erase", "Patient/erase-me-1", *gw.store_args())
@@ -111,25 +109,34 @@ def test_erasing_a_patient_expunges_its_fhir_resources(tmp_path: Path) -> None:
                 assert {e["resource"]["id"] for e in theirs["entry"]} == {moved.id, kept.id}
 
             # the same over the HTTP API, for an admin key only; the value travels in the body
-            second = {"subject": "Patient/erase-me-2"}
+            second = {"subject": f"Patient/{posted.id}"}
             with httpx.Client(base_url=gw.http_url) as api:
                 refused = api.post("/api/subjects/erase", json=second, headers={"X-API-Key": FHIR_KEY})
                 assert refused.status_code == 403
                 admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
                 bad = api.post(
-                    "/api/subjects/erase", json={"subject": "", "x": "Patient/erase-me-2"}, headers=admin
+                    "/api/subjects/erase", json={"subject": "", "x": second["subject"]}, headers=admin
                 )
-                assert bad.status_code == 400 and "erase-me-2" not in bad.text
+                assert bad.status_code == 400 and posted.id not in bad.text
+                written = api.get("/api/messages", params={"protocol": "fhir"}, headers=admin).json()["items"]
+                (create,) = [m for m in written if m["headers"].get("resource_id") == posted.id]
+                assert (
+                    second_name.encode()
+                    in api.get(f"/api/messages/{create['id']}/raw", headers=admin).content
+                )
                 done = api.post("/api/subjects/erase", json=second, headers=admin)
                 assert done.status_code == 200 and done.json() == {"bodies": 2, "records": 2}
+                # the POSTed Patient was filed under the id the server gave it: its body is sealed and gone
+                gone = api.get(f"/api/messages/{create['id']}/raw", headers=admin)
+                assert gone.status_code == 410 and gone.json()["error"] == "erased"
                 fhir = {"Authorization": f"Bearer {FHIR_KEY}"}
-                assert api.get("/fhir/Patient/erase-me-2", headers=fhir).status_code == 404
+                assert api.get(f"/fhir/Patient/{posted.id}", headers=fhir).status_code == 404
                 assert api.get(f"/fhir/Observation/{second_obs.id}", headers=fhir).status_code == 404
 
                 assert api.get("/api/lineage/verify", headers=admin).json()["ok"] is True
                 found = api.post("/api/lineage/search", json={"event": "SubjectErased"}, headers=admin).json()
                 assert [e["details"]["records"] for e in found["events"]] == [4, 2]
-                assert "erase-me" not in str(found)
+                assert "erase-me" not in str(found) and posted.id not in str(found)
 
             # no copy of the erased patient's name is left in the store's files; the other's still is
             at_rest = b"".join(p.read_bytes() for p in gw.data_dir.glob("gateway.db*")).lower()

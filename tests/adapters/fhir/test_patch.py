@@ -118,3 +118,21 @@ def test_decimals_keep_their_digits() -> None:
     doc = b'[{"op": "add", "path": "/valueQuantity", "value": {"value": 7.10}}]'
     out = apply_patch({"resourceType": "Observation", "id": "o1"}, read_patch(doc, JSON_PATCH))
     assert out["valueQuantity"]["value"] == Decimal("7.10") and b"7.10" in write_json(out)
+
+
+def test_a_path_is_shown_only_when_it_is_element_names_and_indexes() -> None:
+    plain = error(b'[{"op": "remove", "path": "/address/0/line/-"}]')
+    assert "Operation 1 (remove at /address/0/line/-)" in str(plain)
+    for path in ("/Jane Doe", "/name/0/123-45-6789", "/name/0/Secret~1x", "/" + "a" * 130):
+        hidden = error(json.dumps([{"op": "remove", "path": path}]).encode())
+        assert "Operation 1 (remove at its path)" in str(hidden) and path[1:12] not in str(hidden)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b'[{"op": ["add"], "path": "/x"}]', b'[{"op": {"a": 1}, "path": "/x"}]', b"[" * 5000 + b"]" * 5000],
+)
+def test_odd_documents_are_400_not_a_crash(raw: bytes) -> None:
+    with pytest.raises(FhirError) as caught:
+        read_patch(raw, JSON_PATCH)
+    assert caught.value.status == 400

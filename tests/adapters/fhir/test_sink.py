@@ -165,6 +165,16 @@ def test_update_puts_with_if_match_from_the_etag_the_get_answered(peer: FhirPeer
     assert sent == patient(id="p1", meta={"profile": ["http://example.org/p"]})
 
 
+def test_a_patch_goes_downstream_as_the_update_of_the_whole_patched_resource(peer: FhirPeer) -> None:
+    patched = patient(id="p1", gender="female")
+    d = delivery(fhir_envelope(patched, "patch", "p1"), sink="downstream")
+    peer.answer(found(2), Answer(200, body=b""))
+    run(send(config(peer.base), d))
+    get, put = peer.requests
+    assert (get.method, put.method, put.path) == ("GET", "PUT", "/fhir/Patient/p1")
+    assert put.headers["if-match"] == 'W/"2"' and json.loads(put.body) == patched
+
+
 def test_create_puts_under_the_gateway_id_without_if_match_when_absent(peer: FhirPeer) -> None:
     # a create: the client sent an id of its own, the gateway minted "gw-id-1" (resource_id)
     d = delivery(fhir_envelope(patient(id="client-id"), "create", "gw-id-1"), sink="downstream")
@@ -288,7 +298,7 @@ def test_a_message_the_sink_cannot_deliver_is_rejected_without_a_request(peer: F
     cases = [
         (delivery(envelope()), "not_fhir"),  # an HL7 v2 message routed here by mistake
         (delivery(fhir_envelope(patient(), "create")), "no_resource_id"),  # no id anywhere
-        (delivery(fhir_envelope(patient(id="p1"), "patch", "p1")), "unsupported_interaction"),
+        (delivery(fhir_envelope(patient(id="p1"), "search-type", "p1")), "unsupported_interaction"),
         (stored(replace(fhir_envelope(patient(id="p1"), "update", "p1"), raw=b"{not json")), "unreadable"),
         (delivery(delete_envelope("Patient", "../admin")), "no_resource_id"),
         (delivery(delete_envelope("NotAType", "p1")), "no_resource_type"),

@@ -425,9 +425,12 @@ class FhirAPI:
                 continue
             request_of: dict[str, Any] = entry["request"] if isinstance(entry.get("request"), dict) else {}
             rtype = str(request_of.get("url", "")).lstrip("/").split("/")[0].split("?")[0]
-            access = "read" if str(request_of.get("method", "")).upper() == "GET" else "write"
+            method = str(request_of.get("method", "")).upper()
+            # a PATCH reads what it changes, like the PATCH interaction
+            accesses = {"GET": ("read",), "PATCH": ("write", "read")}.get(method, ("write",))
             if rtype in RESOURCE_TYPES:
-                self.principal(request, rtype, access, who)
+                for access in accesses:
+                    self.principal(request, rtype, access, who)
             for ref in bundle.references(entry.get("resource")):
                 target = ref["reference"]
                 if "?" in target and target.split("?", 1)[0] in RESOURCE_TYPES:

@@ -1,17 +1,20 @@
 """Transaction and batch Bundles (``POST /fhir``), run as one store effect.
 
 A transaction is all or nothing: its entries are processed in the order the
-specification gives (DELETE, POST, PUT, GET), ``urn:uuid:`` and other
+specification gives (DELETE, POST, PUT and PATCH, GET), ``urn:uuid:`` and other
 ``fullUrl`` references are rewritten to the ids the server assigns, conditional
 references (``Practitioner?identifier=...``) are resolved by search, and any
 failure raises, so that the store keeps nothing of it. A batch processes each
 entry on its own (a savepoint each): one entry's failure is reported in its
-response entry and leaves the others alone. The response Bundle reports each
+response entry and leaves the others alone. A PATCH entry carries its document
+as a Binary (``contentType`` JSON Patch or JSON Merge Patch, the document in
+``data``); the patched resource is validated when the entry is performed. The response Bundle reports each
 entry's status, location, etag and last modified time, in request order.
 """
 
 from __future__ import annotations
 
+import base64
 import re
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -22,12 +25,13 @@ from typing import Any
 from adapters.fhir import interactions
 from adapters.fhir.interactions import Written
 from adapters.fhir.outcome import FhirError, operation_outcome
-from adapters.fhir.resources import RESOURCE_TYPES
+from adapters.fhir.patch import JSON_PATCH, MERGE_PATCH, Patch, apply_patch, read_patch
+from adapters.fhir.resources import RESOURCE_TYPES, validate
 from gateway.adapter import Issue
 from gateway.store import resources
 from gateway.store.resources import Version
 
-ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 3}
+ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3}
 MAX_ENTRIES = 5000
 """Entries one Bundle may hold: a Bundle is one store transaction, which every other writer waits for."""
 _ABSOLUTE = re.compile(r"https?://\S+/([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})")
@@ -52,6 +56,8 @@ class Entry:
     """A PUT with ``ifNoneMatch: *``: write only if the resource does not exist (HTTP's create-only)."""
     written: Written | None = None
     read: Version | None = None
+    patch: Patch | None = None
+    """A PATCH entry's document, from the Binary its resource is (FHIR R4 §3.1.0.7.1)."""
 
 
 @dataclass(slots=True)
@@ -92,7 +98,7 @@ def _entry(index: int, raw: Any) -> Entry:
         raise FhirError(
             400,
             "not-supported",
-            "The entry's request needs a method (GET, POST, PUT, DELETE) and a url.",
+            "The entry's request needs a method (GET, POST, PUT, PATCH, DELETE) and a url.",
             f"{where}.request",
         )
     path, _, query = url.lstrip("/").partition("?")
@@ -123,6 +129,15 @@ def _entry(index: int, raw: Any) -> Entry:
                 f"{where}.resource",
             )
         entry.resource = dict(resource)
+    if method == "PATCH":
+        if not entry.id or entry.query:
+            raise FhirError(
+                400,
+                "not-supported",
+                "A PATCH entry's url names one resource (Type/id).",
+                f"{where}.request.url",
+            )
+        entry.patch = _patch_of(resource, f"{where}.resource")
     if method == "POST" and (entry.id or entry.query):
         raise FhirError(
             400, "not-supported", "A POST entry's url is the resource type alone.", f"{where}.request.url"
@@ -159,6 +174,30 @@ def _entry(index: int, raw: Any) -> Entry:
         request.get("ifMatch") if isinstance(request.get("ifMatch"), str) else None
     )
     return entry
+
+
+def _patch_of(resource: Any, where: str) -> Patch:
+    """The patch document a PATCH entry carries: a Binary of a JSON Patch or JSON Merge Patch."""
+    kind = resource.get("contentType") if isinstance(resource, Mapping) else None
+    data = resource.get("data") if isinstance(resource, Mapping) else None
+    if (
+        not isinstance(resource, Mapping)
+        or resource.get("resourceType") != "Binary"
+        or kind not in (JSON_PATCH, MERGE_PATCH)
+        or not isinstance(data, str)
+    ):
+        raise FhirError(
+            400,
+            "not-supported",
+            f"A PATCH entry's resource is a Binary with contentType {JSON_PATCH} or {MERGE_PATCH} and the "
+            "document in data (FHIRPath Patch is not supported).",
+            where,
+        )
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except ValueError:
+        raise FhirError(400, "invalid", "The Binary's data is not base64.", f"{where}.data") from None
+    return read_patch(raw, kind)
 
 
 def references(value: Any) -> Iterator[dict[str, Any]]:
@@ -263,7 +302,16 @@ def _perform(conn: sqlite3.Connection, entry: Entry, message_id: str) -> None:
             raise FhirError(404, "not-found", f"No {entry.type} has this id.")
         if cur.deleted:
             raise FhirError(410, "deleted", f"The {entry.type} was deleted.")
-        entry.read = cur
+        if entry.patch is None:
+            entry.read = cur
+            return
+        patched = apply_patch(interactions.body_of(cur), entry.patch)
+        issues = [i for i in validate(patched) if i.is_error]
+        if issues:  # validated here: the Bundle's own validation saw only the Binary
+            raise FhirError(422, issues[0].code, issues[0].diagnostics, issues=issues)
+        entry.written = interactions.update(
+            conn, patched, entry.id, message_id, if_match=entry.if_match, method="PATCH"
+        )
 
 
 def _status(code: int) -> str:

@@ -6,6 +6,8 @@ One gateway process serves the module; each test makes resources of its own
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -952,3 +954,68 @@ def test_revinclude_stops_at_a_thousand_and_says_so(gw: Gateway) -> None:
     assert modes.count("match") == 1 and modes.count("include") == 1000 and modes[-1] == "outcome"
     warning = found["entry"][-1]["resource"]["issue"][0]
     assert warning["severity"] == "warning" and "1000" in warning["diagnostics"]
+
+
+def binary_patch(ops: list[dict[str, Any]]) -> dict[str, Any]:
+    """A PATCH entry's resource: the JSON Patch in a Binary."""
+    return {
+        "resourceType": "Binary",
+        "contentType": "application/json-patch+json",
+        "data": base64.b64encode(json.dumps(ops).encode()).decode(),
+    }
+
+
+def test_patch_entries_in_transactions_and_batches(gw: Gateway) -> None:
+    mark = marker()
+    with http(gw) as h:
+        pid = h.post("/Patient", json=patient(mark, "Chalmers")).json()["id"]
+        rename = [{"op": "replace", "path": "/name/0/family", "value": "Windsor"}]
+        txn = {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [
+                {"resource": binary_patch(rename), "request": {"method": "PATCH", "url": f"Patient/{pid}"}},
+                {
+                    "resource": {"resourceType": "Observation", "status": "final", "code": {"text": "t"},
+                                 "subject": {"reference": f"Patient/{pid}"}},
+                    "request": {"method": "POST", "url": "Observation"},
+                },
+            ],
+        }  # fmt: skip
+        done = h.post("", json=txn)
+        assert done.status_code == 200
+        assert [e["response"]["status"] for e in done.json()["entry"]] == ["200 OK", "201 Created"]
+        assert h.get(f"/Patient/{pid}").json()["name"][0]["family"] == "Windsor"
+        history = h.get(f"/Patient/{pid}/_history").json()
+        assert history["entry"][0]["request"]["method"] == "PATCH"
+
+        # a failing test fails the whole transaction: the Observation beside it is not kept either
+        failing = [{"op": "test", "path": "/name/0/family", "value": "Secretvalue"}]
+        txn["entry"][0]["resource"] = binary_patch(failing)  # type: ignore[index]
+        refused = h.post("", json=txn)
+        assert refused.status_code == 422 and "Secretvalue" not in refused.text
+        assert h.get("/Observation", params={"subject": f"Patient/{pid}"}).json()["total"] == 1
+        # a patch whose result is not a valid resource is refused, as a PATCH is
+        txn["entry"][0]["resource"] = binary_patch(  # type: ignore[index]
+            [{"op": "replace", "path": "/birthDate", "value": "Secret-date"}]
+        )
+        invalid = h.post("", json=txn)
+        assert invalid.status_code == 422 and "Secret" not in invalid.text
+
+        batch = {
+            "resourceType": "Bundle",
+            "type": "batch",
+            "entry": [
+                {"resource": binary_patch(failing), "request": {"method": "PATCH", "url": f"Patient/{pid}"}},
+                {"resource": {"resourceType": "Binary", "contentType": "text/plain", "data": "eA=="},
+                 "request": {"method": "PATCH", "url": f"Patient/{pid}"}},
+                {"resource": binary_patch([{"op": "add", "path": "/gender", "value": "other"}]),
+                 "request": {"method": "PATCH", "url": f"Patient/{pid}"}},
+            ],
+        }  # fmt: skip
+        answered = h.post("", json=batch).json()
+        assert [e["response"]["status"][:3] for e in answered["entry"]] == ["422", "400", "200"]
+        assert h.get(f"/Patient/{pid}").json()["gender"] == "other"
+
+    with http(gw, WRITE_ONLY_KEY) as w:  # a PATCH entry reads what it changes, as PATCH does
+        assert w.post("", json=batch).status_code == 403

@@ -88,6 +88,8 @@ INTERACTIONS: tuple[Interaction, ...] = (
     Interaction("search-type", "type", "GET", "/{rtype}", "read"),
     Interaction("search-type", "type", "POST", "/{rtype}/_search", "read"),
     Interaction("conditional-update", "type", "PUT", "/{rtype}", "write"),
+    Interaction("conditional-patch", "type", "PATCH", "/{rtype}", "write"),
+    Interaction("conditional-delete", "type", "DELETE", "/{rtype}", "write"),
     Interaction("transaction", "system", "POST", "", "write"),
     Interaction("batch", "system", "POST", "", "write"),
     Interaction("history-system", "system", "GET", "/_history", "read"),
@@ -380,6 +382,37 @@ class FhirAPI:
         raise FhirError(
             409, "conflict", "The resource kept changing while the patch was applied; send the patch again."
         )
+
+    def _one_match(self, request: Request, rtype: str, what: str) -> str | None:
+        """The id of the one current ``rtype`` the query string finds (None when none does); 412 when
+        more than one does. The search discloses what matches, so it needs read access too."""
+        who = self.principal(request, rtype, "write")
+        self.principal(request, rtype, "read", who)
+        query = request.url.query
+        ids = self.store.read(lambda c: interactions.matches(c, rtype, query, what))
+        if len(ids) > 1:
+            raise FhirError(412, "multiple-matches", f"The {what} matches more than one {rtype}.")
+        return ids[0] if ids else None
+
+    async def conditional_patch(self, request: Request, rtype: str) -> Response:
+        """``PATCH /Type?search``: the patch of the one resource the search finds (404 for none)."""
+        rtype = self.known_type(rtype)
+        rid = self._one_match(request, rtype, "conditional patch")
+        if rid is None:
+            raise FhirError(404, "not-found", f"The conditional patch matches no {rtype}.")
+        return await self.patch(request, rtype, rid)
+
+    async def conditional_delete(self, request: Request, rtype: str) -> Response:
+        """``DELETE /Type?search``: the deletion of the one resource the search finds (single, as HAPI
+        FHIR does by default); none found deletes nothing."""
+        rtype = self.known_type(rtype)
+        rid = self._one_match(request, rtype, "conditional delete")
+        if rid is None:
+            out = operation_outcome(
+                [Issue("information", "informational", "", f"No {rtype} matches; nothing was deleted.")]
+            )
+            return self.reply(request, out, 200)
+        return await self.delete(request, rtype, rid)
 
     async def conditional_update(self, request: Request, rtype: str) -> Response:
         rtype = self.known_type(rtype)
@@ -784,6 +817,8 @@ def mount(app: FastAPI, api: FhirAPI) -> None:
         ("GET", "/{rtype}"): (lambda r, rtype: api.search(r, rtype, r.query_params.multi_items()), False),
         ("POST", "/{rtype}/_search"): (search_post, True),
         ("PUT", "/{rtype}"): (api.conditional_update, True),
+        ("PATCH", "/{rtype}"): (api.conditional_patch, True),
+        ("DELETE", "/{rtype}"): (api.conditional_delete, True),
         ("POST", ""): (system_post, True),
         ("GET", "/_history"): (lambda r: api.history(r, None, None), False),
     }

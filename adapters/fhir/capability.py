@@ -59,14 +59,14 @@ def capability_statement(interactions: Sequence[Implemented], base_url: str) -> 
     for rtype in sorted(RESOURCE_TYPES - _NOT_RESOURCES):
         entry: dict[str, Any] = {
             "type": rtype,
-            "interaction": [{"code": c} for c in instance if c != "conditional-update"],
+            "interaction": [{"code": c} for c in instance if not c.startswith("conditional-")],
             "versioning": "versioned-update",
             "readHistory": "vread" in codes,
             "updateCreate": "update" in codes,
             "conditionalCreate": "create" in codes,
             "conditionalRead": "not-supported",
             "conditionalUpdate": "conditional-update" in codes,
-            "conditionalDelete": "not-supported",
+            "conditionalDelete": "single" if "conditional-delete" in codes else "not-supported",
             "referencePolicy": ["literal", "logical"],
             "searchParam": list(_search_params(rtype)),
         }

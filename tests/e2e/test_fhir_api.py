@@ -1019,3 +1019,36 @@ def test_patch_entries_in_transactions_and_batches(gw: Gateway) -> None:
 
     with http(gw, WRITE_ONLY_KEY) as w:  # a PATCH entry reads what it changes, as PATCH does
         assert w.post("", json=batch).status_code == 403
+
+
+def test_conditional_patch_and_delete_as_fhirpy_sends_them(gw: Gateway) -> None:
+    mark = marker()
+    fc = client(gw)
+    pat = fc.resource("Patient", **patient(mark))
+    pat.save()
+    by_mark = fc.resources("Patient").search(identifier=f"{SYSTEM}|{mark}")
+    patched = by_mark.patch(gender="female")  # PATCH /Patient?identifier=...
+    assert patched.id == pat.id and patched["gender"] == "female"
+    twin = fc.resource("Patient", **patient(mark, "Twin"))
+    twin.save()
+    with http(gw) as h:
+        both = {"identifier": f"{SYSTEM}|{mark}"}
+        merge = {"Content-Type": "application/merge-patch+json"}
+        assert h.patch("/Patient", params=both, json={"gender": "male"}, headers=merge).status_code == 412
+        assert h.delete("/Patient", params=both).status_code == 412  # more than one: nothing deleted
+        nobody = {"identifier": f"{SYSTEM}|{mark}-nobody"}
+        assert h.patch("/Patient", params=nobody, json={"gender": "male"}, headers=merge).status_code == 404
+        none = h.delete("/Patient", params=nobody)
+        assert none.status_code == 200 and outcome(none).issue[0].severity == "information"
+        assert h.patch("/Patient", json={"gender": "male"}, headers=merge).status_code == 400  # no criteria
+    fc.resources("Patient").search(identifier=f"{SYSTEM}|{mark}", family="Twin").delete()
+    with http(gw) as h:
+        assert h.get(f"/Patient/{twin.id}").status_code == 410
+        assert h.get(f"/Patient/{pat.id}").status_code == 200
+    with http(gw, WRITE_ONLY_KEY) as w:  # the search tells what matches: read access is needed too
+        assert w.delete("/Patient", params={"identifier": f"{SYSTEM}|{mark}"}).status_code == 403
+    with http(gw) as h:
+        cap = h.get("/metadata").json()
+        entry = next(r for r in cap["rest"][0]["resource"] if r["type"] == "Patient")
+        assert entry["conditionalDelete"] == "single"
+        assert not any(i["code"].startswith("conditional") for i in entry["interaction"])

@@ -29,7 +29,9 @@ Index rows (``fhir_index``: type, param, id, system, value, exact, low, high, nu
   URL for absolute ones; ``urn:uuid:``, ``#contained`` and conditional (``Type?...``) references are
   not indexed. A parameter with ``targets`` only indexes references to those types. A chained
   parameter (``subject:Patient.identifier``) finds the rows whose value is ``Patient/<id>`` for the
-  ids that the chained parameter finds among Patients: one link deep, all in the index.
+  ids that the chained parameter finds among Patients: one link deep, all in the index. ``_has``
+  (``Patient?_has:Observation:patient:code=...``) goes the other way: the ids that the references of
+  the Observations the parameter finds name.
 * **quantity** — ``num`` the value, ``system`` and ``value`` the unit system and code (the unit
   when there is no code); when both a code and a different unit are given, a second row carries the
   unit with system ``''`` so that ``number||unit`` finds it too. **number** — ``num`` only.
@@ -133,8 +135,8 @@ class Search:
     revincludes: tuple[Include, ...] = ()
     """``_revinclude``: resources of ``source_type`` whose ``param`` refers to a match."""
     chained: frozenset[str] = frozenset()
-    """The types chained parameters search (``subject:Patient.name``: Patient): the caller must be
-    allowed to read them, as the search tells what they hold."""
+    """The other types the search reads (``subject:Patient.name``: Patient; ``_has:Observation:...``:
+    Observation): the caller must be allowed to read them, as the search tells what they hold."""
 
 
 # --- the resource types a reference may name --------------------------------------------------------
@@ -1179,6 +1181,48 @@ def _chain(q: _Query, raw_name: str, strict: bool) -> Callable[[str], None] | No
     return add
 
 
+def _has(q: _Query, spec: str) -> Callable[[str], None]:
+    """The handler of ``_has:Type:ref:param[:modifier]``: the resources that a ``Type`` refers to with its
+    reference parameter ``ref``, among the ``Type`` resources that ``param`` finds (one level)."""
+    parts = spec.split(":")
+    if len(parts) not in (3, 4) or "_has" in parts:
+        raise _unsupported("_has takes Type:reference:parameter, one level deep.")
+    source, rname, cname = parts[:3]
+    cmodifier = parts[3] if len(parts) == 4 else ""
+    if source not in RESOURCE_TYPES:
+        raise _invalid("_has must name a resource type first.")
+    ref = params_of(source).get(rname)
+    if ref is None or ref.kind != "reference" or (ref.targets and q.rtype not in ref.targets):
+        raise _invalid(
+            f"_has must name a reference search parameter of {source} that can refer to {q.rtype}."
+        )
+    child = params_of(source).get(cname)
+    if child is None or child.name in ("_id", "_lastUpdated"):
+        raise _unsupported(f"Unknown search parameter {_shown(cname)} for {source} in _has.")
+    if (cmodifier and cmodifier not in _MODIFIERS.get(child.kind, ())) or cmodifier in ("missing", "not"):
+        raise _unsupported(f"Search parameter {child.name} takes no such modifier in _has.")
+    matcher = _MATCHERS[child.kind]
+    q.chained.add(source)
+    prefix = f"{q.rtype}/"
+
+    def add(raw: str) -> None:
+        conds = [matcher(child, cmodifier, a) for a in _alternatives(raw)]
+        found = " UNION ALL ".join(
+            f"SELECT id FROM fhir_index WHERE type = ? AND param = ? AND {sql}"  # noqa: S608 (placeholders)
+            for sql, _ in conds
+        )
+        found_args = tuple(a for _, args in conds for a in (source, child.name, *args))
+        # the ids that those resources' references name (stored as Type/id: a prefix range of the index)
+        named = (
+            "SELECT substr(f.value, ?) FROM fhir_index f INDEXED BY fhir_index_resource"  # noqa: S608
+            f" WHERE f.type = ? AND f.id IN ({found}) AND f.param = ? AND f.value >= ? AND f.value < ?"
+        )
+        args = (len(prefix) + 1, source, *found_args, ref.name, prefix, prefix[:-1] + "0")
+        q.clauses.append(_Clause(_RANK["reference"], f"r.id IN ({named})", args, f"r.id IN ({named})", args))
+
+    return add
+
+
 def _handler(q: _Query, name: str, modifier: str, strict: bool) -> Callable[[str], None] | None:
     """What to do with the values of query parameter ``name:modifier``; ``None`` to ignore it."""
     control = _CONTROLS.get(name)
@@ -1204,7 +1248,12 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, stric
         name, _, modifier = raw_name.partition(":")
         if name in _IGNORED:
             continue
-        handle = _chain(q, raw_name, strict) if "." in raw_name else _handler(q, name, modifier, strict)
+        if name == "_has":
+            handle: Callable[[str], None] | None = _has(q, modifier)
+        elif "." in raw_name:
+            handle = _chain(q, raw_name, strict)
+        else:
+            handle = _handler(q, name, modifier, strict)
         if handle is None or not raw_value.strip(","):
             continue
         handle(raw_value)

@@ -915,6 +915,17 @@ def test_revinclude_and_chains_follow_references_both_ways(gw: Gateway) -> None:
     assert sorted(o.id for o in chained) == sorted(observations[pids[1]])
     assert fc.resources("Observation").search(patient__identifier=f"{SYSTEM}|{mark}-0").count() == 1
 
+    with http(gw) as h:  # and the other way: the Patients that Observations with this code name
+        nothing = h.get("/Patient", params={"_has:Observation:subject:status": "cancelled", "_id": pids[1]})
+        assert nothing.status_code == 200 and nothing.json()["total"] == 0
+        named = h.get(
+            "/Patient",
+            params={"_has:Observation:subject:status": "final", "identifier": f"{SYSTEM}|{mark}-1"},
+        ).json()
+        assert [e["resource"]["id"] for e in named["entry"]] == [pids[1]]
+    with http(gw, PATIENT_ONLY_KEY) as narrow:  # _has reads the referring type: Observations here
+        assert narrow.get("/Patient", params={"_has:Observation:subject:status": "final"}).status_code == 403
+
     with http(gw, OBSERVATION_ONLY_KEY) as lab:  # a chain reads the type it searches: Patients here
         assert lab.get("/Observation", params={"patient.family": "chalmers"}).status_code == 403
         assert lab.get("/Observation", params={"subject": f"Patient/{pids[0]}"}).status_code == 200

@@ -595,6 +595,32 @@ def test_chained_parameters_find_resources_by_what_they_refer_to(db: sqlite3.Con
     assert found(db, "Observation", "patient.birthdate=lt1980-01-01") == []  # p3 has no observation
 
 
+def test_has_finds_resources_by_what_refers_to_them(db: sqlite3.Connection) -> None:
+    # o1, o2 (systolic) name p1; o3 (body weight) names p2; o4 (systolic) names a Group
+    assert found(db, "Patient", "_has:Observation:subject:code=http://loinc.org|8480-6") == ["p1"]
+    assert found(db, "Patient", "_has:Observation:patient:code=29463-7") == ["p2"]
+    assert found(db, "Patient", "_has:Observation:subject:status=final", "gender=male") == ["p2"]
+    assert found(db, "Patient", "_has:Observation:subject:value-quantity=gt130") == ["p1"]  # o2's 135.5
+    assert found(db, "Patient", "_has:Observation:subject:code=8480-6,29463-7") == ["p1", "p2"]
+    assert found(db, "Patient", "_has:Observation:subject:code=nothing") == []
+    assert found(db, "Group", "_has:Observation:subject:code=8480-6") == []  # (g1 is not stored)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "_has:Observation:subject=x",  # no parameter of the referring type
+        "_has:Nothing:subject:code=x",
+        "_has:Observation:code:status=final",  # code is no reference
+        "_has:Observation:patient:colour=blue",
+        "_has:Observation:subject:_has:Provenance:target:agent=x",  # nested
+        "_has:Encounter:subject:status:missing=true",
+    ],
+)
+def test_has_that_cannot_be_answered_is_400(query: str) -> None:
+    error("Patient", query)
+
+
 @pytest.mark.parametrize(
     "query",
     [

@@ -14,8 +14,11 @@ the same form); ``sensitivity`` ``phi``. Headers (:data:`HEADER_KEYS`):
 ``id``), ``interaction`` (the receipt's ``interaction`` attribute, else
 ``create``) and, for a Bundle, ``entries``. The business key ``patient`` is the
 patient the resource is about (``Patient/<id>``, or the ``subject``,
-``patient`` or ``beneficiary`` reference when it names a Patient; for a Bundle
-the first of its entries), shown masked as ``Patient/***<last 4>``.
+``patient`` or ``beneficiary`` reference when it names a Patient), shown masked
+as ``Patient/***<last 4>``. A Bundle is filed under every patient its entries
+are about: ``patient`` for the first, ``patient_2``, ``patient_3`` … for the
+others (up to :data:`MAX_BUNDLE_PATIENTS`), so that lineage search and erasure
+find it by any of them.
 
 Replies are OperationOutcomes (``application/fhir+json``): 200 when accepted;
 400 when the body could not be read; 422 when it was read but is not valid; a
@@ -134,6 +137,28 @@ def patient_of(resource: Mapping[str, Any]) -> str:
     return ""
 
 
+MAX_BUNDLE_PATIENTS = 100
+"""Patients a Bundle is filed under, at most (``patient``, ``patient_2`` …)."""
+
+
+def _bundle_patients(bundle: Mapping[str, Any]) -> list[str]:
+    """The patients a Bundle's entries are about, each once, in entry order (the first is ``patient``)."""
+    entries = bundle.get("entry")
+    found: dict[str, None] = {}
+    for entry in entries if isinstance(entries, list) else []:
+        inner = entry.get("resource") if isinstance(entry, dict) else None
+        patient = patient_of(inner) if isinstance(inner, dict) else ""
+        if patient:
+            found[patient] = None
+            if len(found) == MAX_BUNDLE_PATIENTS:
+                break
+    return list(found)
+
+
+def _key(n: int) -> str:
+    return "patient" if n == 0 else f"patient_{n + 1}"
+
+
 def mask_patient(reference: str) -> str:
     """``Patient/pat-1002`` → ``Patient/***1002``; a short id shows nothing of itself."""
     prefix, _, rid = reference.rpartition("/") if reference.startswith("Patient/") else ("", "", reference)
@@ -219,6 +244,7 @@ class FhirAdapter:
         patient = patient_of(body)
         if not patient and body["resourceType"] == "Patient" and headers["resource_id"]:
             patient = f"Patient/{headers['resource_id']}"  # a create: the id the server gave it
+        patients = _bundle_patients(body) if body["resourceType"] == "Bundle" else [patient] if patient else []
         return Envelope(
             id=new_id(),
             received_at=receipt.received_at,
@@ -232,8 +258,8 @@ class FhirAdapter:
             raw_sha256=sha256_hex(raw),
             body=body,
             headers=headers,
-            business_keys={"patient": patient} if patient else {},
-            masked_keys={"patient": mask_patient(patient)} if patient else {},
+            business_keys={_key(n): p for n, p in enumerate(patients)},
+            masked_keys={_key(n): mask_patient(p) for n, p in enumerate(patients)},
             sensitivity="phi",
             receipt=receipt,
         )

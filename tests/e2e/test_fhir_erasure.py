@@ -82,16 +82,35 @@ def test_erasing_a_patient_expunges_its_fhir_resources(tmp_path: Path) -> None:
             kept.save()
             second_obs = fc.resource("Observation", **observation(posted.id, "2345-7", 9.9))
             second_obs.save()
+            # a transaction about both patients, the erased one second; its Observation is deleted since
+            both = {
+                "resourceType": "Bundle",
+                "type": "transaction",
+                "entry": [
+                    {
+                        "resource": observation(pid, "8867-4", n),
+                        "request": {"method": "POST", "url": "Observation"},
+                    }
+                    for n, pid in ((70, "keep-me-1"), (80, "erase-me-1"))
+                ],
+            }
+            with httpx.Client(
+                base_url=f"{gw.http_url}/fhir", headers={"Authorization": f"Bearer {FHIR_KEY}"}
+            ) as h:
+                made = h.post("", json=both).json()["entry"]
+                shared_kept, shared_gone = (e["response"]["location"].split("/")[1] for e in made)
+                assert h.delete(f"/Observation/{shared_gone}").status_code == 200
 
             erased = gw.cli("subjects", "erase", "Patient/erase-me-1", *gw.store_args())
             assert erased.returncode == 0, erased.stderr
-            # the patient and its two records whole, and the first version of the moved one
-            assert "4 FHIR resources" in erased.stdout
+            # the patient and its three records whole, and the first version of the moved one
+            assert "5 FHIR resources" in erased.stdout
 
             with httpx.Client(
                 base_url=f"{gw.http_url}/fhir", headers={"Authorization": f"Bearer {FHIR_KEY}"}
             ) as h:
-                for ref in ("Patient/erase-me-1", f"Observation/{glucose.id}", f"Observation/{removed.id}"):
+                erased_refs = ("Patient/erase-me-1", f"Observation/{glucose.id}", f"Observation/{removed.id}")
+                for ref in (*erased_refs, f"Observation/{shared_gone}"):
                     assert h.get(f"/{ref}").status_code == 404, ref
                     assert h.get(f"/{ref}/_history").status_code == 404, ref
                 found = h.get("/Observation", params={"subject": "Patient/erase-me-1"}).json()
@@ -106,7 +125,7 @@ def test_erasing_a_patient_expunges_its_fhir_resources(tmp_path: Path) -> None:
                 # the other patient and their records are untouched
                 assert h.get("/Patient/keep-me-1").json()["name"][0]["family"] == kept_name
                 theirs = h.get("/Observation", params={"subject": "Patient/keep-me-1"}).json()
-                assert {e["resource"]["id"] for e in theirs["entry"]} == {moved.id, kept.id}
+                assert {e["resource"]["id"] for e in theirs["entry"]} == {moved.id, kept.id, shared_kept}
 
             # the same over the HTTP API, for an admin key only; the value travels in the body
             second = {"subject": f"Patient/{posted.id}"}
@@ -135,7 +154,7 @@ def test_erasing_a_patient_expunges_its_fhir_resources(tmp_path: Path) -> None:
 
                 assert api.get("/api/lineage/verify", headers=admin).json()["ok"] is True
                 found = api.post("/api/lineage/search", json={"event": "SubjectErased"}, headers=admin).json()
-                assert [e["details"]["records"] for e in found["events"]] == [4, 2]
+                assert [e["details"]["records"] for e in found["events"]] == [5, 2]
                 assert "erase-me" not in str(found) and posted.id not in str(found)
 
             # no copy of the erased patient's name is left in the store's files; the other's still is

@@ -1,6 +1,6 @@
 """MLLP intake throughput and ACK latency: the gateway beside a bare ceiling, in one run.
 
-Usage: ``python bench/mllp_intake.py [--messages N] [--connections 1 8] [--validation structure]``
+Usage: ``python bench/mllp_intake.py [--messages N] [--connections 1 8] [--validation structure] [--rounds N]``
 
 For each connection count it measures, with the same client and the same
 1.5 KB ADT^A01 (a fresh MSH-10 per message):
@@ -195,6 +195,13 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=8000, help="messages per measurement")
     ap.add_argument("--connections", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--validation", default="structure", choices=["none", "header", "structure"])
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every server this many times, in turn, and end with the median of each "
+        "(runs on a busy machine vary by 20%%: one round proves little)",
+    )
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -222,25 +229,42 @@ def main() -> None:
             print(
                 f"{'conns':>5}  {'server':8}  {'msg/s':>8}  {'p50 ms':>7}  {'p99 ms':>7}  {'cpu us/msg':>10}  accepted"
             )
-            for conns in args.connections:
-                row = {}
-                servers = (
-                    ("1-commit", single, single_port),
-                    ("ceiling", ceiling, ceil_port),
-                    ("gateway", gateway, gw_port),
-                )
-                for name, proc, port in servers:
-                    before = cpu_seconds(proc.pid)
-                    rate, p50, p99, ok, sent = uvloop.run(load(port, conns, args.messages, f"{name}{conns}"))
-                    after = cpu_seconds(proc.pid)
-                    cpu = (
-                        f"{(after - before) / sent * 1e6:10.0f}"
-                        if before is not None and after is not None
-                        else f"{'-':>10}"
+            servers = (
+                ("1-commit", single, single_port),
+                ("ceiling", ceiling, ceil_port),
+                ("gateway", gateway, gw_port),
+            )
+            seen: dict[tuple[int, str], list[tuple[float, float]]] = {}  # (conns, server) → (msg/s, cpu)
+            ratios: dict[int, list[float]] = {}
+            for turn in range(args.rounds):
+                for conns in args.connections:
+                    row = {}
+                    for name, proc, port in servers:
+                        tag = f"{name}{conns}-{turn}"
+                        before = cpu_seconds(proc.pid)
+                        rate, p50, p99, ok, sent = uvloop.run(load(port, conns, args.messages, tag))
+                        after = cpu_seconds(proc.pid)
+                        per = (
+                            (after - before) / sent * 1e6 if before is not None and after is not None else 0.0
+                        )
+                        cpu = f"{per:10.0f}" if per else f"{'-':>10}"
+                        row[name] = rate
+                        seen.setdefault((conns, name), []).append((rate, per))
+                        print(f"{conns:>5}  {name:8}  {rate:8.0f}  {p50:7.2f}  {p99:7.2f}  {cpu}  {ok}")
+                    ratios.setdefault(conns, []).append(row["gateway"] / row["ceiling"])
+                    print(f"{conns:>5}  ratio     gateway/ceiling = {ratios[conns][-1]:.2f}")
+            if args.rounds > 1:
+                print(f"median of {args.rounds} rounds:")
+                for (conns, name), runs in seen.items():
+                    rate = statistics.median(r for r, _ in runs)
+                    per = statistics.median(c for _, c in runs)
+                    print(f"{conns:>5}  {name:8}  {rate:8.0f}  {'':7}  {'':7}  {per:10.0f}")
+                for conns, values in ratios.items():
+                    low, high = min(values), max(values)
+                    print(
+                        f"{conns:>5}  ratio     gateway/ceiling = {statistics.median(values):.2f}"
+                        f" (from {low:.2f} to {high:.2f})"
                     )
-                    row[name] = rate
-                    print(f"{conns:>5}  {name:8}  {rate:8.0f}  {p50:7.2f}  {p99:7.2f}  {cpu}  {ok}")
-                print(f"{conns:>5}  ratio     gateway/ceiling = {row['gateway'] / row['ceiling']:.2f}")
         finally:
             stop_all([ceiling, single, gateway])
 

@@ -203,6 +203,8 @@ def main() -> None:
         "(runs on a busy machine vary by 20%%: one round proves little)",
     )
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error("--rounds must be 1 or more")
 
     with tempfile.TemporaryDirectory() as tmp:
         ceil_port, single_port = free_port(), free_port()
@@ -257,8 +259,9 @@ def main() -> None:
                 print(f"median of {args.rounds} rounds:")
                 for (conns, name), runs in seen.items():
                     rate = statistics.median(r for r, _ in runs)
-                    per = statistics.median(c for _, c in runs)
-                    print(f"{conns:>5}  {name:8}  {rate:8.0f}  {'':7}  {'':7}  {per:10.0f}")
+                    readings = [c for _, c in runs if c]  # (none off Linux)
+                    per = f"{statistics.median(readings):10.0f}" if readings else f"{'-':>10}"
+                    print(f"{conns:>5}  {name:8}  {rate:8.0f}  {'':7}  {'':7}  {per}")
                 for conns, values in ratios.items():
                     low, high = min(values), max(values)
                     print(

@@ -16,9 +16,10 @@ the same form); ``sensitivity`` ``phi``. Headers (:data:`HEADER_KEYS`):
 patient the resource is about (``Patient/<id>``, or the ``subject``,
 ``patient`` or ``beneficiary`` reference when it names a Patient), shown masked
 as ``Patient/***<last 4>``. A Bundle is filed under every patient its entries
-are about: ``patient`` for the first, ``patient_2``, ``patient_3`` … for the
-others (up to :data:`MAX_BUNDLE_PATIENTS`), so that lineage search and erasure
-find it by any of them.
+are about: ``patient`` for the first, ``patient.2``, ``patient.3`` … for the
+others (up to :data:`MAX_BUNDLE_PATIENTS`, for display); the store also files it
+under the patient of every resource it wrote (a PATCH entry's, a Patient the
+Bundle created), so that lineage search and erasure find it by any of them.
 
 Replies are OperationOutcomes (``application/fhir+json``): 200 when accepted;
 400 when the body could not be read; 422 when it was read but is not valid; a
@@ -138,7 +139,8 @@ def patient_of(resource: Mapping[str, Any]) -> str:
 
 
 MAX_BUNDLE_PATIENTS = 100
-"""Patients a Bundle is filed under, at most (``patient``, ``patient_2`` …)."""
+"""Patients a Bundle's envelope names, at most (``patient``, ``patient.2`` …); the store files it under
+the patient of every resource it wrote besides, with no limit."""
 
 
 def _bundle_patients(bundle: Mapping[str, Any]) -> list[str]:
@@ -156,7 +158,7 @@ def _bundle_patients(bundle: Mapping[str, Any]) -> list[str]:
 
 
 def _key(n: int) -> str:
-    return "patient" if n == 0 else f"patient_{n + 1}"
+    return "patient" if n == 0 else f"patient.{n + 1}"
 
 
 def mask_patient(reference: str) -> str:
@@ -244,7 +246,9 @@ class FhirAdapter:
         patient = patient_of(body)
         if not patient and body["resourceType"] == "Patient" and headers["resource_id"]:
             patient = f"Patient/{headers['resource_id']}"  # a create: the id the server gave it
-        patients = _bundle_patients(body) if body["resourceType"] == "Bundle" else [patient] if patient else []
+        patients = (
+            _bundle_patients(body) if body["resourceType"] == "Bundle" else [patient] if patient else []
+        )
         return Envelope(
             id=new_id(),
             received_at=receipt.received_at,

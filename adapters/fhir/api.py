@@ -30,11 +30,11 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adapters.fhir import bundle, http, interactions, search
-from adapters.fhir.adapter import FhirAdapter
+from adapters.fhir.adapter import FhirAdapter, patient_of
 from adapters.fhir.capability import capability_statement
 from adapters.fhir.interactions import Written
 from adapters.fhir.outcome import FhirError, operation_outcome
-from adapters.fhir.patch import PATCH_MEDIA, apply_patch, read_patch
+from adapters.fhir.patch import PATCH_MEDIA, Patch, apply_patch, read_patch
 from adapters.fhir.resources import JSON_MEDIA, JSON_TYPES, RESOURCE_TYPES, XML_TYPES, serialize, write_json
 from gateway.adapter import Issue, ParseError
 from gateway.envelope import Envelope, Receipt, new_id
@@ -97,7 +97,13 @@ INTERACTIONS: tuple[Interaction, ...] = (
 
 
 class _Raced(Exception):
-    """Another write made a newer version between a patch's read and its commit."""
+    """Another write changed the resource (or what a condition finds) between a read and the commit."""
+
+
+def _kept_changing() -> FhirError:
+    return FhirError(
+        409, "conflict", "The resource kept changing while the request was applied; send it again."
+    )
 
 
 class FhirAPI:
@@ -221,7 +227,9 @@ class FhirAPI:
         def effect(conn: sqlite3.Connection) -> Applied:
             done = perform(conn, env.id)
             if isinstance(done, bundle.Processed):
-                return Applied(done, interactions.events(done.written, env.id), routed=done.changed)
+                # filed under the patients of what it wrote, too (a PATCH entry's resource, a POSTed Patient)
+                about = [p for w in done.written if w.body is not None and (p := patient_of(w.body))]
+                return Applied(done, interactions.events(done.written, env.id), done.changed, about)
             return Applied(
                 done, interactions.events([done], env.id), routed=done.action not in ("matched", "unchanged")
             )
@@ -299,6 +307,7 @@ class FhirAPI:
         # If-None-Exist, or the search in the query string (as fhirpy's create(**search) sends it)
         criteria = [(k, v) for k, v in request.query_params.multi_items() if k not in ("_format", "_pretty")]
         if_none_exist = request.headers.get("if-none-exist") or (urlencode(criteria) if criteria else None)
+        self._condition_scopes(request, who, rtype, if_none_exist)
 
         def perform(conn: sqlite3.Connection, mid: str) -> Written:
             return interactions.create(conn, resource, mid, rid=rid, if_none_exist=if_none_exist)
@@ -341,83 +350,109 @@ class FhirAPI:
         otherwise); without it, a write that lands between the read and the commit makes the patch apply
         again to the newer version, and after :data:`PATCH_RETRIES` such races the answer is 409."""
         rtype = self.known_type(rtype)
-        who = self.principal(request, rtype, "write")
-        self.principal(request, rtype, "read", who)
-        raw, media = await self.body(request, PATCH_MEDIA)
-        document = read_patch(raw, media)
+        who = self._patcher(request, rtype)
+        document = read_patch(*await self.body(request, PATCH_MEDIA))
         if_match = bundle.if_match_version(request.headers.get("if-match"))
         for _ in range(PATCH_RETRIES):
-            cur = self.store.read(lambda c: stored.current(c, rtype, rid))
-            if cur is None:
-                raise FhirError(404, "not-found", f"No {rtype} has this id.")
-            if cur.deleted:
-                raise FhirError(
-                    410, "deleted", f"The {rtype} was deleted.", headers=http.version_headers(cur)
-                )
-            if if_match is not None and if_match != cur.version:
-                raise FhirError(
-                    412,
-                    "conflict",
-                    "The If-Match version is not the resource's current version; read it again and retry.",
-                )
-            patched = apply_patch(interactions.body_of(cur), document)
-            env = await self.envelope(
-                request, who, write_json(patched), "application/fhir+json", "patch", rid
-            )
+            with contextlib.suppress(_Raced):
+                return await self._patch_once(request, who, rtype, rid, document, if_match)
+        raise _kept_changing()
 
-            def perform(
-                conn: sqlite3.Connection, mid: str, body: dict[str, Any] = env.body, base: int = cur.version
-            ) -> Written:
-                now = stored.current(conn, rtype, rid)
-                if now is None or now.deleted or now.version != base:
-                    raise _Raced  # nothing is kept of this attempt; the loop reads the resource again
-                return interactions.update(conn, body, rid, mid, method="PATCH")
-
-            try:
-                done = await self.write(env, await self.validated(env), perform)
-            except _Raced:
-                continue
-            assert isinstance(done, Written)
-            return self.written_reply(request, done)
-        raise FhirError(
-            409, "conflict", "The resource kept changing while the patch was applied; send the patch again."
-        )
-
-    def _one_match(self, request: Request, rtype: str, what: str) -> str | None:
-        """The id of the one current ``rtype`` the query string finds (None when none does); 412 when
-        more than one does. The search discloses what matches, so it needs read access too."""
+    def _patcher(self, request: Request, rtype: str) -> Principal:
         who = self.principal(request, rtype, "write")
+        return self.principal(request, rtype, "read", who)
+
+    async def _patch_once(
+        self,
+        request: Request,
+        who: Principal,
+        rtype: str,
+        rid: str,
+        document: Patch,
+        if_match: int | None,
+        still: Callable[[sqlite3.Connection], bool] | None = None,
+    ) -> Response:
+        """One attempt at a patch; :class:`_Raced` when the resource changed (or, with ``still``, no longer
+        is the one a condition finds) before the commit: nothing of the attempt is kept."""
+        cur = self.store.read(lambda c: stored.current(c, rtype, rid))
+        if cur is None:
+            raise FhirError(404, "not-found", f"No {rtype} has this id.")
+        if cur.deleted:
+            raise FhirError(410, "deleted", f"The {rtype} was deleted.", headers=http.version_headers(cur))
+        if if_match is not None and if_match != cur.version:
+            raise FhirError(
+                412,
+                "conflict",
+                "The If-Match version is not the resource's current version; read it again and retry.",
+            )
+        patched = apply_patch(interactions.body_of(cur), document)
+        env = await self.envelope(request, who, write_json(patched), "application/fhir+json", "patch", rid)
+
+        def perform(
+            conn: sqlite3.Connection, mid: str, body: dict[str, Any] = env.body, base: int = cur.version
+        ) -> Written:
+            now = stored.current(conn, rtype, rid)
+            if now is None or now.deleted or now.version != base or (still is not None and not still(conn)):
+                raise _Raced
+            return interactions.update(conn, body, rid, mid, method="PATCH")
+
+        done = await self.write(env, await self.validated(env), perform)
+        assert isinstance(done, Written)
+        return self.written_reply(request, done)
+
+    def _matched(
+        self, request: Request, who: Principal, rtype: str, what: str
+    ) -> tuple[str | None, Callable[[sqlite3.Connection], bool]]:
+        """The id of the one current ``rtype`` the query string finds (None when none does; 412 when more
+        than one does), and a test that it still is the one, for the write's transaction. The search
+        discloses what matches: read access to the type, and to what it chains to, is needed too."""
         self.principal(request, rtype, "read", who)
         query = request.url.query
+        self._condition_scopes(request, who, rtype, query)
         ids = self.store.read(lambda c: interactions.matches(c, rtype, query, what))
         if len(ids) > 1:
             raise FhirError(412, "multiple-matches", f"The {what} matches more than one {rtype}.")
-        return ids[0] if ids else None
+
+        def still(conn: sqlite3.Connection) -> bool:
+            return interactions.matches(conn, rtype, query, what) == ids
+
+        return (ids[0] if ids else None), still
 
     async def conditional_patch(self, request: Request, rtype: str) -> Response:
         """``PATCH /Type?search``: the patch of the one resource the search finds (404 for none)."""
         rtype = self.known_type(rtype)
-        rid = self._one_match(request, rtype, "conditional patch")
-        if rid is None:
-            raise FhirError(404, "not-found", f"The conditional patch matches no {rtype}.")
-        return await self.patch(request, rtype, rid)
+        who = self._patcher(request, rtype)
+        document = read_patch(*await self.body(request, PATCH_MEDIA))
+        if_match = bundle.if_match_version(request.headers.get("if-match"))
+        for _ in range(PATCH_RETRIES):
+            rid, still = self._matched(request, who, rtype, "conditional patch")
+            if rid is None:
+                raise FhirError(404, "not-found", f"The conditional patch matches no {rtype}.")
+            with contextlib.suppress(_Raced):
+                return await self._patch_once(request, who, rtype, rid, document, if_match, still)
+        raise _kept_changing()
 
     async def conditional_delete(self, request: Request, rtype: str) -> Response:
         """``DELETE /Type?search``: the deletion of the one resource the search finds (single, as HAPI
         FHIR does by default); none found deletes nothing."""
         rtype = self.known_type(rtype)
-        rid = self._one_match(request, rtype, "conditional delete")
-        if rid is None:
-            out = operation_outcome(
-                [Issue("information", "informational", "", f"No {rtype} matches; nothing was deleted.")]
-            )
-            return self.reply(request, out, 200)
-        return await self.delete(request, rtype, rid)
+        who = self.principal(request, rtype, "write")
+        for _ in range(PATCH_RETRIES):
+            rid, still = self._matched(request, who, rtype, "conditional delete")
+            if rid is None:
+                out = operation_outcome(
+                    [Issue("information", "informational", "", f"No {rtype} matches; nothing was deleted.")]
+                )
+                return self.reply(request, out, 200)
+            with contextlib.suppress(_Raced):
+                return await self._delete_once(request, who, rtype, rid, still)
+        raise _kept_changing()
 
     async def conditional_update(self, request: Request, rtype: str) -> Response:
         rtype = self.known_type(rtype)
         who = self.principal(request, rtype, "write")
         query = request.url.query
+        self._condition_scopes(request, who, rtype, query)
         raw, media = await self.body(request)
         env = await self.envelope(request, who, raw, media, "conditional-update")
         resource = env.body
@@ -434,6 +469,16 @@ class FhirAPI:
     async def delete(self, request: Request, rtype: str, rid: str) -> Response:
         rtype = self.known_type(rtype)
         who = self.principal(request, rtype, "write")
+        return await self._delete_once(request, who, rtype, rid)
+
+    async def _delete_once(
+        self,
+        request: Request,
+        who: Principal,
+        rtype: str,
+        rid: str,
+        still: Callable[[sqlite3.Connection], bool] | None = None,
+    ) -> Response:
         if_match = bundle.if_match_version(request.headers.get("if-match"))
         receipt = Receipt(
             "fhir", http.peer(request), who.name, attributes={"interaction": "delete", "resource_id": rid}
@@ -441,6 +486,8 @@ class FhirAPI:
         env = self.adapter.deletion(rtype, rid, receipt)
 
         def perform(conn: sqlite3.Connection, mid: str) -> Written:
+            if still is not None and not still(conn):
+                raise _Raced
             return interactions.delete(conn, rtype, rid, mid, if_match=if_match)
 
         done = await self.write(env, [], perform)
@@ -450,24 +497,40 @@ class FhirAPI:
         out = operation_outcome([Issue("information", "informational", "", f"The {rtype} was deleted.")])
         return self.reply(request, out, 200, {"ETag": done.etag})
 
+    def _condition_scopes(self, request: Request, who: Principal, rtype: str, query: str | None) -> None:
+        """A conditional write's search tells what matches: the other types it reads through a chain or
+        ``_has`` need read access, as they do in a search (the conditional type's own needs are the
+        caller's to check)."""
+        if not query or rtype not in RESOURCE_TYPES:
+            return
+        found = search.parse_search(rtype, parse_qsl(query, keep_blank_values=True))
+        for other in sorted(found.chained):
+            self.principal(request, other, "read", who)
+
     def _bundle_scopes(self, request: Request, who: Principal, resource: Mapping[str, Any]) -> None:
         """Every type a Bundle touches needs its scope: write for what it writes, read for what it
-        reads, and read for the types its conditional references search (they disclose a match)."""
+        reads, and read for the types its conditional references and conditions search (they disclose
+        a match)."""
         for entry in resource.get("entry") or []:
             if not isinstance(entry, dict):
                 continue
             request_of: dict[str, Any] = entry["request"] if isinstance(entry.get("request"), dict) else {}
-            rtype = str(request_of.get("url", "")).lstrip("/").split("/")[0].split("?")[0]
+            url = str(request_of.get("url", "")).lstrip("/")
+            rtype = url.split("/")[0].split("?")[0]
             method = str(request_of.get("method", "")).upper()
             # a PATCH reads what it changes, like the PATCH interaction
             accesses = {"GET": ("read",), "PATCH": ("write", "read")}.get(method, ("write",))
             if rtype in RESOURCE_TYPES:
                 for access in accesses:
                     self.principal(request, rtype, access, who)
+                condition = request_of.get("ifNoneExist")
+                for query in (url.partition("?")[2], condition if isinstance(condition, str) else ""):
+                    self._condition_scopes(request, who, rtype, query)
             for ref in bundle.references(entry.get("resource")):
                 target = ref["reference"]
                 if "?" in target and target.split("?", 1)[0] in RESOURCE_TYPES:
                     self.principal(request, target.split("?", 1)[0], "read", who)
+                    self._condition_scopes(request, who, *target.split("?", 1))
 
     async def system_bundle(self, request: Request) -> Response:
         who = self.authenticated(request)

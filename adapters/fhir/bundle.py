@@ -220,12 +220,18 @@ class _Resolver:
         self.assigned = assigned
         self.found: dict[str, str] = {}
 
-    def rewrite(self, resource: dict[str, Any], where: str) -> None:
+    def rewrite(self, resource: dict[str, Any], where: str, *, conditional: bool = True) -> None:
+        """Rewrite ``resource``'s references in place; without ``conditional``, a conditional one is
+        refused (a patch's values: the Bundle's scope check cannot see inside the Binary)."""
         for ref in references(resource):
             target = ref["reference"]
             if target in self.assigned:
                 ref["reference"] = self.assigned[target]
             elif "?" in target and target.split("?", 1)[0] in RESOURCE_TYPES:
+                if not conditional:
+                    raise FhirError(
+                        400, "not-supported", "A PATCH entry may not hold conditional references.", where
+                    )
                 ref["reference"] = self._conditional(target, where)
 
     def _conditional(self, target: str, where: str) -> str:
@@ -277,7 +283,7 @@ def _assign(conn: sqlite3.Connection, entry: Entry) -> None:
         entry.query = None
 
 
-def _perform(conn: sqlite3.Connection, entry: Entry, message_id: str) -> None:
+def _perform(conn: sqlite3.Connection, entry: Entry, message_id: str, resolver: _Resolver) -> None:
     if entry.written is not None:  # an ifNoneExist that matched
         return
     assert entry.id is not None
@@ -306,6 +312,8 @@ def _perform(conn: sqlite3.Connection, entry: Entry, message_id: str) -> None:
             entry.read = cur
             return
         patched = apply_patch(interactions.body_of(cur), entry.patch)
+        # urn:uuid and other fullUrls of this Bundle in the patch's values become the assigned ids
+        resolver.rewrite(patched, f"Bundle.entry[{entry.index}].resource", conditional=False)
         issues = [i for i in validate(patched) if i.is_error]
         if issues:  # validated here: the Bundle's own validation saw only the Binary
             raise FhirError(422, issues[0].code, issues[0].diagnostics, issues=issues)
@@ -379,7 +387,7 @@ def transaction(
     out = Processed()
     for entry in sorted(entries, key=lambda e: ORDER[e.method]):
         try:
-            _perform(conn, entry, message_id)
+            _perform(conn, entry, message_id, resolver)
         except FhirError as exc:
             exc.issues = [  # say which entry failed
                 i if i.location else replace(i, location=f"Bundle.entry[{entry.index}]") for i in exc.issues
@@ -436,9 +444,10 @@ def batch(
         try:
             entry = _entry(i, raw)
             _assign(conn, entry)
+            resolver = _Resolver(conn, {})
             if entry.resource is not None:
-                _Resolver(conn, {}).rewrite(entry.resource, f"Bundle.entry[{i}].resource")
-            _perform(conn, entry, message_id)
+                resolver.rewrite(entry.resource, f"Bundle.entry[{i}].resource")
+            _perform(conn, entry, message_id, resolver)
         except (FhirError, sqlite3.Error) as exc:
             conn.execute("ROLLBACK TO batch_entry")
             conn.execute("RELEASE batch_entry")

@@ -1181,7 +1181,7 @@ def _chain(q: _Query, raw_name: str, strict: bool) -> Callable[[str], None] | No
     return add
 
 
-def _has(q: _Query, spec: str) -> Callable[[str], None]:
+def _has(q: _Query, spec: str, strict: bool) -> Callable[[str], None] | None:
     """The handler of ``_has:Type:ref:param[:modifier]``: the resources that a ``Type`` refers to with its
     reference parameter ``ref``, among the ``Type`` resources that ``param`` finds (one level)."""
     parts = spec.split(":")
@@ -1198,6 +1198,8 @@ def _has(q: _Query, spec: str) -> Callable[[str], None]:
         )
     child = params_of(source).get(cname)
     if child is None or child.name in ("_id", "_lastUpdated"):
+        if not strict and child is None:
+            return None
         raise _unsupported(f"Unknown search parameter {_shown(cname)} for {source} in _has.")
     if (cmodifier and cmodifier not in _MODIFIERS.get(child.kind, ())) or cmodifier in ("missing", "not"):
         raise _unsupported(f"Search parameter {child.name} takes no such modifier in _has.")
@@ -1249,7 +1251,7 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, stric
         if name in _IGNORED:
             continue
         if name == "_has":
-            handle: Callable[[str], None] | None = _has(q, modifier)
+            handle: Callable[[str], None] | None = _has(q, modifier, strict)
         elif "." in raw_name:
             handle = _chain(q, raw_name, strict)
         else:

@@ -42,6 +42,9 @@ class Applied:
     value: Any
     events: Sequence[EventDraft] = ()
     routed: bool = True
+    keys: Sequence[str] = ()
+    """Business key values the record is filed under beyond its envelope's: what the effect wrote is
+    about them too (a patched resource's patient); kept, like the others, only as pseudonyms."""
 
 
 Effect = Callable[[sqlite3.Connection], Applied]
@@ -60,7 +63,8 @@ class Erasure:
     """What erasing a data subject did."""
 
     bodies: int
-    """Encrypted message bodies sealed under the subject's key, unreadable from now on."""
+    """Encrypted message bodies about the subject, unreadable from now on: those sealed under its key,
+    and those sealed under another's (a Bundle about several patients), whose bodies are removed."""
     records: int = 0
     """Records the expungers removed or changed (FHIR resources about the subject)."""
 

@@ -577,6 +577,11 @@ class SQLiteStore:
         if status == "accepted" and rec.effect is not None:
             effected = rec.effect(txn.conn)
             drafts.extend(effected.events)
+            if effected.keys:  # what the effect wrote is about these too (a Bundle's patched resources)
+                txn.conn.executemany(
+                    "INSERT OR IGNORE INTO message_keys (pseudonym, message_id) VALUES (?, ?)",
+                    [(pseudonym(self._key, v), rec.id) for v in dict.fromkeys(effected.keys)],
+                )
         if effected is not None and not effected.routed:  # it changed nothing: nothing to deliver
             txn.conn.execute("UPDATE messages SET route = '' WHERE id = ?", (rec.id,))
         elif rec.route and conflict_with is None:
@@ -753,6 +758,21 @@ class SQLiteStore:
                     "SELECT id FROM messages WHERE storage = ?", (f"encrypted:{subject}",)
                 )
             ]
+            # messages about them too but sealed under another subject's key (a Bundle about several
+            # patients, sealed under the first one's): their bodies go, as that key cannot
+            shared = [
+                r[0]
+                for r in txn.conn.execute(
+                    "SELECT m.id FROM message_keys k JOIN messages m ON m.id = k.message_id"
+                    " WHERE k.pseudonym = ? AND m.storage LIKE 'encrypted:%' AND m.storage != ?",
+                    (subject, f"encrypted:{subject}"),
+                )
+            ]
+            for mid in shared:
+                txn.conn.execute(
+                    "UPDATE messages SET raw = x'', storage = ? WHERE id = ?", (f"encrypted:{subject}", mid)
+                )
+            ids += shared
             for mid in ids:
                 txn.conn.execute(
                     "UPDATE deliveries SET status = 'dead', last_error_code = 'subject_erased', last_error = ?,"
@@ -777,7 +797,7 @@ class SQLiteStore:
             return Erasure(len(ids), records)
 
         done = await self.submit(fn)
-        if done.records:
+        if done.records or done.bodies:
             await asyncio.get_running_loop().run_in_executor(None, self._purge_wal)
         return done
 

@@ -57,6 +57,11 @@ def gw(tmp_path_factory: pytest.TempPathFactory, sink: Receiver) -> Iterator[Gat
                     {"name": "patient-app", "key": PATIENT_ONLY_KEY, "scopes": ["system/Patient.read"]},
                     {"name": "lab-app", "key": OBSERVATION_ONLY_KEY, "scopes": ["system/Observation.read"]},
                     {"name": "registrar", "key": WRITE_ONLY_KEY, "scopes": ["system/Patient.write"]},
+                    {
+                        "name": "front-desk",
+                        "key": PATIENT_RW_KEY,
+                        "scopes": ["system/Patient.read", "system/Patient.write"],
+                    },
                     {"name": "lab-feed", "key": OBS_WRITER_KEY, "scopes": ["system/Observation.*"]},
                     {"name": "auditor", "key": READ_KEY, "scopes": ["messages:read", "lineage:read"]},
                     {"name": "operator", "key": ADMIN_KEY, "scopes": ["admin"]},
@@ -570,6 +575,7 @@ def check_lineage(audit: httpx.Client, pid: str, mark: str) -> None:
 
 
 WRITE_ONLY_KEY = "patient-write-0123456789ab"
+PATIENT_RW_KEY = "patient-rw-0123456789abcdef"
 OBS_WRITER_KEY = "obs-write-0123456789abcdef"
 
 
@@ -1028,6 +1034,30 @@ def test_patch_entries_in_transactions_and_batches(gw: Gateway) -> None:
         assert [e["response"]["status"][:3] for e in answered["entry"]] == ["422", "400", "200"]
         assert h.get(f"/Patient/{pid}").json()["gender"] == "other"
 
+        # a fullUrl of the Bundle in a patch's value becomes the id the server gave; a conditional one is refused
+        doctor = {"resourceType": "Practitioner", "name": [{"family": "Who"}]}
+        gp = [{"op": "add", "path": "/generalPractitioner", "value": [{"reference": "urn:uuid:0c3e6a4e-1"}]}]
+        linked = {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [
+                {
+                    "fullUrl": "urn:uuid:0c3e6a4e-1",
+                    "resource": doctor,
+                    "request": {"method": "POST", "url": "Practitioner"},
+                },
+                {"resource": binary_patch(gp), "request": {"method": "PATCH", "url": f"Patient/{pid}"}},
+            ],
+        }
+        made = h.post("", json=linked).json()["entry"]
+        doctor_ref = made[0]["response"]["location"].rsplit("/_history", 1)[0]
+        assert h.get(f"/Patient/{pid}").json()["generalPractitioner"] == [{"reference": doctor_ref}]
+        gp[0]["value"] = [{"reference": f"Practitioner?identifier={SYSTEM}|x"}]
+        linked["entry"] = [
+            {"resource": binary_patch(gp), "request": {"method": "PATCH", "url": f"Patient/{pid}"}}
+        ]
+        assert h.post("", json=linked).status_code == 400
+
     with http(gw, WRITE_ONLY_KEY) as w:  # a PATCH entry reads what it changes, as PATCH does
         assert w.post("", json=batch).status_code == 403
 
@@ -1063,3 +1093,39 @@ def test_conditional_patch_and_delete_as_fhirpy_sends_them(gw: Gateway) -> None:
         entry = next(r for r in cap["rest"][0]["resource"] if r["type"] == "Patient")
         assert entry["conditionalDelete"] == "single"
         assert not any(i["code"].startswith("conditional") for i in entry["interaction"])
+
+
+def test_conditions_that_search_other_types_need_read_access_to_them(gw: Gateway) -> None:
+    """A condition tells what matches: one that chains to Observations, or asks which Patients they
+    name (_has), needs the scope to read Observations, whatever the write."""
+    mark = marker()
+    with http(gw) as h:
+        pid = h.post("/Patient", json=patient(mark)).json()["id"]
+    has = {"_has:Observation:subject:code": "http://loinc.org|8867-4", "identifier": f"{SYSTEM}|{mark}"}
+    merge = {"Content-Type": "application/merge-patch+json"}
+    with http(gw, PATIENT_RW_KEY) as desk:
+        assert desk.get(f"/Patient/{pid}").status_code == 200  # it may read and write Patients
+        assert desk.patch("/Patient", params={"identifier": f"{SYSTEM}|{mark}"}, json={"gender": "male"},
+                          headers=merge).status_code == 200  # fmt: skip
+        assert desk.patch("/Patient", params=has, json={"gender": "female"}, headers=merge).status_code == 403
+        assert desk.delete("/Patient", params=has).status_code == 403
+        assert desk.put("/Patient", params=has, json=patient(mark)).status_code == 403
+        condition = {"If-None-Exist": "_has:Observation:subject:code=8867-4"}
+        assert desk.post("/Patient", json=patient(mark), headers=condition).status_code == 403
+        txn = {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [
+                {
+                    "resource": patient(mark),
+                    "request": {
+                        "method": "POST",
+                        "url": "Patient",
+                        "ifNoneExist": "_has:Observation:patient:code=1",
+                    },
+                }
+            ],
+        }
+        assert desk.post("", json=txn).status_code == 403
+    with http(gw) as h:
+        assert h.get(f"/Patient/{pid}").json()["gender"] == "male"  # nothing but the allowed patch happened

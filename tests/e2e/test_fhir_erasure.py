@@ -11,6 +11,8 @@ the store's files, and the lineage chain still verifies.
 
 from __future__ import annotations
 
+import base64
+import json
 import uuid
 from pathlib import Path
 from typing import Any
@@ -100,11 +102,31 @@ def test_erasing_a_patient_expunges_its_fhir_resources(tmp_path: Path) -> None:
                 made = h.post("", json=both).json()["entry"]
                 shared_kept, shared_gone = (e["response"]["location"].split("/")[1] for e in made)
                 assert h.delete(f"/Observation/{shared_gone}").status_code == 200
+                # an Observation of the other patient, filed under the erased one for a while by Bundle
+                # PATCH entries (their resource is a Binary: the patch's result names the patient)
+                wander = h.post("/Observation", json=observation("keep-me-1", "2093-3", 5.0)).json()["id"]
+                for target in ("erase-me-1", "keep-me-1"):
+                    ops = [{"op": "replace", "path": "/subject/reference", "value": f"Patient/{target}"}]
+                    binary = {
+                        "resourceType": "Binary",
+                        "contentType": "application/json-patch+json",
+                        "data": base64.b64encode(json.dumps(ops).encode()).decode(),
+                    }
+                    entry = {
+                        "resource": binary,
+                        "request": {"method": "PATCH", "url": f"Observation/{wander}"},
+                    }
+                    assert (
+                        h.post(
+                            "", json={"resourceType": "Bundle", "type": "transaction", "entry": [entry]}
+                        ).status_code
+                        == 200
+                    )
 
             erased = gw.cli("subjects", "erase", "Patient/erase-me-1", *gw.store_args())
             assert erased.returncode == 0, erased.stderr
             # the patient and its three records whole, and the first version of the moved one
-            assert "5 FHIR resources" in erased.stdout
+            assert "6 FHIR resources" in erased.stdout
 
             with httpx.Client(
                 base_url=f"{gw.http_url}/fhir", headers={"Authorization": f"Bearer {FHIR_KEY}"}
@@ -125,7 +147,23 @@ def test_erasing_a_patient_expunges_its_fhir_resources(tmp_path: Path) -> None:
                 # the other patient and their records are untouched
                 assert h.get("/Patient/keep-me-1").json()["name"][0]["family"] == kept_name
                 theirs = h.get("/Observation", params={"subject": "Patient/keep-me-1"}).json()
-                assert {e["resource"]["id"] for e in theirs["entry"]} == {moved.id, kept.id, shared_kept}
+                assert {e["resource"]["id"] for e in theirs["entry"]} == {
+                    moved.id,
+                    kept.id,
+                    shared_kept,
+                    wander,
+                }
+                # the wandering Observation keeps the versions about the other patient only
+                wandered = h.get(f"/Observation/{wander}/_history").json()
+                assert [e["resource"]["meta"]["versionId"] for e in wandered["entry"]] == ["3", "1"]
+
+            with httpx.Client(base_url=gw.http_url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as api:
+                txns = api.get("/api/messages", params={"message_type": "Bundle/transaction"}).json()["items"]
+                shared_body = next(
+                    m for m in txns if m["headers"].get("entries") == "2"
+                )  # the one about both
+                gone = api.get(f"/api/messages/{shared_body['id']}/raw")
+                assert gone.status_code == 410 and gone.json()["error"] == "erased"
 
             # the same over the HTTP API, for an admin key only; the value travels in the body
             second = {"subject": f"Patient/{posted.id}"}
@@ -154,7 +192,7 @@ def test_erasing_a_patient_expunges_its_fhir_resources(tmp_path: Path) -> None:
 
                 assert api.get("/api/lineage/verify", headers=admin).json()["ok"] is True
                 found = api.post("/api/lineage/search", json={"event": "SubjectErased"}, headers=admin).json()
-                assert [e["details"]["records"] for e in found["events"]] == [5, 2]
+                assert [e["details"]["records"] for e in found["events"]] == [6, 2]
                 assert "erase-me" not in str(found) and posted.id not in str(found)
 
             # no copy of the erased patient's name is left in the store's files; the other's still is

@@ -1130,6 +1130,19 @@ def _order(rtype: str, params: Mapping[str, SearchParam], raw: str) -> tuple[str
     return ", ".join(terms), tuple(args)
 
 
+def _linked(rtype: str, name: str, modifier: str, strict: bool, where: str) -> SearchParam | None:
+    """The parameter of ``rtype`` that a chain or ``_has`` (``where``) searches by, with its modifier
+    checked; ``None`` to ignore an unknown one when not ``strict``."""
+    p = params_of(rtype).get(name)
+    if p is None or p.name in ("_id", "_lastUpdated"):
+        if not strict and p is None:
+            return None
+        raise _unsupported(f"Unknown search parameter {_shown(name)} for {rtype} in {where}.")
+    if (modifier and modifier not in _MODIFIERS.get(p.kind, ())) or modifier in ("missing", "not"):
+        raise _unsupported(f"Search parameter {p.name} takes no such modifier in {where}.")
+    return p
+
+
 def _chain(q: _Query, raw_name: str, strict: bool) -> Callable[[str], None] | None:
     """The handler of a chained parameter, ``ref[:Type].param[:modifier]``: the resources whose reference
     ``ref`` names a ``Type`` that ``param`` finds (one link; ``:Type`` may be left out when ``ref`` can
@@ -1150,13 +1163,9 @@ def _chain(q: _Query, raw_name: str, strict: bool) -> Callable[[str], None] | No
     if len(targets) != 1:
         raise _invalid(f"Name the type {ref.name} refers to in the chain, as {ref.name}:Type.{_shown(tail)}.")
     target = targets[0]
-    child = params_of(target).get(cname)
-    if child is None or child.name in ("_id", "_lastUpdated"):
-        if not strict:
-            return None
-        raise _unsupported(f"Unknown search parameter {_shown(cname)} for {target} in the chain.")
-    if (cmodifier and cmodifier not in _MODIFIERS.get(child.kind, ())) or cmodifier in ("missing", "not"):
-        raise _unsupported(f"Search parameter {child.name} takes no such modifier in a chain.")
+    child = _linked(target, cname, cmodifier, strict, "the chain")
+    if child is None:
+        return None
     matcher = _MATCHERS[child.kind]
     q.chained.add(target)
 
@@ -1196,13 +1205,9 @@ def _has(q: _Query, spec: str, strict: bool) -> Callable[[str], None] | None:
         raise _invalid(
             f"_has must name a reference search parameter of {source} that can refer to {q.rtype}."
         )
-    child = params_of(source).get(cname)
-    if child is None or child.name in ("_id", "_lastUpdated"):
-        if not strict and child is None:
-            return None
-        raise _unsupported(f"Unknown search parameter {_shown(cname)} for {source} in _has.")
-    if (cmodifier and cmodifier not in _MODIFIERS.get(child.kind, ())) or cmodifier in ("missing", "not"):
-        raise _unsupported(f"Search parameter {child.name} takes no such modifier in _has.")
+    child = _linked(source, cname, cmodifier, strict, "_has")
+    if child is None:
+        return None
     matcher = _MATCHERS[child.kind]
     q.chained.add(source)
     prefix = f"{q.rtype}/"

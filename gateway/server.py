@@ -20,7 +20,7 @@ import uvicorn
 
 from adapters import BUILTIN_ADAPTERS, EXPUNGERS
 from adapters.fhir.api import FhirAPI
-from adapters.fhir.api import mount as mount_fhir
+from adapters.fhir.routes import mount as mount_fhir
 from adapters.finance.iso8583_listener import ISO8583Server
 from adapters.hl7 import fhir_transform
 from adapters.hl7.convert_api import mount as mount_convert

@@ -35,6 +35,7 @@ from adapters.fhir.interactions import Written
 from adapters.fhir.outcome import FhirError, operation_outcome
 from adapters.fhir.patch import PATCH_MEDIA, Patch, apply_patch, read_patch
 from adapters.fhir.resources import JSON_MEDIA, JSON_TYPES, RESOURCE_TYPES, XML_TYPES, serialize, write_json
+from adapters.fhir.subset import Subset, apply_subset, read_subset
 from gateway.adapter import Issue, ParseError
 from gateway.envelope import Envelope, Receipt, new_id
 from gateway.errors import AuthError, StoreUnavailable
@@ -594,8 +595,12 @@ class FhirAPI:
         )
 
     def version_reply(self, request: Request, v: Version) -> Response:
-        """One stored version: JSON as stored (byte for byte, decimals as written), or XML."""
+        """One stored version: JSON as stored (byte for byte, decimals as written), or XML; the part of
+        it ``_summary`` or ``_elements`` asks for (:mod:`adapters.fhir.subset`)."""
         headers = http.version_headers(v)
+        subset = read_subset(request.query_params.multi_items())
+        if subset:
+            return self.reply(request, apply_subset(interactions.body_of(v), subset), 200, headers)
         if http.response_format(request) == "json":
             return Response(v.body, 200, headers, JSON_MEDIA)
         return self.reply(request, interactions.body_of(v), 200, headers)
@@ -733,10 +738,11 @@ class FhirAPI:
         out["link"] = http.links(
             f"{base}/{rtype}", s.echo, s.count, s.offset, total, more=len(found) == s.count
         )
+        subset = read_subset(params)  # cuts the matches; what they include comes whole
         out["entry"] = [
             {
                 "fullUrl": f"{base}/{v.type}/{v.id}",
-                "resource": _resource_of(v, fmt),
+                "resource": _resource_of(v, fmt, subset if mode == "match" else Subset()),
                 "search": {"mode": mode},
             }
             for mode, vs in (("match", found), ("include", included))
@@ -779,8 +785,11 @@ def _snapshot(conn: sqlite3.Connection) -> Iterator[None]:
         conn.execute("COMMIT")
 
 
-def _resource_of(v: Version, fmt: http.Format) -> Any:
-    """A stored version inside a Bundle: for JSON its stored bytes as they are, for XML its resource."""
+def _resource_of(v: Version, fmt: http.Format, subset: Subset | None = None) -> Any:
+    """A stored version inside a Bundle: for JSON its stored bytes as they are, for XML its resource; the
+    part ``subset`` keeps, when it keeps a part."""
+    if subset:
+        return apply_subset(interactions.body_of(v), subset)
     return orjson.Fragment(v.body) if fmt == "json" else interactions.body_of(v)
 
 

@@ -8,8 +8,8 @@ What lives here:
   dict) for the ``fhir_index`` table: one row per searchable value, deduplicated.
 * :func:`parse_search` — at search time, the query of ``GET /fhir/{type}?...`` as a :class:`Search`:
   a SQL boolean fragment over ``fhir_resources r`` (``?`` placeholders only), the ORDER BY, the page,
-  ``_summary``, ``_total``, ``_include``, ``_revinclude`` and the parameters as understood (for Bundle
-  links).
+  ``_summary``, ``_elements``, ``_total``, ``_include``, ``_revinclude`` and the parameters as understood
+  (for Bundle links).
 
 Index rows (``fhir_index``: type, param, id, system, value, exact, low, high, num):
 
@@ -880,7 +880,7 @@ _MODIFIERS: Final[Mapping[str, frozenset[str]]] = {
 
 # --- parse_search -----------------------------------------------------------------------------------
 
-_IGNORED: Final = frozenset({"_format", "_pretty", "_elements"})
+_IGNORED: Final = frozenset({"_format", "_pretty"})
 _SUB: Final = "SELECT id FROM fhir_index WHERE type = ? AND param = ?"
 _ROWS_OF_R: Final = (
     "SELECT 1 FROM fhir_index INDEXED BY fhir_index_resource WHERE type = ? AND param = ? AND id = r.id"
@@ -941,7 +941,7 @@ class _Query:
     clauses: list[_Clause]
     args: list[Any]  # unused: each clause carries its own arguments
     echo: list[tuple[str, str]]
-    options: dict[str, tuple[str, str]]  # _sort/_summary/_total: (name, value) as given
+    options: dict[str, tuple[str, str]]  # _sort/_summary/_elements/_total: (name, value) as given
     includes: list[tuple[Include, str]]
     count: int = _DEFAULT_COUNT
     offset: int = 0
@@ -1038,9 +1038,13 @@ def _set_offset(q: _Query, raw: str) -> None:
 
 
 def _set_summary(q: _Query, raw: str) -> None:
-    if raw not in ("count", "false"):
-        raise _unsupported("_summary supports only count and false.")
-    q.options["_summary"] = ("_summary", raw)
+    if raw not in ("count", "false", "true", "text", "data"):
+        raise _invalid("_summary must be true, text, data, count or false.")
+    q.options["_summary"] = ("_summary", raw)  # (true, text and data cut each match: adapters.fhir.subset)
+
+
+def _set_elements(q: _Query, raw: str) -> None:
+    q.options["_elements"] = ("_elements", raw)  # (cuts each match: adapters.fhir.subset)
 
 
 def _set_total(q: _Query, raw: str) -> None:
@@ -1087,6 +1091,7 @@ _CONTROLS: Final[Mapping[str, Callable[[_Query, str], None]]] = {
     "_count": _set_count,
     "_offset": _set_offset,
     "_summary": _set_summary,
+    "_elements": _set_elements,
     "_total": _set_total,
     "_sort": _set_sort,
     "_include": _add_include,
@@ -1269,7 +1274,7 @@ def parse_search(resource_type: str, params: Sequence[tuple[str, str]], *, stric
     order_by, order_args = (
         _order(resource_type, q.params, q.options["_sort"][1]) if "_sort" in q.options else ("r.id", ())
     )
-    options = [q.options[k] for k in ("_sort", "_summary", "_total") if k in q.options]
+    options = [q.options[k] for k in ("_sort", "_summary", "_elements", "_total") if k in q.options]
     includes = [("_include", raw) for raw in sorted({raw for _, raw in q.includes})]
     includes += [("_revinclude", raw) for raw in sorted({raw for _, raw in q.revincludes})]
     where, args = _where(q.clauses)

@@ -1129,3 +1129,29 @@ def test_conditions_that_search_other_types_need_read_access_to_them(gw: Gateway
         assert desk.post("", json=txn).status_code == 403
     with http(gw) as h:
         assert h.get(f"/Patient/{pid}").json()["gender"] == "male"  # nothing but the allowed patch happened
+
+
+def test_summary_and_elements_answer_a_tagged_part_of_each_resource(gw: Gateway) -> None:
+    mark = marker()
+    subsetted = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"}
+    with http(gw) as h:
+        pid = h.post(
+            "/Patient", json=patient(mark, photo=[{"contentType": "image/png", "data": "iVBORw=="}])
+        ).json()["id"]
+        whole = h.get(f"/Patient/{pid}").json()
+        assert "photo" in whole and subsetted not in whole["meta"].get("tag", [])
+        summary = h.get(f"/Patient/{pid}", params={"_summary": "true"}).json()
+        assert (
+            "photo" not in summary
+            and summary["name"] == whole["name"]
+            and subsetted in summary["meta"]["tag"]
+        )
+        named = h.get(f"/Patient/{pid}", params={"_elements": "gender"}).json()
+        assert set(named) == {"resourceType", "id", "meta", "gender"}
+        xml = h.get(f"/Patient/{pid}", params={"_elements": "gender", "_format": "xml"})
+        assert b"<gender" in xml.content and b"<name" not in xml.content and b"SUBSETTED" in xml.content
+        found = h.get("/Patient", params={"identifier": f"{SYSTEM}|{mark}", "_elements": "birthDate"}).json()
+        (entry,) = found["entry"]
+        assert set(entry["resource"]) == {"resourceType", "id", "meta", "birthDate"}
+        assert "_elements=birthDate" in found["link"][0]["url"]
+        assert h.get(f"/Patient/{pid}", params={"_summary": "maybe"}).status_code == 400

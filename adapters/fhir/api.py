@@ -594,11 +594,10 @@ class FhirAPI:
             details={"resource": f"{rtype}/{rid}", "version": version, "interaction": interaction},
         )
 
-    def version_reply(self, request: Request, v: Version) -> Response:
+    def version_reply(self, request: Request, v: Version, subset: Subset) -> Response:
         """One stored version: JSON as stored (byte for byte, decimals as written), or XML; the part of
         it ``_summary`` or ``_elements`` asks for (:mod:`adapters.fhir.subset`)."""
         headers = http.version_headers(v)
-        subset = read_subset(request.query_params.multi_items())
         if subset:
             return self.reply(request, apply_subset(interactions.body_of(v), subset), 200, headers)
         if http.response_format(request) == "json":
@@ -624,17 +623,19 @@ class FhirAPI:
     def read(self, request: Request, rtype: str, rid: str) -> Response:
         rtype = self.known_type(rtype)
         who = self.principal(request, rtype, "read")
+        subset = read_subset(request.query_params.multi_items())  # a bad one is refused before any read
         v = self.store.read(lambda c: stored.current(c, rtype, rid))
         if v is None:
             raise FhirError(404, "not-found", f"No {rtype} has this id.")
         if v.deleted:
             raise FhirError(410, "deleted", f"The {rtype} was deleted.", headers=http.version_headers(v))
         self._access(who, "ResourceRead", [v], {"interaction": "read"})
-        return self.version_reply(request, v)
+        return self.version_reply(request, v, subset)
 
     def vread(self, request: Request, rtype: str, rid: str, vid: str) -> Response:
         rtype = self.known_type(rtype)
         who = self.principal(request, rtype, "read")
+        subset = read_subset(request.query_params.multi_items())
         if not vid.isdigit() or len(vid) > 18:
             raise FhirError(404, "not-found", f"No {rtype} version has this id.")
         v = self.store.read(lambda c: stored.version_of(c, rtype, rid, int(vid)))
@@ -648,7 +649,7 @@ class FhirAPI:
                 headers=http.version_headers(v),
             )
         self._access(who, "ResourceRead", [v], {"interaction": "vread"})
-        return self.version_reply(request, v)
+        return self.version_reply(request, v, subset)
 
     def history(self, request: Request, rtype: str | None, rid: str | None) -> Response:
         if rtype is not None:
@@ -656,6 +657,7 @@ class FhirAPI:
         who = self.principal(request, rtype or "*", "read")
         count, offset = http.paging(request.query_params)
         since = http.instant(request.query_params.get("_since"))
+        subset = read_subset(request.query_params.multi_items())
 
         def run(conn: sqlite3.Connection) -> tuple[int, list[Version], bool]:
             with _snapshot(conn):
@@ -680,13 +682,15 @@ class FhirAPI:
                 },
             }
             if not v.deleted:
-                entry["resource"] = _resource_of(v, fmt)
+                entry["resource"] = _resource_of(v, fmt, subset)
             entries.append(entry)
         self._access(
             who, "ResourceHistoryRead", [v for v in versions if not v.deleted], {"interaction": "history"}
         )
         path = "/".join(p for p in (rtype, rid, "_history") if p)
-        echo = [(k, v) for k, v in request.query_params.multi_items() if k in ("_since",)]
+        echo = [
+            (k, v) for k, v in request.query_params.multi_items() if k in ("_since", "_summary", "_elements")
+        ]
         out = {
             "resourceType": "Bundle",
             "id": new_id(),
@@ -702,6 +706,7 @@ class FhirAPI:
         who = self.principal(request, rtype, "read")
         lenient = "handling=lenient" in request.headers.get("prefer", "")
         params = [(k, v) for k, v in params if k not in CLIENT_HINTS]
+        subset = read_subset(params)  # cuts the matches; what they include comes whole
         s = search.parse_search(rtype, params, strict=not lenient)
         for chained in sorted(s.chained):  # a chain reads the type it searches
             self.principal(request, chained, "read", who)
@@ -738,7 +743,6 @@ class FhirAPI:
         out["link"] = http.links(
             f"{base}/{rtype}", s.echo, s.count, s.offset, total, more=len(found) == s.count
         )
-        subset = read_subset(params)  # cuts the matches; what they include comes whole
         out["entry"] = [
             {
                 "fullUrl": f"{base}/{v.type}/{v.id}",

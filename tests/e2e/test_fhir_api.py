@@ -1155,3 +1155,21 @@ def test_summary_and_elements_answer_a_tagged_part_of_each_resource(gw: Gateway)
         assert set(entry["resource"]) == {"resourceType", "id", "meta", "birthDate"}
         assert "_elements=birthDate" in found["link"][0]["url"]
         assert h.get(f"/Patient/{pid}", params={"_summary": "maybe"}).status_code == 400
+        history = h.get(f"/Patient/{pid}/_history", params={"_elements": "gender"}).json()
+        assert set(history["entry"][0]["resource"]) == {"resourceType", "id", "meta", "gender"}
+        assert "_elements=gender" in history["link"][0]["url"]
+
+    # a refused subset is refused before the read: no read is recorded for it
+    with httpx.Client(base_url=gw.http_url, headers={"Authorization": f"Bearer {READ_KEY}"}) as audit:
+
+        def reads() -> int:
+            query = {"event": "ResourceRead", "limit": 10000}
+            found = audit.post("/api/lineage/search", json=query).json()["events"]
+            return sum(1 for e in found if e["details"].get("resource") == f"Patient/{pid}")
+
+        assert wait_until(lambda: reads() >= 3)  # the three reads above
+        before = reads()
+        with http(gw) as h:
+            assert h.get(f"/Patient/{pid}", params={"_summary": "true", "_elements": "id"}).status_code == 400
+            assert h.get(f"/Patient/{pid}", params={"_summary": ""}).status_code == 200  # empty: no summary
+        assert wait_until(lambda: reads() == before + 1)

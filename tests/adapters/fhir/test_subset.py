@@ -56,3 +56,32 @@ def test_what_fhir_does_not_define_is_400(params: list[tuple[str, str]]) -> None
     with pytest.raises(FhirError) as caught:
         read_subset(params)
     assert caught.value.status == 400
+
+
+def test_summary_true_trims_every_level() -> None:
+    document = {
+        "resourceType": "DocumentReference",
+        "id": "d1",
+        "status": "current",
+        "content": [{"attachment": {"contentType": "text/plain", "data": "U2VjcmV0", "title": "note"}}],
+        "contained": [{"resourceType": "Patient", "id": "c1", "photo": [{"data": "eA=="}], "gender": "male"}],
+    }
+    out = apply_subset(document, read_subset([("_summary", "true")]))
+    assert out["content"] == [{"attachment": {"contentType": "text/plain", "title": "note"}}]  # no payload
+    assert "contained" not in out  # not a summary element of a DocumentReference
+
+
+def test_a_choice_is_named_by_its_base_name() -> None:
+    assert "valueQuantity" in cut(_elements="value") and "valueQuantity" in cut(_elements="value[x]")
+
+
+def test_elements_keep_what_changes_the_meaning_and_the_tag_is_not_doubled() -> None:
+    tagged = {**OBSERVATION, "modifierExtension": [{"url": "urn:m", "valueBoolean": True}],
+              "meta": {"tag": [{**SUBSETTED, "display": "subsetted"}]}}  # fmt: skip
+    out = apply_subset(tagged, read_subset([("_elements", "subject")]))
+    assert "modifierExtension" in out
+    assert [t["code"] for t in out["meta"]["tag"]] == ["SUBSETTED"]
+
+
+def test_an_empty_summary_is_no_summary() -> None:
+    assert not read_subset([("_summary", "")])

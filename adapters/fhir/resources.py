@@ -459,6 +459,20 @@ def _validate(resource: object, base: str | None) -> list[Issue]:
         ]
     where = base if base is not None else rtype
     issues: list[Issue] = []
+    meta = resource.get("meta")
+    tags = meta.get("tag") if isinstance(meta, Mapping) else None
+    if isinstance(tags, list) and any(
+        isinstance(t, Mapping) and t.get("system") == SUBSETTED_SYSTEM and t.get("code") == "SUBSETTED"
+        for t in tags
+    ):  # a part of a resource (_summary, _elements): writing it back would lose the rest
+        issues.append(
+            Issue(
+                "error",
+                "processing",
+                f"{where}.meta.tag",
+                "The resource is tagged SUBSETTED: it is a part of one; read it whole and write that.",
+            )
+        )
     rid = resource.get("id")
     if isinstance(rid, str) and not _ID.fullmatch(rid):
         issues.append(
@@ -476,6 +490,10 @@ def _validate(resource: object, base: str | None) -> list[Issue]:
     for step, inner in nested:
         issues += _validate(inner, where + step)
     return issues
+
+
+SUBSETTED_SYSTEM: Final = "http://terminology.hl7.org/CodeSystem/v3-ObservationValue"
+"""The system of the ``SUBSETTED`` tag (:mod:`adapters.fhir.subset`), which no write may carry."""
 
 
 def validate(resource: Mapping[str, Any]) -> list[Issue]:

@@ -16,7 +16,8 @@ FHIR R4 search, sections 3.1.1.5.8 and 3.1.1.5.9. What each keeps:
 ``implicitRules`` and ``modifierExtension`` (they change what the rest means);
 an element's ``_name`` companion (its id and extensions) stays with it. A subset
 is marked with the ``SUBSETTED`` tag in ``meta.tag``, so that no client takes it
-for the whole resource. ``_summary=count`` and ``false`` subset nothing here.
+for the whole resource, and a write that carries the tag is refused (422) by
+validation. ``_summary=count`` and ``false`` subset nothing here.
 """
 
 from __future__ import annotations
@@ -30,11 +31,9 @@ from typing import Any, Final
 from fhir.resources.R4B import get_fhir_model_class
 
 from adapters.fhir.outcome import FhirError
+from adapters.fhir.resources import SUBSETTED_SYSTEM
 
-SUBSETTED: Final = {
-    "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
-    "code": "SUBSETTED",
-}
+SUBSETTED: Final = {"system": SUBSETTED_SYSTEM, "code": "SUBSETTED"}
 _ALWAYS: Final = frozenset({"resourceType", "id", "meta"})
 _MODIFIERS: Final = frozenset({"implicitRules", "modifierExtension"})
 _SUMMARIES: Final = ("true", "text", "data", "count", "false")

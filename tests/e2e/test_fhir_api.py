@@ -1155,6 +1155,9 @@ def test_summary_and_elements_answer_a_tagged_part_of_each_resource(gw: Gateway)
         assert set(entry["resource"]) == {"resourceType", "id", "meta", "birthDate"}
         assert "_elements=birthDate" in found["link"][0]["url"]
         assert h.get(f"/Patient/{pid}", params={"_summary": "maybe"}).status_code == 400
+        # a part is not for writing back: an update tagged SUBSETTED is refused, and nothing is lost
+        assert h.put(f"/Patient/{pid}", json=named).status_code == 422
+        assert h.get(f"/Patient/{pid}").json()["name"] == whole["name"]
         history = h.get(f"/Patient/{pid}/_history", params={"_elements": "gender"}).json()
         assert set(history["entry"][0]["resource"]) == {"resourceType", "id", "meta", "gender"}
         assert "_elements=gender" in history["link"][0]["url"]

@@ -1009,6 +1009,13 @@ def _add_last_updated(q: _Query, raw: str) -> None:
     q.clauses.append(_simple(6, sql, tuple(arg for _, args in conds for arg in args)))
 
 
+def _ids_finding(rtype: str, p: SearchParam, conds: Sequence[_Cond]) -> tuple[str, tuple[Any, ...]]:
+    """The ids of the ``rtype`` resources whose index rows of ``p`` meet any of ``conds`` (one index range
+    each, joined by UNION ALL), with the arguments."""
+    sql = " UNION ALL ".join(f"{_SUB} AND {cond}" for cond, _ in conds)
+    return sql, tuple(arg for _, args in conds for arg in (rtype, p.name, *args))
+
+
 def _add_match(q: _Query, p: SearchParam, modifier: str, raw: str) -> None:
     matcher = _MATCHERS[p.kind]
     conds = [matcher(p, modifier, a) for a in _alternatives(raw)]
@@ -1018,8 +1025,7 @@ def _add_match(q: _Query, p: SearchParam, modifier: str, raw: str) -> None:
     if modifier == "not":
         q.clauses.append(_simple(9, f"NOT {check}", check_args))
         return
-    subs = " UNION ALL ".join(f"{_SUB} AND {sql}" for sql, _ in conds)
-    driver_args = tuple(arg for _, args in conds for arg in (q.rtype, p.name, *args))
+    subs, driver_args = _ids_finding(q.rtype, p, conds)
     q.clauses.append(_Clause(_RANK.get(p.kind, 7), f"r.id IN ({subs})", driver_args, check, check_args))
 
 
@@ -1175,13 +1181,12 @@ def _chain(q: _Query, raw_name: str, strict: bool) -> Callable[[str], None] | No
     q.chained.add(target)
 
     def add(raw: str) -> None:
-        conds = [matcher(child, cmodifier, a) for a in _alternatives(raw)]
-        # the references that name a target the child parameter finds (values are stored as Type/id)
-        named = " UNION ALL ".join(
-            f"SELECT ? || id FROM fhir_index WHERE type = ? AND param = ? AND {sql}"  # noqa: S608 (placeholders)
-            for sql, _ in conds
+        found, found_args = _ids_finding(
+            target, child, [matcher(child, cmodifier, a) for a in _alternatives(raw)]
         )
-        named_args = tuple(a for _, args in conds for a in (f"{target}/", target, child.name, *args))
+        # the references that name a target the child parameter finds (values are stored as Type/id)
+        named = f"SELECT ? || id FROM ({found})"  # noqa: S608 (placeholders)
+        named_args = (f"{target}/", *found_args)
         q.clauses.append(
             _Clause(
                 _RANK["reference"],
@@ -1218,12 +1223,9 @@ def _has(q: _Query, spec: str, strict: bool) -> Callable[[str], None] | None:
     prefix = f"{q.rtype}/"
 
     def add(raw: str) -> None:
-        conds = [matcher(child, cmodifier, a) for a in _alternatives(raw)]
-        found = " UNION ALL ".join(
-            f"SELECT id FROM fhir_index WHERE type = ? AND param = ? AND {sql}"  # noqa: S608 (placeholders)
-            for sql, _ in conds
+        found, found_args = _ids_finding(
+            source, child, [matcher(child, cmodifier, a) for a in _alternatives(raw)]
         )
-        found_args = tuple(a for _, args in conds for a in (source, child.name, *args))
         # the ids that those resources' references name (stored as Type/id: a prefix range of the index)
         named = (
             "SELECT substr(f.value, ?) FROM fhir_index f INDEXED BY fhir_index_resource"  # noqa: S608

@@ -29,7 +29,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from datetime import datetime
@@ -546,11 +546,7 @@ class SQLiteStore:
                 storage,
             ),
         )
-        if rec.business_keys:
-            txn.conn.executemany(
-                "INSERT OR IGNORE INTO message_keys (pseudonym, message_id) VALUES (?, ?)",
-                [(pseudonym(self._key, v), rec.id) for v in rec.business_keys.values()],
-            )
+        self._file_under(txn, rec.id, rec.business_keys.values())
         drafts = [
             EventDraft(
                 "MessageReceived",
@@ -577,11 +573,8 @@ class SQLiteStore:
         if status == "accepted" and rec.effect is not None:
             effected = rec.effect(txn.conn)
             drafts.extend(effected.events)
-            if effected.keys:  # what the effect wrote is about these too (a Bundle's patched resources)
-                txn.conn.executemany(
-                    "INSERT OR IGNORE INTO message_keys (pseudonym, message_id) VALUES (?, ?)",
-                    [(pseudonym(self._key, v), rec.id) for v in dict.fromkeys(effected.keys)],
-                )
+            # what the effect wrote is about these too (a Bundle's patched resources)
+            self._file_under(txn, rec.id, effected.keys)
         if effected is not None and not effected.routed:  # it changed nothing: nothing to deliver
             txn.conn.execute("UPDATE messages SET route = '' WHERE id = ?", (rec.id,))
         elif rec.route and conflict_with is None:
@@ -611,6 +604,14 @@ class SQLiteStore:
             )
         txn.append(drafts, at)
         return IntakeDecision("conflict" if conflict_with else "stored", rec.id, outcome, effected)
+
+    def _file_under(self, txn: _Txn, message_id: str, values: Iterable[str]) -> None:
+        """File the message under these business key values, by their pseudonyms (each once)."""
+        rows = [(pseudonym(self._key, v), message_id) for v in dict.fromkeys(values)]
+        if rows:
+            txn.conn.executemany(
+                "INSERT OR IGNORE INTO message_keys (pseudonym, message_id) VALUES (?, ?)", rows
+            )
 
     def _route_event(self, txn: _Txn, rec: IntakeRecord, at: str, status: str) -> EventDraft:
         """Write the outbox rows of an accepted record; return the routing lineage event."""

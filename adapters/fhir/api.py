@@ -19,7 +19,7 @@ import contextlib
 import logging
 import re
 import sqlite3
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -52,8 +52,9 @@ BASE = http.BASE
 _ENTRY = re.compile(r"Bundle\.entry\[(\d+)\]")
 RESOURCE_MEDIA = JSON_TYPES | XML_TYPES
 FORM = frozenset({"application/x-www-form-urlencoded"})
-PATCH_RETRIES = 10
-"""Times a patch is applied again when another write made a new version between its read and its commit."""
+RACE_RETRIES = 10
+"""Times a patch or a conditional write is tried again when another write changed the resource (or what
+the condition finds) between its read and its commit."""
 CLIENT_HINTS = frozenset({"_totalMethod"})
 """Query parameters some clients add that change nothing here (fhirpy's count() sends _totalMethod)."""
 MAX_TOTAL = 10_000
@@ -100,8 +101,13 @@ class _Raced(Exception):
     """Another write changed the resource (or what a condition finds) between a read and the commit."""
 
 
-def _kept_changing() -> FhirError:
-    return FhirError(
+async def _settled(attempt: Callable[[], Awaitable[Response]]) -> Response:
+    """``attempt``'s answer, tried again each time another write raced it (:class:`_Raced`); 409 after
+    :data:`RACE_RETRIES` races."""
+    for _ in range(RACE_RETRIES):
+        with contextlib.suppress(_Raced):
+            return await attempt()
+    raise FhirError(
         409, "conflict", "The resource kept changing while the request was applied; send it again."
     )
 
@@ -348,15 +354,12 @@ class FhirAPI:
         A patch reads what it changes (a failing ``test`` tells whether a value is there), so it needs read
         access to the type as well as write. With If-Match the patch is for that version only (412
         otherwise); without it, a write that lands between the read and the commit makes the patch apply
-        again to the newer version, and after :data:`PATCH_RETRIES` such races the answer is 409."""
+        again to the newer version, and after :data:`RACE_RETRIES` such races the answer is 409."""
         rtype = self.known_type(rtype)
         who = self._patcher(request, rtype)
         document = read_patch(*await self.body(request, PATCH_MEDIA))
         if_match = bundle.if_match_version(request.headers.get("if-match"))
-        for _ in range(PATCH_RETRIES):
-            with contextlib.suppress(_Raced):
-                return await self._patch_once(request, who, rtype, rid, document, if_match)
-        raise _kept_changing()
+        return await _settled(lambda: self._patch_once(request, who, rtype, rid, document, if_match))
 
     def _patcher(self, request: Request, rtype: str) -> Principal:
         who = self.principal(request, rtype, "write")
@@ -424,29 +427,31 @@ class FhirAPI:
         who = self._patcher(request, rtype)
         document = read_patch(*await self.body(request, PATCH_MEDIA))
         if_match = bundle.if_match_version(request.headers.get("if-match"))
-        for _ in range(PATCH_RETRIES):
+
+        async def attempt() -> Response:
             rid, still = self._matched(request, who, rtype, "conditional patch")
             if rid is None:
                 raise FhirError(404, "not-found", f"The conditional patch matches no {rtype}.")
-            with contextlib.suppress(_Raced):
-                return await self._patch_once(request, who, rtype, rid, document, if_match, still)
-        raise _kept_changing()
+            return await self._patch_once(request, who, rtype, rid, document, if_match, still)
+
+        return await _settled(attempt)
 
     async def conditional_delete(self, request: Request, rtype: str) -> Response:
         """``DELETE /Type?search``: the deletion of the one resource the search finds (single, as HAPI
         FHIR does by default); none found deletes nothing."""
         rtype = self.known_type(rtype)
         who = self.principal(request, rtype, "write")
-        for _ in range(PATCH_RETRIES):
+
+        async def attempt() -> Response:
             rid, still = self._matched(request, who, rtype, "conditional delete")
             if rid is None:
                 out = operation_outcome(
                     [Issue("information", "informational", "", f"No {rtype} matches; nothing was deleted.")]
                 )
                 return self.reply(request, out, 200)
-            with contextlib.suppress(_Raced):
-                return await self._delete_once(request, who, rtype, rid, still)
-        raise _kept_changing()
+            return await self._delete_once(request, who, rtype, rid, still)
+
+        return await _settled(attempt)
 
     async def conditional_update(self, request: Request, rtype: str) -> Response:
         rtype = self.known_type(rtype)

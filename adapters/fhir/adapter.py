@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import codecs
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -124,13 +124,7 @@ def patient_of(resource: Mapping[str, Any]) -> str:
         rid = resource.get("id")
         return f"Patient/{rid}" if isinstance(rid, str) and _ID.fullmatch(rid) else ""
     if rtype == "Bundle":
-        entries = resource.get("entry")
-        for entry in entries if isinstance(entries, list) else []:
-            inner = entry.get("resource") if isinstance(entry, dict) else None
-            found = patient_of(inner) if isinstance(inner, dict) else ""
-            if found:
-                return found
-        return ""
+        return next(_entry_patients(resource), "")
     for name in ("subject", "patient", "beneficiary"):
         found = _reference(resource.get(name))
         if found:
@@ -143,17 +137,23 @@ MAX_BUNDLE_PATIENTS = 100
 the patient of every resource it wrote besides, with no limit."""
 
 
-def _bundle_patients(bundle: Mapping[str, Any]) -> list[str]:
-    """The patients a Bundle's entries are about, each once, in entry order (the first is ``patient``)."""
+def _entry_patients(bundle: Mapping[str, Any]) -> Iterator[str]:
+    """The patient of each Bundle entry that is about one, in entry order (repeats included)."""
     entries = bundle.get("entry")
-    found: dict[str, None] = {}
     for entry in entries if isinstance(entries, list) else []:
         inner = entry.get("resource") if isinstance(entry, dict) else None
         patient = patient_of(inner) if isinstance(inner, dict) else ""
         if patient:
-            found[patient] = None
-            if len(found) == MAX_BUNDLE_PATIENTS:
-                break
+            yield patient
+
+
+def _bundle_patients(bundle: Mapping[str, Any]) -> list[str]:
+    """The patients a Bundle's entries are about, each once, in entry order (the first is ``patient``)."""
+    found: dict[str, None] = {}
+    for patient in _entry_patients(bundle):
+        found[patient] = None
+        if len(found) == MAX_BUNDLE_PATIENTS:
+            break
     return list(found)
 
 
@@ -243,12 +243,13 @@ class FhirAdapter:
         entries = body.get("entry")
         if body["resourceType"] == "Bundle":
             headers["entries"] = str(len(entries) if isinstance(entries, list) else 0)
-        patient = patient_of(body)
-        if not patient and body["resourceType"] == "Patient" and headers["resource_id"]:
-            patient = f"Patient/{headers['resource_id']}"  # a create: the id the server gave it
-        patients = (
-            _bundle_patients(body) if body["resourceType"] == "Bundle" else [patient] if patient else []
-        )
+        if body["resourceType"] == "Bundle":
+            patients = _bundle_patients(body)
+        else:
+            patient = patient_of(body)
+            if not patient and body["resourceType"] == "Patient" and headers["resource_id"]:
+                patient = f"Patient/{headers['resource_id']}"  # a create: the id the server gave it
+            patients = [patient] if patient else []
         return Envelope(
             id=new_id(),
             received_at=receipt.received_at,

@@ -92,6 +92,10 @@ def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     else:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA busy_timeout = 10000")
+    # savepoint journals and sorts stay in memory: SQLite's temporary files (in /var/tmp, unlinked at once)
+    # would carry page images with patient data where neither erasure nor secure_delete reaches, and
+    # opening one per group costs the event loop ~8% of its time per message under load
+    conn.execute("PRAGMA temp_store = MEMORY")
     return conn
 
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import socket
 import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.e2e.test_hl7_intake import EB, SB, field, read_frame
 from tests.e2e.test_iso8583 import encode, fields_of, read_exact
 from tests.finance_messages import DEBTOR_IBAN, pain001
 from tests.support import ADMIN_KEY, TEST_KEY, Gateway, free_port, wait_port
@@ -99,3 +101,41 @@ def test_no_canary_in_lineage_exports_pictures_or_logs(tmp_path: Path) -> None:
     for canary in CANARIES:
         assert canary.encode() not in everything, canary
     assert b"DE89" in everything  # the masked IBAN is there (country and check digits): the search is real
+
+
+def test_the_store_writes_no_temporary_file_outside_its_data_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite spills savepoint journals and large sorts to temporary files (unlinked at once, so their
+    blocks hold patient data that erasure and ``secure_delete`` never reach). The gateway keeps them in
+    memory: with SQLite's temporary directory pointed at a watched folder, concurrent intake (groups
+    whose savepoints journal many pages) and the API's reads never touch it."""
+    watched = tmp_path / "sqlite-tmp"
+    watched.mkdir()
+    monkeypatch.setenv("SQLITE_TMPDIR", str(watched))
+    (tmp_path / "gw").mkdir()
+    gw = Gateway(tmp_path / "gw").start()
+    before = watched.stat().st_mtime_ns  # creating or unlinking a file there would move it
+    try:
+
+        def sender(n: int) -> list[str]:
+            codes = []
+            with socket.create_connection(("127.0.0.1", gw.mllp_port), timeout=20) as s:
+                for i in range(40):
+                    s.sendall(SB + HL7.replace("CANARY-0001", f"TMP-{n}-{i}").encode() + EB)
+                    codes.append(field(read_frame(s), "MSA", 1))
+            return codes
+
+        with ThreadPoolExecutor(8) as pool:
+            codes = [c for batch in pool.map(sender, range(8)) for c in batch]
+        assert codes == ["AA"] * 320
+        listed = httpx.get(
+            f"{gw.http_url}/api/messages",
+            params={"limit": 500},
+            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        )
+        assert len(listed.json()["items"]) == 320
+    finally:
+        gw.stop()
+    assert list(watched.iterdir()) == []
+    assert watched.stat().st_mtime_ns == before

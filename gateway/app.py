@@ -14,16 +14,17 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.adapter import Adapter
+from gateway.bodies import BodyLimits, BodyRefused, read_limited
 from gateway.envelope import Receipt
 from gateway.errors import AuthError, ConfigError, StoreError
 from gateway.inventory import InventorySync, StockCount, inventory_view
@@ -40,6 +41,7 @@ from gateway.webhooks import Refusals, Signature
 log = logging.getLogger("gateway.http")
 
 ULID_SHAPE = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
+M = TypeVar("M", bound=BaseModel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,19 +147,13 @@ def _error(status: int, code: str, detail: str, headers: dict[str, str] | None =
     return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """Read the request body, refusing (413) as soon as it exceeds ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise APIError(413, "payload_too_large", f"The body exceeds the limit of {limit} bytes.")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise APIError(413, "payload_too_large", f"The body exceeds the limit of {limit} bytes.")
-        chunks.append(chunk)
-    return b"".join(chunks)
+async def read_body(request: Request, limits: BodyLimits) -> bytes:
+    """Read the request body within ``limits``: 413 as soon as it is too large, 408 when too slow."""
+    try:
+        return await read_limited(request, limits)
+    except BodyRefused as exc:
+        code = "payload_too_large" if exc.status == 413 else "request_timeout"
+        raise APIError(exc.status, code, exc.reason) from None
 
 
 def _peer(request: Request) -> str:
@@ -183,7 +179,7 @@ def create_app(
     intake: Intake,
     keyring: KeyRing,
     ingest_channels: Mapping[str, Ingest],
-    max_body_bytes: int,
+    body_limits: BodyLimits,
     runtime: Runtime | None = None,
     metrics: Metrics | None = None,
     verify: Callable[[], Verification] | None = None,
@@ -255,6 +251,26 @@ def create_app(
 
         return Depends(dep)
 
+    def json_body(model: type[M]) -> Any:
+        """A JSON body as ``model``, read within the body limits only once the caller is authenticated
+        (a body parameter of FastAPI's own would be read whole before any dependency runs)."""
+
+        async def dep(request: Request, who: Principal = Depends(principal)) -> M:
+            raw = await read_body(request, body_limits)
+            try:
+                return model.model_validate_json(raw)
+            except ValidationError as exc:
+                raise RequestValidationError(
+                    [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_input=False)]
+                ) from None
+
+        return Depends(dep)
+
+    def documented(model: type[BaseModel]) -> dict[str, Any]:
+        """The OpenAPI request body of a route that reads ``model`` through :func:`json_body`."""
+        schema = {"content": {"application/json": {"schema": model.model_json_schema()}}, "required": True}
+        return {"requestBody": schema}
+
     def add_ingest(name: str, channel: Ingest) -> None:
         def media_type(request: Request) -> str:
             """The request's content type, or 415 when the channel does not take it."""
@@ -280,12 +296,12 @@ def create_app(
 
         async def with_key(request: Request, who: Principal = scoped(f"ingest:{name}")) -> Response:
             content_type = media_type(request)
-            return await deliver(request, who.name, content_type, await read_body(request, max_body_bytes))
+            return await deliver(request, who.name, content_type, await read_body(request, body_limits))
 
         async def with_signature(request: Request) -> Response:
             signature = channel.signature
             assert signature is not None
-            body = await read_body(request, max_body_bytes)
+            body = await read_body(request, body_limits)
             try:
                 signature.verify(body, request.headers)  # before anything else: a refusal keeps nothing
             except AuthError as exc:
@@ -370,8 +386,10 @@ def create_app(
             runtime.engine.notify({d.sink for d in store.deliveries_of(message_id)})
         return {"replayed": count}
 
-    @app.post("/api/subjects/erase", tags=["admin"])
-    async def erase_subject(erasure: SubjectErasure, who: Principal = scoped("admin")) -> dict[str, Any]:
+    @app.post("/api/subjects/erase", tags=["admin"], openapi_extra=documented(SubjectErasure))
+    async def erase_subject(
+        who: Principal = scoped("admin"), erasure: SubjectErasure = json_body(SubjectErasure)
+    ) -> dict[str, Any]:
         """Erase a data subject, as ``gateway subjects erase`` does: their encrypted bodies become
         unreadable for good, their pending deliveries are dead-lettered, and for ``Patient/<id>`` the FHIR
         store's Patient and the resources about it are expunged. The value goes in the body, never in a
@@ -405,9 +423,14 @@ def create_app(
         what each channel was last sent."""
         return inventory_view(store, sync().config, sku, movements)
 
-    @app.put("/api/inventory/{sku}/locations/{location}", tags=["inventory"])
+    @app.put(
+        "/api/inventory/{sku}/locations/{location}", tags=["inventory"], openapi_extra=documented(StockCount)
+    )
     async def inventory_count(
-        sku: str, location: str, count: StockCount, who: Principal = scoped("inventory:write")
+        sku: str,
+        location: str,
+        who: Principal = scoped("inventory:write"),
+        count: StockCount = json_body(StockCount),
     ) -> dict[str, Any]:
         """Set the counted quantity on hand at a location (a stock take); recorded as a movement."""
         inventory = sync()
@@ -483,8 +506,10 @@ def create_app(
             return Response(journey_png(j), media_type="image/png", headers=headers)
         return Response(journey_svg(j), media_type="image/svg+xml", headers=headers)
 
-    @app.post("/api/lineage/search", tags=["lineage"])
-    def search_lineage(query: EventQuery, who: Principal = scoped("lineage:read")) -> dict[str, Any]:
+    @app.post("/api/lineage/search", tags=["lineage"], openapi_extra=documented(EventQuery))
+    def search_lineage(
+        who: Principal = scoped("lineage:read"), query: EventQuery = json_body(EventQuery)
+    ) -> dict[str, Any]:
         """Search lineage: by business key, control id, sender, protocol, type, route, sink, event,
         outcome and time range; page with ``after_seq`` = the returned ``next_after_seq``.
 

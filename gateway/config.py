@@ -119,6 +119,9 @@ class HTTPConfig(_Model):
     address: str = Field(default="127.0.0.1:8080", description="HOST:PORT to bind, or 'off'.")
     validation: ValidationLevel = Field(default="structure", description="none | header | structure.")
     max_body_bytes: int = Field(default=10 * MIB, gt=0, description="Largest request body; larger gets 413.")
+    body_timeout_s: float = Field(
+        default=30.0, gt=0, description="Time allowed for a whole request body to arrive; slower gets 408."
+    )
     tls: TLSConfig | None = Field(default=None, description="Serve HTTPS.")
 
     _addr = field_validator("address")(_check_address)

@@ -28,6 +28,7 @@ from adapters.hl7.mllp import MLLPServer
 from adapters.retail.pos_json import json_schema as pos_json_schema
 from adapters.retail.poslog_drop import DropFolder
 from gateway.app import create_app, ingest_channels
+from gateway.bodies import BodyLimits
 from gateway.checkpoints import (
     Checkpointer,
     checkpoint_sinks,
@@ -165,6 +166,7 @@ async def serve(
     http: _Uvicorn | None = None
     if settings.http.address != "off":
         host, port = parse_address(settings.http.address)
+        body_limits = BodyLimits(settings.http.max_body_bytes, settings.http.body_timeout_s)
         app = create_app(
             store=store,
             intake=intake,
@@ -182,16 +184,13 @@ async def serve(
             ),
             schemas={"pos_json": pos_json_schema()},
             expungers=EXPUNGERS,
-            max_body_bytes=settings.http.max_body_bytes,
+            body_limits=body_limits,
             runtime=runtime,
             metrics=metrics,
             verify=lambda: verify_store(store, checkpoint_to, public_path(settings.signing_key())),
         )
-        mount_convert(app, keyring, settings.http.max_body_bytes)
-        mount_fhir(
-            app,
-            FhirAPI(store=store, intake=intake, keyring=keyring, max_body_bytes=settings.http.max_body_bytes),
-        )
+        mount_convert(app, keyring, body_limits)
+        mount_fhir(app, FhirAPI(store=store, intake=intake, keyring=keyring, body_limits=body_limits))
         tls_http = settings.http.tls
         config = uvicorn.Config(
             app,

@@ -37,6 +37,7 @@ from adapters.fhir.patch import PATCH_MEDIA, Patch, apply_patch, read_patch
 from adapters.fhir.resources import JSON_MEDIA, JSON_TYPES, RESOURCE_TYPES, XML_TYPES, serialize, write_json
 from adapters.fhir.subset import Subset, apply_subset, read_subset
 from gateway.adapter import Issue, ParseError
+from gateway.bodies import BodyLimits, BodyRefused, read_limited
 from gateway.envelope import Envelope, Receipt, new_id
 from gateway.errors import AuthError, StoreUnavailable
 from gateway.lineage import EventDraft
@@ -121,13 +122,13 @@ class FhirAPI:
         store: Store,
         intake: Intake,
         keyring: KeyRing,
-        max_body_bytes: int,
+        body_limits: BodyLimits,
         adapter: FhirAdapter | None = None,
     ) -> None:
         self.store = store
         self.intake = intake
         self.keyring = keyring
-        self.max_body_bytes = max_body_bytes
+        self.body_limits = body_limits
         self.adapter = adapter or FhirAdapter()
         self.loop = asyncio.get_running_loop()
 
@@ -184,18 +185,12 @@ class FhirAPI:
                     "(application/merge-patch+json); FHIRPath Patch is not supported.",
                 )
             raise FhirError(415, "not-supported", "Send application/fhir+json or application/fhir+xml.")
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            raise FhirError(413, "too-costly", f"The body exceeds the limit of {self.max_body_bytes} bytes.")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                raise FhirError(
-                    413, "too-costly", f"The body exceeds the limit of {self.max_body_bytes} bytes."
-                )
-            chunks.append(chunk)
-        raw = b"".join(chunks)
+        try:
+            raw = await read_limited(request, self.body_limits)
+        except BodyRefused as exc:
+            raise FhirError(
+                exc.status, "too-costly" if exc.status == 413 else "timeout", exc.reason
+            ) from None
         if not raw.strip():
             raise FhirError(400, "invalid", "The request body is empty.")
         return raw, media

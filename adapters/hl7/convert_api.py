@@ -20,6 +20,7 @@ from adapters.hl7 import fhir_transform
 from adapters.hl7.er7 import split_batch
 from adapters.hl7.to_fhir import ConversionError, convert
 from gateway.app import APIError, read_body
+from gateway.bodies import BodyLimits
 from gateway.envelope import sha256_hex
 from gateway.errors import AuthError
 from gateway.security import KeyRing
@@ -35,7 +36,7 @@ def _outcome(exc: FhirError) -> Response:
     )
 
 
-def mount(app: FastAPI, keyring: KeyRing, max_body_bytes: int) -> None:
+def mount(app: FastAPI, keyring: KeyRing, body_limits: BodyLimits) -> None:
     """Add the conversion endpoint to ``app``."""
 
     async def convert_message(request: Request) -> Response:
@@ -51,7 +52,7 @@ def mount(app: FastAPI, keyring: KeyRing, max_body_bytes: int) -> None:
             if media not in MEDIA:
                 raise FhirError(415, "not-supported", "Send one HL7 v2 message as x-application/hl7-v2+er7.")
             try:
-                raw = await read_body(request, max_body_bytes)
+                raw = await read_body(request, body_limits)
             except APIError as exc:
                 raise FhirError(exc.status, "too-costly", exc.detail) from None
             batch = split_batch(raw)

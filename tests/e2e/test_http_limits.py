@@ -1,0 +1,169 @@
+"""End to end: the HTTP listener's limits hold before and while a body arrives.
+
+On the real gateway, over raw sockets (so the test controls how much of a
+body is sent, and when): a caller without a key is refused before the
+gateway reads a body it announced, on every route that takes one; a body
+announced over the limit is refused at once; and a body that trickles in is
+cut off with 408 after ``http.body_timeout_s``, in the error shape of its API.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import ADMIN_KEY, TEST_KEY, Gateway
+
+pytestmark = pytest.mark.e2e
+
+FHIR_KEY = "fhir-key-0123456789abcdef"
+HUGE = 400 * 1024 * 1024  # announced, never sent
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    workdir: Path = tmp_path_factory.mktemp("limits")
+    gateway = Gateway(workdir, {"http": {"max_body_bytes": 100_000, "body_timeout_s": 1.0}})
+    keys = gateway.config_path.read_text()
+    gateway.config_path.write_text(
+        keys.replace(
+            "api_keys:\n",
+            f"api_keys:\n  - name: ehr\n    key: {FHIR_KEY}\n    scopes: [fhir:read, fhir:write]\n",
+            1,
+        )
+    )
+    gateway.start()
+    yield gateway
+    gateway.stop()
+
+
+def exchange(
+    port: int, head: str, body: bytes, timeout: float = 10.0
+) -> tuple[int, dict[str, object], float]:
+    """Send ``head`` and the part ``body`` of a request, then read the answer: status, JSON body, and
+    the seconds it took to come."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(head.encode() + b"\r\n" + body)
+        start = time.monotonic()
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = s.recv(65536)
+            assert chunk, "closed without an answer"
+            data += chunk
+        took = time.monotonic() - start
+        header, rest = data.split(b"\r\n\r\n", 1)
+        length = int(
+            next(
+                v
+                for k, v in (h.split(b": ", 1) for h in header.split(b"\r\n")[1:])
+                if k.lower() == b"content-length"
+            )
+        )
+        while len(rest) < length:
+            chunk = s.recv(65536)
+            assert chunk, "closed in the middle of the answer"
+            rest += chunk
+    return int(header.split(b" ")[1]), json.loads(rest), took
+
+
+def request(method: str, path: str, length: int, headers: dict[str, str]) -> str:
+    lines = [f"{method} {path} HTTP/1.1", "Host: gateway", f"Content-Length: {length}"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    return "\r\n".join(lines) + "\r\n"
+
+
+JSON = {"Content-Type": "application/json"}
+BODY_ROUTES = [
+    ("POST", "/api/subjects/erase", JSON),
+    ("POST", "/api/lineage/search", JSON),
+    ("PUT", "/api/inventory/SKU-1/locations/store-1", JSON),
+    ("POST", "/ingest/hl7v2", {"Content-Type": "text/plain"}),
+    ("POST", "/fhir/Patient", {"Content-Type": "application/fhir+json"}),
+    ("POST", "/fhir", {"Content-Type": "application/fhir+json"}),
+    ("POST", "/api/convert/hl7v2-to-fhir", {"Content-Type": "text/plain"}),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "headers"), BODY_ROUTES)
+def test_no_key_is_refused_before_the_body_is_read(
+    gw: Gateway, method: str, path: str, headers: dict[str, str]
+) -> None:
+    status, body, took = exchange(gw.http_port, request(method, path, HUGE, headers), b'{"subject": "AAAA')
+    assert status == 401, body
+    assert took < 5  # answered while 400 MB were still to come
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "key"),
+    [
+        ("POST", "/api/subjects/erase", ADMIN_KEY),
+        ("POST", "/api/lineage/search", TEST_KEY),
+        ("POST", "/ingest/hl7v2", TEST_KEY),
+        ("POST", "/fhir/Patient", FHIR_KEY),
+    ],
+)
+def test_a_body_announced_over_the_limit_is_refused_at_once(
+    gw: Gateway, method: str, path: str, key: str
+) -> None:
+    headers = {
+        "Authorization": f"Bearer {key}",
+        "Content-Type": "application/fhir+json" if "fhir" in path else "application/json",
+    }
+    if path.startswith("/ingest"):
+        headers["Content-Type"] = "text/plain"
+    status, body, took = exchange(gw.http_port, request(method, path, HUGE, headers), b"{")
+    assert status == 413, body
+    assert took < 5
+
+
+def test_a_trickling_body_is_cut_off_with_408(gw: Gateway) -> None:
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}", **JSON}
+    status, body, took = exchange(gw.http_port, request("POST", "/api/subjects/erase", 500, admin), b'{"subj')
+    assert (status, body["error"]) == (408, "request_timeout")
+    assert 0.9 <= took < 5
+
+    fhir = {"Authorization": f"Bearer {FHIR_KEY}", "Content-Type": "application/fhir+json"}
+    status, body, took = exchange(
+        gw.http_port, request("POST", "/fhir/Patient", 500, fhir), b'{"resourceType"'
+    )
+    assert status == 408
+    assert body["resourceType"] == "OperationOutcome" and body["issue"][0]["code"] == "timeout"
+    assert 0.9 <= took < 5
+
+    # the listener still answers, and a body sent in time is taken
+    ok = httpx.post(
+        f"{gw.http_url}/api/lineage/search",
+        json={"limit": 5},
+        headers={"Authorization": f"Bearer {TEST_KEY}"},
+    )
+    assert ok.status_code == 200
+
+
+def test_json_bodies_are_still_checked_and_documented(gw: Gateway) -> None:
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    bad = httpx.post(f"{gw.http_url}/api/subjects/erase", json={"subject": "", "extra": 1}, headers=admin)
+    assert bad.status_code == 400
+    assert bad.json()["detail"] == "Invalid parameter: extra, subject."
+    assert (
+        "PATIENTCANARY"
+        not in httpx.post(
+            f"{gw.http_url}/api/subjects/erase",
+            content=b'{"subject": 5, "x": "PATIENTCANARY"}',
+            headers=admin,
+        ).text
+    )
+    not_json = httpx.post(
+        f"{gw.http_url}/api/lineage/search", content=b"{", headers={"Authorization": f"Bearer {TEST_KEY}"}
+    )
+    assert not_json.status_code == 400
+    spec = httpx.get(f"{gw.http_url}/api/openapi.json").json()
+    erase = spec["paths"]["/api/subjects/erase"]["post"]["requestBody"]["content"]["application/json"][
+        "schema"
+    ]
+    assert erase["properties"]["subject"]["maxLength"] == 512

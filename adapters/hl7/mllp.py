@@ -85,12 +85,13 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
-        self._arm_idle()
         try:
             frames = self.reader.feed(data)
         except FrameTooLarge as exc:
             self._refuse_oversized(exc.head)
             return
+        if frames or self.reader.in_frame:  # bytes outside any frame are noise: they keep nothing open
+            self._arm_idle()
         if frames:
             self.frames.extend(frames)
             self.wakeup.set()

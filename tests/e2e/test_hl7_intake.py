@@ -160,6 +160,13 @@ def test_mllp_unfinished_frame_and_idle_connections_are_closed(gw: Gateway) -> N
         t0 = time.monotonic()
         assert s.recv(100) == b""  # closed by the idle time-out (3 s)
         assert 2 < time.monotonic() - t0 < 8
+    with socket.create_connection(("127.0.0.1", gw.mllp_port), timeout=10) as s:
+        t0 = time.monotonic()
+        with pytest.raises((BrokenPipeError, ConnectionResetError)):
+            for _ in range(16):  # bytes outside any frame, every half second, do not keep it open
+                s.sendall(b"X")
+                time.sleep(0.5)
+        assert 2 < time.monotonic() - t0 < 6
 
 
 def test_mllp_connection_limit_per_client(gw: Gateway) -> None:

@@ -16,6 +16,10 @@ like a ``POST /ingest/poslog``. Then:
   ``max_bytes + 1`` bytes of it are read);
 * a symbolic link, or a file with more than one hard link, is never read (it
   could point anywhere on the machine): → ``failed/``;
+* nothing is written or moved through a link either: ``done/`` and ``failed/``
+  must be directories of their own (start refuses a link there), a reply is
+  only ever created as a new file, and a name already taken in ``done/`` or
+  ``failed/`` (by a file, or by a link someone put there) is never reused;
 * a file whose intake fails unexpectedly is tried again and, after three
   tries, moved to ``failed/``; it never holds up the files after it.
 
@@ -38,6 +42,7 @@ from pathlib import Path
 
 from gateway.adapter import Adapter
 from gateway.envelope import Receipt, new_id
+from gateway.errors import ConfigError
 from gateway.pipeline import Intake
 
 log = logging.getLogger("gateway.poslog_drop")
@@ -76,8 +81,17 @@ class DropFolder:
         """Files moved to done/ or failed/ since start."""
 
     async def start(self) -> None:
-        for folder in (self.folder, self.done, self.failed):
-            folder.mkdir(parents=True, exist_ok=True)
+        """Create the folders and start polling; :class:`ConfigError` if ``done/`` or ``failed/`` is
+        not a directory of its own (a link there would send files and replies anywhere)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for folder in (self.done, self.failed):
+            with contextlib.suppress(FileExistsError):
+                folder.mkdir()
+            if not stat.S_ISDIR(os.lstat(folder).st_mode):
+                raise ConfigError(
+                    f"poslog.drop_dir: {folder} is not a directory (a symbolic link?); "
+                    f"{folder.name}/ must be a real directory inside the drop folder"
+                )
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
@@ -176,10 +190,38 @@ class DropFolder:
         self._move(path, self.failed, json.dumps(refusal).encode())
 
     def _move(self, path: Path, folder: Path, reply: bytes | None) -> None:
-        target = folder / path.name
-        if target.exists():  # the same name again: keep both
-            target = folder / f"{path.stem}.{new_id()}{path.suffix}"
-        if reply is not None:
-            (folder / f"{target.name}.reply.json").write_bytes(reply)
-        os.replace(path, target)
+        """Move ``path`` into ``folder``, its reply (if any) written beside it first.
+
+        Everything happens relative to ``folder`` opened with ``O_NOFOLLOW``, so a folder swapped
+        for a link since start is an error, not a way out. A name whose file or reply is already
+        there (even as a link) is not reused; the reply is created with ``O_EXCL``, which never
+        follows or replaces a link; the rename replaces at most a directory entry, never a link's
+        target.
+        """
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            name = path.name
+            if _present(name, fd) or _present(f"{name}.reply.json", fd):  # the same name again: keep both
+                name = f"{path.stem}.{new_id()}{path.suffix}"
+            if reply is not None:
+                _create(f"{name}.reply.json", reply, fd)
+            os.replace(path, name, dst_dir_fd=fd)
+        finally:
+            os.close(fd)
         self.taken += 1
+
+
+def _present(name: str, folder_fd: int) -> bool:
+    """Whether anything (a file, a folder, a link, even a dangling one) has ``name`` in the folder."""
+    try:
+        os.stat(name, dir_fd=folder_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _create(name: str, data: bytes, folder_fd: int) -> None:
+    """Write ``data`` to a new file ``name`` in the folder; fails if the name exists, even as a link."""
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=folder_fd)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)

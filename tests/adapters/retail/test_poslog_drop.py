@@ -13,6 +13,7 @@ import pytest
 from adapters.retail.poslog import POSLogAdapter
 from adapters.retail.poslog_drop import DropFolder
 from gateway.envelope import Receipt
+from gateway.errors import ConfigError
 from gateway.pipeline import Intake
 from gateway.store import MessageFilter
 from gateway.store.sqlite import SQLiteStore
@@ -71,6 +72,68 @@ def test_links_are_never_read(store: SQLiteStore, tmp_path: Path) -> None:
     assert [i["code"] for i in reply(drop, "hard.xml")["issues"]] == ["not_a_file"]  # type: ignore[index]
     assert store.list_messages(MessageFilter()) == []
     assert (drop / "link.xml").is_symlink() and outside.exists()
+
+
+@pytest.mark.parametrize("victim_exists", [True, False])
+def test_a_link_where_the_reply_would_go_is_never_written_through(
+    store: SQLiteStore, tmp_path: Path, victim_exists: bool
+) -> None:
+    drop = tmp_path / "drop"
+    (drop / "failed").mkdir(parents=True)
+    victim = tmp_path / "victim"
+    if victim_exists:
+        victim.write_bytes(b"precious")
+    (drop / "failed" / "evil.xml.reply.json").symlink_to(victim)
+    (drop / "evil.xml").write_bytes(b"<POSLog><Broken>")
+    assert run(store, drop) == 1
+    assert (victim.read_bytes() == b"precious") if victim_exists else not victim.exists()
+    assert os.readlink(drop / "failed" / "evil.xml.reply.json") == str(victim)
+    (taken,) = [p for p in (drop / "failed").iterdir() if p.suffix == ".xml"]
+    assert taken.name != "evil.xml" and taken.read_bytes() == b"<POSLog><Broken>"
+    assert [i["code"] for i in reply(drop, taken.name)["issues"]] == ["not_well_formed"]  # type: ignore[index]
+
+
+def test_a_link_where_the_file_would_go_is_left_alone(store: SQLiteStore, tmp_path: Path) -> None:
+    drop = tmp_path / "drop"
+    (drop / "done").mkdir(parents=True)
+    victim = tmp_path / "victim"
+    (drop / "done" / "a.xml").symlink_to(victim)  # dangling: renaming onto it would replace the link
+    (drop / "a.xml").write_bytes(poslog_sale("7", "1", 1, [("SKU-1", 1)]))
+    assert run(store, drop) == 1
+    assert not victim.exists() and (drop / "done" / "a.xml").is_symlink()
+    assert len([p for p in (drop / "done").iterdir() if not p.is_symlink()]) == 1
+
+
+@pytest.mark.parametrize("sub", ["done", "failed"])
+def test_start_refuses_a_done_or_failed_folder_that_is_a_link(
+    store: SQLiteStore, tmp_path: Path, sub: str
+) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (drop / sub).symlink_to(elsewhere)
+    (drop / "a.xml").write_bytes(b"<POSLog><Broken>")
+
+    async def go() -> None:
+        await DropFolder(Intake(store), POSLogAdapter(), drop, settle_s=0).start()
+
+    with pytest.raises(ConfigError, match=f"{sub}/ must be a real directory"):
+        asyncio.run(go())
+    assert list(elsewhere.iterdir()) == [] and (drop / "a.xml").exists()
+
+
+def test_a_folder_swapped_for_a_link_after_start_is_not_written_through(
+    store: SQLiteStore, tmp_path: Path
+) -> None:
+    drop = tmp_path / "drop"
+    (drop / "done").mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (drop / "failed").symlink_to(elsewhere)
+    (drop / "a.xml").write_bytes(b"<POSLog><Broken>")
+    assert run(store, drop) == 0  # the file stays and is tried again
+    assert list(elsewhere.iterdir()) == [] and (drop / "a.xml").exists()
 
 
 def test_a_file_over_the_limit_is_refused_unread(store: SQLiteStore, tmp_path: Path) -> None:

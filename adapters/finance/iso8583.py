@@ -40,7 +40,11 @@ spec whose description names track, PIN, CVV/CVC, ICC/chip, expiry or
 security data, or that the spec marks ``"redact": "drop"`` (``"mask"`` masks an
 element like a PAN). In the elements kept, a copy of the PAN is masked, an
 element that holds track-like data is removed, and in free-form (variable
-length) elements any 13 to 19 digit run that passes the Luhn check is masked.
+length) elements every card number is masked: 13 to 19 digits that pass the
+Luhn check, written unbroken or in the usual groups joined by single spaces or
+hyphens (``4111-1111-1111-1111``, ``3782 822463 10005``; see
+:func:`_mask_card_numbers`). A grouped number keeps its separators in place,
+so a masked element is as long as the clear one.
 ``raw_sha256`` is the digest of that redacted form. The clear data elements
 stay only in memory (``Envelope.body``, an :class:`ISO8583Message` whose
 ``repr`` shows no values) so that :meth:`~ISO8583Adapter.respond` can echo
@@ -144,7 +148,9 @@ _SENSITIVE_DESC = re.compile(
     r"\btrack\b|\bpin\b|\bcvv|\bcvc|\bcav|\bicc\b|\bchip\b|card verification|expir|\bsecurity\b", re.I
 )
 _TRACK_LIKE = re.compile(r"\d{12,19}[=D]\d{4}|B\d{12,19}\^")
-_DIGIT_RUN = re.compile(r"(?<!\d)\d{13,19}(?!\d)")
+_DIGIT_GROUPS = re.compile(r"\d+(?:[ -]\d+)*")
+"""Runs of digits joined by single spaces or hyphens: where free-form elements may hold card numbers."""
+_SEPARATOR = re.compile(r"[ -]")
 _TRACK2_PAN = re.compile(r";?(\d{12,19})[=D]")
 _TRACK1_PAN = re.compile(r"%?B(\d{12,19})\^")
 
@@ -516,7 +522,7 @@ class ISO8583Adapter:
                 if _TRACK_LIKE.search(value):
                     removed.append(key)
                     continue
-                value = _DIGIT_RUN.sub(_mask_luhn_run, value)
+                value = _mask_card_numbers(value)
             kept[key] = value
         doc = {
             "format": REDACTED_FORMAT,
@@ -707,9 +713,60 @@ def _try_encode(fields: Mapping[str, str], spec: SpecDict) -> bytes:
     return bytes(data)
 
 
-def _mask_luhn_run(m: re.Match[str]) -> str:
+def _mask_card_numbers(text: str) -> str:
+    """``text`` with every card number in it masked as :func:`mask_pan` does, separators kept in place.
+
+    A card number is 13 to 19 digits that pass the Luhn check, written either as one unbroken run
+    of digits or as a group of four followed by two to four groups of three to six digits, each
+    joined to the next by a single space or hyphen (4-4-4-4, 4-6-5, 4-6-4, 4-4-5, 4-3-3-3,
+    4-4-4-4-3 …). Where groups run on (two numbers one after the other, a reference before one),
+    every group is tried as the start of the longest such number, and a digit stays clear only
+    when no number found hides it: numbers that overlap never show more than BIN + last four of
+    either.
+    """
+    return _DIGIT_GROUPS.sub(_mask_groups, text)
+
+
+def _mask_groups(m: re.Match[str]) -> str:
     run = m.group(0)
-    return mask_pan(run) if luhn_ok(run) else run
+    groups = _SEPARATOR.split(run)
+    starts = [0]
+    for g in groups:
+        starts.append(starts[-1] + len(g))
+    hidden: set[int] = set()
+    for i in range(len(groups)):
+        end = _card_number_end(groups, i)
+        if end is not None:
+            masked = mask_pan("".join(groups[i : end + 1]))
+            hidden.update(starts[i] + k for k, ch in enumerate(masked) if ch == "*")
+    if not hidden:
+        return run
+    out = []
+    digit = 0
+    for ch in run:
+        if ch in " -":
+            out.append(ch)
+        else:
+            out.append("*" if digit in hidden else ch)
+            digit += 1
+    return "".join(out)
+
+
+def _card_number_end(groups: list[str], i: int) -> int | None:
+    """The index of the last group of the card number that starts at group ``i``, or ``None``."""
+    if 13 <= len(groups[i]) <= 19:
+        return i if luhn_ok(groups[i]) else None
+    if len(groups[i]) != 4:
+        return None
+    for end in range(min(i + 4, len(groups) - 1), i + 1, -1):
+        digits = "".join(groups[i : end + 1])
+        if (
+            13 <= len(digits) <= 19
+            and all(3 <= len(g) <= 6 for g in groups[i + 1 : end + 1])
+            and luhn_ok(digits)
+        ):
+            return end
+    return None
 
 
 def _decode_issue(field: str, msg: str) -> Issue:

@@ -34,6 +34,8 @@ SECRETS = [
     "A1B2C3D4E5F60718",  # PIN block
     "9F2608C3D2A1B0E9F8A7965A08",  # chip data
     "CARDHOLDER/TEST A",  # track 1 name
+    "4761-7390-0101-0010",  # PANs written in groups
+    "3782 822463 10005",
 ]
 
 
@@ -188,7 +190,13 @@ def test_pci_no_card_data_is_kept_anywhere(tmp_path: Path) -> None:
             fields_of("0100__chip.json"),
             fields_of("0100__track1.json"),
             fields_of("0100__track2_only.json"),
-            fields_of("0200__private_data.json", **{"2": "4111111111111111", "48": "COPY 4111111111111111"}),
+            fields_of(
+                "0200__private_data.json",
+                **{
+                    "2": "4111111111111111",
+                    "48": "COPY 4111111111111111 ALT 4761-7390-0101-0010 3782 822463 10005",
+                },
+            ),
             fields_of("invalid__invalid_amount.json", **{"2": "5500005555555559"}),
         ]
         with socket.create_connection(("127.0.0.1", port), timeout=15) as s:
@@ -255,6 +263,8 @@ def test_pci_no_card_data_is_kept_anywhere(tmp_path: Path) -> None:
             haystacks[path.name] = path.read_bytes()
     assert "gateway.db" in haystacks
     assert b"550000******5559" in haystacks["gateway.db"] + haystacks.get("gateway.db-wal", b"")
+    # the stored raw form, as the API gives it: PANs written in groups masked in place, same length
+    assert b"ALT 4761-73**-****-0010 3782 82**** *0005" in haystacks["api responses"]
     found = {
         (where, secret)
         for where, data in haystacks.items()

@@ -303,6 +303,33 @@ def test_card_numbers_inside_free_form_elements_are_masked(adapter: ISO8583Adapt
     )
 
 
+@pytest.mark.parametrize(
+    ("clear", "kept"),
+    [
+        ("4111-1111-1111-1111 5500 0000 0000 0004", "4111-11**-****-1111 5500 00** **** 0004"),
+        ("AMEX 3782 822463 10005.", "AMEX 3782 82**** *0005."),  # 4-6-5
+        ("CUP 6222-0200-0000-0000-000", "CUP 6222-02**-****-***0-000"),  # 4-4-4-4-3, all 19 digits
+        ("REF 2025 4761 7390 0101 0010 END", "REF 2025 4761 73** **** 0010 END"),  # a group before it
+        # 2024 4761 7390 0101 passes the Luhn check too: both numbers are masked
+        ("REF 2024 4761 7390 0101 0010 END", "REF 2024 47** **** **** 0010 END"),
+        ("4111 1111-1111 1111", "4111 11**-**** 1111"),
+        # not card numbers: no Luhn, no card grouping, a double space, a date
+        ("1234 5678 9012 3456", "1234 5678 9012 3456"),
+        ("41 1111 1111 1111 11", "41 1111 1111 1111 11"),
+        ("4111  1111 1111 1111", "4111  1111 1111 1111"),
+        ("2024-01-15 10:30", "2024-01-15 10:30"),
+    ],
+)
+def test_card_numbers_written_in_groups_are_masked_in_place(
+    adapter: ISO8583Adapter, clear: str, kept: str
+) -> None:
+    fields = fields_of("0200__private_data.json") | {"48": clear}
+    env = parse(adapter, encode(fields))
+    de48 = json.loads(env.raw)["fields"]["48"]
+    assert de48 == kept and len(de48) == len(clear)
+    assert isinstance(env.body, ISO8583Message) and env.body.get("48") == clear
+
+
 def test_track_like_data_in_a_free_form_element_removes_it(adapter: ISO8583Adapter) -> None:
     fields = fields_of("0200__purchase.json") | {"62": "T2 5500005555555559=25121011000012345678"}
     doc = json.loads(parse(adapter, encode(fields)).raw)

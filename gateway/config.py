@@ -24,6 +24,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 
 from gateway.errors import ConfigError
 
@@ -720,17 +721,34 @@ def load_settings(
 
 
 def explain(exc: ValidationError, tree: Mapping[str, Any]) -> str:
-    """One line per problem: the key, the value given, and what was expected."""
+    """One line per problem: the key, the value given when it is safe to show, and what was expected."""
     lines = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
         if err["type"] == "extra_forbidden":
             lines.append(f"{key}: unknown key")
             continue
-        given = err.get("input")
-        shown = "(missing)" if err["type"] == "missing" else repr(given)
-        last = key.split(".")[-1]
-        if "key" in last or "secret" in last:
-            shown = "(hidden)"
-        lines.append(f"{key}: {shown} is not valid: {err['msg']}")
+        lines.append(f"{key}: {_shown(err)} is not valid: {err['msg']}")
     return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+_SECRET_NAME = re.compile(r"key|secret|token|password|passwd|credential|authorization|cookie|signature", re.I)
+
+
+def _shown(err: ErrorDetails) -> str:
+    """The given value as an error may show it: a plain value under a harmless name. A mapping or a
+    list may hold secrets (a sink's headers), and so may a value named like one, anything under
+    ``headers``, or a text with ``@`` in it (a URL's user and password)."""
+    if err["type"] == "missing":
+        return "(missing)"
+    given = err.get("input")
+    names = [p for p in err["loc"] if isinstance(p, str)]
+    if (names and _SECRET_NAME.search(names[-1])) or "headers" in names:
+        return "(hidden)"
+    if isinstance(given, Mapping):
+        return "(a mapping)"
+    if isinstance(given, list | tuple):
+        return "(a list)"
+    if isinstance(given, str) and "@" in given:
+        return "(hidden)"
+    return repr(given)

@@ -141,6 +141,25 @@ def test_webhook_secrets_come_from_the_environment_and_never_show_in_errors(tmp_
     assert "777" not in str(caught.value)
 
 
+def test_config_errors_never_show_a_sinks_secrets(tmp_path: Path) -> None:
+    """A typo in a sink (its whole mapping is the wrong value), a bad header or a URL with a user and
+    password in it: the error names the key, never the secret (it reaches logs and reload answers)."""
+    text = (
+        "sinks:\n"
+        "  ehr: {type: htttp, endpoint: 'https://ehr.example.org/x', headers: {Authorization: 'Bearer TOKEN-CANARY-1'}}\n"
+        "  lab: {type: http, endpoint: 'https://lab.example.org/x', headers: {X-Custom: [PLAIN-CANARY-2]}}\n"
+        "  hub: {type: mllp, endpoint: 'svc:PASS-CANARY-3@hub.example.org:2575'}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, text), environ={})
+    message = str(caught.value)
+    assert "sinks.ehr: (a mapping) is not valid" in message and "'htttp'" in message
+    assert "sinks.lab.http.headers.X-Custom: (hidden) is not valid" in message
+    assert "sinks.hub.mllp.endpoint: (hidden) is not valid" in message
+    for canary in ("TOKEN-CANARY-1", "PLAIN-CANARY-2", "PASS-CANARY-3"):
+        assert canary not in message
+
+
 def test_shop_config_is_valid_without_secrets() -> None:
     s = load_settings(FIXTURES / "config" / "shop.yaml", environ={})
     assert s.inventory is not None and set(s.inventory.channels) == {"web", "stores"}

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -97,6 +98,17 @@ def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     # opening one per group costs the event loop ~8% of its time per message under load
     conn.execute("PRAGMA temp_store = MEMORY")
     return conn
+
+
+def _private(path: Path) -> None:
+    """Make the database readable by its owner only (it holds bodies, the FHIR store and key rows).
+
+    A new file is created ``0600``; SQLite gives its ``-wal`` and ``-shm`` files the database's mode.
+    An existing one, and files SQLite made before, are set to ``0600``."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for part in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(part, 0o600)
 
 
 def _where(*conditions: tuple[str, Any]) -> tuple[str, list[Any]]:
@@ -196,7 +208,8 @@ class SQLiteStore:
 
     def open(self) -> None:
         """Create or migrate the database and get ready to write."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _private(self.path)
         conn = _connect(self.path)
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from dataclasses import replace
 from pathlib import Path
@@ -192,3 +193,33 @@ def test_lineage_search_by_receiver(store: SQLiteStore) -> None:
     found = store.search_events(EventQuery(receiver="LAB^FAC"))
     (row,) = store.list_messages(MessageFilter(control_id="RCV-1"))
     assert found and {e.envelope_id for e in found} == {row.id}
+
+
+def test_the_database_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    """Bodies, the FHIR store and key rows live in the database: whatever the umask, a new data
+    directory is ``0700`` and the database with its WAL and shared-memory files ``0600``; a database
+    made readable to others before is closed to them when the store opens it."""
+    data = tmp_path / "new" / "data"
+    store = SQLiteStore(data / "gateway.db", b"k" * 32)
+    old_umask = os.umask(0o022)
+    try:
+        store.open()
+
+        async def go() -> None:
+            await exchange(store, "MODE-1", b"MSH|one")
+
+        asyncio.run(go())
+        names = ["gateway.db", "gateway.db-wal", "gateway.db-shm"]
+        assert {n: (data / n).stat().st_mode & 0o777 for n in names} == dict.fromkeys(names, 0o600)
+        assert data.stat().st_mode & 0o777 == 0o700
+        store.close()
+        for n in names:
+            if (data / n).exists():
+                (data / n).chmod(0o644)
+        again = SQLiteStore(data / "gateway.db", b"k" * 32)
+        again.open()
+        assert (data / "gateway.db").stat().st_mode & 0o777 == 0o600
+        assert again.count_messages() == 1
+        again.close()
+    finally:
+        os.umask(old_umask)

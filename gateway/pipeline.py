@@ -208,13 +208,16 @@ class Intake:
         deliveries: tuple[PlannedDelivery, ...] = ()
         online: tuple[str, ...] = ()
         storage, subject = "full", ""
-        if kind == "accepted" and self.routing is not None and self.routing.enabled:
+        decided: RouteDecision | None = None
+        if self.routing is not None and self.routing.enabled:
+            # an invalid message is kept as the route it would take says too (sealed under its subject)
             decided = self.routing.route_envelope(env) or self.routing.unmatched_decision()
-            route = decided.route if decided is not None else UNMATCHED_ROUTE
             if decided is not None and decided.storage != "full":
                 storage = decided.storage
                 if decided.subject:
                     subject = env.headers.get(decided.subject) or env.business_keys.get(decided.subject, "")
+        if kind == "accepted" and self.routing is not None and self.routing.enabled:
+            route = decided.route if decided is not None else UNMATCHED_ROUTE
             planned = _planned(decided)
             online = tuple(d.sink for d in planned if d.sink in self.online)
             deliveries = tuple(d for d in planned if d.sink not in self.online)

@@ -14,7 +14,8 @@ the same form); ``sensitivity`` ``phi``. Headers (:data:`HEADER_KEYS`):
 ``id``), ``interaction`` (the receipt's ``interaction`` attribute, else
 ``create``) and, for a Bundle, ``entries``. The business key ``patient`` is the
 patient the resource is about (``Patient/<id>``, or the ``subject``,
-``patient`` or ``beneficiary`` reference when it names a Patient), shown masked
+``patient`` or ``beneficiary`` reference when it names a Patient, or for an
+Appointment the first participant's ``actor`` that does), shown masked
 as ``Patient/***<last 4>``. A Bundle is filed under every patient its entries
 are about: ``patient`` for the first, ``patient.2``, ``patient.3`` … for the
 others (up to :data:`MAX_BUNDLE_PATIENTS`, for display); the store also files it
@@ -129,6 +130,14 @@ def patient_of(resource: Mapping[str, Any]) -> str:
         found = _reference(resource.get(name))
         if found:
             return found
+    if rtype == "Appointment":  # the patient is one of its participants (an SIU's PID becomes one)
+        participants = resource.get("participant")
+        for participant in participants if isinstance(participants, list) else []:
+            found = _reference(participant.get("actor")) if isinstance(participant, dict) else ""
+            if found:
+                return found
+    if rtype == "AppointmentResponse":
+        return _reference(resource.get("actor"))
     return ""
 
 

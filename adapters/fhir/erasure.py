@@ -3,8 +3,8 @@
 ``gateway subjects erase Patient/<id>`` runs :func:`expunge_patient` in the
 erasure's transaction. A resource is *about* the patient when the adapter would
 file it under that patient (:func:`adapters.fhir.adapter.patient_of`: the
-Patient itself, or a ``subject``, ``patient`` or ``beneficiary`` reference to
-it), which is also the business key its writes were filed under. The
+Patient itself, a ``subject``, ``patient`` or ``beneficiary`` reference to it,
+or an Appointment participant's or AppointmentResponse's ``actor``), which is also the business key its writes were filed under. The
 candidates come from the search index (current resources that refer to the
 patient) and from the writes filed under the patient's pseudonym (deleted
 resources and earlier versions, which the index does not hold); each is then

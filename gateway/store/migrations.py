@@ -230,3 +230,9 @@ MIGRATIONS.append(
     # writes made (adapters/fhir/erasure.py) inside the write transaction, which must not scan them all.
     "CREATE INDEX fhir_versions_message ON fhir_versions (message_id)"
 )
+
+MIGRATIONS.append(
+    # 12: outbox order keys (``order_by: patient_id``) are kept as pseudonyms, as every other business key
+    # outside the bodies is: only their equality orders deliveries.
+    "UPDATE deliveries SET order_key = pseudonym(order_key) WHERE order_key IS NOT NULL AND order_key NOT LIKE 'hk:%'"
+)

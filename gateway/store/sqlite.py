@@ -124,8 +124,10 @@ def _where(*conditions: tuple[str, Any]) -> tuple[str, list[Any]]:
     return text, [value for clause, value in given if "?" in clause]
 
 
-def migrate(conn: sqlite3.Connection) -> int:
-    """Bring the schema up to date; returns the version reached."""
+def migrate(conn: sqlite3.Connection, pseudonym_key: bytes) -> int:
+    """Bring the schema up to date; returns the version reached. Migrations may call ``pseudonym(v)``,
+    the keyed pseudonym of a value under ``pseudonym_key``."""
+    conn.create_function("pseudonym", 1, lambda v: pseudonym(pseudonym_key, v), deterministic=True)
     (level,) = conn.execute("PRAGMA user_version").fetchone()
     for number, script in enumerate(MIGRATIONS, start=1):
         if number <= level:
@@ -218,7 +220,7 @@ class SQLiteStore:
         conn.execute(
             "PRAGMA secure_delete = ON"
         )  # dropped, pruned and erased bodies leave no copy in free pages
-        migrate(conn)
+        migrate(conn, self._key)
         row = conn.execute("SELECT seq, hash FROM lineage ORDER BY seq DESC LIMIT 1").fetchone()
         self._head = [row[0], row[1]] if row else [0, GENESIS_HASH]
         self._wconn = conn
@@ -639,7 +641,18 @@ class SQLiteStore:
                 "INSERT INTO deliveries (id, message_id, sink, route, transform, order_key, status, attempts,"
                 " next_attempt_at, created_at, updated_at) VALUES (?,?,?,?,?,?,'pending',0,?,?,?)",
                 [
-                    (f"{rec.id}:{d.sink}", rec.id, d.sink, d.route, d.transform, d.order_key, now, at, at)
+                    (
+                        f"{rec.id}:{d.sink}",
+                        rec.id,
+                        d.sink,
+                        d.route,
+                        d.transform,
+                        # only equality matters for ordering: a patient id is kept as its pseudonym
+                        pseudonym(self._key, d.order_key) if d.order_key else None,
+                        now,
+                        at,
+                        at,
+                    )
                     for d in rec.deliveries
                 ],
             )
@@ -797,6 +810,7 @@ class SQLiteStore:
                     " updated_at = ? WHERE message_id = ? AND status = 'pending'",
                     ("The data subject was erased.", at, mid),
                 )
+            self._scrub_keys(txn.conn, value, subject)
             records = sum(expunge(txn.conn, value, subject) for expunge in expungers)
             # last, as it cannot be rolled back: a failure before it leaves everything as it was
             had_key = self._subjects.erase(subject)  # in the writer's turn: no intake seals meanwhile
@@ -818,6 +832,29 @@ class SQLiteStore:
         if done.records or done.bodies:
             await asyncio.get_running_loop().run_in_executor(None, self._purge_wal)
         return done
+
+    @staticmethod
+    def _scrub_keys(conn: sqlite3.Connection, value: str, subject: str) -> None:
+        """Replace the erased subject's value by its pseudonym wherever a message row keeps it in clear
+        (the promoted headers and business keys of the messages filed under it; an outbox order key
+        written before those were pseudonyms)."""
+        rows = conn.execute(
+            "SELECT m.id, m.headers, m.business_keys FROM message_keys k JOIN messages m ON m.id = k.message_id"
+            " WHERE k.pseudonym = ?",
+            (subject,),
+        ).fetchall()
+        for mid, headers_json, keys_json in rows:
+            headers, keys = orjson.loads(headers_json), orjson.loads(keys_json)
+            for name, held in keys.items():
+                if held == value:
+                    keys[name] = subject
+                    if headers.get(name) == value:
+                        headers[name] = subject
+            conn.execute(
+                "UPDATE messages SET headers = ?, business_keys = ? WHERE id = ?",
+                (orjson.dumps(headers).decode(), orjson.dumps(keys).decode(), mid),
+            )
+        conn.execute("UPDATE deliveries SET order_key = ? WHERE order_key = ?", (subject, value))
 
     def _purge_wal(self) -> None:
         """Copy the WAL into the database and empty it, so that pages holding removed rows survive
@@ -1047,8 +1084,8 @@ class SQLiteStore:
         """A message for display: header values that are business keys show as their pseudonyms."""
         headers = orjson.loads(r[15])
         for key, value in orjson.loads(r[18]).items():
-            if key in headers:
-                headers[key] = pseudonym(self._key, value)
+            if key in headers:  # an erased subject's value is a pseudonym already
+                headers[key] = value if value.startswith("hk:") else pseudonym(self._key, value)
         return MessageRow(
             id=r[0],
             received_at=r[1],

@@ -13,7 +13,7 @@ import pytest
 from gateway.adapter import Issue
 from gateway.envelope import new_id, sha256_hex, utcnow
 from gateway.errors import StoreUnavailable
-from gateway.lineage import EventDraft
+from gateway.lineage import EventDraft, pseudonym
 from gateway.store import IntakeRecord, MessageFilter, ReplyRecord
 from gateway.store.sqlite import SQLiteStore
 
@@ -223,3 +223,24 @@ def test_the_database_is_readable_by_its_owner_only(tmp_path: Path) -> None:
         again.close()
     finally:
         os.umask(old_umask)
+
+
+def test_order_keys_written_in_clear_before_become_pseudonyms(tmp_path: Path) -> None:
+    """An outbox row from a version that kept ``order_by`` values in clear: the migration turns its
+    order key into the pseudonym new rows get, so the patient id leaves the table and ordering holds."""
+    path = tmp_path / "gw.db"
+    first = SQLiteStore(path, b"k" * 32)
+    first.open()
+    first.close()
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "INSERT INTO deliveries (id, message_id, sink, route, order_key, status, next_attempt_at,"
+            " created_at, updated_at) VALUES ('m:ehr', 'm', 'ehr', 'adt', 'MRN-CLEAR-9^^^HOSP', 'pending', 0,"
+            " '2026-01-01', '2026-01-01')"
+        )
+        db.execute("PRAGMA user_version = 11")
+    again = SQLiteStore(path, b"k" * 32)
+    again.open()
+    (row,) = again.list_deliveries(None, None)
+    again.close()
+    assert row.order_key == pseudonym(b"k" * 32, "MRN-CLEAR-9^^^HOSP")

@@ -161,7 +161,7 @@ OBSERVATIONS: list[tuple[str, dict[str, Any]]] = [
 @pytest.fixture(scope="module")
 def db() -> Iterator[sqlite3.Connection]:
     conn = sqlite3.connect(":memory:", isolation_level=None)
-    migrate(conn)  # the store's real schema (migration 10: the FHIR tables and their indexes)
+    migrate(conn, b"k" * 32)  # the store's real schema (migration 10: the FHIR tables and their indexes)
     for last_updated, resource in PATIENTS + OBSERVATIONS:
         rtype, rid = resource["resourceType"], resource["id"]
         conn.execute(

@@ -14,9 +14,11 @@ fine, the gateway just does not take that kind.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeGuard
 
@@ -48,6 +50,8 @@ ROUTE_UNMATCHED = Issue(
     "",
     "No route takes this kind of message, and the gateway rejects unmatched ones.",
 )
+OFF_LOOP_BYTES = 64 * 1024
+"""Payloads larger than this are parsed and validated in a worker thread (see :meth:`Intake.receive`)."""
 STORE_UNAVAILABLE = Issue(
     "fatal", "store_unavailable", "", "The gateway could not store the message durably; send it again later."
 )
@@ -148,6 +152,8 @@ class Intake:
         self._stock_sources: dict[type, bool] = {}
         """Set when the inventory ledger is kept: the stock movements of accepted messages are applied in
         their transaction, and this is told which SKUs they touched, after the commit."""
+        self._large: ThreadPoolExecutor | None = None
+        """The worker thread large payloads are prepared in (made on first use)."""
 
     def _record(
         self, adapter: Adapter, unit: bytes, receipt: Receipt, parent_id: str | None
@@ -332,8 +338,10 @@ class Intake:
                 issues.extend(check(env))
         return issues
 
-    async def receive(self, adapter: Adapter, raw: bytes, receipt: Receipt) -> IntakeResult:
-        """Take one payload (a message or a batch) through intake and return its replies."""
+    def _prepare_payload(
+        self, adapter: Adapter, raw: bytes, receipt: Receipt
+    ) -> tuple[BatchRecord | None, list[tuple[IntakeRecord, Outcome, Reply]]]:
+        """Split a payload into its messages; parse, validate and route each (see :meth:`_record`)."""
         try:
             batch = adapter.split(raw)
         except Exception:  # a splitter bug must not lose the message: treat it as one unit
@@ -356,7 +364,22 @@ class Intake:
                 peer=receipt.peer,
                 client=receipt.client,
             )
-        prepared = [self._record(adapter, unit, receipt, parent_id) for unit in units]
+        return batch_record, [self._record(adapter, unit, receipt, parent_id) for unit in units]
+
+    async def receive(self, adapter: Adapter, raw: bytes, receipt: Receipt) -> IntakeResult:
+        """Take one payload (a message or a batch) through intake and return its replies.
+
+        A payload over :data:`OFF_LOOP_BYTES` is split, parsed and validated in a worker thread (one:
+        large payloads take turns), so that a large one does not hold up every other connection's
+        replies."""
+        if len(raw) > OFF_LOOP_BYTES:
+            if self._large is None:
+                self._large = ThreadPoolExecutor(max_workers=1, thread_name_prefix="intake-large")
+            batch_record, prepared = await asyncio.get_running_loop().run_in_executor(
+                self._large, self._prepare_payload, adapter, raw, receipt
+            )
+        else:
+            batch_record, prepared = self._prepare_payload(adapter, raw, receipt)
         records = [rec for rec, _, _ in prepared]
         try:
             decisions = await self.store.record_intake(records, batch_record)

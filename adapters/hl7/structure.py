@@ -799,22 +799,8 @@ def parse_location(location: str) -> tuple[str, int, int | None, int | None, int
     return m.group("seg"), num("occ") or 1, field, rep, num("comp"), num("sub")
 
 
-def _where(segments: Sequence[SegmentLike], pos: int) -> str:
-    """``PID`` or ``PID(2)`` for the segment at ``pos``."""
-    sid = segments[pos].id
-    if not _SEGMENT_ID_RE.fullmatch(sid):
-        return ""
-    occurrence = 1
-    for k in range(pos):
-        if segments[k].id == sid:
-            occurrence += 1
-    return sid if occurrence == 1 else f"{sid}({occurrence})"
-
-
-def _field_location(
-    segments: Sequence[SegmentLike], pos: int, index: int, rep: int = 1, comp: int = 0, sub: int = 0
-) -> str:
-    out = f"{_where(segments, pos)}-{index}"
+def _field_location(run: _Run, pos: int, index: int, rep: int = 1, comp: int = 0, sub: int = 0) -> str:
+    out = f"{run.where(pos)}-{index}"
     if rep > 1:
         out += f"[{rep}]"
     if comp:
@@ -827,22 +813,61 @@ def _field_location(
 # --------------------------------------------------------------------------- validation
 
 
+MAX_ISSUES: Final = 100
+"""Issues one message gets at most; then validation stops with a ``too_many_issues`` error (an ACK
+carries one ERR per issue, and a small message of many bad segments must not cost more than that)."""
+
+
 class _Run:
-    """One validation: the issue list and the severity policy."""
+    """One validation: the message's segments, the issue list and the severity policy."""
 
-    __slots__ = ("issues", "severities")
+    __slots__ = ("_occurrence", "full", "issues", "segments", "severities")
 
-    def __init__(self, severities: Mapping[str, Severity] | None) -> None:
+    def __init__(
+        self, severities: Mapping[str, Severity] | None, segments: Sequence[SegmentLike] = ()
+    ) -> None:
         self.issues: list[Issue] = []
         self.severities = severities
+        self.segments = segments
+        self.full = False
+        """Set once :data:`MAX_ISSUES` were found: the checks stop."""
+        self._occurrence: list[int] | None = None
 
     def add(self, code: str, location: str, diagnostics: str, key: bool = False) -> None:
+        if self.full:
+            return
+        if len(self.issues) >= MAX_ISSUES:
+            self.full = True
+            self.issues.append(
+                Issue(
+                    "error",
+                    "too_many_issues",
+                    "",
+                    f"Validation stopped after {MAX_ISSUES} issues; the rest of the message was not checked.",
+                )
+            )
+            return
         severity: Severity | None = None
         if self.severities is not None:
             severity = self.severities.get(code)
         if severity is None:
             severity = "error" if key else DEFAULT_SEVERITIES.get(code, "warning")
         self.issues.append(Issue(severity, code, location, diagnostics))
+
+    def where(self, pos: int) -> str:
+        """``PID`` or ``PID(2)`` for the segment at ``pos`` (occurrences counted once per message)."""
+        sid = self.segments[pos].id
+        if not _SEGMENT_ID_RE.fullmatch(sid):
+            return ""
+        if self._occurrence is None:
+            seen: dict[str, int] = {}
+            occurrence = []
+            for segment in self.segments:
+                n = seen[segment.id] = seen.get(segment.id, 0) + 1
+                occurrence.append(n)
+            self._occurrence = occurrence
+        n = self._occurrence[pos]
+        return sid if n == 1 else f"{sid}({n})"
 
 
 def _check_fields(
@@ -868,7 +893,7 @@ def _check_fields(
                 continue
         run.add(
             "required_field_missing",
-            _field_location(segments, pos, i),
+            _field_location(run, pos, i),
             f"{rule.label} is required but empty.",
             rule.key,
         )
@@ -884,7 +909,7 @@ def _check_fields(
             if limited is not None and present[k].count(rep_sep) >= limited.max_reps:
                 run.add(
                     "too_many_repetitions",
-                    _field_location(segments, pos, limited.index),
+                    _field_location(run, pos, limited.index),
                     f"{limited.label} allows at most {limited.max_reps} repetition(s) "
                     f"but has {present[k].count(rep_sep) + 1}.",
                 )
@@ -897,7 +922,7 @@ def _check_fields(
                 if len(rep_value) > limit:
                     run.add(
                         "field_too_long",
-                        _field_location(segments, pos, i, r),
+                        _field_location(run, pos, i, r),
                         f"{rule.label} is longer than {limit} characters.",
                     )
 
@@ -926,7 +951,7 @@ def _check_fields(
             if fields[i]:
                 run.add(
                     "unexpected_field",
-                    _field_location(segments, pos, i),
+                    _field_location(run, pos, i),
                     f"{rules.id} defines {defined} fields in this version; field {i} is not one of them.",
                 )
                 break
@@ -1001,7 +1026,7 @@ def _type_issue(
     kind = check.kind or ""
     run.add(
         "data_type_error",
-        _field_location(segments, pos, rule.index, rep, check.component, check.subcomponent),
+        _field_location(run, pos, rule.index, rep, check.component, check.subcomponent),
         f"{_part(rule, check.component, check.subcomponent)} must be {_FORMAT_NAMES[kind]} ({kind}).",
         rule.header,
     )
@@ -1044,7 +1069,7 @@ def _check_tables(
             if primitive and primitive != '""' and primitive not in allowed:
                 run.add(
                     "table_value_not_found",
-                    _field_location(segments, pos, rule.index, r, ci, si),
+                    _field_location(run, pos, rule.index, r, ci, si),
                     f"{_part(rule, ci, si)} is not a value of table {table}.",
                 )
 
@@ -1107,7 +1132,7 @@ class _Walk:
         trans = automaton.trans
         sid = segments[pos].id
         symbol = sid if sid in automaton.alphabet else _ANY
-        where = _where(segments, pos)
+        where = self.run.where(pos)
         path = _shortest_path(automaton, state, symbol)
         if path is not None:
             self._missing(path, f"before {where}")
@@ -1240,7 +1265,10 @@ def validate(
     trans = automaton.trans if automaton is not None else ()
     alphabet = automaton.alphabet if automaton is not None else frozenset()
     wildcard = automaton.wildcard if automaton is not None else False
+    run.segments = segments
     for pos, segment in enumerate(segments):
+        if run.full:
+            return run.issues
         sid = segment.id
         rules = seg_rules.get(sid)
         if rules is None:
@@ -1261,7 +1289,7 @@ def validate(
         elif sid[:1] == "Z":
             pass
         elif automaton is not None or not rules.known:
-            where = _where(segments, pos)
+            where = run.where(pos)
             if not rules.known:
                 text = (
                     f"Segment {sid} is not defined in HL7 {lib.version}."

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from adapters.hl7 import er7, structure
+from adapters.hl7.ack import build_ack
 from adapters.hl7.structure import library_for, parse_location, resolve_structure, validate
 from gateway.adapter import Issue
 from tests.conftest import FIXTURES, require_or_skip
@@ -522,3 +523,22 @@ def test_corpus_pid_problems_are_errors() -> None:
             i.is_error and i.code == "required_segment_missing" and i.location == "PID"
             for i in validate(without_pid, msh9[2], version)
         ), name
+
+
+def test_many_bad_segments_stop_at_the_issue_cap_and_cost_little() -> None:
+    """A small message of thousands of bad segments: validation stops after MAX_ISSUES with one
+    ``too_many_issues`` error (so the message is refused, not accepted half-checked), the ACK carries
+    that many ERR segments at most, and the later segments' locations still count occurrences right."""
+    msg = message(MSH, SEGMENTS[1], SEGMENTS[2], SEGMENTS[5], *["QQQ|1"] * 40_000)
+    issues = validate(msg, "ADT_A01", "2.5.1")
+    assert len(issues) == structure.MAX_ISSUES + 1
+    assert (issues[-1].severity, issues[-1].code) == ("error", "too_many_issues")
+    assert [i.location for i in issues[:3]] == ["QQQ", "QQQ(2)", "QQQ(3)"]
+    ack = build_ack("AE", {"control_id": "CTRL-0001", "version": "2.5.1"}, issues)
+    assert ack.count(b"\rERR|") == structure.MAX_ISSUES + 1
+
+
+def test_locations_count_each_segments_occurrences() -> None:
+    bad = seg("OBX", f1="first", f2="NM", f3="8867-4^Heart rate^LN", f5="92", f11="F")
+    msg = adt(OBX="\r".join([SEGMENTS[6], SEGMENTS[6], bad]))
+    assert ("warning", "data_type_error", "OBX(3)-1") in check(msg)

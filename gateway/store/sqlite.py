@@ -85,6 +85,10 @@ WAL_CHECKPOINT_PAGES = 8000
 """Checkpoint the WAL every ~32 MiB rather than SQLite's 4 MiB: fewer, larger checkpoints cost less per commit."""
 
 
+BUSY_TIMEOUT_MS = 10_000
+"""How long a connection waits for another process's lock before it fails (SQLITE_BUSY)."""
+
+
 def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     if readonly:
         conn = sqlite3.connect(
@@ -92,7 +96,7 @@ def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         )
     else:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA busy_timeout = 10000")
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     # savepoint journals and sorts stay in memory: SQLite's temporary files (in /var/tmp, unlinked at once)
     # would carry page images with patient data where neither erasure nor secure_delete reaches, and
     # opening one per group costs the event loop ~8% of its time per message under load
@@ -221,6 +225,7 @@ class SQLiteStore:
             "PRAGMA secure_delete = ON"
         )  # dropped, pruned and erased bodies leave no copy in free pages
         migrate(conn, self._key)
+        conn.execute("PRAGMA busy_timeout = 0")  # the write lock is waited for off the loop (_begin)
         row = conn.execute("SELECT seq, hash FROM lineage ORDER BY seq DESC LIMIT 1").fetchone()
         self._head = [row[0], row[1]] if row else [0, GENESIS_HASH]
         self._wconn = conn
@@ -285,7 +290,7 @@ class SQLiteStore:
     ) -> None:
         start_head = list(self._head)
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            await self._begin(loop, conn)
         except sqlite3.Error as exc:
             log.error("store begin failed", extra={"error": type(exc).__name__})
             for _, fut in group:
@@ -327,6 +332,19 @@ class SQLiteStore:
         self.commits += 1
         for fut, value, problem in results:
             _settle(fut, value, problem)
+
+    async def _begin(self, loop: asyncio.AbstractEventLoop, conn: sqlite3.Connection) -> None:
+        """Take the write lock. Free (the rule) it is taken at once on the loop; held by another
+        process (``gateway replay``, ``subjects erase``) the wait for it happens in the commit thread,
+        up to the busy time-out, so that the loop serves reads and replies meanwhile."""
+        try:
+            conn.execute("BEGIN IMMEDIATE")  # the writer's busy time-out is 0: never waits here
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:  # BUSY, BUSY_RECOVERY …
+                raise
+        assert self._committer is not None
+        await loop.run_in_executor(self._committer, _begin_waiting, conn)
 
     async def record_intake(
         self, records: Sequence[IntakeRecord], batch: BatchRecord | None = None
@@ -1319,6 +1337,15 @@ class SQLiteStore:
             .fetchone()
         )
         return (int(row[0]), str(row[1])) if row else None
+
+
+def _begin_waiting(conn: sqlite3.Connection) -> None:
+    """``BEGIN IMMEDIATE``, waiting up to :data:`BUSY_TIMEOUT_MS` for another process's write lock."""
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    finally:
+        conn.execute("PRAGMA busy_timeout = 0")
 
 
 def _settle(fut: asyncio.Future[Any], value: Any, err: BaseException | None) -> None:

@@ -244,3 +244,25 @@ def test_order_keys_written_in_clear_before_become_pseudonyms(tmp_path: Path) ->
     (row,) = again.list_deliveries(None, None)
     again.close()
     assert row.order_key == pseudonym(b"k" * 32, "MRN-CLEAR-9^^^HOSP")
+
+
+def test_a_write_lock_held_by_another_process_is_waited_for_off_the_loop(tmp_path: Path) -> None:
+    """``gateway replay`` or ``subjects erase`` beside the server holds the write lock for a while:
+    intake waits for it without blocking the event loop, so a timer on the loop (here: the one that
+    lets the other writer finish) still runs, and the message is stored once the lock is free."""
+    store = SQLiteStore(tmp_path / "gw.db", b"k" * 32)
+    store.open()
+    other = sqlite3.connect(tmp_path / "gw.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+
+    async def go() -> str:
+        asyncio.get_running_loop().call_later(0.3, other.execute, "COMMIT")
+        (decision,) = await store.record_intake([record("LOCKED-1")])
+        return decision.kind
+
+    try:
+        assert asyncio.run(go()) == "stored"
+        assert store.count_messages() == 1
+    finally:
+        other.close()
+        store.close()

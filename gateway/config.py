@@ -123,6 +123,9 @@ class HTTPConfig(_Model):
     body_timeout_s: float = Field(
         default=30.0, gt=0, description="Time allowed for a whole request body to arrive; slower gets 408."
     )
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, description="Time allowed for a request's line and headers; slower is closed."
+    )
     tls: TLSConfig | None = Field(default=None, description="Serve HTTPS.")
 
     _addr = field_validator("address")(_check_address)

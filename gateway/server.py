@@ -38,6 +38,7 @@ from gateway.checkpoints import (
 )
 from gateway.config import Settings, parse_address
 from gateway.errors import ConfigError
+from gateway.http_head import head_timed
 from gateway.listeners import server_tls
 from gateway.metrics import Metrics
 from gateway.openlineage import OpenLineageEmitter, build_emitter
@@ -201,6 +202,7 @@ async def serve(
             server_header=False,
             lifespan="off",
             timeout_keep_alive=30,
+            http=head_timed(settings.http.header_timeout_s),
             ssl_certfile=str(tls_http.cert) if tls_http else None,
             ssl_keyfile=str(tls_http.key) if tls_http else None,
         )

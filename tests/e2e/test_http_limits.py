@@ -4,7 +4,9 @@ On the real gateway, over raw sockets (so the test controls how much of a
 body is sent, and when): a caller without a key is refused before the
 gateway reads a body it announced, on every route that takes one; a body
 announced over the limit is refused at once; and a body that trickles in is
-cut off with 408 after ``http.body_timeout_s``, in the error shape of its API.
+cut off with 408 after ``http.body_timeout_s``, in the error shape of its API; a
+connection whose request head does not arrive within ``http.header_timeout_s``
+(nothing sent, or header lines trickled) is closed.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ HUGE = 400 * 1024 * 1024  # announced, never sent
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     workdir: Path = tmp_path_factory.mktemp("limits")
-    gateway = Gateway(workdir, {"http": {"max_body_bytes": 100_000, "body_timeout_s": 1.0}})
+    gateway = Gateway(
+        workdir, {"http": {"max_body_bytes": 100_000, "body_timeout_s": 1.0, "header_timeout_s": 1.0}}
+    )
     keys = gateway.config_path.read_text()
     gateway.config_path.write_text(
         keys.replace(
@@ -43,6 +47,23 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     gateway.stop()
 
 
+def read_response(s: socket.socket) -> tuple[int, bytes]:
+    """One whole HTTP response from ``s``: its status and body."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        assert chunk, "closed without an answer"
+        data += chunk
+    header, rest = data.split(b"\r\n\r\n", 1)
+    lines = [h.split(b": ", 1) for h in header.split(b"\r\n")[1:]]
+    length = int(next(v for k, v in lines if k.lower() == b"content-length"))
+    while len(rest) < length:
+        chunk = s.recv(65536)
+        assert chunk, "closed in the middle of the answer"
+        rest += chunk
+    return int(header.split(b" ")[1]), rest
+
+
 def exchange(
     port: int, head: str, body: bytes, timeout: float = 10.0
 ) -> tuple[int, dict[str, object], float]:
@@ -51,25 +72,8 @@ def exchange(
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(head.encode() + b"\r\n" + body)
         start = time.monotonic()
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = s.recv(65536)
-            assert chunk, "closed without an answer"
-            data += chunk
-        took = time.monotonic() - start
-        header, rest = data.split(b"\r\n\r\n", 1)
-        length = int(
-            next(
-                v
-                for k, v in (h.split(b": ", 1) for h in header.split(b"\r\n")[1:])
-                if k.lower() == b"content-length"
-            )
-        )
-        while len(rest) < length:
-            chunk = s.recv(65536)
-            assert chunk, "closed in the middle of the answer"
-            rest += chunk
-    return int(header.split(b" ")[1]), json.loads(rest), took
+        status, answer = read_response(s)
+        return status, json.loads(answer), time.monotonic() - start
 
 
 def request(method: str, path: str, length: int, headers: dict[str, str]) -> str:
@@ -167,3 +171,30 @@ def test_json_bodies_are_still_checked_and_documented(gw: Gateway) -> None:
         "schema"
     ]
     assert erase["properties"]["subject"]["maxLength"] == 512
+
+
+def closed_within(s: socket.socket, seconds: float) -> float:
+    """Seconds until the gateway closed ``s`` (it must within ``seconds``)."""
+    start = time.monotonic()
+    s.settimeout(seconds)
+    assert s.recv(100) == b""
+    return time.monotonic() - start
+
+
+def test_a_slow_or_missing_request_head_closes_the_connection(gw: Gateway) -> None:
+    with socket.create_connection(("127.0.0.1", gw.http_port), timeout=10) as s:
+        assert closed_within(s, 8) >= 0.9  # nothing sent at all
+    with socket.create_connection(("127.0.0.1", gw.http_port), timeout=10) as s:
+        start = time.monotonic()
+        s.sendall(b"GET /healthz HTTP/1.1\r\n")
+        with pytest.raises((BrokenPipeError, ConnectionResetError)):
+            for i in range(40):  # one header line every quarter second, never the blank line
+                time.sleep(0.25)
+                s.sendall(f"X-Slow-{i}: 1\r\n".encode())
+        assert 0.9 <= time.monotonic() - start < 8
+    # a request on time is answered, and its connection is kept for the next one
+    with socket.create_connection(("127.0.0.1", gw.http_port), timeout=10) as s:
+        for _ in range(2):
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n")
+            assert read_response(s)[0] == 200
+            time.sleep(0.6)  # idle between requests counts against keep-alive, not the head limit

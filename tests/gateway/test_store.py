@@ -15,7 +15,7 @@ from gateway.envelope import new_id, sha256_hex, utcnow
 from gateway.errors import StoreUnavailable
 from gateway.lineage import EventDraft, pseudonym
 from gateway.store import IntakeRecord, MessageFilter, ReplyRecord
-from gateway.store.sqlite import SQLiteStore
+from gateway.store.sqlite import WAL_CHECKPOINT_PAGES, SQLiteStore
 
 
 def record(
@@ -128,22 +128,22 @@ def _tamper(path: Path, sql: str) -> None:
     conn.close()
 
 
-@pytest.mark.parametrize(
-    ("sql", "bad_seq"),
-    [
-        ("UPDATE lineage SET details = replace(details, 'hl7v2', 'hl7v3') WHERE seq = 3", 3),
-        ("DELETE FROM lineage WHERE seq = 5", 5),
-        (
-            "UPDATE lineage SET seq = -1 WHERE seq = 4; UPDATE lineage SET seq = 4 WHERE seq = 5;"
-            " UPDATE lineage SET seq = 5 WHERE seq = -1;",
-            4,
-        ),
-        ("UPDATE lineage SET outcome = 'rejected' WHERE seq = 8", 8),
-    ],
-    ids=["changed-byte", "deleted-event", "reordered", "changed-outcome"],
-)
-def test_verify_detects_tampering(tmp_path: Path, sql: str, bad_seq: int) -> None:
-    store = SQLiteStore(tmp_path / "tampered.db", b"k" * 32)
+TAMPERED_COLUMNS = {
+    "at": "'2000-01-01T00:00:00+00:00'",
+    "event": "'MessageRejected'",
+    "envelope_id": "'another-envelope'",
+    "parent_id": "'another-parent'",
+    "actor": "'user:intruder'",
+    "outcome": "'rejected'",
+    "error_code": "'tampered'",
+    "raw_sha256": "'" + "f" * 64 + "'",
+    "details": "json_set(details, '$.protocol', 'hl7v3')",
+}
+"""One changed value per stored column of ``lineage`` that the hash covers."""
+
+
+def _four_messages(path: Path) -> SQLiteStore:
+    store = SQLiteStore(path, b"k" * 32)
     store.open()
 
     async def go() -> None:
@@ -152,11 +152,77 @@ def test_verify_detects_tampering(tmp_path: Path, sql: str, bad_seq: int) -> Non
 
     asyncio.run(go())
     assert store.verify_lineage().ok
+    return store
+
+
+def _column_at(path: Path, column: str, seq: int) -> object:
+    conn = sqlite3.connect(path)
+    (value,) = conn.execute(f"SELECT {column} FROM lineage WHERE seq = ?", (seq,)).fetchone()
+    conn.close()
+    return value
+
+
+def test_the_tampering_cases_cover_every_hashed_lineage_column(tmp_path: Path) -> None:
+    store = _four_messages(tmp_path / "columns.db")
+    conn = sqlite3.connect(store.path)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(lineage)")}
+    conn.close()
+    store.close()
+    assert columns - {"seq", "prev_hash", "hash"} == set(TAMPERED_COLUMNS)
+
+
+@pytest.mark.parametrize(
+    ("column", "bad_seq"),
+    [(column, 1 + n % 8) for n, column in enumerate(TAMPERED_COLUMNS)],
+    ids=list(TAMPERED_COLUMNS),
+)
+def test_verify_detects_a_changed_column(tmp_path: Path, column: str, bad_seq: int) -> None:
+    store = _four_messages(tmp_path / "tampered.db")
+    before = _column_at(store.path, column, bad_seq)
+    _tamper(store.path, f"UPDATE lineage SET {column} = {TAMPERED_COLUMNS[column]} WHERE seq = {bad_seq}")
+    assert _column_at(store.path, column, bad_seq) != before
+    result = store.verify_lineage()
+    store.close()
+    assert not result.ok
+    assert result.first_bad_seq == bad_seq
+    assert result.reason == "event content does not match its hash"
+
+
+@pytest.mark.parametrize(
+    ("sql", "bad_seq"),
+    [
+        ("DELETE FROM lineage WHERE seq = 5", 5),
+        (
+            "UPDATE lineage SET seq = -1 WHERE seq = 4; UPDATE lineage SET seq = 4 WHERE seq = 5;"
+            " UPDATE lineage SET seq = 5 WHERE seq = -1;",
+            4,
+        ),
+        (f"UPDATE lineage SET hash = '{'e' * 64}' WHERE seq = 6", 6),
+        (f"UPDATE lineage SET prev_hash = '{'e' * 64}' WHERE seq = 7", 7),
+    ],
+    ids=["deleted-event", "reordered", "changed-hash", "changed-prev-hash"],
+)
+def test_verify_detects_tampering(tmp_path: Path, sql: str, bad_seq: int) -> None:
+    store = _four_messages(tmp_path / "tampered.db")
     _tamper(store.path, sql)
     result = store.verify_lineage()
     store.close()
     assert not result.ok
     assert result.first_bad_seq == bad_seq
+
+
+def test_the_write_connection_is_durable_and_checkpoints_its_wal(store: SQLiteStore) -> None:
+    """Each commit is fsynced (synchronous FULL) into a write-ahead log that is checkpointed as it grows."""
+    asyncio.run(exchange(store, "DUR-1", b"MSH|durable"))
+    conn = sqlite3.connect(store.path)
+    (journal_mode,) = conn.execute("PRAGMA journal_mode").fetchone()
+    conn.close()
+    assert journal_mode == "wal"
+    assert store._wconn is not None
+    (synchronous,) = store._wconn.execute("PRAGMA synchronous").fetchone()
+    (autocheckpoint,) = store._wconn.execute("PRAGMA wal_autocheckpoint").fetchone()
+    assert synchronous == 2  # FULL
+    assert autocheckpoint == WAL_CHECKPOINT_PAGES > 0
 
 
 def test_full_disk_fails_the_commit_and_keeps_the_chain(store: SQLiteStore) -> None:

@@ -285,6 +285,25 @@ def test_api_queries_and_lineage(gw: Gateway, api: httpx.Client) -> None:
     assert httpx.get(f"{gw.http_url}/healthz").json()["ok"] is True
 
 
+def test_reading_a_body_takes_the_admin_scope(gw: Gateway, api: httpx.Client) -> None:
+    """The stored bytes carry PHI: a key with messages:read (or ingest and lineage scopes too) gets 403,
+    a request without a valid key 401, and neither answer holds any of the body."""
+    raw = with_control_id(fixture("adt_a01__canary.hl7"), "E2E-RAW-SCOPE")
+    assert field(mllp_exchange(gw.mllp_port, raw), "MSA", 1) == "AA"
+    (item,) = api.get("/api/messages", params={"control_id": "E2E-RAW-SCOPE"}).json()["items"]
+    url = f"{gw.http_url}/api/messages/{item['id']}/raw"
+    refusals = [
+        (httpx.get(url, headers={"X-API-Key": READ_KEY}), 403),
+        (httpx.get(url, headers={"Authorization": f"Bearer {READ_KEY}"}), 403),
+        (httpx.get(url, headers={"Authorization": f"Bearer {TEST_KEY}"}), 403),
+        (httpx.get(url), 401),
+        (httpx.get(url, headers={"X-API-Key": "wrong-key-wrong-key"}), 401),
+    ]
+    assert [r.status_code for r, _ in refusals] == [status for _, status in refusals]
+    for r, _ in refusals:
+        assert b"CANARYPATIENT" not in r.content and b"CANARY-MRN-0001" not in r.content
+
+
 def test_cli_send_over_mllp_and_http(gw: Gateway, tmp_path: Path) -> None:
     good = tmp_path / "good.hl7"
     good.write_bytes(with_control_id(fixture("siu_s12__appointment.hl7"), "E2E-CLI-SIU"))

@@ -22,6 +22,16 @@ from tests.support import ADMIN_KEY, Gateway, wait_until
 pytestmark = pytest.mark.e2e
 
 
+def body_reads(api: httpx.Client, message_id: str) -> list[tuple[str, str, str]]:
+    """The ``MessageBodyRead`` events of a message: (actor, outcome, scope), oldest first."""
+    events = api.get(f"/api/messages/{message_id}/lineage").json()["events"]
+    return [
+        (e["actor"], e["outcome"], e["details"].get("scope", ""))
+        for e in events
+        if e["event"] == "MessageBodyRead"
+    ]
+
+
 def test_bodies_kept_as_each_route_says_and_a_subject_erased(tmp_path: Path) -> None:
     with Receiver() as ehr:
         gw = Gateway(
@@ -59,6 +69,8 @@ def test_bodies_kept_as_each_route_says_and_a_subject_erased(tmp_path: Path) -> 
             with httpx.Client(base_url=gw.http_url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as api:
                 ids = {m["control_id"]: m["id"] for m in api.get("/api/messages").json()["items"]}
                 assert api.get(f"/api/messages/{ids['ST-1']}/raw").content == one  # read back, unsealed
+                # a read of a body is a lineage event of that message: who read it, and that it was given
+                assert wait_until(lambda: body_reads(api, ids["ST-1"]) == [("user:operator", "ok", "admin")])
                 # the results body goes once delivered: only its metadata and lineage stay
                 assert wait_until(lambda: api.get(f"/api/messages/{ids['ST-3']}/raw").content == b"")
                 events = [
@@ -74,6 +86,12 @@ def test_bodies_kept_as_each_route_says_and_a_subject_erased(tmp_path: Path) -> 
             with httpx.Client(base_url=gw.http_url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as api:
                 gone = api.get(f"/api/messages/{ids['ST-1']}/raw")
                 assert gone.status_code == 410 and gone.json()["error"] == "erased"
+                assert wait_until(
+                    lambda: (
+                        body_reads(api, ids["ST-1"])
+                        == [("user:operator", "ok", "admin"), ("user:operator", "erased", "admin")]
+                    )
+                )
                 assert (
                     api.get(f"/api/messages/{ids['ST-2']}/raw").content == two
                 )  # the other patient is untouched

@@ -8,6 +8,9 @@ import pytest
 
 from adapters.hl7.ack import parse_ack
 from adapters.hl7.adapter import HL7Adapter
+from adapters.hl7.mllp import MLLPServer, send_frames
+from gateway.adapter import Reply
+from gateway.config import MLLPConfig
 from gateway.envelope import Receipt
 from gateway.pipeline import Intake
 from gateway.store import MessageFilter
@@ -33,30 +36,87 @@ def receive(intake: Intake, adapter: HL7Adapter, raw: bytes) -> list[tuple[str, 
     return [parse_ack(r.body)[:2] for r in result.replies]
 
 
+def _fill_the_disk(store: SQLiteStore) -> None:
+    """Let the database grow no further: each commit that needs a new page fails with SQLITE_FULL."""
+    assert store._wconn is not None
+    (pages,) = store._wconn.execute("PRAGMA page_count").fetchone()
+    store._wconn.execute(f"PRAGMA max_page_count = {pages}")
+
+
+def _free_the_disk(store: SQLiteStore) -> None:
+    assert store._wconn is not None
+    store._wconn.execute("PRAGMA max_page_count = 1073741823")
+
+
+def _large(control_id: str) -> bytes:
+    big = load("oru_r01__cbc_20_obx.hl7").replace(b"\n", b"\r")
+    return with_control_id(big, control_id) + b"\rNTE|1||" + b"x" * 8000
+
+
+def _stored_control_ids(store: SQLiteStore) -> set[str]:
+    return {r.control_id for r in store.list_messages(MessageFilter(limit=1000))}
+
+
 def test_store_failure_is_refused_never_accepted(store: SQLiteStore) -> None:
     """A disk-full store (SQLITE_FULL) answers AR and HTTP 503, and nothing half-written remains."""
     intake = Intake(store)
     adapter = HL7Adapter()
 
-    async def go() -> list[int]:
-        assert store._wconn is not None
-        (pages,) = store._wconn.execute("PRAGMA page_count").fetchone()
-        store._wconn.execute(f"PRAGMA max_page_count = {pages}")
-        big = load("oru_r01__cbc_20_obx.hl7").replace(b"\n", b"\r")
-        statuses = []
+    async def go() -> list[Reply]:
+        _fill_the_disk(store)
+        replies = []
         for i in range(20):
-            raw = with_control_id(big, f"FULL-{i}") + b"\rNTE|1||" + b"x" * 8000
-            res = await intake.receive(adapter, raw, Receipt("http"))
-            statuses.append(res.replies[0].status)
-            assert parse_ack(res.replies[0].body)[0] in ("AA", "AR")
-        store._wconn.execute("PRAGMA max_page_count = 1073741823")
-        return statuses
+            res = await intake.receive(adapter, _large(f"FULL-{i}"), Receipt("http"))
+            replies.extend(res.replies)
+        _free_the_disk(store)
+        return replies
 
-    statuses = asyncio.run(go())
-    assert 503 in statuses
-    stored = {r.control_id for r in store.list_messages(MessageFilter(limit=1000))}
-    assert all(f"FULL-{i}" in stored for i, s in enumerate(statuses) if s == 200)
-    assert not any(f"FULL-{i}" in stored for i, s in enumerate(statuses) if s == 503)
+    replies = asyncio.run(go())
+    assert len(replies) == 20
+    answers = [(r.status, r.code, *parse_ack(r.body)[:2]) for r in replies]
+    assert [acked for _, _, _, acked in answers] == [f"FULL-{i}" for i in range(20)]
+    assert {status for status, _, _, _ in answers} <= {200, 503}
+    refused = [(code, ack) for status, code, ack, _ in answers if status == 503]
+    assert refused and all(pair == ("AR", "AR") for pair in refused)
+    assert all((code, ack) == ("AA", "AA") for status, code, ack, _ in answers if status == 200)
+    assert all(b"\rERR|" in r.body for r in replies if r.status == 503)
+    stored = _stored_control_ids(store)
+    assert all(acked in stored for status, _, _, acked in answers if status == 200)
+    assert not any(acked in stored for status, _, _, acked in answers if status == 503)
+    assert store.verify_lineage().ok
+
+
+def test_store_failure_over_mllp_answers_ar_for_what_was_not_kept(store: SQLiteStore) -> None:
+    """Through the MLLP listener on a real socket: every ACK of a message the full store could not keep
+    is AR, every AA names a message that was kept, and the connection serves on after the refusals."""
+    intake = Intake(store)
+    adapter = HL7Adapter()
+    control_ids = [f"MLLP-FULL-{i}" for i in range(20)]
+
+    async def go() -> tuple[list[bytes], list[bytes]]:
+        server = MLLPServer(intake, adapter, MLLPConfig())
+        await server.start("127.0.0.1", 0)
+        try:
+            _fill_the_disk(store)
+            acks = await send_frames("127.0.0.1", server.port, [_large(c) for c in control_ids])
+            _free_the_disk(store)
+            after = await send_frames("127.0.0.1", server.port, [_large("MLLP-FULL-AFTER")])
+        finally:
+            await server.stop(grace_s=5)
+        return acks, after
+
+    acks, after = asyncio.run(go())
+    answers = [parse_ack(ack)[:2] for ack in acks]
+    assert [acked for _, acked in answers] == control_ids
+    codes = {code for code, _ in answers}
+    assert "AR" in codes and codes <= {"AA", "AR"}
+    stored = _stored_control_ids(store)
+    for ack, (code, acked) in zip(acks, answers, strict=True):
+        if code == "AR":
+            assert acked not in stored and b"\rERR|" in ack
+        else:
+            assert acked in stored
+    assert parse_ack(after[0])[:2] == ("AA", "MLLP-FULL-AFTER")
     assert store.verify_lineage().ok
 
 

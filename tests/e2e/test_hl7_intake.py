@@ -363,6 +363,42 @@ def test_canary_never_leaks(gw: Gateway, api: httpx.Client) -> None:
             assert secret.encode() not in body
 
 
+def test_canary_never_leaks_from_broken_frames(gw: Gateway) -> None:
+    """A canary patient in an oversized frame, an unfinished one and an unparseable one: each is refused
+    or closed and logged, and neither the name nor the identifier appears in the logs or a reply."""
+    canary = cr(fixture("adt_a01__canary.hl7"))
+    logs_before = gw.logs()
+    replies: list[bytes] = []
+
+    oversized = with_control_id(canary, "E2E-CANARY-BIG") + b"\rNTE|1||" + b"x" * 300_000
+    with socket.create_connection(("127.0.0.1", gw.mllp_port), timeout=10) as s:
+        s.sendall(SB + oversized + EB)
+        replies.append(read_frame(s))
+    assert field(replies[-1], "MSA", 1) == "AR"
+
+    with socket.create_connection(("127.0.0.1", gw.mllp_port), timeout=10) as s:
+        s.sendall(SB + with_control_id(canary, "E2E-CANARY-HALF"))
+        assert s.recv(100) == b""  # closed by the frame time-out (1 s)
+
+    unparseable = b"CANARYPATIENT^CANARIA CANARY-MRN-0001 " + canary.replace(b"MSH|", b"MSX|")
+    replies.append(mllp_exchange(gw.mllp_port, unparseable))
+    assert field(replies[-1], "MSA", 1) in ("AE", "AR")
+
+    def logged(text: str) -> int:
+        return gw.logs().count(text) - logs_before.count(text)
+
+    from tests.support import wait_until
+
+    assert wait_until(lambda: logged("mllp frame too large") >= 1, 5)
+    assert wait_until(lambda: logged("mllp frame not finished in time") >= 1, 5)
+    time.sleep(0.5)
+    logs = gw.logs()
+    for secret in ("CANARYPATIENT", "CANARIA", "CANARY-MRN-0001", "CANARY LANE"):
+        assert secret not in logs
+        for reply in replies:
+            assert secret.encode() not in reply
+
+
 @pytest.mark.corpus
 def test_real_world_corpus_is_accepted_over_mllp(gw: Gateway, corpora_dir: Path) -> None:
     """Every message of the third-party corpus is accepted (LF endings and BOMs as published, sent with CR).

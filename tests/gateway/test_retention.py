@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import sqlite3
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -19,8 +19,8 @@ from gateway.checkpoints import (
 )
 from gateway.config import RetentionConfig
 from gateway.envelope import utcnow
-from gateway.retention import prune
-from gateway.store import MessageFilter, PlannedDelivery
+from gateway.retention import Pruned, prune
+from gateway.store import IntakeRecord, MessageFilter, PlannedDelivery
 from gateway.store.sqlite import SQLiteStore
 from tests.gateway.test_store import record
 from tests.support import free_port
@@ -69,6 +69,59 @@ def test_bodies_and_the_chains_head_go_and_the_chain_still_verifies(tmp_path: Pa
     tampered = verify_store(store, cp_path, public_path(key_path))
     store.close()
     assert not tampered.ok and "head is missing" in tampered.reason
+
+
+def test_what_is_within_its_period_stays_and_other_protocols_fall_under_the_default(tmp_path: Path) -> None:
+    """Only bodies and events older than their period go: hl7v2 bodies after a day, bodies of any other
+    protocol after the ``'*'`` thirty days, events after a day; newer ones stay, and the chain verifies."""
+    store = SQLiteStore(tmp_path / "gw.db", b"k" * 32)
+    store.open()
+    key_path, cp_path = tmp_path / "keys" / "signing.key", tmp_path / "elsewhere" / "checkpoints.jsonl"
+    key = load_or_create_key(key_path)
+    policy = RetentionConfig(bodies_days={"hl7v2": 1, "*": 30}, events_days=1)
+
+    def received(control_id: str, protocol: str, age: timedelta, cutoff: datetime) -> IntakeRecord:
+        rec = record(control_id, f"body of {control_id}".encode())
+        return dataclasses.replace(rec, protocol=protocol, received_at=(cutoff - age).isoformat())
+
+    async def go() -> tuple[Pruned, int]:
+        await store.record_intake([record("OLD-0", b"MSH|old0")])
+        await store.record_intake([record("OLD-1", b"MSH|old1")])
+        (old,) = store.list_messages(MessageFilter(control_id="OLD-1"))
+        last_old_seq = store.lineage_of(old.id)[-1].seq
+        await asyncio.sleep(0.01)
+        cutoff = utcnow()  # a day before the pruning: hl7v2 bodies and events older than this go
+        await asyncio.sleep(0.01)
+        await store.record_intake([record("NEW-HL7", b"MSH|new")])
+        await store.record_intake([received("HL7-10D", "hl7v2", timedelta(days=10), cutoff)])
+        await store.record_intake([received("ISO-10D", "iso20022", timedelta(days=10), cutoff)])
+        await store.record_intake([received("ISO-40D", "iso20022", timedelta(days=40), cutoff)])
+        done = await prune(store, policy, key, [FileCheckpoints(cp_path)], cutoff + timedelta(days=1))
+        return done, last_old_seq
+
+    done, last_old_seq = asyncio.run(go())
+    kept = {c: body_of(store, c) for c in ("OLD-0", "OLD-1", "NEW-HL7", "HL7-10D", "ISO-10D", "ISO-40D")}
+    assert kept == {
+        "OLD-0": b"",
+        "OLD-1": b"",
+        "NEW-HL7": b"MSH|new",  # hl7v2, within its day
+        "HL7-10D": b"",  # hl7v2, past its day
+        "ISO-10D": b"body of ISO-10D",  # no period of its own: within the thirty days of '*'
+        "ISO-40D": b"",  # past the thirty days of '*'
+    }
+    assert done.bodies == 4
+    assert done.through_seq == last_old_seq and done.events == last_old_seq
+    events = list(store.events_between(None, None))
+    assert events[0].seq == last_old_seq + 1
+    for control_id in ("NEW-HL7", "HL7-10D", "ISO-10D", "ISO-40D"):  # written after the cutoff: kept
+        (row,) = store.list_messages(MessageFilter(control_id=control_id))
+        assert [e.event for e in store.lineage_of(row.id)] == ["MessageReceived", "MessageAccepted"]
+    for control_id in ("OLD-0", "OLD-1"):
+        (row,) = store.list_messages(MessageFilter(control_id=control_id))
+        assert store.lineage_of(row.id) == []
+    result = verify_store(store, cp_path, public_path(key_path))
+    store.close()
+    assert result.ok, result
 
 
 def test_without_a_checkpoint_held_outside_no_event_is_removed(store: SQLiteStore, tmp_path: Path) -> None:

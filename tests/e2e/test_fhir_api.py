@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +183,57 @@ def test_create_read_update_vread_history_delete_with_fhirpy(gw: Gateway) -> Non
         assert h.delete(f"/Patient/{pat.id}").status_code == 204  # deleting again changes nothing
         assert h.get(f"/Patient/{pat.id}/_history").json()["total"] == 3
         assert h.get("/Patient", params={"identifier": f"{SYSTEM}|{mark}"}).json()["total"] == 0
+
+
+def test_history_since_answers_the_versions_written_at_or_after_the_instant(gw: Gateway) -> None:
+    """``_since`` between two writes answers exactly the newer versions, newest first, at the instance,
+    type and system levels; an instant equal to a version's lastUpdated includes that version."""
+
+    def versions(h: httpx.Client, path: str, since: str) -> list[tuple[str, str]]:
+        bundle = h.get(path, params={"_since": since, "_count": "100"}).json()
+        assert bundle["total"] == len(bundle["entry"])
+        return [(e["fullUrl"].split("/fhir/", 1)[1], e["response"]["etag"]) for e in bundle["entry"]]
+
+    def updated(resource: dict[str, Any]) -> datetime:
+        return datetime.fromisoformat(resource["meta"]["lastUpdated"].replace("Z", "+00:00"))
+
+    mark = marker()
+    with http(gw) as h:
+        older = h.post("/Patient", json=patient(mark)).json()
+        pid = older["id"]
+        older = h.put(f"/Patient/{pid}", json={**patient(mark, "Windsor"), "id": pid}).json()
+        time.sleep(0.05)
+        newer = h.put(f"/Patient/{pid}", json={**patient(mark, "Tudor"), "id": pid}).json()
+        other = h.post("/Patient", json=patient(marker())).json()
+        qid = other["id"]
+        other = h.put(f"/Patient/{qid}", json={**patient(other["identifier"][0]["value"], "York"), "id": qid})
+        other = other.json()
+        obs = h.post(
+            "/Observation", json={"resourceType": "Observation", "status": "final", "code": {"text": "x"}}
+        ).json()
+        assert updated(older) + timedelta(milliseconds=40) < updated(newer) <= updated(other)
+        between = (updated(older) + timedelta(milliseconds=20)).isoformat().replace("+00:00", "Z")
+
+        assert versions(h, f"/Patient/{pid}/_history", between) == [(f"Patient/{pid}", 'W/"3"')]
+        assert versions(h, f"/Patient/{qid}/_history", between) == [
+            (f"Patient/{qid}", 'W/"2"'),
+            (f"Patient/{qid}", 'W/"1"'),
+        ]
+        assert versions(h, "/Patient/_history", between) == [
+            (f"Patient/{qid}", 'W/"2"'),
+            (f"Patient/{qid}", 'W/"1"'),
+            (f"Patient/{pid}", 'W/"3"'),
+        ]
+        assert versions(h, "/_history", between) == [
+            (f"Observation/{obs['id']}", 'W/"1"'),
+            *versions(h, "/Patient/_history", between),
+        ]
+        at_newer = newer["meta"]["lastUpdated"]
+        assert versions(h, f"/Patient/{pid}/_history", at_newer) == [(f"Patient/{pid}", 'W/"3"')]
+        assert versions(h, f"/Patient/{pid}/_history", older["meta"]["lastUpdated"]) == [
+            (f"Patient/{pid}", 'W/"3"'),
+            (f"Patient/{pid}", 'W/"2"'),
+        ]
 
 
 def test_update_creates_with_the_clients_id_and_if_match_guards_versions(gw: Gateway) -> None:

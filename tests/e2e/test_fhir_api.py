@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -885,17 +886,24 @@ def test_patch_with_json_patch_and_a_clients_merge_patch(gw: Gateway, sink: Rece
         assert refused.status_code == 403 and outcome(refused).issue[0].code == "forbidden"
 
     # concurrent patches without If-Match: each applies to the version it finds, none is lost
+    racers = 8
+    start = threading.Barrier(racers)
+
     def add_given(n: int) -> int:
         with http(gw) as h:
             op = [{"op": "add", "path": "/name/0/given/-", "value": f"Given{n}"}]
+            h.get("/metadata")  # the connection is open before the race starts
+            start.wait()
             return h.patch(f"/Patient/{pat.id}", json=op, headers=JSON_PATCH).status_code
 
-    given_before = len(fc.reference("Patient", pat.id).to_resource()["name"][0]["given"])
-    with ThreadPoolExecutor(6) as pool:
-        statuses = list(pool.map(add_given, range(6)))
-    assert set(statuses) <= {200, 409} and statuses.count(200) >= 1
+    given_before = fc.reference("Patient", pat.id).to_resource()["name"][0]["given"]
+    with ThreadPoolExecutor(racers) as pool:
+        statuses = list(pool.map(add_given, range(racers)))
+    # each patch loses at most one race to each other patch: fewer than the times a patch is tried
+    assert statuses == [200] * racers
     given = fc.reference("Patient", pat.id).to_resource()["name"][0]["given"]
-    assert len(given) == given_before + statuses.count(200)  # no patch overwrote another
+    assert given[: len(given_before)] == given_before
+    assert sorted(given[len(given_before) :]) == sorted(f"Given{n}" for n in range(racers))  # none lost
     with http(gw) as h:
         odd = h.patch(
             f"/Patient/{pat.id}", json=[{"op": "remove", "path": "/Jane Doe 123-45-6789"}], headers=JSON_PATCH

@@ -209,12 +209,16 @@ def build_ack(
     *,
     control_id: str | None = None,
     now: datetime | None = None,
+    parties: Sequence[str] | None = None,
 ) -> bytes:
     """The ACK message answering the message described by ``headers`` (envelope or salvaged headers).
 
     ``code`` is the MSA-1 code (see :func:`ack_code`); ``issues`` become ERR
     segments unless the code is positive. ``control_id`` (the ACK's own MSH-10)
     and ``now`` (MSH-7) default to a fresh 20-character id and the current time.
+    ``parties`` are the inbound MSH-3 to MSH-6 as sent (first repetition, components and escapes
+    kept): the ACK's MSH-3 to MSH-6 are then those, swapped, whole (an HD's universal id too);
+    without them (a message that could not be parsed) the promoted header values are used.
     Segments end with ``\\r``; the bytes are encoded in the inbound MSH-18
     character set (UTF-8 when none).
     """
@@ -233,10 +237,16 @@ def build_ack(
     msh = [
         "MSH",
         d.encoding_characters(),
-        esc(headers.get("receiving_application", "")),
-        esc(headers.get("receiving_facility", "")),
-        esc(headers.get("sending_application", "")),
-        esc(headers.get("sending_facility", "")),
+        *(
+            (parties[2], parties[3], parties[0], parties[1])
+            if parties is not None
+            else (
+                esc(headers.get("receiving_application", "")),
+                esc(headers.get("receiving_facility", "")),
+                esc(headers.get("sending_application", "")),
+                esc(headers.get("sending_facility", "")),
+            )
+        ),
         stamp,
         "",
         _line([esc(p) for p in msg_type], d.component),

@@ -118,6 +118,22 @@ def _msh_headers(fields: list[str], d: er7.Delimiters, encoding: str) -> dict[st
     }
 
 
+def _parties(envelope: Envelope | None) -> tuple[str, str, str, str] | None:
+    """MSH-3 to MSH-6 of the parsed message as sent (first repetition), for its ACK; ``None`` when
+    there is no parsed message to take them from."""
+    message = envelope.body if envelope is not None else None
+    if not isinstance(message, er7.Message):
+        return None
+    msh = message.segment("MSH")
+    if msh is None:
+        return None
+    fields = msh.fields
+    rep = message.delimiters.repetition
+    raw = [fields[n] if n < len(fields) else "" for n in (3, 4, 5, 6)]
+    first = [f.split(rep, 1)[0] if rep and rep in f else f for f in raw]
+    return first[0], first[1], first[2], first[3]
+
+
 def _party(application: str, facility: str) -> str:
     return f"{application}^{facility}" if application or facility else ""
 
@@ -312,7 +328,7 @@ class HL7Adapter:
     def respond(self, outcome: Outcome) -> Reply:
         h = outcome.headers
         code = ack.ack_code(outcome.kind, h.get("accept_ack_type", ""), h.get("application_ack_type", ""))
-        body = ack.build_ack(code, h, outcome.issues)
+        body = ack.build_ack(code, h, outcome.issues, parties=_parties(outcome.envelope))
         status = _STATUS[outcome.kind]
         if outcome.kind == "refused" and any(i.code == _STORE_UNAVAILABLE for i in outcome.issues):
             status = 503

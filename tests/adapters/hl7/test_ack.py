@@ -10,7 +10,7 @@ import pytest
 
 from adapters.hl7 import ack, er7, structure
 from adapters.hl7.adapter import HL7Adapter
-from gateway.adapter import Issue, OutcomeKind, ParseError
+from gateway.adapter import Issue, Outcome, OutcomeKind, ParseError
 from gateway.envelope import Receipt
 from tests.conftest import FIXTURES
 
@@ -287,3 +287,24 @@ def test_parse_ack_needs_an_msa() -> None:
     assert info.value.code == "missing_msa"
     with pytest.raises(er7.ER7Error):
         ack.parse_ack(b"garbage")
+
+
+def test_the_ack_swaps_whole_hd_parties_as_sent() -> None:
+    """MSH-3 to MSH-6 are HDs: a partner that names itself by a universal id (an ISO OID) gets it back
+    in the ACK's MSH-5/6, escapes and all, not only the namespace; a second repetition is not sent."""
+    raw = (
+        b"MSH|^~\\&|LAB^1.2.3.4^ISO|HOSP\\T\\CO^2.16.840.1.113883.3.72^ISO|GW^9.9^ISO~ALT|GATEWAY|"
+        b"20240101120000||ADT^A01^ADT_A01|HD-1|P|2.5.1\rEVN|A01|20240101120000\r"
+        b"PID|1||MRN1^^^H^MR||DOE^JANE\rPV1|1|I\r"
+    )
+    adapter = HL7Adapter()
+    env = adapter.parse(raw, Receipt("test"))
+    reply = adapter.respond(Outcome("accepted", env.headers, [], env.id, env))
+    msh = reply.body.split(b"\r", 1)[0].split(b"|")
+    assert msh[2:6] == [
+        b"GW^9.9^ISO",
+        b"GATEWAY",
+        b"LAB^1.2.3.4^ISO",
+        b"HOSP\\T\\CO^2.16.840.1.113883.3.72^ISO",
+    ]
+    assert er7.parse(reply.body).get("MSH-6.1") == "HOSP&CO"

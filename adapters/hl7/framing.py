@@ -2,6 +2,10 @@
 
 Kept apart from the listener so that the MLLP sink and ``gateway send`` frame
 messages the same way without depending on intake.
+
+A start byte inside an open frame abandons that frame and opens a new one: the
+sender gave up on the first message and began again. ``0x0B`` is not a legal
+character in an HL7 message, so it can only mean a new frame.
 """
 
 from __future__ import annotations
@@ -21,10 +25,14 @@ class FrameTooLarge(Exception):
 
 
 class FrameReader:
-    """Incremental MLLP deframer: feed bytes, get complete frames."""
+    """Incremental MLLP deframer: feed bytes, get complete frames.
+
+    ``abandoned`` counts the frames given up so far because a start byte came before their end.
+    """
 
     def __init__(self, max_frame_bytes: int) -> None:
         self.max_frame_bytes = max_frame_bytes
+        self.abandoned = 0
         self._buf = bytearray()
         self._in_frame = False
         self._scan = 0
@@ -47,6 +55,12 @@ class FrameReader:
                 self._in_frame = True
                 self._scan = 0
             end = buf.find(END, self._scan)
+            restart = buf.find(START, self._scan, end if end >= 0 else len(buf))
+            if restart >= 0:
+                del buf[: restart + 1]
+                self.abandoned += 1
+                self._scan = 0
+                continue
             if end < 0:
                 if len(buf) > self.max_frame_bytes:
                     head = bytes(buf[:4096])

@@ -2,7 +2,9 @@
 
 A frame is ``0x0B`` + message + ``0x1C 0x0D``. Bytes before a start byte are
 discarded; frames split across reads and several frames in one read are both
-handled; replies go back in order on the same connection, which stays open.
+handled; replies go back in order on the same connection, which stays open. A
+start byte inside an open frame abandons it: the partial message is neither
+taken nor answered, and a warning names the peer.
 Limits: frame size (an oversized frame gets AR and the connection is closed),
 time to finish a started frame, idle time, connections overall and per
 client address. A malformed frame never affects another connection.
@@ -85,11 +87,14 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
+        abandoned = self.reader.abandoned
         try:
             frames = self.reader.feed(data)
         except FrameTooLarge as exc:
+            self._note_abandoned(abandoned)
             self._refuse_oversized(exc.head)
             return
+        self._note_abandoned(abandoned)
         if frames or self.reader.in_frame:  # bytes outside any frame are noise: they keep nothing open
             self._arm_idle()
         if frames:
@@ -140,6 +145,12 @@ class _Connection(asyncio.Protocol):
                 return
             transport.write(frame(reply.body))
             intake.replied(result)
+
+    def _note_abandoned(self, before: int) -> None:
+        """Warn when the last read abandoned a frame. The frame time limit keeps running: it bounds
+        how long a connection may hold a frame open, however many times it starts again."""
+        if self.reader.abandoned != before:
+            log.warning("mllp frame abandoned: a new frame began before its end", extra={"peer": self.peer})
 
     def _refuse_oversized(self, head: bytes) -> None:
         log.warning(

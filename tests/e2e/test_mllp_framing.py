@@ -1,0 +1,95 @@
+"""End to end: MLLP framing edge cases against the real ``gateway serve`` over real TCP sockets."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.conftest import FIXTURES
+from tests.support import TEST_KEY, Gateway, wait_until
+
+pytestmark = pytest.mark.e2e
+
+HL7 = FIXTURES / "hl7"
+SB, EB = b"\x0b", b"\x1c\x0d"
+
+
+def message(name: str, control_id: str) -> bytes:
+    """A fixture with CR segment ends and MSH-10 set to ``control_id``."""
+    segs = (HL7 / name).read_bytes().replace(b"\r\n", b"\r").replace(b"\n", b"\r").split(b"\r")
+    parts = segs[0].split(b"|")
+    parts[9] = control_id.encode()
+    segs[0] = b"|".join(parts)
+    return b"\r".join(segs)
+
+
+def msa(ack: bytes) -> tuple[str, str]:
+    """MSA-1 and MSA-2 of an ACK."""
+    seg = next(s for s in ack.split(b"\r") if s.startswith(b"MSA|"))
+    fields = seg.decode().split("|")
+    return fields[1], fields[2]
+
+
+def read_frames(s: socket.socket) -> list[bytes]:
+    """Every frame the gateway sends until it closes the connection."""
+    buf = b""
+    s.settimeout(10)
+    while True:
+        try:
+            chunk = s.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        buf += chunk
+    return [f.split(EB, 1)[0] for f in buf.split(SB)[1:]]
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    g = Gateway(
+        tmp_path_factory.mktemp("gw"),
+        {"mllp": {"max_frame_bytes": 200_000, "frame_timeout_s": 2.0, "idle_timeout_s": 2.0}},
+    ).start()
+    yield g
+    g.stop()
+
+
+@pytest.fixture
+def api(gw: Gateway) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=gw.http_url, headers={"Authorization": f"Bearer {TEST_KEY}"}, timeout=30) as c:
+        yield c
+
+
+def log_records(gw: Gateway) -> list[dict[str, object]]:
+    return [json.loads(line) for line in gw.logs().splitlines() if line.startswith("{")]
+
+
+def stored(api: httpx.Client, control_id: str) -> list[dict[str, object]]:
+    items: list[dict[str, object]] = api.get("/api/messages", params={"control_id": control_id}).json()[
+        "items"
+    ]
+    return items
+
+
+def test_a_start_byte_inside_an_open_frame_abandons_it(gw: Gateway, api: httpx.Client) -> None:
+    """The cut-off message is neither stored nor answered; the one that follows is taken and answered."""
+    canary = message("adt_a01__canary.hl7", "E2E-ABANDONED")
+    part = canary[: canary.index(b"CANARYPATIENT") + len(b"CANARYPATIENT")]
+    full = message("adt_a04__register.hl7", "E2E-AFTER-ABANDONED")
+    with socket.create_connection(("127.0.0.1", gw.mllp_port), timeout=10) as s:
+        s.sendall(SB + part)
+        s.sendall(SB + full + EB)
+        replies = read_frames(s)  # the idle time-out closes the connection after the last reply
+    assert [msa(r) for r in replies] == [("AA", "E2E-AFTER-ABANDONED")]
+    assert stored(api, "E2E-ABANDONED") == []
+    (item,) = stored(api, "E2E-AFTER-ABANDONED")
+    assert item["status"] == "accepted" and item["message_type"] == "ADT^A04"
+    assert wait_until(lambda: "mllp frame abandoned" in gw.logs(), 5)
+    (warning,) = [r for r in log_records(gw) if "abandoned" in str(r.get("msg"))]
+    assert warning["level"] == "warning" and set(warning) == {"ts", "level", "logger", "msg", "peer"}
+    assert "CANARYPATIENT" not in gw.logs() and "E2E-ABANDONED" not in gw.logs()

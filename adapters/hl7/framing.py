@@ -19,9 +19,13 @@ def frame(message: bytes) -> bytes:
 
 
 class FrameTooLarge(Exception):
-    def __init__(self, head: bytes) -> None:
+    """A frame passed the size limit. ``head`` is its first bytes; ``frames`` are the complete frames
+    that came before it in the same :meth:`FrameReader.feed` call, still to be handled by the caller."""
+
+    def __init__(self, head: bytes, frames: list[bytes]) -> None:
         super().__init__("frame too large")
         self.head = head
+        self.frames = frames
 
 
 class FrameReader:
@@ -66,14 +70,14 @@ class FrameReader:
                     head = bytes(buf[:4096])
                     buf.clear()
                     self._in_frame = False
-                    raise FrameTooLarge(head)
+                    raise FrameTooLarge(head, frames)
                 self._scan = max(0, len(buf) - 1)
                 return frames
             if end > self.max_frame_bytes:
                 head = bytes(buf[:4096])
                 del buf[: end + 2]
                 self._in_frame = False
-                raise FrameTooLarge(head)
+                raise FrameTooLarge(head, frames)
             frames.append(bytes(buf[:end]))
             del buf[: end + 2]
             self._in_frame = False

@@ -5,7 +5,8 @@ discarded; frames split across reads and several frames in one read are both
 handled; replies go back in order on the same connection, which stays open. A
 start byte inside an open frame abandons it: the partial message is neither
 taken nor answered, and a warning names the peer.
-Limits: frame size (an oversized frame gets AR and the connection is closed),
+Limits: frame size (an oversized frame gets AR once the frames before it are
+answered, and the connection is closed),
 time to finish a started frame, idle time, connections overall and per
 client address. A malformed frame never affects another connection.
 """
@@ -71,6 +72,8 @@ class _Connection(asyncio.Protocol):
         self.busy = False
         self.idle_timer: asyncio.TimerHandle | None = None
         self.frame_timer: asyncio.TimerHandle | None = None
+        self.refusal: bytes | None = None
+        """The framed AR for an oversized frame, sent once the frames before it are answered."""
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -92,6 +95,7 @@ class _Connection(asyncio.Protocol):
             frames = self.reader.feed(data)
         except FrameTooLarge as exc:
             self._note_abandoned(abandoned)
+            self.frames.extend(exc.frames)
             self._refuse_oversized(exc.head)
             return
         self._note_abandoned(abandoned)
@@ -120,6 +124,9 @@ class _Connection(asyncio.Protocol):
         adapter = self.server.adapter
         while True:
             while not self.frames:
+                if self.refusal is not None:
+                    self._send_refusal(self.refusal)
+                    return
                 if self.closing:
                     return
                 self.wakeup.clear()
@@ -153,6 +160,7 @@ class _Connection(asyncio.Protocol):
             log.warning("mllp frame abandoned: a new frame began before its end", extra={"peer": self.peer})
 
     def _refuse_oversized(self, head: bytes) -> None:
+        """Read nothing more; queue the AR behind the replies still owed for earlier frames."""
         log.warning(
             "mllp frame too large; refused and closed",
             extra={"peer": self.peer, "limit": self.server.config.max_frame_bytes},
@@ -166,10 +174,16 @@ class _Connection(asyncio.Protocol):
         first = head.split(b"\r", 1)[0].split(b"\n", 1)[0]  # MSH is enough to address the refusal
         headers = readable_headers(self.server.adapter, first, "mllp")
         reply = self.server.adapter.respond(Outcome("refused", headers, [issue]))
+        self.refusal = frame(reply.body)
         self.closing = True
-        if self.transport is not None:
-            self.transport.write(frame(reply.body))
-            self.transport.close()
+        self.wakeup.set()
+        self._arm_frame_timer()
+
+    def _send_refusal(self, refusal: bytes) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(refusal)
+            transport.close()
 
     def _arm_idle(self) -> None:
         if self.idle_timer is not None:
@@ -187,7 +201,7 @@ class _Connection(asyncio.Protocol):
             self.frame_timer = None
 
     def _idle(self) -> None:
-        if self.frames or self.busy:
+        if self.frames or self.busy or self.refusal is not None:
             self._arm_idle()
             return
         log.info("mllp connection idle; closed", extra={"peer": self.peer})

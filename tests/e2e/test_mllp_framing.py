@@ -93,3 +93,37 @@ def test_a_start_byte_inside_an_open_frame_abandons_it(gw: Gateway, api: httpx.C
     (warning,) = [r for r in log_records(gw) if "abandoned" in str(r.get("msg"))]
     assert warning["level"] == "warning" and set(warning) == {"ts", "level", "logger", "msg", "peer"}
     assert "CANARYPATIENT" not in gw.logs() and "E2E-ABANDONED" not in gw.logs()
+
+
+def oversized(control_id: str) -> bytes:
+    return message("adt_a01__basic.hl7", control_id) + b"\rNTE|1||" + b"x" * 250_000
+
+
+def test_frames_before_an_oversized_one_are_answered_in_order_then_it_is_refused(
+    gw: Gateway, api: httpx.Client
+) -> None:
+    g1 = message("adt_a04__register.hl7", "E2E-BEFORE-BIG-1")
+    g2 = message("adt_a08__update.hl7", "E2E-BEFORE-BIG-2")
+    with socket.create_connection(("127.0.0.1", gw.mllp_port), timeout=10) as s:
+        s.sendall(SB + g1 + EB + SB + g2 + EB + SB + oversized("E2E-BIG-ENDED") + EB)
+        replies = read_frames(s)
+    assert [msa(r) for r in replies] == [
+        ("AA", "E2E-BEFORE-BIG-1"),
+        ("AA", "E2E-BEFORE-BIG-2"),
+        ("AR", "E2E-BIG-ENDED"),
+    ]
+    for control_id in ("E2E-BEFORE-BIG-1", "E2E-BEFORE-BIG-2"):
+        (item,) = stored(api, control_id)
+        assert item["status"] == "accepted"
+    assert stored(api, "E2E-BIG-ENDED") == []
+
+
+def test_a_frame_before_an_unfinished_oversized_one_is_answered_first(gw: Gateway, api: httpx.Client) -> None:
+    """The limit is passed before the oversized frame ends; the frame before it is still answered."""
+    g1 = message("adt_a04__register.hl7", "E2E-BEFORE-OPEN-BIG")
+    with socket.create_connection(("127.0.0.1", gw.mllp_port), timeout=10) as s:
+        s.sendall(SB + g1 + EB + SB + oversized("E2E-BIG-OPEN"))
+        replies = read_frames(s)
+    assert [msa(r) for r in replies] == [("AA", "E2E-BEFORE-OPEN-BIG"), ("AR", "E2E-BIG-OPEN")]
+    (item,) = stored(api, "E2E-BEFORE-OPEN-BIG")
+    assert item["status"] == "accepted"

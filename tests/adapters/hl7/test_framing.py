@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from adapters.hl7.framing import END, START, FrameReader
+import pytest
+
+from adapters.hl7.framing import END, START, FrameReader, FrameTooLarge
 
 PART = b"MSH|^~\\&|A|B|C|D|20240101||ADT^A01|PART|P|2.5\rPID|1||MRN-PART"
 FULL = b"MSH|^~\\&|A|B|C|D|20240101||ADT^A01|FULL|P|2.5\rPID|1||MRN-FULL\r"
@@ -35,3 +37,19 @@ def test_frames_on_either_side_of_an_abandoned_one_are_kept() -> None:
 def test_the_size_limit_counts_from_the_new_start_byte() -> None:
     reader = FrameReader(len(FULL))
     assert reader.feed(START + b"x" * 5000 + START + FULL + END) == [FULL]
+
+
+def test_frames_before_an_oversized_one_come_with_the_refusal() -> None:
+    reader = FrameReader(len(FULL))
+    big = b"MSH|BIG|" + b"x" * 500
+    with pytest.raises(FrameTooLarge) as ended:
+        reader.feed(START + FULL + END + START + FULL + END + START + big + END)
+    assert ended.value.frames == [FULL, FULL]
+    assert ended.value.head.startswith(b"MSH|BIG|")
+
+
+def test_frames_before_an_unfinished_oversized_one_come_with_the_refusal() -> None:
+    reader = FrameReader(len(FULL))
+    with pytest.raises(FrameTooLarge) as ended:
+        reader.feed(START + FULL + END + START + b"MSH|BIG|" + b"x" * 500)
+    assert ended.value.frames == [FULL]

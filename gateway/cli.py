@@ -760,7 +760,9 @@ def _send(args: argparse.Namespace) -> int:
         for path in args.files:
             raw = normalise(path.read_bytes())
             batch = split_batch(raw)
-            messages = batch.units if batch is not None and batch.units else [raw]
+            # an FHS/BHS batch goes in one frame, as HL7's batch protocol allows, so the gateway keeps
+            # its messages under the batch; a file of bare MSH messages goes one message per frame
+            messages = batch.units if batch is not None and batch.kind == "multi" else [raw]
             try:
                 replies = asyncio.run(send_frames(host, port, messages, timeout_s=args.timeout))
             except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
@@ -768,7 +770,8 @@ def _send(args: argparse.Namespace) -> int:
                 failed = True
                 continue
             for reply in replies:
-                failed |= not _print_ack(path, reply, parse_ack)
+                for ack in _split_acks(reply):
+                    failed |= not _print_ack(path, ack, parse_ack)
         return EXIT_FAILED if failed else EXIT_OK
 
     key = args.api_key or _env_key() or _bootstrap_key(args)
@@ -807,6 +810,7 @@ async def _post_files(
 
 
 def _split_acks(body: bytes) -> list[bytes]:
+    """The ACKs in one reply: a batch is answered with its messages' ACKs joined, one per message."""
     from adapters.hl7.er7 import split_batch
 
     batch = split_batch(body)

@@ -1,10 +1,12 @@
-"""End to end: MLLP framing edge cases against the real ``gateway serve`` over real TCP sockets."""
+"""End to end: MLLP framing edge cases, and what ``gateway send --mllp`` puts in a frame, against the real
+``gateway serve`` over real TCP sockets."""
 
 from __future__ import annotations
 
 import json
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -127,3 +129,33 @@ def test_a_frame_before_an_unfinished_oversized_one_is_answered_first(gw: Gatewa
     assert [msa(r) for r in replies] == [("AA", "E2E-BEFORE-OPEN-BIG"), ("AR", "E2E-BIG-OPEN")]
     (item,) = stored(api, "E2E-BEFORE-OPEN-BIG")
     assert item["status"] == "accepted"
+
+
+def test_cli_sends_an_fhs_batch_in_one_frame_and_prints_an_msa_line_per_message(
+    gw: Gateway, api: httpx.Client, tmp_path: Path
+) -> None:
+    """The batch's messages are stored under it, as over HTTP; the reply's ACKs are printed one by one."""
+    path = HL7 / "batch__fhs_bhs.hl7"
+    r = gw.cli("send", "--mllp", f"127.0.0.1:{gw.mllp_port}", str(path))
+    assert r.returncode == 0, r.stderr
+    control_ids = ["NWG-BATCH-0001", "NWG-BATCH-0002", "NWG-BATCH-0003"]
+    lines = [line.split("\t") for line in r.stdout.splitlines()]
+    assert [(name, msa.split("|")[:3]) for name, msa in lines] == [
+        (str(path), ["MSA", "AA", cid]) for cid in control_ids
+    ]
+    parents = set()
+    for cid in control_ids:
+        (item,) = stored(api, cid)
+        parents.add(item["parent_id"])
+    assert len(parents) == 1 and None not in parents
+    batch = api.get(f"/api/messages/{parents.pop()}").json()
+    assert batch["status"] == "batch" and batch["message_type"] == "BATCH:fhs"
+
+    bad = tmp_path / "bad_batch.hl7"
+    text = path.read_bytes().replace(b"NWG-BATCH-000", b"E2E-FHS-BAD-000")
+    bad.write_bytes(text.replace(b"|E2E-FHS-BAD-0002|P|2.5.1", b"|E2E-FHS-BAD-0002|P|9.9", 1))
+    r = gw.cli("send", "--mllp", f"127.0.0.1:{gw.mllp_port}", str(bad))
+    assert r.returncode == 1
+    codes = [line.split("\t")[1].split("|")[1:3] for line in r.stdout.splitlines()]
+    assert [cid for _, cid in codes] == ["E2E-FHS-BAD-0001", "E2E-FHS-BAD-0002", "E2E-FHS-BAD-0003"]
+    assert [code for code, _ in codes] == ["AA", "AR", "AA"]

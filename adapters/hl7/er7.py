@@ -347,8 +347,9 @@ def _declared_codec(raw: bytes) -> str | None:
             return None
     end = raw.find(b"\r", start)
     if end < 0:
-        end = raw.find(b"\n", start)
-    line = raw[start:end] if end >= 0 else raw[start:]
+        end = len(raw)
+    newline = raw.find(b"\n", start, end)  # the MSH line ends at the first \r or \n
+    line = raw[start : newline if newline >= 0 else end]
     if len(line) < 8:
         return None
     parts = line.split(line[3:4])

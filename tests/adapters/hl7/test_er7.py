@@ -248,6 +248,18 @@ def test_msh18_picks_the_codec(charset: str, codec: str) -> None:
     assert er7.decode(raw)[1] == codec
 
 
+def test_msh18_is_read_from_the_msh_line_whatever_the_line_endings() -> None:
+    # MSH ends in \n, a later segment in \r\n: the MSH line ends at the first of the two
+    raw = (
+        b"MSH|^~\\&|A|F|||20240101||ADT^A01|C1|P|2.5||||||8859/2\n"
+        b"EVN|A01|20240101\r\n"
+        b"PID|1||X||" + "Łódź^Zofia".encode("iso8859-2") + b"\r\n"
+    )
+    msg = er7.parse(raw)
+    assert msg.encoding == "iso8859-2"
+    assert msg.get("PID-5.1") == "Łódź" and msg.get("MSH-18") == "8859/2"
+
+
 def test_undeclared_or_wrong_charset_falls_back_without_losing_bytes() -> None:
     base = "MSH|^~\\&|A|F|||20240101||ADT^A01|C1|P|2.5{}\rPID|1||X||MÜLLER\r"
     # no MSH-18, valid UTF-8

@@ -35,7 +35,9 @@ unsupported version do not stop :meth:`HL7Adapter.parse`: :meth:`validate`
 reports them, so that the sender still gets an ACK naming its control id.
 ``parse`` raises :class:`~gateway.adapter.ParseError` only when no message can
 be read (no MSH, bad delimiters, cut inside MSH), with the header fields it
-could still read.
+could still read. A second MSH segment (another message inside this one, which
+:meth:`HL7Adapter.split` would have cut off) is an ``unexpected_segment`` error
+at the ``header`` and ``structure`` levels.
 
 Replies (:meth:`HL7Adapter.respond`): accepted → ``AA``/``CA`` and HTTP 200;
 invalid → ``AE``/``CE`` and 400; refused → ``AR``/``CR`` and 503 when the store
@@ -80,6 +82,9 @@ HEADER_KEYS = (
 _SUPPORTED = ", ".join(structure.SUPPORTED_VERSIONS)
 _STATUS = {"accepted": 200, "invalid": 400, "refused": 422}
 _STORE_UNAVAILABLE = "store_unavailable"
+_SECOND_MSH = Issue(
+    "error", "unexpected_segment", "MSH(2)", "A second MSH segment starts another message inside this one."
+)
 
 
 def _first(field: str, d: er7.Delimiters, encoding: str, comp: int = 1) -> str:
@@ -266,6 +271,8 @@ class HL7Adapter:
             ]
         h = envelope.headers
         issues = self._header_issues(h)
+        if message.segment("MSH", 2) is not None:
+            issues.append(_SECOND_MSH)
         if self.validation == "structure" and h["message_code"] and h["version"] in SUPPORTED_VERSIONS:
             # Pass MSH-9.3 only when the sender declared it: without it the validator finds the
             # event's structure itself (ADT^A04 -> ADT_A01) instead of warning about ADT_A04.

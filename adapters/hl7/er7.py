@@ -544,7 +544,9 @@ def escape(value: str, d: Delimiters) -> str:
 
 # --------------------------------------------------------------------------- batches
 
-_SEGMENT_START = re.compile(rb"(?<=[\r\n])(MSH|FHS|BHS|BTS|FTS)(?![A-Za-z0-9])")
+_SEGMENT_START = re.compile(rb"[\r\n](?:\xef\xbb\xbf)?[ \t]*(MSH|FHS|BHS|BTS|FTS)(?![A-Za-z0-9])")
+"""A line that starts a message or a batch header or trailer, from the line end before it. A BOM
+and blanks before the segment id still start one: files that each begin with a BOM, joined."""
 _BATCH_KINDS = {b"FHS": "fhs", b"BHS": "bhs"}
 
 
@@ -552,23 +554,24 @@ def split_batch(raw: bytes) -> Batch | None:
     """Split an FHS/BHS batch file or a file of several MSH messages into messages.
 
     Returns ``None`` for a single plain message (or for bytes that are not
-    HL7). Each unit is the message's bytes exactly as received, from its MSH
-    up to (not including) the next MSH or batch header/trailer segment, its own
-    segment terminators included; FHS, BHS, BTS and FTS belong to no unit. Only
-    segment starts count, so a field whose value is ``MSH`` never splits.
+    HL7). Each unit is the message's bytes exactly as received, from the start
+    of its MSH line (a BOM and blanks before ``MSH`` included) up to (not
+    including) the line of the next MSH or batch header/trailer segment, its
+    own segment terminators included; FHS, BHS, BTS and FTS belong to no unit.
+    Only segment starts count, so a field whose value is ``MSH`` never splits.
     """
     base = 3 if raw.startswith(BOM) else 0
     base += len(raw) - base - len(raw[base:].lstrip())
     head = raw[base : base + 3]
     if head == b"MSH":
-        if b"\rMSH" not in raw and b"\nMSH" not in raw:
+        if raw.find(b"MSH", base + 3) < 0:
             return None
     elif head not in _BATCH_KINDS:
         return None
     if base + 3 < len(raw) and raw[base + 3 : base + 4].isalnum():
         return None
     starts = [(base, head)]
-    starts.extend((m.start(), m.group(1)) for m in _SEGMENT_START.finditer(raw, base + 1))
+    starts.extend((m.start() + 1, m.group(1)) for m in _SEGMENT_START.finditer(raw, base + 1))
     units: list[bytes] = []
     for index, (start, name) in enumerate(starts):
         if name != b"MSH":

@@ -263,6 +263,17 @@ def test_header_issues(change: tuple[bytes, bytes], code: str, location: str) ->
     assert [i.location for i in full].count(location) == 1
 
 
+def test_a_second_msh_in_one_message_is_an_error() -> None:
+    first = fixture("adt_a01__basic.hl7")
+    second = first.replace(b"NWG-ADT01-0001", b"NWG-ADT01-0002", 1)
+    assert second != first
+    env = parse(first + second)  # two messages read as one, as when nothing split them
+    for level in ("header", "structure"):
+        issues = HL7Adapter(level).validate(env)
+        assert ("unexpected_segment", "MSH(2)", "error") in [(i.code, i.location, i.severity) for i in issues]
+        assert [i.location for i in issues].count("MSH(2)") == 1, level
+
+
 def test_local_message_types_and_every_supported_version() -> None:
     raw = b"MSH|^~\\&|A|F|R|RF|20240101||ZXX^Z01|C1|P|2.5\rZXA|1\r"
     assert HL7Adapter("header").validate(parse(raw)) == []

@@ -395,6 +395,24 @@ def test_msh_as_a_field_value_never_splits() -> None:
     assert er7.split_batch(single.replace(b"\r", b"\n")) is None
 
 
+def test_files_joined_together_split_at_each_bom_or_blanks_before_msh() -> None:
+    def file(control_id: str, lead: bytes = er7.BOM) -> bytes:
+        return lead + ADT.replace("CTRL-1", control_id).replace("\r", "\r\n").encode()
+
+    first, second = file("CAT1"), file("CAT2")
+    raw = first + second
+    batch = er7.split_batch(raw)
+    assert batch is not None and batch.kind == "multi"
+    assert batch.units == [first[3:], second]  # the second keeps its BOM: its bytes as received
+    assert [er7.parse(u).get("MSH-10") for u in batch.units] == ["CAT1", "CAT2"]
+    assert [[s.id for s in er7.parse(u).segments] for u in batch.units] == [["MSH", "EVN", "PID", "PV1"]] * 2
+    for lead in (b"  ", b"\t", er7.BOM + b" "):
+        batch = er7.split_batch(first + file("CAT2", lead) + file("CAT3", lead).replace(b"\r\n", b"\n"))
+        assert batch is not None, lead
+        assert [er7.parse(u).get("MSH-10") for u in batch.units] == ["CAT1", "CAT2", "CAT3"], lead
+    assert er7.split_batch(first) is None
+
+
 def test_batches_with_other_line_endings_keep_their_bytes() -> None:
     lf = fixture("batch__fhs_bhs.hl7").replace(b"\r", b"\n")
     batch = er7.split_batch(b"\xef\xbb\xbf" + lf)

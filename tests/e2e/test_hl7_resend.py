@@ -1,0 +1,79 @@
+"""End to end: HL7 v2 files joined together and messages sent again in other bytes, against the real
+``gateway serve`` over real HTTP and the real ``gateway send``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import FIXTURES
+from tests.support import TEST_KEY, Gateway
+
+pytestmark = pytest.mark.e2e
+
+HL7 = FIXTURES / "hl7"
+BOM = b"\xef\xbb\xbf"
+ER7 = {"Content-Type": "x-application/hl7-v2+er7"}
+
+
+def message(name: str, control_id: str) -> bytes:
+    """A fixture message with MSH-10 set to ``control_id``, its segments ending in ``\\r``."""
+    segments = (HL7 / name).read_bytes().replace(b"\r\n", b"\r").replace(b"\n", b"\r").split(b"\r")
+    fields = segments[0].split(b"|")
+    fields[9] = control_id.encode()
+    segments[0] = b"|".join(fields)
+    return b"\r".join(segments)
+
+
+def bom_file(name: str, control_id: str) -> bytes:
+    """The message as a Windows tool saves it: a UTF-8 BOM in front and ``\\r\\n`` line endings."""
+    return BOM + message(name, control_id).replace(b"\r", b"\r\n")
+
+
+def msa(reply: bytes) -> list[list[str]]:
+    """MSA-1 and MSA-2 of every acknowledgement in ``reply``."""
+    lines = reply.replace(b"\n", b"\r").split(b"\r")
+    return [line.decode().split("|")[1:3] for line in lines if line.startswith(b"MSA|")]
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    g = Gateway(tmp_path_factory.mktemp("gw")).start()
+    yield g
+    g.stop()
+
+
+@pytest.fixture
+def api(gw: Gateway) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=gw.http_url, headers={"Authorization": f"Bearer {TEST_KEY}"}, timeout=30) as c:
+        yield c
+
+
+def accepted(api: httpx.Client, control_id: str) -> list[dict[str, Any]]:
+    """The accepted messages with MSH-10 ``control_id``."""
+    items = api.get("/api/messages", params={"control_id": control_id}).json()["items"]
+    return [item for item in items if item["status"] == "accepted"]
+
+
+def test_joined_files_are_each_their_own_message_over_http(gw: Gateway, api: httpx.Client) -> None:
+    joined = bom_file("adt_a01__basic.hl7", "CAT1") + bom_file("adt_a04__register.hl7", "CAT2")
+    r = api.post("/ingest/hl7v2", content=joined, headers=ER7)
+    assert r.status_code == 200
+    assert msa(r.content) == [["AA", "CAT1"], ["AA", "CAT2"]]
+    (first,) = accepted(api, "CAT1")
+    (second,) = accepted(api, "CAT2")
+    assert first["message_type"] == "ADT^A01" and second["message_type"] == "ADT^A04"
+    assert first["parent_id"] is not None and first["parent_id"] == second["parent_id"]
+
+
+def test_joined_files_are_each_their_own_message_with_gateway_send(gw: Gateway, tmp_path: Path) -> None:
+    joined = tmp_path / "joined.hl7"
+    joined.write_bytes(bom_file("adt_a01__basic.hl7", "CAT3") + bom_file("adt_a08__update.hl7", "CAT4"))
+    for target in (["--mllp", f"127.0.0.1:{gw.mllp_port}"], ["--http", f"{gw.http_url}/ingest/hl7v2"]):
+        r = gw.cli("send", *target, "--api-key", TEST_KEY, str(joined))
+        assert r.returncode == 0, r.stderr
+        assert [line.split("\t")[1] for line in r.stdout.splitlines()] == ["MSA|AA|CAT3", "MSA|AA|CAT4"]

@@ -29,6 +29,10 @@ Envelope fields:
   header values that are business keys as pseudonyms.
 * ``body`` the :class:`~adapters.hl7.er7.Message`; ``sensitivity`` ``phi``;
   ``correlation_id`` MSA-2 when the message is itself an acknowledgement.
+* ``raw_sha256`` the digest of the bytes as received; ``content_sha256`` that of
+  their :func:`~adapters.hl7.er7.canonical` form (the same digest when the bytes
+  are already in it), so that a message sent again with a BOM, other line
+  endings or blank lines after it is a duplicate, not a control id conflict.
 
 A missing MSH-9, MSH-10, MSH-11 or MSH-12, an unknown message code or an
 unsupported version do not stop :meth:`HL7Adapter.parse`: :meth:`validate`
@@ -229,8 +233,9 @@ class HL7Adapter:
     # -- parse ------------------------------------------------------------------------------
 
     def parse(self, raw: bytes, receipt: Receipt) -> Envelope:
+        body = er7.canonical(raw)
         try:
-            message = er7.parse(raw)
+            message = er7.parse(body)
         except er7.ER7Error as exc:
             issue = Issue("fatal", exc.code, exc.location, exc.diagnostics)
             raise ParseError([issue], _salvaged_headers(exc)) from None
@@ -240,6 +245,7 @@ class HL7Adapter:
         patient_id = _patient_id(message)
         headers["patient_id"] = patient_id
         correlation_id = message.get("MSA-2")
+        raw_sha256 = sha256_hex(raw)
         return Envelope(
             id=new_id(),
             received_at=receipt.received_at,
@@ -250,7 +256,8 @@ class HL7Adapter:
             sender=_party(headers["sending_application"], headers["sending_facility"]),
             receiver=_party(headers["receiving_application"], headers["receiving_facility"]),
             raw=raw,
-            raw_sha256=sha256_hex(raw),
+            raw_sha256=raw_sha256,
+            content_sha256=raw_sha256 if body == raw else sha256_hex(body),
             body=message,
             headers=headers,
             business_keys={"patient_id": patient_id} if patient_id else {},

@@ -1,6 +1,8 @@
 """A fast reader for HL7 v2 ER7 ("pipe and hat") messages.
 
-What lives here: :func:`decode` (bytes → text, honouring MSH-18), :func:`parse`
+What lives here: :func:`canonical` (the bytes the reader reads, in one form
+whatever the sender's BOM and line endings), :func:`decode` (bytes → text,
+honouring MSH-18), :func:`parse`
 (text → :class:`Message` of :class:`Segment` values holding raw, still escaped
 field strings), :func:`unescape` / :func:`escape`, :func:`split_batch` (FHS/BHS
 and multi-MSH files → one byte string per message) and :class:`ER7Error`.
@@ -35,6 +37,7 @@ __all__ = [
     "ER7Error",
     "Message",
     "Segment",
+    "canonical",
     "decode",
     "delimiters_from",
     "escape",
@@ -362,20 +365,37 @@ def _declared_codec(raw: bytes) -> str | None:
     return CHARSETS.get(value.decode("ascii", "replace").strip().upper())
 
 
+def canonical(raw: bytes) -> bytes:
+    """The message bytes as the reader reads them, in one form whatever the sender's habits.
+
+    A UTF-8 BOM and the blanks before the first segment are dropped, segment
+    endings ``\\r\\n`` and ``\\n`` become ``\\r``, and the blank lines and blanks
+    after the last segment are dropped, which then ends with one ``\\r``. Blanks
+    at the end of the last segment itself are kept: they are part of its last
+    field. ``raw`` itself when it is already in this form (the usual case).
+    """
+    body = raw
+    if not body[:1].isalpha():  # a BOM or blanks in front (one test for the usual case)
+        body = body[3:] if body.startswith(BOM) else body
+        body = body.lstrip()
+    if b"\n" in body:
+        body = body.replace(b"\r\n", b"\r").replace(b"\n", b"\r")
+    if body[-1:] != b"\r" or body[-2:-1].isspace():
+        end = body.find(b"\r", len(body.rstrip()))
+        body = body[: end + 1] if end >= 0 else body + b"\r"
+    return body
+
+
 def decode(raw: bytes) -> tuple[str, str]:
     """Decode message bytes to text; return ``(text, codec_name)``.
 
-    Strips a UTF-8 BOM and leading blanks, decodes with the codec MSH-18 names
-    (HL7 table 0211), falling back to UTF-8 and then latin-1 (which cannot fail,
-    so no byte is lost) when MSH-18 is empty, unknown or wrong. Segment endings
-    ``\\r\\n``, ``\\n`` and ``\\r`` all become ``\\r``; trailing empty lines are dropped.
+    Decodes the :func:`canonical` form of ``raw`` (so segments end with
+    ``\\r``; the last one has none) with the codec MSH-18 names (HL7 table
+    0211), falling back to UTF-8 and then latin-1 (which cannot fail, so no
+    byte is lost) when MSH-18 is empty, unknown or wrong.
     """
-    if raw.startswith(BOM):
-        raw = raw[3:]
-    raw = raw.lstrip()
-    text, codec = _decode_bytes(raw, _declared_codec(raw))
-    if "\n" in text:
-        text = text.replace("\r\n", "\r").replace("\n", "\r")
+    body = canonical(raw)
+    text, codec = _decode_bytes(body, _declared_codec(body))
     return text.rstrip("\r"), codec
 
 

@@ -123,7 +123,8 @@ class IntakeRecord:
     online: Sequence[str] = ()
     """Sinks the route names that answer in line (:class:`gateway.sink.OnlineSink`): no outbox rows."""
     content_sha256: str = ""
-    """Digest of the canonical content, where the adapter gives one; duplicates are judged by it."""
+    """Digest of the canonical content, where the adapter gives one; duplicates are judged by it (and
+    by ``raw_sha256``: the same bytes are always a resend)."""
     movements: Sequence[Movement] = ()
     """Stock movements applied to the inventory ledger with the message (accepted messages only)."""
     reports: Sequence[ReportedLevel] = ()

@@ -504,7 +504,9 @@ class SQLiteStore:
                 (rec.control_id, rec.sender, rec.protocol),
             ).fetchone()
             if row is not None:
-                if (row[2] or row[0]) == (rec.content_sha256 or rec.raw_sha256):
+                # The same bytes, or the same content: a row stored before its adapter gave a
+                # content digest has none, and an identical resend must still match it.
+                if row[0] == rec.raw_sha256 or (row[2] or row[0]) == (rec.content_sha256 or rec.raw_sha256):
                     txn.append(
                         [
                             EventDraft(

@@ -1,5 +1,5 @@
-"""End to end: HL7 v2 files joined together and messages sent again in other bytes, against the real
-``gateway serve`` over real HTTP and the real ``gateway send``."""
+"""End to end: HL7 v2 files joined together, and messages sent again in other bytes, against the real
+``gateway serve`` over real MLLP (python-hl7's client) and HTTP, and with the real ``gateway send``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import hl7.client
 import httpx
 import pytest
 
@@ -77,3 +78,43 @@ def test_joined_files_are_each_their_own_message_with_gateway_send(gw: Gateway, 
         r = gw.cli("send", *target, "--api-key", TEST_KEY, str(joined))
         assert r.returncode == 0, r.stderr
         assert [line.split("\t")[1] for line in r.stdout.splitlines()] == ["MSA|AA|CAT3", "MSA|AA|CAT4"]
+
+
+def send(gw: Gateway, transport: str, payload: bytes) -> bytes:
+    """The reply to ``payload`` sent alone over ``transport`` (``mllp`` or ``http``)."""
+    if transport == "mllp":
+        with hl7.client.MLLPClient("127.0.0.1", gw.mllp_port) as client:
+            reply: bytes = client.send_message(payload)
+        return reply
+    headers = {**ER7, "Authorization": f"Bearer {TEST_KEY}"}
+    return httpx.post(f"{gw.http_url}/ingest/hl7v2", content=payload, headers=headers, timeout=30).content
+
+
+@pytest.mark.parametrize("transport", ["mllp", "http"])
+def test_a_resend_in_other_bytes_is_a_duplicate_and_other_content_a_conflict(
+    gw: Gateway, api: httpx.Client, transport: str
+) -> None:
+    control_id = f"RESEND-{transport.upper()}"
+    raw = message("adt_a03__discharge.hl7", control_id)
+    assert msa(send(gw, transport, raw)) == [["AA", control_id]]
+    resends = [
+        raw + b"\n",
+        BOM + raw,
+        raw.replace(b"\r", b"\n"),
+        bom_file("adt_a03__discharge.hl7", control_id),
+    ]
+    for resend in resends:
+        assert msa(send(gw, transport, resend)) == [["AA", control_id]], resend[-6:]
+    (stored,) = accepted(api, control_id)
+    items = api.get("/api/messages", params={"control_id": control_id}).json()["items"]
+    assert len(items) == 1, "a resend is acknowledged again, not stored again"
+    events = [e["event"] for e in api.get(f"/api/messages/{stored['id']}/lineage").json()["events"]]
+    assert events.count("DuplicateReceived") == len(resends)
+
+    changed = raw.replace(b"\rPV1|1|", b"\rPV1|2|", 1)
+    assert changed != raw
+    reply = send(gw, transport, changed.replace(b"\r", b"\r\n"))
+    assert msa(reply) == [["AE", control_id]]
+    assert b"205" in reply  # HL7 table 0357: duplicate key identifier
+    items = api.get("/api/messages", params={"control_id": control_id}).json()["items"]
+    assert sorted(i["status"] for i in items) == ["accepted", "rejected"]

@@ -70,6 +70,26 @@ def test_new_duplicate_and_conflict(store: SQLiteStore) -> None:
     assert store.verify_lineage().ok
 
 
+def test_duplicates_by_content_digest_and_by_the_same_bytes(store: SQLiteStore) -> None:
+    def canonical(control_id: str, body: bytes) -> IntakeRecord:
+        """``body`` as an adapter that gives content digests records it (line endings do not count)."""
+        return replace(record(control_id, body), content_sha256=sha256_hex(body.rstrip()))
+
+    async def go() -> None:
+        # stored before its adapter gave content digests: the same bytes sent again still match it
+        (old,) = await store.record_intake([record("C5", b"MSH|one\n")])
+        (same,) = await store.record_intake([canonical("C5", b"MSH|one\n")])
+        assert (same.kind, same.message_id) == ("duplicate", old.message_id)
+        # other bytes of the same content are a resend; other content is a conflict
+        (new,) = await store.record_intake([canonical("C6", b"MSH|two\r")])
+        (again,) = await store.record_intake([canonical("C6", b"MSH|two\r\n")])
+        assert (again.kind, again.message_id) == ("duplicate", new.message_id)
+        (other,) = await store.record_intake([canonical("C6", b"MSH|three\r")])
+        assert other.kind == "conflict"
+
+    asyncio.run(go())
+
+
 def test_rejected_message_does_not_claim_its_control_id(store: SQLiteStore) -> None:
     async def go() -> None:
         (bad,) = await store.record_intake([record("C9", b"bad", outcome="invalid")])

@@ -128,6 +128,30 @@ def test_envelope_of_a_basic_adt() -> None:
     }
 
 
+def test_content_digest_is_the_same_for_the_same_message_in_other_bytes() -> None:
+    raw = fixture("adt_a01__basic.hl7")
+    env = parse(raw)
+    assert env.content_sha256 == env.raw_sha256 == sha256_hex(raw)  # already in canonical form
+    resends = [
+        raw + b"\n",
+        raw + b"\r\n\r\n  \n",
+        raw.rstrip(b"\r"),
+        b"\xef\xbb\xbf" + raw,
+        raw.replace(b"\r", b"\n"),
+        b"\xef\xbb\xbf" + raw.replace(b"\r", b"\r\n"),
+    ]
+    for resend in resends:
+        again = parse(resend)
+        assert again.raw is resend and again.raw_sha256 == sha256_hex(resend) != env.raw_sha256
+        assert again.content_sha256 == env.content_sha256, resend[-8:]
+    changed = [
+        raw.replace(b"PV1|1|I|", b"PV1|1|O|", 1).replace(b"\r", b"\n"),
+        raw.replace(b"|A\r", b"|A \r"),  # a blank at the end of the last field is still a change
+    ]
+    for other in changed:
+        assert other != raw and parse(other).content_sha256 != env.content_sha256
+
+
 @pytest.mark.parametrize("path", VALID, ids=lambda p: p.name)
 def test_every_valid_fixture_has_every_header(path: Path) -> None:
     for unit in units(path):

@@ -193,6 +193,25 @@ def test_segment_endings_are_normalised() -> None:
         assert [s.fields for s in msg.segments] == [s.fields for s in cr.segments]
 
 
+def test_canonical_form() -> None:
+    raw = ADT.encode()
+    assert er7.canonical(raw) is raw
+    for other in (
+        ADT.replace("\r", "\n"),
+        ADT.replace("\r", "\r\n"),
+        ADT + "\r\r\n \n\t",
+        ADT.rstrip("\r"),
+        "\ufeff" + ADT,
+        "\ufeff\x0b \r\n" + ADT.replace("\r", "\n") + "\n",
+    ):
+        assert er7.canonical(other.encode()) == raw
+    # blanks after the last segment go; blanks at the end of its last field stay
+    assert er7.canonical((ADT + "  ").encode()) == raw
+    kept = ADT.replace("|A\r", "|A  \r").encode()
+    assert er7.canonical(kept.rstrip(b"\r")) == er7.canonical(kept + b"\r\n \n") == kept
+    assert er7.canonical(b"") == b"\r" and er7.canonical(b"\xef\xbb\xbf \n") == b"\r"
+
+
 def test_blank_lines_and_leading_blanks_are_dropped() -> None:
     msg = er7.parse(("\x0b \r\n" + ADT.replace("EVN|", "\r\r  \rEVN|")).encode())
     assert [s.id for s in msg.segments] == ["MSH", "EVN", "PID", "PV1"]

@@ -75,7 +75,7 @@ def ensure_bootstrap_key(data_dir: Path) -> str:
     path = data_dir / BOOTSTRAP_KEY_FILE
     if path.exists():
         return path.read_text(encoding="ascii").strip()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     key = "gw_" + secrets.token_urlsafe(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="ascii") as fh:
@@ -98,7 +98,7 @@ def pseudonym_key(data_dir: Path) -> bytes:
         return bytes.fromhex(path.read_text(encoding="ascii").strip())
     except FileNotFoundError:
         pass
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     key = secrets.token_bytes(32)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -39,7 +39,7 @@ def master_key(data_dir: Path) -> bytes:
     """The master key that wraps the data keys; created (0600) on first use."""
     path = data_dir / MASTER_FILE
     if not path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(AESGCM.generate_key(bit_length=256))

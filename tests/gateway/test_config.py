@@ -103,6 +103,7 @@ def test_bootstrap_key_is_private_and_stable(tmp_path: Path) -> None:
     ring = KeyRing.from_settings(s)
     key_file = tmp_path / "d" / "api-key"
     assert key_file.stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o700  # the data directory is its owner's alone
     key = key_file.read_text().strip()
     assert ring.authenticate(key).name == "bootstrap"
     assert KeyRing.from_settings(s).authenticate(key).name == "bootstrap"

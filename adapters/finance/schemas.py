@@ -15,6 +15,7 @@ messages quote the offending value, so they are never passed on.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,13 +50,25 @@ _SENTENCES = {
 }
 
 
+_COMPILING = threading.Lock()
+
+
+class _Compiled(threading.local):
+    """One thread's compiled schemas: an ``XMLSchema`` keeps one error log, which validation fills
+    without the GIL, so two threads validating with the same object would read each other's errors."""
+
+    def __init__(self) -> None:
+        self.by_namespace: dict[str, etree.XMLSchema | None] = {}
+
+
 @dataclass(slots=True)
 class SchemaCatalogue:
-    """The schemas of one folder, by target namespace, compiled on first use."""
+    """The schemas of one folder, by target namespace, compiled on first use in each thread that
+    validates (the event loop, and the worker that prepares large payloads)."""
 
     directory: Path | None
     files: dict[str, Path] = field(default_factory=dict)
-    _compiled: dict[str, etree.XMLSchema | None] = field(default_factory=dict)
+    _compiled: _Compiled = field(default_factory=_Compiled)
 
     @classmethod
     def load(cls, directory: Path | None) -> SchemaCatalogue:
@@ -81,19 +94,23 @@ class SchemaCatalogue:
         return namespace in self.files
 
     def schema(self, namespace: str) -> etree.XMLSchema | None:
-        if namespace not in self._compiled:
+        """This thread's compiled schema of ``namespace``; ``None`` when there is none, or it does not
+        compile."""
+        compiled_here = self._compiled.by_namespace
+        if namespace not in compiled_here:
             path = self.files.get(namespace)
             compiled: etree.XMLSchema | None = None
             if path is not None:
                 try:
-                    compiled = etree.XMLSchema(etree.parse(str(path), hardened_parser()))
+                    with _COMPILING:  # libxml2's schema compiler is not safe to run in two threads at once
+                        compiled = etree.XMLSchema(etree.parse(str(path), hardened_parser()))
                 except (etree.XMLSchemaParseError, etree.XMLSyntaxError, OSError):
                     log.error(
                         "schema does not compile; documents of its namespace are not validated",
                         extra={"file": str(path)},
                     )
-            self._compiled[namespace] = compiled
-        return self._compiled[namespace]
+            compiled_here[namespace] = compiled
+        return compiled_here[namespace]
 
     def validate(self, document: etree._Element) -> list[Issue] | None:
         """Schema issues of ``document``; ``None`` when no schema for its namespace is at hand."""

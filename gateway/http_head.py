@@ -5,8 +5,11 @@ sets no limit on the head of a request: a client that opens a connection and
 sends nothing, or trickles a header line every few seconds, holds a
 connection and its buffers for ever. :func:`head_timed` returns a protocol
 class that closes the connection unless a request's line and headers arrive
-within ``timeout_s`` of the connection opening or the request's first byte.
-Bodies have their own limit (:mod:`gateway.bodies`).
+within ``timeout_s`` of the connection opening, the request's first byte, or
+the first bytes after a response that begin no request (blank lines), and
+closes a connection answered before its request's body arrived (401, 413,
+408) instead of reading the rest of that body. Bodies have their own time
+limit (:mod:`gateway.bodies`).
 """
 
 from __future__ import annotations
@@ -40,6 +43,21 @@ def head_timed(timeout_s: float) -> type[asyncio.Protocol]:
             self._disarm_head()
             super().on_headers_complete()
 
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            # bytes between requests that begin none (blank lines) stop uvicorn's keep-alive timer:
+            # the next request's head is timed from them
+            idle = self.cycle is None or self.cycle.response_complete
+            if idle and self._head_timer is None and not self.transport.is_closing():
+                self._arm_head()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            cycle = self.cycle
+            if cycle is not None and cycle.response_complete and cycle.more_body:
+                # answered before its body arrived (401, 413, 408): the rest of it is not read
+                self.transport.close()
+
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm_head()
             super().connection_lost(exc)
@@ -55,6 +73,9 @@ def head_timed(timeout_s: float) -> type[asyncio.Protocol]:
 
         def _head_expired(self) -> None:
             self._head_timer = None
+            if self.cycle is not None and not self.cycle.response_complete:
+                self._arm_head()  # a response is still on its way: the next head waits for it
+                return
             if not self.transport.is_closing():
                 client = self.client
                 log.info(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.e2e.test_hl7_intake import field, fixture, with_control_id
 from tests.support import ADMIN_KEY, TEST_KEY, Gateway
 
 pytestmark = pytest.mark.e2e
@@ -198,3 +200,50 @@ def test_a_slow_or_missing_request_head_closes_the_connection(gw: Gateway) -> No
             s.sendall(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n")
             assert read_response(s)[0] == 200
             time.sleep(0.6)  # idle between requests counts against keep-alive, not the head limit
+
+
+def test_a_connection_answered_before_its_body_arrived_is_closed(gw: Gateway) -> None:
+    """After a 401 (or 413, 408) for a body still on its way, the gateway does not go on reading it."""
+    with socket.create_connection(("127.0.0.1", gw.http_port), timeout=10) as s:
+        s.sendall(request("POST", "/api/subjects/erase", HUGE, JSON).encode() + b"\r\n" + b'{"subject": "A')
+        assert read_response(s)[0] == 401
+        assert closed_within(s, 5) < 5
+        with pytest.raises(OSError):
+            for _ in range(40):  # what the client goes on sending is not read
+                s.sendall(b"A" * 65536)
+                time.sleep(0.05)
+
+
+def test_blank_lines_between_requests_do_not_hold_a_connection(gw: Gateway) -> None:
+    with socket.create_connection(("127.0.0.1", gw.http_port), timeout=10) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n")
+        assert read_response(s)[0] == 200
+        start = time.monotonic()
+        with pytest.raises((BrokenPipeError, ConnectionResetError)):
+            for _ in range(40):  # a blank line every quarter second begins no request
+                s.sendall(b"\r\n")
+                time.sleep(0.25)
+        assert time.monotonic() - start < 8
+
+
+def test_a_pipelined_head_waits_for_the_response_before_it(gw: Gateway) -> None:
+    """While a write waits for the store (another process holds its lock), the next request's head
+    arrives only in part: the connection stays open until the write's answer is sent."""
+    other = sqlite3.connect(gw.data_dir / "gateway.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with socket.create_connection(("127.0.0.1", gw.http_port), timeout=10) as s:
+            body = with_control_id(fixture("adt_a01__basic.hl7"), "PIPE-1")
+            head = request(
+                "POST",
+                "/ingest/hl7v2",
+                len(body),
+                {"Authorization": f"Bearer {TEST_KEY}", "Content-Type": "text/plain"},
+            )
+            s.sendall(head.encode() + b"\r\n" + body + b"GET /healthz HTTP/1.1\r\n")
+            time.sleep(2.5)  # past the 1 s head limit, twice
+            other.execute("COMMIT")
+            status, answer = read_response(s)
+            assert status == 200 and field(answer, "MSA", 1) == "AA"
+    finally:
+        other.close()

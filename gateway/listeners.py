@@ -22,6 +22,11 @@ from gateway.envelope import Receipt
 __all__ = ["Connection", "ConnectionLimits", "TCPListener", "peer_of", "readable_headers", "server_tls"]
 
 
+TLS_HANDSHAKE_TIMEOUT_S = 10.0
+"""A TLS client must finish its handshake within this; the connection is dropped otherwise (asyncio's
+default is 60 s, during which a connection that sends half a ClientHello is held)."""
+
+
 class ConnectionLimits(Protocol):
     @property
     def max_connections(self) -> int: ...
@@ -71,7 +76,13 @@ class TCPListener(Generic[C]):
     async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            self.protocol, host, port, ssl=ssl_context, reuse_address=True, backlog=512
+            self.protocol,
+            host,
+            port,
+            ssl=ssl_context,
+            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S if ssl_context is not None else None,
+            reuse_address=True,
+            backlog=512,
         )
 
     @property

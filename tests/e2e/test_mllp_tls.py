@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
+import time
 from pathlib import Path
 
 import pytest
@@ -64,6 +66,13 @@ def test_tls(pki: dict[str, object], tmp_path: Path) -> None:
                 data = b""
             assert b"MSA" not in data
         assert b"MSA|AA|" in exchange(gw.mllp_port, ctx)
+        # half a ClientHello, then nothing: dropped after the handshake limit, not asyncio's 60 s
+        with socket.create_connection(("127.0.0.1", gw.mllp_port), timeout=30) as s:
+            s.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+            start = time.monotonic()
+            with contextlib.suppress(ConnectionResetError):
+                s.recv(100)
+            assert time.monotonic() - start < 20
     finally:
         gw.stop()
 

@@ -13,14 +13,18 @@ the same form); ``sensitivity`` ``phi``. Headers (:data:`HEADER_KEYS`):
 ``resource_id`` (the receipt's ``resource_id`` attribute, else the body's
 ``id``), ``interaction`` (the receipt's ``interaction`` attribute, else
 ``create``) and, for a Bundle, ``entries``. The business key ``patient`` is the
-patient the resource is about (``Patient/<id>``, or the ``subject``,
-``patient`` or ``beneficiary`` reference when it names a Patient, or for an
-Appointment the first participant's ``actor`` that does), shown masked
-as ``Patient/***<last 4>``. A Bundle is filed under every patient its entries
-are about: ``patient`` for the first, ``patient.2``, ``patient.3`` … for the
-others (up to :data:`MAX_BUNDLE_PATIENTS`, for display); the store also files it
-under the patient of every resource it wrote (a PATCH entry's, a Patient the
-Bundle created), so that lineage search and erasure find it by any of them.
+patient the resource is about (:func:`patient_of`: ``Patient/<id>``, or the
+``subject``, ``patient`` or ``beneficiary`` reference when it names a Patient,
+or for an Appointment the first participant's ``actor`` that does, for an
+AppointmentResponse its ``actor``, for a Bundle its first entry's), shown
+masked as ``Patient/***<last 4>``; a route with ``subject: patient`` seals the
+body under it. A resource about several patients (:func:`patients_of`: an
+Appointment with several Patient participants, a Bundle whose entries are
+about several) is filed under every one: ``patient`` for the first,
+``patient.2``, ``patient.3`` … for the others (up to :data:`MAX_PATIENTS`, for
+display); the store also files a Bundle under the patients of every resource
+it wrote (a PATCH entry's, a Patient the Bundle created), so that lineage
+search and erasure find it by any of them.
 
 Replies are OperationOutcomes (``application/fhir+json``): 200 when accepted;
 400 when the body could not be read; 422 when it was read but is not valid; a
@@ -118,52 +122,53 @@ def _reference(value: object) -> str:
     return ""
 
 
-def patient_of(resource: Mapping[str, Any]) -> str:
-    """The patient a resource is about (module docstring)."""
+def _patients(resource: Mapping[str, Any]) -> Iterator[str]:
+    """The patients a resource is about, in order (repeats included)."""
     rtype = resource.get("resourceType")
     if rtype == "Patient":
         rid = resource.get("id")
-        return f"Patient/{rid}" if isinstance(rid, str) and _ID.fullmatch(rid) else ""
+        if isinstance(rid, str) and _ID.fullmatch(rid):
+            yield f"Patient/{rid}"
+        return
     if rtype == "Bundle":
-        return next(_entry_patients(resource), "")
+        entries = resource.get("entry")
+        for entry in entries if isinstance(entries, list) else []:
+            inner = entry.get("resource") if isinstance(entry, dict) else None
+            if isinstance(inner, dict):
+                yield from _patients(inner)
+        return
     for name in ("subject", "patient", "beneficiary"):
         found = _reference(resource.get(name))
         if found:
-            return found
-    if rtype == "Appointment":  # the patient is one of its participants (an SIU's PID becomes one)
+            yield found
+            return
+    if rtype == "Appointment":  # its patients are among its participants (an SIU's PID becomes one)
         participants = resource.get("participant")
         for participant in participants if isinstance(participants, list) else []:
             found = _reference(participant.get("actor")) if isinstance(participant, dict) else ""
             if found:
-                return found
-    if rtype == "AppointmentResponse":
-        return _reference(resource.get("actor"))
-    return ""
+                yield found
+    elif rtype == "AppointmentResponse":
+        found = _reference(resource.get("actor"))
+        if found:
+            yield found
 
 
-MAX_BUNDLE_PATIENTS = 100
-"""Patients a Bundle's envelope names, at most (``patient``, ``patient.2`` …); the store files it under
-the patient of every resource it wrote besides, with no limit."""
+def patient_of(resource: Mapping[str, Any]) -> str:
+    """The patient a resource is about, the first of :func:`patients_of` (module docstring); ``""`` for
+    none."""
+    return next(_patients(resource), "")
 
 
-def _entry_patients(bundle: Mapping[str, Any]) -> Iterator[str]:
-    """The patient of each Bundle entry that is about one, in entry order (repeats included)."""
-    entries = bundle.get("entry")
-    for entry in entries if isinstance(entries, list) else []:
-        inner = entry.get("resource") if isinstance(entry, dict) else None
-        patient = patient_of(inner) if isinstance(inner, dict) else ""
-        if patient:
-            yield patient
+def patients_of(resource: Mapping[str, Any]) -> list[str]:
+    """Every patient a resource is about, each once, in order (module docstring): for a Bundle its
+    entries' patients, for an Appointment its participants that are Patients."""
+    return list(dict.fromkeys(_patients(resource)))
 
 
-def _bundle_patients(bundle: Mapping[str, Any]) -> list[str]:
-    """The patients a Bundle's entries are about, each once, in entry order (the first is ``patient``)."""
-    found: dict[str, None] = {}
-    for patient in _entry_patients(bundle):
-        found[patient] = None
-        if len(found) == MAX_BUNDLE_PATIENTS:
-            break
-    return list(found)
+MAX_PATIENTS = 100
+"""Patients an envelope names, at most (``patient``, ``patient.2`` …); the store files a Bundle under the
+patients of every resource it wrote besides, with no limit."""
 
 
 def _key(n: int) -> str:
@@ -252,13 +257,9 @@ class FhirAdapter:
         entries = body.get("entry")
         if body["resourceType"] == "Bundle":
             headers["entries"] = str(len(entries) if isinstance(entries, list) else 0)
-        if body["resourceType"] == "Bundle":
-            patients = _bundle_patients(body)
-        else:
-            patient = patient_of(body)
-            if not patient and body["resourceType"] == "Patient" and headers["resource_id"]:
-                patient = f"Patient/{headers['resource_id']}"  # a create: the id the server gave it
-            patients = [patient] if patient else []
+        patients = patients_of(body)[:MAX_PATIENTS]
+        if not patients and body["resourceType"] == "Patient" and headers["resource_id"]:
+            patients = [f"Patient/{headers['resource_id']}"]  # a create: the id the server gave it
         return Envelope(
             id=new_id(),
             received_at=receipt.received_at,

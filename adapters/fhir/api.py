@@ -29,7 +29,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from adapters.fhir import bundle, http, interactions, search
-from adapters.fhir.adapter import FhirAdapter, patient_of
+from adapters.fhir.adapter import FhirAdapter, patients_of
 from adapters.fhir.capability import capability_statement
 from adapters.fhir.interactions import Written
 from adapters.fhir.outcome import FhirError, operation_outcome
@@ -229,7 +229,7 @@ class FhirAPI:
             done = perform(conn, env.id)
             if isinstance(done, bundle.Processed):
                 # filed under the patients of what it wrote, too (a PATCH entry's resource, a POSTed Patient)
-                about = [p for w in done.written if w.body is not None and (p := patient_of(w.body))]
+                about = [p for w in done.written if w.body is not None for p in patients_of(w.body)]
                 return Applied(done, interactions.events(done.written, env.id), done.changed, about)
             return Applied(
                 done, interactions.events([done], env.id), routed=done.action not in ("matched", "unchanged")

@@ -6,7 +6,9 @@ Patient/<id>`` runs beside the live server. Afterwards the erased patient's
 resources answer 404, searches and histories no longer hold them, an
 Observation moved to the other patient keeps only its current version, the
 other patient is untouched, the same erasure works over the admin HTTP API, no copy of the erased patient's name is left in
-the store's files, and the lineage chain still verifies.
+the store's files, and the lineage chain still verifies. An Appointment of two
+patients goes whole when the second one is erased, and so does its write's
+body, sealed under the first one's key.
 """
 
 from __future__ import annotations
@@ -200,5 +202,80 @@ def test_erasing_a_patient_expunges_its_fhir_resources(tmp_path: Path) -> None:
             assert erased_name.lower().encode() not in at_rest  # (the search index keeps names in lower case)
             assert second_name.lower().encode() not in at_rest
             assert kept_name.lower().encode() in at_rest
+        finally:
+            assert gw.stop() == 0
+
+
+def test_erasing_the_second_patient_of_an_appointment_expunges_it(tmp_path: Path) -> None:
+    """An Appointment of two patients is filed under both: erasing the second one (not the one its body
+    is sealed under) expunges it from the FHIR store and removes its write's body."""
+    canary = f"APPTSECONDCANARY{uuid.uuid4().hex[:8]}"
+    with Receiver() as registry:
+        gw = Gateway(
+            tmp_path,
+            {
+                "auth": {
+                    "api_keys": [
+                        {"name": "ehr", "key": FHIR_KEY, "scopes": ["fhir:read", "fhir:write"]},
+                        {"name": "operator", "key": ADMIN_KEY, "scopes": ["admin"]},
+                    ]
+                },
+                "sinks": {"registry": {"type": "http", "endpoint": registry.url}},
+                "routes": [
+                    {
+                        "name": "fhir-records",
+                        "match": {"protocol": "fhir"},
+                        "to": ["registry"],
+                        "storage": "encrypted",
+                        "subject": "patient",
+                    }
+                ],
+                "unmatched": "reject",
+            },
+        ).start()
+        try:
+            appointment = {
+                "resourceType": "Appointment",
+                "status": "booked",
+                "description": f"Joint session with {canary}",
+                "participant": [
+                    {"actor": {"reference": "Practitioner/dr-1"}, "status": "accepted"},
+                    {"actor": {"reference": "Patient/appt-first", "display": "Ann"}, "status": "accepted"},
+                    {"actor": {"reference": "Patient/appt-second", "display": canary}, "status": "accepted"},
+                ],
+            }
+            with (
+                httpx.Client(
+                    base_url=f"{gw.http_url}/fhir", headers={"Authorization": f"Bearer {FHIR_KEY}"}
+                ) as h,
+                httpx.Client(base_url=gw.http_url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as api,
+            ):
+                for pid in ("appt-first", "appt-second"):
+                    patient = {"resourceType": "Patient", "id": pid, "name": [{"family": "Doe"}]}
+                    assert h.put(f"/Patient/{pid}", json=patient).status_code == 201
+                made = h.post("/Appointment", json=appointment)
+                assert made.status_code == 201, made.text
+                appt_id = made.json()["id"]
+                second = {"patient": "Patient/appt-second"}
+                assert h.get("/Appointment", params=second).json()["total"] == 1
+                written = api.get("/api/messages", params={"protocol": "fhir"}).json()["items"]
+                (write,) = [m for m in written if m["headers"].get("resource_id") == appt_id]
+                assert canary.encode() in api.get(f"/api/messages/{write['id']}/raw").content
+
+                done = api.post("/api/subjects/erase", json={"subject": "Patient/appt-second"})
+                assert done.status_code == 200, done.text
+
+                assert h.get(f"/Appointment/{appt_id}").status_code in (404, 410)
+                assert h.get("/Appointment", params=second).json()["total"] == 0
+                gone = api.get(f"/api/messages/{write['id']}/raw")
+                assert gone.status_code == 410 and gone.json()["error"] == "erased"
+                # the Patient and the Appointment; the Patient's body and the Appointment's, sealed under
+                # the first patient's key
+                assert done.json() == {"bodies": 2, "records": 2}
+                assert h.get("/Patient/appt-first").status_code == 200  # the other patient stays
+                assert api.get("/api/lineage/verify").json()["ok"] is True
+
+            at_rest = b"".join(p.read_bytes() for p in gw.data_dir.glob("gateway.db*")).lower()
+            assert canary.lower().encode() not in at_rest
         finally:
             assert gw.stop() == 0

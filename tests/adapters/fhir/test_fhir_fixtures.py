@@ -28,7 +28,14 @@ from typing import Any
 import pytest
 
 from adapters import BUILTIN_ADAPTERS
-from adapters.fhir.adapter import FHIR_VERSION, FhirAdapter, mask_patient
+from adapters.fhir.adapter import (
+    FHIR_VERSION,
+    MAX_PATIENTS,
+    FhirAdapter,
+    mask_patient,
+    patient_of,
+    patients_of,
+)
 from adapters.fhir.resources import load_json, read_resource, validate, write_json, write_xml
 from gateway.adapter import Adapter, Issue, Outcome, ParseError
 from gateway.envelope import Envelope, Receipt
@@ -149,6 +156,41 @@ def test_patient_business_keys_are_masked() -> None:
             assert patient not in env.masked_keys["patient"]
     assert mask_patient("Patient/pat-1002") == "Patient/***"
     assert mask_patient("Patient/0b1c2d3e-aaaa-bbbb") == "Patient/***bbbb"
+
+
+def test_a_resource_about_several_patients_is_filed_under_each() -> None:
+    def actor(ref: str) -> dict[str, Any]:
+        return {"actor": {"reference": ref}, "status": "accepted"}
+
+    appointment = {
+        "resourceType": "Appointment",
+        "status": "booked",
+        "participant": [
+            actor("Practitioner/dr-1"),
+            actor("Patient/pa"),
+            actor("Patient/pb"),
+            actor("Patient/pa"),
+        ],
+    }
+    assert patients_of(appointment) == ["Patient/pa", "Patient/pb"]
+    assert patient_of(appointment) == "Patient/pa"  # the one its body is sealed under
+    env = ADAPTER.parse(
+        json.dumps(appointment).encode(), Receipt("test", content_type="application/fhir+json")
+    )
+    assert env.business_keys == {"patient": "Patient/pa", "patient.2": "Patient/pb"}
+    assert env.masked_keys == {"patient": mask_patient("Patient/pa"), "patient.2": mask_patient("Patient/pb")}
+    observation = {"resourceType": "Observation", "subject": {"reference": "Patient/pc"}}
+    entries = [{"resource": observation}, {"resource": appointment}]
+    bundle = {"resourceType": "Bundle", "type": "collection", "entry": entries}
+    assert patients_of(bundle) == ["Patient/pc", "Patient/pa", "Patient/pb"]
+    response = {"resourceType": "AppointmentResponse", "actor": {"reference": "Patient/pb"}}
+    assert patients_of(response) == ["Patient/pb"]
+    assert patients_of({"resourceType": "Practitioner", "id": "dr-1"}) == []
+    many = {"resourceType": "Appointment", "participant": [actor(f"Patient/p{n}") for n in range(150)]}
+    capped = ADAPTER.parse(json.dumps(many).encode(), Receipt("test", content_type="application/fhir+json"))
+    assert len(capped.business_keys) == MAX_PATIENTS  # for display; patients_of names every one
+    assert capped.business_keys[f"patient.{MAX_PATIENTS}"] == "Patient/p99"
+    assert len(patients_of(many)) == 150
 
 
 def test_receipt_attributes_name_the_interaction_and_id() -> None:

@@ -35,7 +35,7 @@ def fill(path: Path, events: int) -> None:
     conn = _connect(path)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")
-    migrate(conn)
+    migrate(conn, b"k" * 32)
     start = datetime(2026, 1, 1, tzinfo=UTC)
     rng = random.Random(7)
     messages = events // EVENTS_PER_MESSAGE

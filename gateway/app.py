@@ -237,9 +237,7 @@ def create_app(
         loop.call_soon_threadsafe(store.note_events, [draft])
 
     def principal(request: Request) -> Principal:
-        auth = request.headers.get("authorization", "")
-        key = auth[7:].strip() if auth.lower().startswith("bearer ") else request.headers.get("x-api-key")
-        who = keyring.authenticate(key)
+        who = keyring.from_headers(request.headers)
         request.state.principal = who
         return who
 

@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import os
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +50,13 @@ class KeyRing:
         if not keys and not settings.auth.open:
             keys.append(("bootstrap", ensure_bootstrap_key(settings.data_dir), frozenset(ALL_SCOPES)))
         return cls(keys, open_access=settings.auth.open)
+
+    def from_headers(self, headers: Mapping[str, str]) -> Principal:
+        """Who presents the key in ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``; 401 otherwise."""
+        auth = headers.get("authorization", "")
+        return self.authenticate(
+            auth[7:].strip() if auth.lower().startswith("bearer ") else headers.get("x-api-key")
+        )
 
     def authenticate(self, presented: str | None) -> Principal:
         if self.open_access:

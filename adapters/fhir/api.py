@@ -136,10 +136,8 @@ class FhirAPI:
 
     def authenticated(self, request: Request) -> Principal:
         """Who presented the request's API key; 401 without a valid one."""
-        auth = request.headers.get("authorization", "")
-        key = auth[7:].strip() if auth.lower().startswith("bearer ") else request.headers.get("x-api-key")
         try:
-            return self.keyring.authenticate(key)
+            return self.keyring.from_headers(request.headers)
         except AuthError as exc:
             raise FhirError(401, "login", exc.reason, headers={"WWW-Authenticate": "Bearer"}) from None
 

@@ -19,8 +19,7 @@ from adapters.fhir.resources import write_json
 from adapters.hl7 import fhir_transform
 from adapters.hl7.er7 import split_batch
 from adapters.hl7.to_fhir import ConversionError, convert
-from gateway.app import APIError, read_body
-from gateway.bodies import BodyLimits
+from gateway.bodies import BodyLimits, BodyRefused, read_limited
 from gateway.envelope import sha256_hex
 from gateway.errors import AuthError
 from gateway.security import KeyRing
@@ -41,10 +40,8 @@ def mount(app: FastAPI, keyring: KeyRing, body_limits: BodyLimits) -> None:
 
     async def convert_message(request: Request) -> Response:
         try:
-            auth = request.headers.get("authorization", "")
-            key = auth[7:].strip() if auth.lower().startswith("bearer ") else request.headers.get("x-api-key")
             try:
-                KeyRing.require(keyring.authenticate(key), SCOPE)
+                KeyRing.require(keyring.from_headers(request.headers), SCOPE)
             except AuthError as exc:
                 code = "login" if exc.status == 401 else "forbidden"
                 raise FhirError(exc.status, code, exc.reason) from None
@@ -52,9 +49,11 @@ def mount(app: FastAPI, keyring: KeyRing, body_limits: BodyLimits) -> None:
             if media not in MEDIA:
                 raise FhirError(415, "not-supported", "Send one HL7 v2 message as x-application/hl7-v2+er7.")
             try:
-                raw = await read_body(request, body_limits)
-            except APIError as exc:
-                raise FhirError(exc.status, "too-costly", exc.detail) from None
+                raw = await read_limited(request, body_limits)
+            except BodyRefused as exc:
+                raise FhirError(
+                    exc.status, "too-costly" if exc.status == 413 else "timeout", exc.reason
+                ) from None
             batch = split_batch(raw)
             if batch is not None and len(batch.units) > 1:
                 raise FhirError(400, "not-supported", "Send one message at a time, not a batch.")

@@ -142,6 +142,12 @@ def test_a_trickling_body_is_cut_off_with_408(gw: Gateway) -> None:
     assert body["resourceType"] == "OperationOutcome" and body["issue"][0]["code"] == "timeout"
     assert 0.9 <= took < 5
 
+    convert = {"Authorization": f"Bearer {TEST_KEY}", "Content-Type": "x-application/hl7-v2+er7"}
+    status, body, took = exchange(
+        gw.http_port, request("POST", "/api/convert/hl7v2-to-fhir", 500, convert), b"MSH|"
+    )
+    assert status == 408 and body["issue"][0]["code"] == "timeout"
+
     # the listener still answers, and a body sent in time is taken
     ok = httpx.post(
         f"{gw.http_url}/api/lineage/search",

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import sqlite3
@@ -80,6 +81,10 @@ log = logging.getLogger("gateway.store")
 T = TypeVar("T")
 MAX_GROUP = 1024
 DEFER_S = 0.02
+PRUNE_CHUNK = 256
+"""Bodies pruned per transaction at most (see :meth:`SQLiteStore.prune_bodies`)..."""
+PRUNE_CHUNK_BYTES = 8 * 1024 * 1024
+"""... and bytes of them, beyond the first body."""
 """Longest that work which nobody is waiting on for an ACK waits for a group commit to ride along with."""
 WAL_CHECKPOINT_PAGES = 8000
 """Checkpoint the WAL every ~32 MiB rather than SQLite's 4 MiB: fewer, larger checkpoints cost less per commit."""
@@ -1285,29 +1290,49 @@ class SQLiteStore:
         self, before: str, actor: str, only: Sequence[str] = (), besides: Sequence[str] = ()
     ) -> int:
         """Remove the bodies of messages received before ``before`` (of the protocols in ``only``, or of
-        all but ``besides``), never one a delivery still needs (pending or dead, for its replay)."""
+        all but ``besides``), never one a delivery still needs (pending or dead, for its replay).
 
-        def fn(txn: _Txn) -> int:
-            clauses, args = ["received_at < ?", "length(raw) > 0"], [before]
-            if only:
-                clauses.append(f"protocol IN ({','.join('?' * len(only))})")
-                args.extend(only)
-            if besides:
-                clauses.append(f"protocol NOT IN ({','.join('?' * len(besides))})")
-                args.extend(besides)
-            cur = txn.conn.execute(
-                "UPDATE messages SET raw = x'', storage = 'pruned' WHERE "  # noqa: S608 - bound values
-                + " AND ".join(clauses)
-                + " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = messages.id"
-                " AND d.status != 'delivered')",
-                args,
-            )
-            at = utcnow().isoformat()
-            details = {"before": before, "bodies": cur.rowcount, "protocols": list(only) or "*"}
-            txn.append([EventDraft("BodiesPruned", None, actor, "pruned", details=details)], at)
-            return int(cur.rowcount)
+        At most :data:`PRUNE_CHUNK` bodies and :data:`PRUNE_CHUNK_BYTES` go per transaction, each with
+        its ``BodiesPruned`` event:
+        a transaction keeps the pages it overwrites (``secure_delete``) in memory until it ends, and
+        intake waits for it."""
+        clauses, args = ["received_at < ?", "length(raw) > 0"], [before]
+        if only:
+            clauses.append(f"protocol IN ({','.join('?' * len(only))})")
+            args.extend(only)
+        if besides:
+            clauses.append(f"protocol NOT IN ({','.join('?' * len(besides))})")
+            args.extend(besides)
+        candidates = (
+            "SELECT id, length(raw) FROM messages WHERE "  # noqa: S608 - bound values
+            + " AND ".join(clauses)
+            + " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = messages.id"
+            " AND d.status != 'delivered') LIMIT ?"
+        )
 
-        return await self.submit(fn)
+        def fn(txn: _Txn, first: bool) -> tuple[int, bool]:
+            ids: list[tuple[str]] = []
+            size = 0
+            rows = txn.conn.execute(candidates, [*args, PRUNE_CHUNK]).fetchall()
+            for mid, length in rows:
+                if ids and size + length > PRUNE_CHUNK_BYTES:
+                    break
+                ids.append((mid,))
+                size += length
+            txn.conn.executemany("UPDATE messages SET raw = x'', storage = 'pruned' WHERE id = ?", ids)
+            if ids or first:
+                details = {"before": before, "bodies": len(ids), "protocols": list(only) or "*"}
+                txn.append(
+                    [EventDraft("BodiesPruned", None, actor, "pruned", details=details)], utcnow().isoformat()
+                )
+            return len(ids), len(ids) < len(rows) or len(rows) == PRUNE_CHUNK
+
+        total = 0
+        while True:
+            pruned, more = await self.submit(functools.partial(fn, first=total == 0))
+            total += pruned
+            if not more:
+                return total
 
     def last_event_before(self, before: str) -> tuple[int, str] | None:
         """The newest lineage event older than ``before``: (seq, hash), or None."""

@@ -352,3 +352,22 @@ def test_a_write_lock_held_by_another_process_is_waited_for_off_the_loop(tmp_pat
     finally:
         other.close()
         store.close()
+
+
+def test_bodies_are_pruned_a_bounded_chunk_per_transaction(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """However many bodies are due, each transaction takes a bounded share (its overwritten pages are
+    held until it commits), each with its own ``BodiesPruned`` event, and all of them go."""
+    monkeypatch.setattr("gateway.store.sqlite.PRUNE_CHUNK", 4)
+    monkeypatch.setattr("gateway.store.sqlite.PRUNE_CHUNK_BYTES", 2500)
+
+    async def go() -> int:
+        for i in range(10):
+            await store.record_intake([record(f"PRUNE-{i}", b"MSH|" + bytes([65 + i]) * 1000)])
+        return await store.prune_bodies("9999", "retention")
+
+    assert asyncio.run(go()) == 10
+    events = [e for e in store.events_between(None, None) if e.event == "BodiesPruned"]
+    assert [e.details["bodies"] for e in events] == [2, 2, 2, 2, 2]  # 2,500 bytes hold two 1 KB bodies
+    assert all(store.get_raw(m.id) == b"" for m in store.list_messages(MessageFilter(limit=50)))

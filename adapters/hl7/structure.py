@@ -823,9 +823,7 @@ class _Run:
 
     __slots__ = ("_occurrence", "full", "issues", "segments", "severities")
 
-    def __init__(
-        self, severities: Mapping[str, Severity] | None, segments: Sequence[SegmentLike] = ()
-    ) -> None:
+    def __init__(self, severities: Mapping[str, Severity] | None, segments: Sequence[SegmentLike]) -> None:
         self.issues: list[Issue] = []
         self.severities = severities
         self.segments = segments
@@ -931,7 +929,7 @@ def _check_fields(
             break
         value = fields[i]
         if value and fmt(value) is None and value != '""':
-            _check_types(run, segments, pos, rule, value, rep_sep, comp_sep, sub_sep)
+            _check_types(run, pos, rule, value, rep_sep, comp_sep, sub_sep)
 
     for rule in rules.complex:
         i = rule.index
@@ -943,7 +941,7 @@ def _check_fields(
             and value != '""'
             and (rule.first_component <= 1 or value.count(comp_sep) + 1 >= rule.first_component)
         ):
-            _check_types(run, segments, pos, rule, value, rep_sep, comp_sep, sub_sep)
+            _check_types(run, pos, rule, value, rep_sep, comp_sep, sub_sep)
 
     defined = rules.count
     if n - 1 > defined and any(fields[defined + 1 :]):
@@ -964,12 +962,11 @@ def _check_fields(
             value = fields[i]
             if not value or value == '""':
                 continue
-            _check_tables(run, segments, pos, rule, value, delimiters, tables)
+            _check_tables(run, pos, rule, value, delimiters, tables)
 
 
 def _check_types(
     run: _Run,
-    segments: Sequence[SegmentLike],
     pos: int,
     rule: _FieldRule,
     value: str,
@@ -991,7 +988,7 @@ def _check_types(
                 primitive = primitive[: primitive.index(sub_sep)]
             check = checks[0]
             if primitive and primitive != '""' and check.fmt is not None and check.fmt(primitive) is None:
-                _type_issue(run, segments, pos, rule, check, r)
+                _type_issue(run, pos, rule, check, r)
             continue
         if first > 1 and rep.count(comp_sep) + 1 < first:
             continue
@@ -1017,12 +1014,10 @@ def _check_types(
             elif sub_sep in primitive:
                 primitive = primitive[: primitive.index(sub_sep)]
             if primitive and primitive != '""' and check.fmt is not None and check.fmt(primitive) is None:
-                _type_issue(run, segments, pos, rule, check, r)
+                _type_issue(run, pos, rule, check, r)
 
 
-def _type_issue(
-    run: _Run, segments: Sequence[SegmentLike], pos: int, rule: _FieldRule, check: _Check, rep: int
-) -> None:
+def _type_issue(run: _Run, pos: int, rule: _FieldRule, check: _Check, rep: int) -> None:
     kind = check.kind or ""
     run.add(
         "data_type_error",
@@ -1034,7 +1029,6 @@ def _type_issue(
 
 def _check_tables(
     run: _Run,
-    segments: Sequence[SegmentLike],
     pos: int,
     rule: _FieldRule,
     value: str,
@@ -1205,7 +1199,7 @@ def validate(
     tables. ``severities`` overrides :data:`DEFAULT_SEVERITIES` per code. Never
     raises for content.
     """
-    run = _Run(severities)
+    run = _Run(severities, message.segments)
     comp_sep = message.delimiters.component
     if comp_sep and comp_sep in version:
         version = version.split(comp_sep, 1)[0]
@@ -1265,7 +1259,6 @@ def validate(
     trans = automaton.trans if automaton is not None else ()
     alphabet = automaton.alphabet if automaton is not None else frozenset()
     wildcard = automaton.wildcard if automaton is not None else False
-    run.segments = segments
     for pos, segment in enumerate(segments):
         if run.full:
             return run.issues

@@ -37,7 +37,7 @@ from adapters.fhir.patch import PATCH_MEDIA, Patch, apply_patch, read_patch
 from adapters.fhir.resources import JSON_MEDIA, JSON_TYPES, RESOURCE_TYPES, XML_TYPES, serialize, write_json
 from adapters.fhir.subset import Subset, apply_subset, read_subset
 from gateway.adapter import Issue, ParseError
-from gateway.bodies import BodyLimits, BodyRefused, read_limited
+from gateway.bodies import BodyLimits
 from gateway.envelope import Envelope, Receipt, new_id
 from gateway.errors import AuthError, StoreUnavailable
 from gateway.lineage import EventDraft
@@ -183,12 +183,7 @@ class FhirAPI:
                     "(application/merge-patch+json); FHIRPath Patch is not supported.",
                 )
             raise FhirError(415, "not-supported", "Send application/fhir+json or application/fhir+xml.")
-        try:
-            raw = await read_limited(request, self.body_limits)
-        except BodyRefused as exc:
-            raise FhirError(
-                exc.status, "too-costly" if exc.status == 413 else "timeout", exc.reason
-            ) from None
+        raw = await http.read_body(request, self.body_limits)
         if not raw.strip():
             raise FhirError(400, "invalid", "The request body is empty.")
         return raw, media

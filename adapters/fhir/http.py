@@ -16,12 +16,22 @@ from fastapi.responses import Response
 
 from adapters.fhir.outcome import FhirError, operation_outcome
 from adapters.fhir.resources import serialize
+from gateway.bodies import BodyLimits, BodyRefused, read_limited
 from gateway.security import Principal
 
 log = logging.getLogger("gateway.fhir")
 
 BASE = "/fhir"
 MAX_PAGE = 1000
+
+
+async def read_body(request: Request, limits: BodyLimits) -> bytes:
+    """The request body within ``limits``; a :class:`FhirError` 413 (``too-costly``) or 408 (``timeout``)
+    as soon as it breaks one."""
+    try:
+        return await read_limited(request, limits)
+    except BodyRefused as exc:
+        raise FhirError(exc.status, "too-costly" if exc.status == 413 else "timeout", exc.reason) from None
 
 
 class Versioned(Protocol):

@@ -14,12 +14,13 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
+from adapters.fhir.http import read_body
 from adapters.fhir.outcome import FhirError, operation_outcome
 from adapters.fhir.resources import write_json
 from adapters.hl7 import fhir_transform
 from adapters.hl7.er7 import split_batch
 from adapters.hl7.to_fhir import ConversionError, convert
-from gateway.bodies import BodyLimits, BodyRefused, read_limited
+from gateway.bodies import BodyLimits
 from gateway.envelope import sha256_hex
 from gateway.errors import AuthError
 from gateway.security import KeyRing
@@ -48,12 +49,7 @@ def mount(app: FastAPI, keyring: KeyRing, body_limits: BodyLimits) -> None:
             media = request.headers.get("content-type", "").split(";")[0].strip().lower()
             if media not in MEDIA:
                 raise FhirError(415, "not-supported", "Send one HL7 v2 message as x-application/hl7-v2+er7.")
-            try:
-                raw = await read_limited(request, body_limits)
-            except BodyRefused as exc:
-                raise FhirError(
-                    exc.status, "too-costly" if exc.status == 413 else "timeout", exc.reason
-                ) from None
+            raw = await read_body(request, body_limits)
             batch = split_batch(raw)
             if batch is not None and len(batch.units) > 1:
                 raise FhirError(400, "not-supported", "Send one message at a time, not a batch.")

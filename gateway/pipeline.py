@@ -215,14 +215,15 @@ class Intake:
         online: tuple[str, ...] = ()
         storage, subject = "full", ""
         decided: RouteDecision | None = None
-        if self.routing is not None and self.routing.enabled:
+        routing = self.routing if self.routing is not None and self.routing.enabled else None
+        if routing is not None:
             # an invalid message is kept as the route it would take says too (sealed under its subject)
-            decided = self.routing.route_envelope(env) or self.routing.unmatched_decision()
+            decided = routing.route_envelope(env) or routing.unmatched_decision()
             if decided is not None and decided.storage != "full":
                 storage = decided.storage
                 if decided.subject:
                     subject = env.headers.get(decided.subject) or env.business_keys.get(decided.subject, "")
-        if kind == "accepted" and self.routing is not None and self.routing.enabled:
+        if kind == "accepted" and routing is not None:
             route = decided.route if decided is not None else UNMATCHED_ROUTE
             planned = _planned(decided)
             online = tuple(d.sink for d in planned if d.sink in self.online)

@@ -41,32 +41,37 @@ def observation(patient_id: str, code: str, value: float) -> dict[str, Any]:
     }
 
 
+def sealing_gateway(tmp_path: Path, registry: Receiver) -> Gateway:
+    """A started gateway whose FHIR writes go to ``registry``, their bodies sealed under their patient."""
+    return Gateway(
+        tmp_path,
+        {
+            "auth": {
+                "api_keys": [
+                    {"name": "ehr", "key": FHIR_KEY, "scopes": ["fhir:read", "fhir:write"]},
+                    {"name": "operator", "key": ADMIN_KEY, "scopes": ["admin"]},
+                ]
+            },
+            "sinks": {"registry": {"type": "http", "endpoint": registry.url}},
+            "routes": [
+                {
+                    "name": "fhir-records",
+                    "match": {"protocol": "fhir"},
+                    "to": ["registry"],
+                    "storage": "encrypted",
+                    "subject": "patient",
+                }
+            ],
+            "unmatched": "reject",
+        },
+    ).start()
+
+
 def test_erasing_a_patient_expunges_its_fhir_resources(tmp_path: Path) -> None:
     erased_name, kept_name = f"ERASEDCANARY{uuid.uuid4().hex[:8]}", f"KEPTCANARY{uuid.uuid4().hex[:8]}"
     second_name = f"SECONDCANARY{uuid.uuid4().hex[:8]}"
     with Receiver() as registry:
-        gw = Gateway(
-            tmp_path,
-            {
-                "auth": {
-                    "api_keys": [
-                        {"name": "ehr", "key": FHIR_KEY, "scopes": ["fhir:read", "fhir:write"]},
-                        {"name": "operator", "key": ADMIN_KEY, "scopes": ["admin"]},
-                    ]
-                },
-                "sinks": {"registry": {"type": "http", "endpoint": registry.url}},
-                "routes": [
-                    {
-                        "name": "fhir-records",
-                        "match": {"protocol": "fhir"},
-                        "to": ["registry"],
-                        "storage": "encrypted",
-                        "subject": "patient",
-                    }
-                ],
-                "unmatched": "reject",
-            },
-        ).start()
+        gw = sealing_gateway(tmp_path, registry)
         try:
             fc = SyncFHIRClient(f"{gw.http_url}/fhir", authorization=f"Bearer {FHIR_KEY}")
             for pid, family in (("erase-me-1", erased_name), ("keep-me-1", kept_name)):
@@ -211,28 +216,7 @@ def test_erasing_the_second_patient_of_an_appointment_expunges_it(tmp_path: Path
     is sealed under) expunges it from the FHIR store and removes its write's body."""
     canary = f"APPTSECONDCANARY{uuid.uuid4().hex[:8]}"
     with Receiver() as registry:
-        gw = Gateway(
-            tmp_path,
-            {
-                "auth": {
-                    "api_keys": [
-                        {"name": "ehr", "key": FHIR_KEY, "scopes": ["fhir:read", "fhir:write"]},
-                        {"name": "operator", "key": ADMIN_KEY, "scopes": ["admin"]},
-                    ]
-                },
-                "sinks": {"registry": {"type": "http", "endpoint": registry.url}},
-                "routes": [
-                    {
-                        "name": "fhir-records",
-                        "match": {"protocol": "fhir"},
-                        "to": ["registry"],
-                        "storage": "encrypted",
-                        "subject": "patient",
-                    }
-                ],
-                "unmatched": "reject",
-            },
-        ).start()
+        gw = sealing_gateway(tmp_path, registry)
         try:
             appointment = {
                 "resourceType": "Appointment",

@@ -84,12 +84,6 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     g.stop()
 
 
-@pytest.fixture
-def api(gw: Gateway) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=gw.http_url, headers={"Authorization": f"Bearer {TEST_KEY}"}, timeout=30) as c:
-        yield c
-
-
 def test_mllp_ack_from_python_hl7_client(gw: Gateway, api: httpx.Client) -> None:
     """A client we did not write gets AA, MSA-2 = MSH-10, sender and receiver swapped, version kept."""
     raw = with_control_id(fixture("adt_a01__basic.hl7"), "E2E-PYHL7-1")

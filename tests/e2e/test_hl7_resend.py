@@ -48,12 +48,6 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     g.stop()
 
 
-@pytest.fixture
-def api(gw: Gateway) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=gw.http_url, headers={"Authorization": f"Bearer {TEST_KEY}"}, timeout=30) as c:
-        yield c
-
-
 def accepted(api: httpx.Client, control_id: str) -> list[dict[str, Any]]:
     """The accepted messages with MSH-10 ``control_id``."""
     items = api.get("/api/messages", params={"control_id": control_id}).json()["items"]

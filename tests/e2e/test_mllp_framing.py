@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.conftest import FIXTURES
-from tests.support import TEST_KEY, Gateway, wait_until
+from tests.support import Gateway, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -59,12 +59,6 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     ).start()
     yield g
     g.stop()
-
-
-@pytest.fixture
-def api(gw: Gateway) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=gw.http_url, headers={"Authorization": f"Bearer {TEST_KEY}"}, timeout=30) as c:
-        yield c
 
 
 def log_records(gw: Gateway) -> list[dict[str, object]]:

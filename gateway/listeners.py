@@ -22,11 +22,6 @@ from gateway.envelope import Receipt
 __all__ = ["Connection", "ConnectionLimits", "TCPListener", "peer_of", "readable_headers", "server_tls"]
 
 
-TLS_HANDSHAKE_TIMEOUT_S = 10.0
-"""A TLS client must finish its handshake within this; the connection is dropped otherwise (asyncio's
-default is 60 s, during which a connection that sends half a ClientHello is held)."""
-
-
 class ConnectionLimits(Protocol):
     @property
     def max_connections(self) -> int: ...
@@ -79,8 +74,7 @@ class TCPListener(Generic[C]):
             self.protocol,
             host,
             port,
-            ssl=ssl_context,
-            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S if ssl_context is not None else None,
+            ssl=ssl_context,  # the handshake's time limit is the gateway loop's (gateway.server)
             reuse_address=True,
             backlog=512,
         )

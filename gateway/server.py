@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+import uvloop
 
 from adapters import BUILTIN_ADAPTERS, EXPUNGERS
 from adapters.fhir.api import FhirAPI
@@ -52,6 +53,23 @@ from gateway.webhooks import shopify_signature, square_signature
 log = logging.getLogger("gateway.server")
 
 DB_FILE = "gateway.db"
+
+TLS_HANDSHAKE_TIMEOUT_S = 10.0
+"""A TLS client must finish its handshake within this; the connection is dropped otherwise (asyncio's
+default is 60 s, during which a connection that sends half a ClientHello is held)."""
+
+
+class GatewayLoop(uvloop.Loop):
+    """uvloop, where every TLS server gets :data:`TLS_HANDSHAKE_TIMEOUT_S` as its handshake limit:
+    the MLLP and ISO 8583 listeners and uvicorn's HTTPS alike (uvicorn has no setting for it)."""
+
+    async def create_server(  # type: ignore[override]  # passes every argument on as given
+        self, *args: Any, **kwargs: Any
+    ) -> asyncio.AbstractServer:
+        if kwargs.get("ssl") is not None and kwargs.get("ssl_handshake_timeout") is None:
+            kwargs["ssl_handshake_timeout"] = TLS_HANDSHAKE_TIMEOUT_S
+        server: asyncio.AbstractServer = await super().create_server(*args, **kwargs)
+        return server
 
 
 def open_store(data_dir: Path) -> SQLiteStore:
@@ -192,7 +210,7 @@ async def serve(
         )
         mount_convert(app, keyring, body_limits)
         mount_fhir(app, FhirAPI(store=store, intake=intake, keyring=keyring, body_limits=body_limits))
-        tls_http = settings.http.tls
+        https = server_tls(settings.http.tls)
         config = uvicorn.Config(
             app,
             host=host,
@@ -203,8 +221,8 @@ async def serve(
             lifespan="off",
             timeout_keep_alive=30,
             http=head_timed(settings.http.header_timeout_s),
-            ssl_certfile=str(tls_http.cert) if tls_http else None,
-            ssl_keyfile=str(tls_http.key) if tls_http else None,
+            # the listeners' own context: mutual TLS when ``client_ca`` is set
+            ssl_context_factory=(lambda _config, _default: https) if https is not None else None,
         )
         http = _Uvicorn(config)
         http_task = asyncio.create_task(http.serve())
@@ -212,7 +230,7 @@ async def serve(
             await asyncio.sleep(0.01)
         if http_task.done():
             http_task.result()
-        log.info("http listening", extra={"address": f"{host}:{port}", "tls": bool(tls_http)})
+        log.info("http listening", extra={"address": f"{host}:{port}", "tls": https is not None})
     if not settings.auth.api_keys and not settings.auth.open:
         log.info("bootstrap api key in use", extra={"key_file": str(data_dir / BOOTSTRAP_KEY_FILE)})
     log.info("gateway ready", extra={"data_dir": str(data_dir)})
@@ -242,11 +260,6 @@ async def serve(
 def run(
     settings: Settings, config_file: Path | None = None, overrides: dict[tuple[str, ...], Any] | None = None
 ) -> None:
-    """Run :func:`serve` on uvloop where it is installed."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvicorn[standard] brings it
-        asyncio.run(serve(settings, config_file, overrides))
-        return
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+    """Run :func:`serve` on a :class:`GatewayLoop`."""
+    with asyncio.Runner(loop_factory=GatewayLoop) as runner:
         runner.run(serve(settings, config_file, overrides))

@@ -1,4 +1,5 @@
-"""MLLP over TLS and mutual TLS, against the real gateway process, with certificates made by trustme."""
+"""MLLP and HTTP over TLS and mutual TLS, against the real gateway process, with certificates made by
+trustme."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ import ssl
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import trustme
 
 from tests.conftest import FIXTURES
-from tests.support import Gateway
+from tests.support import TEST_KEY, Gateway
 
 pytestmark = pytest.mark.e2e
 
@@ -47,6 +49,16 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     return {"dir": d, "ca": ca, "client_ca": client_ca}
 
 
+def stalled_handshake_lasts(port: int) -> float:
+    """Seconds until the gateway drops a connection that sends half a ClientHello and then nothing."""
+    with socket.create_connection(("127.0.0.1", port), timeout=90) as s:
+        s.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+        start = time.monotonic()
+        with contextlib.suppress(ConnectionResetError):
+            s.recv(100)
+        return time.monotonic() - start
+
+
 def test_tls(pki: dict[str, object], tmp_path: Path) -> None:
     d = pki["dir"]
     assert isinstance(d, Path)
@@ -67,12 +79,7 @@ def test_tls(pki: dict[str, object], tmp_path: Path) -> None:
             assert b"MSA" not in data
         assert b"MSA|AA|" in exchange(gw.mllp_port, ctx)
         # half a ClientHello, then nothing: dropped after the handshake limit, not asyncio's 60 s
-        with socket.create_connection(("127.0.0.1", gw.mllp_port), timeout=30) as s:
-            s.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
-            start = time.monotonic()
-            with contextlib.suppress(ConnectionResetError):
-                s.recv(100)
-            assert time.monotonic() - start < 20
+        assert stalled_handshake_lasts(gw.mllp_port) < 30
     finally:
         gw.stop()
 
@@ -90,5 +97,54 @@ def test_mutual_tls_requires_a_client_certificate(pki: dict[str, object], tmp_pa
             exchange(gw.mllp_port, ctx)
         pki["client_ca"].issue_cert("lab-system.example.org").configure_cert(ctx)  # type: ignore[attr-defined]
         assert b"MSA|AA|" in exchange(gw.mllp_port, ctx)
+    finally:
+        gw.stop()
+
+
+def https_client(pki: dict[str, object], port: int, *, client_cert: bool = False) -> httpx.Client:
+    ctx = ssl.create_default_context()
+    pki["ca"].configure_trust(ctx)  # type: ignore[attr-defined]
+    if client_cert:
+        pki["client_ca"].issue_cert("lab-system.example.org").configure_cert(ctx)  # type: ignore[attr-defined]
+    return httpx.Client(
+        base_url=f"https://localhost:{port}",
+        verify=ctx,
+        headers={"Authorization": f"Bearer {TEST_KEY}", "Content-Type": "x-application/hl7-v2+er7"},
+        timeout=30,
+    )
+
+
+def test_https(pki: dict[str, object], tmp_path: Path) -> None:
+    d = pki["dir"]
+    assert isinstance(d, Path)
+    gw = Gateway(tmp_path, {"http": {"tls": {"cert": str(d / "server.pem"), "key": str(d / "server.pem")}}})
+    gw.start()
+    try:
+        with https_client(pki, gw.http_port) as client:
+            r = client.post("/ingest/hl7v2", content=MESSAGE)
+            assert r.status_code == 200 and b"MSA|AA|" in r.content
+        # plain HTTP on the HTTPS port gets no answer, and does not disturb the listener
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{gw.http_port}/healthz", timeout=5)
+        # half a ClientHello, then nothing: dropped after the handshake limit, not asyncio's 60 s
+        assert stalled_handshake_lasts(gw.http_port) < 30
+        with https_client(pki, gw.http_port) as client:
+            assert client.get("/healthz").status_code == 200
+    finally:
+        gw.stop()
+
+
+def test_https_with_client_ca_requires_a_client_certificate(pki: dict[str, object], tmp_path: Path) -> None:
+    d = pki["dir"]
+    assert isinstance(d, Path)
+    tls = {"cert": str(d / "server.pem"), "key": str(d / "server.pem"), "client_ca": str(d / "clients.pem")}
+    gw = Gateway(tmp_path, {"http": {"tls": tls}})
+    gw.start()
+    try:
+        with https_client(pki, gw.http_port) as client, pytest.raises(httpx.HTTPError):
+            client.post("/ingest/hl7v2", content=MESSAGE)
+        with https_client(pki, gw.http_port, client_cert=True) as client:
+            r = client.post("/ingest/hl7v2", content=MESSAGE)
+            assert r.status_code == 200 and b"MSA|AA|" in r.content
     finally:
         gw.stop()

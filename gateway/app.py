@@ -13,7 +13,6 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import Depends, FastAPI, Query, Request
@@ -25,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.adapter import Adapter
 from gateway.bodies import BodyLimits, BodyRefused, read_limited
-from gateway.envelope import Receipt
+from gateway.envelope import Receipt, utc_moment
 from gateway.errors import AuthError, ConfigError, StoreError
 from gateway.inventory import InventorySync, StockCount, inventory_view
 from gateway.journey import journey, journey_png, journey_svg
@@ -161,16 +160,22 @@ def _peer(request: Request) -> str:
     return f"{client.host}:{client.port}" if client else ""
 
 
+MessageStatus = Literal["accepted", "rejected", "batch"]
+MESSAGE_ID_PATTERN = r"^[0-9A-HJKMNP-TV-Z]{26}$"
+"""A message id: a ULID (:func:`gateway.envelope.new_id`)."""
+TIME_HELP = "ISO 8601 date or date-time; UTC if it names no zone."
+
+
 def _timestamp(value: str | None, name: str) -> str | None:
+    """A query's time as UTC (see :func:`gateway.envelope.utc_moment`), or 400."""
     if value is None:
         return None
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return utc_moment(value)
     except ValueError:
-        raise APIError(400, "bad_parameter", f"{name} must be an ISO 8601 date or date-time.") from None
-    if parsed.tzinfo is None:
-        raise APIError(400, "bad_parameter", f"{name} must include a time zone (for example Z).")
-    return parsed.isoformat()
+        raise APIError(
+            400, "bad_parameter", f"{name} must be an ISO 8601 date or date-time (UTC if it names no zone)."
+        ) from None
 
 
 def create_app(
@@ -327,11 +332,11 @@ def create_app(
         control_id: str | None = None,
         protocol: str | None = None,
         message_type: str | None = None,
-        status: str | None = None,
-        since: str | None = None,
-        until: str | None = None,
+        status: MessageStatus | None = None,
+        since: Annotated[str | None, Query(description=TIME_HELP)] = None,
+        until: Annotated[str | None, Query(description=TIME_HELP + " Exclusive.")] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        before: str | None = None,
+        before: Annotated[str | None, Query(pattern=MESSAGE_ID_PATTERN, description="A message id.")] = None,
         who: Principal = scoped("messages:read"),
     ) -> dict[str, Any]:
         """Messages, newest first; page with ``before=<last id>``."""

@@ -22,6 +22,30 @@ from gateway.errors import ConfigError, StoreError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
+SINCE_HELP = "ISO 8601 date or date-time (UTC if it names no zone)"
+UNTIL_HELP = "ISO 8601 date or date-time, exclusive (UTC if it names no zone)"
+
+
+def _moment(text: str) -> str:
+    """A ``--since``/``--until`` value as UTC (:func:`gateway.envelope.utc_moment`); argparse reports others."""
+    from gateway.envelope import utc_moment
+
+    try:
+        return utc_moment(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 date or date-time: {text!r}") from None
+
+
+def _count(text: str) -> int:
+    """A ``--limit``: a whole number of 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of 1 or more: {text!r}")
+    return value
+
 
 def _overrides(args: argparse.Namespace) -> dict[tuple[str, ...], Any]:
     overrides: dict[tuple[str, ...], Any] = {}
@@ -68,9 +92,12 @@ def _parser() -> argparse.ArgumentParser:
     msub = p.add_subparsers(dest="action", required=True)
     q = msub.add_parser("list")
     _store_options(q)
-    for name in ("control-id", "protocol", "message-type", "status", "since", "until"):
+    for name in ("control-id", "protocol", "message-type"):
         q.add_argument(f"--{name}")
-    q.add_argument("--limit", type=int, default=50)
+    q.add_argument("--status", choices=["accepted", "rejected", "batch"])
+    q.add_argument("--since", type=_moment, help=SINCE_HELP)
+    q.add_argument("--until", type=_moment, help=UNTIL_HELP)
+    q.add_argument("--limit", type=_count, default=50, help="rows to show, newest first (default 50)")
     q.add_argument("--json", action="store_true")
     q = msub.add_parser("show")
     _store_options(q)
@@ -120,18 +147,18 @@ def _parser() -> argparse.ArgumentParser:
         "outcome",
     ):
         q.add_argument(f"--{name}")
-    q.add_argument("--since")
-    q.add_argument("--until")
+    q.add_argument("--since", type=_moment, help=SINCE_HELP)
+    q.add_argument("--until", type=_moment, help=UNTIL_HELP)
     q.add_argument("--after-seq", type=int, default=0)
-    q.add_argument("--limit", type=int, default=1000)
+    q.add_argument("--limit", type=_count, default=1000)
     q.add_argument("--json", action="store_true")
     q = lsub.add_parser(
         "export",
         help="lineage events of a time range as CSV, JSON lines, or FHIR AuditEvent/Provenance NDJSON",
     )
     _store_options(q)
-    q.add_argument("--since", help="ISO 8601 date or date-time (UTC if no zone)")
-    q.add_argument("--until", help="ISO 8601 date or date-time, exclusive")
+    q.add_argument("--since", type=_moment, help=SINCE_HELP)
+    q.add_argument("--until", type=_moment, help=UNTIL_HELP)
     q.add_argument(
         "--format",
         choices=["jsonl", "csv", "fhir"],
@@ -153,8 +180,8 @@ def _parser() -> argparse.ArgumentParser:
     asub = p.add_subparsers(dest="action", required=True)
     q = asub.add_parser("review", help="every API key: scopes, last use, what it read and wrote in a period")
     _store_options(q)
-    q.add_argument("--since", required=True, help="ISO 8601 date or date-time (UTC if no zone)")
-    q.add_argument("--until")
+    q.add_argument("--since", type=_moment, required=True, help=SINCE_HELP)
+    q.add_argument("--until", type=_moment, help=UNTIL_HELP)
     q.add_argument("--json", action="store_true")
 
     p = sub.add_parser("check", help="validate a config file (and its route tests) without side effects")
@@ -178,7 +205,7 @@ def _parser() -> argparse.ArgumentParser:
     _store_options(q)
     q.add_argument("--status", choices=["pending", "delivered", "dead"])
     q.add_argument("--sink")
-    q.add_argument("--limit", type=int, default=50)
+    q.add_argument("--limit", type=_count, default=50)
     q.add_argument("--json", action="store_true")
 
     p = sub.add_parser("inventory", help="the inventory ledger: show a SKU, record a stock count, reconcile")
@@ -389,7 +416,7 @@ def _access_review(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     store = _open_reader(args)
-    usage = store.access_summary(_moment(args.since), _moment(args.until))
+    usage = store.access_summary(args.since, args.until)
     keys: dict[str, dict[str, Any]] = {
         k.name: {"scopes": list(k.scopes), "source": "config"} for k in settings.auth.api_keys
     }
@@ -558,8 +585,8 @@ def _lineage(args: argparse.Namespace) -> int:
             sink=args.sink,
             event=args.event,
             outcome=args.outcome,
-            since=_moment(args.since),
-            until=_moment(args.until),
+            since=args.since,
+            until=args.until,
             after_seq=args.after_seq,
             limit=args.limit,
         )
@@ -636,14 +663,6 @@ def _trace(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _moment(text: str | None) -> str | None:
-    """An ISO 8601 date or date-time (UTC when it has no zone) in the form lineage times are stored."""
-    if text is None:
-        return None
-    parsed = datetime.fromisoformat(text)
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
-
-
 def _export(args: argparse.Namespace) -> int:
     import csv
 
@@ -654,7 +673,7 @@ def _export(args: argparse.Namespace) -> int:
         from gateway.lineage_fhir import fhir_export
 
         try:
-            for resource in fhir_export(store.events_between(_moment(args.since), _moment(args.until))):
+            for resource in fhir_export(store.events_between(args.since, args.until)):
                 out.write(json.dumps(resource, sort_keys=True, separators=(",", ":")) + "\n")
                 count += 1
         finally:
@@ -680,7 +699,7 @@ def _export(args: argparse.Namespace) -> int:
         writer = csv.DictWriter(out, fieldnames=fields) if args.format == "csv" else None
         if writer is not None:
             writer.writeheader()
-        for event in store.events_between(_moment(args.since), _moment(args.until)):
+        for event in store.events_between(args.since, args.until):
             row = event.as_dict()
             if writer is not None:
                 writer.writerow({**row, "details": json.dumps(row["details"], sort_keys=True)})

@@ -45,6 +45,16 @@ def id_floor(when: str | datetime) -> str:
     return _ulid(int(moment.timestamp() * 1000) << 80)
 
 
+def utc_moment(text: str) -> str:
+    """An ISO 8601 date or date-time as UTC ISO text, the form the store keeps times in (a value
+    naming no zone is UTC; a date alone is its midnight). Raises :class:`ValueError` for other text.
+
+    Times are compared as text in the store, so every time a query is given goes through here:
+    ``06:00+05:00`` and ``01:00Z`` are the same moment and must select the same rows."""
+    parsed = datetime.fromisoformat(text.strip())
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
+
+
 def utcnow() -> datetime:
     """Aware UTC now; the one clock every receipt and lineage event uses."""
     return datetime.now(UTC)

@@ -69,14 +69,15 @@ class Gateway:
     def http_url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        """Run another ``gateway`` command against this gateway's config and data directory."""
+    def cli(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """Run another ``gateway`` command against this gateway's config and data directory (with ``env``
+        added to its environment)."""
         return subprocess.run(
             [sys.executable, "-m", "gateway.cli", *args],
             capture_output=True,
             text=True,
             timeout=120,
-            env=self._env(),
+            env={**self._env(), **(env or {})},
         )
 
     def store_args(self) -> list[str]:

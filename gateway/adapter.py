@@ -66,6 +66,10 @@ class Reply:
     status: int
     code: str
     """The protocol's own outcome code: ``AA``, ``AE``, ``CA`` …"""
+    wanted: bool = True
+    """False when the sender asked for no reply to this outcome (HL7 MSH-15/MSH-16 ``NE``, ``ER`` on
+    success, ``SU`` on error): a stream listener then sends nothing; HTTP, which answers every
+    request, still carries it."""
 
     @property
     def accepted(self) -> bool:

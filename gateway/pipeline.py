@@ -78,7 +78,7 @@ class IntakeResult:
             body = b"[" + b",".join(r.body for r in self.replies) + b"]"
         else:
             body = b"".join(r.body for r in self.replies)
-        return Reply(body, worst.content_type, worst.status, worst.code)
+        return Reply(body, worst.content_type, worst.status, worst.code, any(r.wanted for r in self.replies))
 
 
 def classify(issues: Sequence[Issue]) -> OutcomeKind:

@@ -17,12 +17,13 @@ Acknowledgement modes (HL7 v2.5 §2.9):
   but MSH-16 asks for an *application* acknowledgement for this outcome, the
   gateway answers as the receiving application with ``AA`` / ``AE`` / ``AR``
   (having committed the message, it is responsible for it). When neither asks
-  (for example ``NE``/``NE``), the standard says to send nothing, but both of
-  our transports pair every message with exactly one reply (an MLLP frame, an
-  HTTP response), and a sender that asked for nothing simply ignores it; so the
-  gateway still sends the accept acknowledgement (``CA``/``CE``/``CR``).
-  Application acknowledgements produced later by downstream systems are not
-  relayed back to the sender.
+  (``NE``/``NE``, ``ER`` on success, ``SU`` on error), :func:`reply_wanted` is
+  false and the MLLP listener sends nothing, as the standard says: a sender that
+  asked for nothing does not read a reply, and one sent anyway would be read as
+  the answer to its next message. HTTP, which must answer every request, still
+  carries the accept acknowledgement (``CA``/``CE``/``CR``). Application
+  acknowledgements produced later by downstream systems are not relayed back to
+  the sender.
 
 The ACK swaps sending and receiving application/facility, keeps the
 inbound delimiters, MSH-11 processing id, MSH-12 version and MSH-18
@@ -46,7 +47,7 @@ import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 
 from adapters.hl7 import er7
 from gateway.adapter import Issue, OutcomeKind
@@ -56,10 +57,12 @@ __all__ = [
     "ACCEPT_CODES",
     "DEFAULT_VERSION",
     "ORIGINAL_CODES",
+    "Inbound",
     "ack_code",
     "build_ack",
     "error_condition",
     "parse_ack",
+    "reply_wanted",
 ]
 
 ORIGINAL_CODES: Mapping[OutcomeKind, str] = {"accepted": "AA", "invalid": "AE", "refused": "AR"}
@@ -98,6 +101,16 @@ def _version_key(version: str) -> tuple[int, ...]:
         return tuple(int(p) for p in version.strip().split("."))
     except ValueError:
         return _version_key(DEFAULT_VERSION)
+
+
+def reply_wanted(kind: OutcomeKind, accept_ack_type: str = "", application_ack_type: str = "") -> bool:
+    """False when the inbound MSH-15 and MSH-16 ask for no acknowledgement of ``kind`` (see the module
+    docstring); original mode always wants one."""
+    accept = accept_ack_type.strip().upper()
+    application = application_ack_type.strip().upper()
+    if not accept and not application:
+        return True
+    return any(kind in _WANTED.get(asked, _ALL) for asked in (accept, application) if asked)
 
 
 def ack_code(kind: OutcomeKind, accept_ack_type: str = "", application_ack_type: str = "") -> str:
@@ -197,6 +210,17 @@ def _stamp_of(moment: datetime) -> str:
 
 
 @functools.lru_cache(maxsize=2)
+class Inbound(NamedTuple):
+    """What an ACK copies from the parsed inbound message as sent, escapes and components kept."""
+
+    parties: tuple[str, str, str, str]
+    """MSH-3 to MSH-6 (first repetition): the ACK's MSH-5, MSH-6, MSH-3, MSH-4."""
+    control_id: str
+    """MSH-10: the ACK's MSA-2, character for character."""
+    codec: str
+    """The codec the message was read with: the ACK's bytes use it, so that what it copies matches."""
+
+
 def _stamp(second: int) -> str:
     """MSH-7 for a Unix second: formatted once per second, however many ACKs it answers."""
     return _stamp_of(datetime.fromtimestamp(second, UTC))
@@ -209,18 +233,18 @@ def build_ack(
     *,
     control_id: str | None = None,
     now: datetime | None = None,
-    parties: Sequence[str] | None = None,
+    inbound: Inbound | None = None,
 ) -> bytes:
     """The ACK message answering the message described by ``headers`` (envelope or salvaged headers).
 
     ``code`` is the MSA-1 code (see :func:`ack_code`); ``issues`` become ERR
     segments unless the code is positive. ``control_id`` (the ACK's own MSH-10)
     and ``now`` (MSH-7) default to a fresh 20-character id and the current time.
-    ``parties`` are the inbound MSH-3 to MSH-6 as sent (first repetition, components and escapes
-    kept): the ACK's MSH-3 to MSH-6 are then those, swapped, whole (an HD's universal id too);
-    without them (a message that could not be parsed) the promoted header values are used.
-    Segments end with ``\\r``; the bytes are encoded in the inbound MSH-18
-    character set (UTF-8 when none).
+    With ``inbound`` (the parsed message as sent) the ACK's MSH-3 to MSH-6 are its MSH-3 to MSH-6
+    swapped, whole (an HD's universal id too), MSA-2 is its MSH-10 as sent, and the bytes are
+    encoded with the codec it was read with; without it (a message that could not be parsed) the
+    promoted header values are used, escaped, and the bytes are in the MSH-18 character set (UTF-8
+    when none). Segments end with ``\\r``.
     """
     d = _delimiters(headers)
     table = er7.escape_table(d)
@@ -238,8 +262,8 @@ def build_ack(
         "MSH",
         d.encoding_characters(),
         *(
-            (parties[2], parties[3], parties[0], parties[1])
-            if parties is not None
+            (inbound.parties[2], inbound.parties[3], inbound.parties[0], inbound.parties[1])
+            if inbound is not None
             else (
                 esc(headers.get("receiving_application", "")),
                 esc(headers.get("receiving_facility", "")),
@@ -260,13 +284,13 @@ def build_ack(
         "",
         esc(charset),
     ]
-    msa = ["MSA", code, esc(headers.get("control_id", ""))]
+    msa = ["MSA", code, inbound.control_id if inbound is not None else esc(headers.get("control_id", ""))]
     errors = [] if code in POSITIVE_CODES else list(issues)
     if errors and version_key < (2, 5):
         msa.append(esc(errors[0].diagnostics or error_condition(errors[0].code, version)[1]))
     lines = [_line(msh, d.field), _line(msa, d.field)]
     lines.extend(_line(err, d.field) for err in _err_segments(errors, d, version))
-    codec = er7.CHARSETS.get(charset.strip().upper(), "utf-8")
+    codec = inbound.codec if inbound is not None else er7.CHARSETS.get(charset.strip().upper(), "utf-8")
     return ("\r".join(lines) + "\r").encode(codec, errors="replace")
 
 

@@ -127,9 +127,8 @@ def _msh_headers(fields: list[str], d: er7.Delimiters, encoding: str) -> dict[st
     }
 
 
-def _parties(envelope: Envelope | None) -> tuple[str, str, str, str] | None:
-    """MSH-3 to MSH-6 of the parsed message as sent (first repetition), for its ACK; ``None`` when
-    there is no parsed message to take them from."""
+def _inbound(envelope: Envelope | None) -> ack.Inbound | None:
+    """What the ACK copies from the parsed message as sent; ``None`` when there is no parsed message."""
     message = envelope.body if envelope is not None else None
     if not isinstance(message, er7.Message):
         return None
@@ -140,7 +139,8 @@ def _parties(envelope: Envelope | None) -> tuple[str, str, str, str] | None:
     rep = message.delimiters.repetition
     raw = [fields[n] if n < len(fields) else "" for n in (3, 4, 5, 6)]
     first = [f.split(rep, 1)[0] if rep and rep in f else f for f in raw]
-    return first[0], first[1], first[2], first[3]
+    control_id = fields[10] if len(fields) > 10 else ""
+    return ack.Inbound((first[0], first[1], first[2], first[3]), control_id, message.encoding)
 
 
 def _party(application: str, facility: str) -> str:
@@ -341,12 +341,19 @@ class HL7Adapter:
 
     def respond(self, outcome: Outcome) -> Reply:
         h = outcome.headers
-        code = ack.ack_code(outcome.kind, h.get("accept_ack_type", ""), h.get("application_ack_type", ""))
-        body = ack.build_ack(code, h, outcome.issues, parties=_parties(outcome.envelope))
+        asked = (h.get("accept_ack_type", ""), h.get("application_ack_type", ""))
+        code = ack.ack_code(outcome.kind, *asked)
+        body = ack.build_ack(code, h, outcome.issues, inbound=_inbound(outcome.envelope))
         status = _STATUS[outcome.kind]
         if outcome.kind == "refused" and any(i.code == _STORE_UNAVAILABLE for i in outcome.issues):
             status = 503
-        return Reply(body=body, content_type=CONTENT_TYPE, status=status, code=code)
+        return Reply(
+            body=body,
+            content_type=CONTENT_TYPE,
+            status=status,
+            code=code,
+            wanted=ack.reply_wanted(outcome.kind, *asked),
+        )
 
     def serialize(self, envelope: Envelope) -> bytes:
         return envelope.raw

@@ -150,6 +150,8 @@ class _Connection(asyncio.Protocol):
             if transport is None or transport.is_closing():
                 # the sender is gone: it never saw this reply and will send again (a duplicate)
                 return
+            if not reply.wanted:  # MSH-15/MSH-16 asked for none: the sender reads none
+                continue
             transport.write(frame(reply.body))
             intake.replied(result)
 

@@ -441,7 +441,7 @@ def test_canary_never_leaks_from_broken_frames(gw: Gateway) -> None:
 
 
 @pytest.mark.corpus
-def test_real_world_corpus_is_accepted_over_mllp(gw: Gateway, corpora_dir: Path) -> None:
+def test_real_world_corpus_is_accepted_over_mllp(gw: Gateway, api: httpx.Client, corpora_dir: Path) -> None:
     """Every message of the third-party corpus is accepted (LF endings and BOMs as published, sent with CR).
 
     The corpus reuses control ids across files from the same sender (for example MSH-10 ``1``): the
@@ -452,6 +452,7 @@ def test_real_world_corpus_is_accepted_over_mllp(gw: Gateway, corpora_dir: Path)
     assert len(files) >= 139
     first_seen: dict[tuple[str, str, str], bytes] = {}
     wrong = {}
+    unanswered: list[str] = []
     with socket.create_connection(("127.0.0.1", gw.mllp_port), timeout=30) as s:
         for path in files:
             raw = cr(path.read_bytes())
@@ -462,7 +463,14 @@ def test_real_world_corpus_is_accepted_over_mllp(gw: Gateway, corpora_dir: Path)
                 field(text, "MSH", 10),
             )
             s.sendall(SB + raw + EB)
+            msh = text.split(b"\r", 1)[0].split(b"|")
+            accept, application = (msh[n].decode().strip() if len(msh) > n else "" for n in (14, 15))
+            if accept == "NE" and application in ("", "NE"):
+                unanswered.append(key[2])  # it asked for no acknowledgement: none comes
+                first_seen.setdefault(key, raw)
+                continue
             ack = read_frame(s)
+            assert field(ack, "MSA", 2) == key[2], path.name  # each reply answers its own message
             code = field(ack, "MSA", 1)
             if key in first_seen and first_seen[key] != raw:
                 if code not in ("AE", "CE") or b"205" not in ack:
@@ -472,6 +480,10 @@ def test_real_world_corpus_is_accepted_over_mllp(gw: Gateway, corpora_dir: Path)
             first_seen.setdefault(key, raw)
     assert wrong == {}
     assert len(first_seen) > 20
+    assert unanswered  # the corpus has NE/NE messages: they are stored all the same
+    for control_id in unanswered:
+        items = api.get("/api/messages", params={"control_id": control_id}).json()["items"]
+        assert "accepted" in {i["status"] for i in items}, control_id
 
 
 def test_settings_from_environment(tmp_path: Path) -> None:

@@ -134,11 +134,12 @@ def test_charset_is_echoed_and_used() -> None:
         ("accepted", "ER", "SU", "AA"),
         ("refused", "SU", "AL", "AR"),
         ("accepted", "", "AL", "AA"),
-        # nothing wanted: our transports still pair each message with one reply
+        ("refused", "NE", "ER", "AR"),
+        # nothing wanted: not sent over MLLP; HTTP, which must answer, carries the accept code
         ("accepted", "NE", "NE", "CA"),
         ("invalid", "SU", "SU", "CE"),
         ("accepted", "NE", "", "CA"),
-        ("refused", "NE", "ER", "AR"),
+        ("accepted", "ER", "ER", "CA"),
     ],
 )
 def test_ack_code(kind: OutcomeKind, accept: str, application: str, code: str) -> None:
@@ -308,3 +309,68 @@ def test_the_ack_swaps_whole_hd_parties_as_sent() -> None:
         b"HOSP\\T\\CO^2.16.840.1.113883.3.72^ISO",
     ]
     assert er7.parse(reply.body).get("MSH-6.1") == "HOSP&CO"
+
+
+def test_a_reply_is_wanted_unless_both_fields_decline_it() -> None:
+    """HL7 table 0155 for MSH-15 and MSH-16: AL always, NE never, ER on error or reject, SU on success."""
+    assert ack.reply_wanted("accepted") and ack.reply_wanted("invalid", "", "")
+    assert not ack.reply_wanted("accepted", "NE", "NE")
+    assert not ack.reply_wanted("accepted", "ER", "ER")
+    assert ack.reply_wanted("invalid", "ER", "NE") and ack.reply_wanted("refused", "NE", "ER")
+    assert not ack.reply_wanted("invalid", "SU", "NE") and ack.reply_wanted("accepted", "SU", "NE")
+    assert not ack.reply_wanted("accepted", "NE", "")
+    assert ack.reply_wanted("accepted", "NE", "AL") and ack.reply_wanted("accepted", "XX", "NE")
+
+
+@pytest.mark.parametrize(
+    ("ack_types", "unwanted", "wanted"),
+    [(b"NE|NE", "accepted", None), (b"ER|ER", "accepted", "invalid"), (b"SU|SU", "invalid", "accepted")],
+)
+def test_the_adapter_marks_a_reply_nobody_asked_for(
+    ack_types: bytes, unwanted: OutcomeKind, wanted: OutcomeKind | None
+) -> None:
+    raw = b"MSH|^~\\&|LAB|H|GW|G|20240101||ADT^A01^ADT_A01|M-1|P|2.5.1|||" + ack_types + b"\rPID|1||M1\r"
+    adapter = HL7Adapter()
+    env = adapter.parse(raw, Receipt("test"))
+    assert adapter.respond(Outcome(unwanted, env.headers, [], env.id, env)).wanted is False
+    if wanted is not None:
+        assert adapter.respond(Outcome(wanted, env.headers, [], env.id, env)).wanted is True
+
+
+@pytest.mark.parametrize(
+    ("msh", "control_id"),
+    [
+        (b"MSH|^~\\&|LAB|H|GW|G|20240101||ADT^A01^ADT_A01|C^2|P|2.5.1", b"C^2"),
+        (b"MSH|^~\\&#|LAB|H|GW|G|20240101||ADT^A01^ADT_A01|TR#1|P|2.7", b"TR#1"),
+        (b"MSH|^~\\&|LAB|H|GW|G|20240101||ADT^A01^ADT_A01|A\\T\\B|P|2.5.1", b"A\\T\\B"),
+    ],
+)
+def test_msa_2_is_msh_10_as_sent(msh: bytes, control_id: bytes) -> None:
+    """A sender matches MSA-2 against its MSH-10 as text: it gets it back character for character, not
+    unescaped and escaped again."""
+    adapter = HL7Adapter()
+    env = adapter.parse(msh + b"\rPID|1||M1\r", Receipt("test"))
+    reply = adapter.respond(Outcome("accepted", env.headers, [], env.id, env))
+    assert reply.body.split(b"\r")[1].split(b"|")[2] == control_id
+
+
+@pytest.mark.parametrize(
+    ("raw", "codec"),
+    [
+        # no MSH-18, Latin-1 bytes: read as latin-1, answered in latin-1
+        (b"MSH|^~\\&|LAB|H\xd4SP|GW|G|20240101||ADT^A01^ADT_A01|CS-5|P|2.5.1\rPID|1||M1\r", "latin-1"),
+        # MSH-18 says ASCII, the bytes are UTF-8: read as UTF-8, answered in UTF-8
+        (
+            b"MSH|^~\\&|LAB|H\xc3\x94SP|GW|G|20240101||ADT^A01^ADT_A01|CS-3|P|2.5.1||||||ASCII\rPID|1||M1\r",
+            "utf-8",
+        ),
+    ],
+)
+def test_the_ack_is_encoded_as_the_message_was_read(raw: bytes, codec: str) -> None:
+    """The facility the ACK copies into MSH-6 comes back as the very bytes the sender sent."""
+    adapter = HL7Adapter()
+    env = adapter.parse(raw, Receipt("test"))
+    reply = adapter.respond(Outcome("accepted", env.headers, [], env.id, env))
+    sent_facility = raw.split(b"|")[3]
+    assert reply.body.split(b"\r")[0].split(b"|")[5] == sent_facility
+    assert sent_facility.decode(codec) == "HÔSP"

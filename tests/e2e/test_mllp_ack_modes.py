@@ -1,0 +1,87 @@
+"""Enhanced acknowledgement mode over real sockets: a message whose MSH-15/MSH-16 ask for no reply gets
+none over MLLP (so the sender's next reply is its own), is still stored, and HTTP still answers it."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.support import Gateway, wait_until
+
+pytestmark = pytest.mark.e2e
+
+SB, EB = b"\x0b", b"\x1c\x0d"
+
+
+def message(control_id: str, accept: str, application: str) -> bytes:
+    return (
+        f"MSH|^~\\&|LAB|HOSP|GW|GATEWAY|20240101120000||ADT^A01^ADT_A01|{control_id}|P|2.5.1|||"
+        f"{accept}|{application}\rEVN|A01|20240101120000\rPID|1||MRN-{control_id}^^^HOSP^MR||DOE^JANE\r"
+        "PV1|1|I\r"
+    ).encode()
+
+
+def read_frame(s: socket.socket) -> bytes:
+    buf = b""
+    while EB not in buf:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed after {buf!r}")
+        buf += chunk
+    return buf[buf.index(SB) + 1 : buf.index(EB)]
+
+
+def msa(reply: bytes) -> list[str]:
+    (line,) = [seg for seg in reply.decode().split("\r") if seg.startswith("MSA|")]
+    return line.split("|")
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    gateway = Gateway(tmp_path_factory.mktemp("ack-modes")).start()
+    yield gateway
+    gateway.stop()
+
+
+@pytest.mark.parametrize(
+    ("unwanted", "then"),
+    [
+        (message("NE-1", "NE", "NE"), message("AL-1", "AL", "NE")),
+        (message("ER-1", "ER", "ER"), message("AL-2", "AL", "AL")),  # ER: only on error; this one is valid
+        # SU: only on success; this one names a version there is none of
+        (message("SU-1", "SU", "SU").replace(b"|P|2.5.1|", b"|P|9.9|"), message("AA-3", "", "")),
+    ],
+)
+def test_no_reply_when_none_is_asked_for(
+    gw: Gateway, api: httpx.Client, unwanted: bytes, then: bytes
+) -> None:
+    unwanted_id = unwanted.split(b"|")[9].decode()
+    then_id = then.split(b"|")[9].decode()
+    with socket.create_connection(("127.0.0.1", gw.mllp_port), timeout=30) as s:
+        s.sendall(SB + unwanted + EB + SB + then + EB)
+        first = read_frame(s)
+        assert msa(first)[2] == then_id  # the one reply answers the message that asked for one
+    listed = api.get("/api/messages", params={"control_id": unwanted_id}).json()["items"]
+    assert len(listed) == 1 and listed[0]["status"] in {"accepted", "rejected"}
+
+    # no ReplySent is recorded for the reply that was not sent; the other one has its own
+    def replied(message_id: str) -> bool:
+        lineage = api.get(f"/api/messages/{message_id}/lineage").json()
+        return any(e["event"] == "ReplySent" for e in lineage["events"])
+
+    (then_item,) = api.get("/api/messages", params={"control_id": then_id}).json()["items"]
+    assert wait_until(lambda: replied(then_item["id"]), 10)
+    assert not replied(listed[0]["id"])
+
+
+def test_http_answers_every_request(gw: Gateway, api: httpx.Client) -> None:
+    """HTTP must answer: a message that asked for no acknowledgement gets the accept acknowledgement."""
+    r = api.post(
+        "/ingest/hl7v2",
+        content=message("NE-HTTP", "NE", "NE"),
+        headers={"Content-Type": "x-application/hl7-v2+er7"},
+    )
+    assert r.status_code == 200 and msa(r.content)[1:3] == ["CA", "NE-HTTP"]

@@ -76,6 +76,19 @@ class Reply:
         return 200 <= self.status < 300
 
 
+def joined(replies: Sequence[Reply]) -> Reply:
+    """One reply for several: the bodies joined (JSON bodies as one array), the least favourable status
+    and code, wanted when any of them is. ``replies`` must not be empty."""
+    if len(replies) == 1:
+        return replies[0]
+    worst = max(replies, key=lambda r: (not r.accepted, r.status))
+    if worst.content_type == "application/json":
+        body = b"[" + b",".join(r.body for r in replies) + b"]"
+    else:
+        body = b"".join(r.body for r in replies)
+    return Reply(body, worst.content_type, worst.status, worst.code, any(r.wanted for r in replies))
+
+
 class ParseError(Exception):
     """No envelope could be built from the bytes.
 
@@ -104,6 +117,8 @@ class Batch:
     kind: str
     raw: bytes
     units: list[bytes] = field(default_factory=list)
+    issues: tuple[Issue, ...] = ()
+    """Warnings about the batch as a whole (its counts, its trailers), for lineage and its reply."""
 
 
 class Adapter(Protocol):
@@ -140,6 +155,10 @@ class Adapter(Protocol):
         ...
 
 
+# An adapter may also define ``respond_batch(batch: Batch, replies: list[Reply]) -> Reply``: the one reply
+# to a batch payload (HL7 v2: an acknowledgement batch); without it a batch's replies are joined
+# (:meth:`gateway.pipeline.IntakeResult.combined`).
+#
 # An adapter may also set ``routes_replies = True``: its replies are messages of its own kind (ISO 20022
 # status reports), which intake parses, marks ``direction: reply`` and stores as the received message's
 # child, routed when a route names ``direction`` (see :meth:`gateway.pipeline.Intake._reply_record`).

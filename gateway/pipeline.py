@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeGuard
 
-from gateway.adapter import Adapter, Issue, Outcome, OutcomeKind, ParseError, Reply
+from gateway.adapter import Adapter, Batch, Issue, Outcome, OutcomeKind, ParseError, Reply, joined
 from gateway.envelope import Envelope, Receipt, new_id, sha256_hex
 from gateway.errors import StoreUnavailable
 from gateway.lineage import EventDraft
@@ -67,18 +67,22 @@ class IntakeResult:
     listener: str = ""
     online: list[tuple[str, ...]] = field(default_factory=list)
     """Per message, the online sinks its route names, for accepted messages (see :meth:`Intake.relay`)."""
+    batch_reply: Reply | None = None
+    """The adapter's one reply to a batch payload (``respond_batch``), when it has one."""
 
     def combined(self) -> Reply:
-        """One reply for the whole payload: the ACKs joined (JSON replies as an array), with the least
-        favourable status."""
-        if len(self.replies) == 1:
-            return self.replies[0]
-        worst = max(self.replies, key=lambda r: (not r.accepted, r.status))
-        if worst.content_type == "application/json":  # JSON replies join as one array
-            body = b"[" + b",".join(r.body for r in self.replies) + b"]"
-        else:
-            body = b"".join(r.body for r in self.replies)
-        return Reply(body, worst.content_type, worst.status, worst.code, any(r.wanted for r in self.replies))
+        """One reply for the whole payload: the adapter's batch reply, else the replies joined (see
+        :func:`gateway.adapter.joined`)."""
+        return self.batch_reply if self.batch_reply is not None else joined(self.replies)
+
+
+def _batch_reply(adapter: Adapter, batch: Batch | None, replies: list[Reply]) -> Reply | None:
+    """The adapter's one reply to ``batch`` (see ``respond_batch`` in :mod:`gateway.adapter`), if it
+    gives one."""
+    respond_batch: Callable[[Batch, list[Reply]], Reply] | None = getattr(adapter, "respond_batch", None)
+    if batch is None or respond_batch is None:
+        return None
+    return respond_batch(batch, replies)
 
 
 def classify(issues: Sequence[Issue]) -> OutcomeKind:
@@ -341,8 +345,9 @@ class Intake:
 
     def _prepare_payload(
         self, adapter: Adapter, raw: bytes, receipt: Receipt
-    ) -> tuple[BatchRecord | None, list[tuple[IntakeRecord, Outcome, Reply]]]:
-        """Split a payload into its messages; parse, validate and route each (see :meth:`_record`)."""
+    ) -> tuple[Batch | None, BatchRecord | None, list[tuple[IntakeRecord, Outcome, Reply]]]:
+        """Split a payload into its messages; parse, validate and route each (see :meth:`_record`). A
+        batch may hold no message (an HL7 batch with ``BTS|0``): it is kept, and answered, all the same."""
         try:
             batch = adapter.split(raw)
         except Exception:  # a splitter bug must not lose the message: treat it as one unit
@@ -351,7 +356,7 @@ class Intake:
         batch_record: BatchRecord | None = None
         units = [raw]
         parent_id = None
-        if batch is not None and batch.units:
+        if batch is not None:
             parent_id = new_id()
             units = batch.units
             batch_record = BatchRecord(
@@ -364,8 +369,9 @@ class Intake:
                 listener=receipt.listener,
                 peer=receipt.peer,
                 client=receipt.client,
+                issues=batch.issues,
             )
-        return batch_record, [self._record(adapter, unit, receipt, parent_id) for unit in units]
+        return batch, batch_record, [self._record(adapter, unit, receipt, parent_id) for unit in units]
 
     async def receive(self, adapter: Adapter, raw: bytes, receipt: Receipt) -> IntakeResult:
         """Take one payload (a message or a batch) through intake and return its replies.
@@ -376,11 +382,11 @@ class Intake:
         if len(raw) > OFF_LOOP_BYTES:
             if self._large is None:
                 self._large = ThreadPoolExecutor(max_workers=1, thread_name_prefix="intake-large")
-            batch_record, prepared = await asyncio.get_running_loop().run_in_executor(
+            batch, batch_record, prepared = await asyncio.get_running_loop().run_in_executor(
                 self._large, self._prepare_payload, adapter, raw, receipt
             )
         else:
-            batch_record, prepared = self._prepare_payload(adapter, raw, receipt)
+            batch, batch_record, prepared = self._prepare_payload(adapter, raw, receipt)
         records = [rec for rec, _, _ in prepared]
         try:
             decisions = await self.store.record_intake(records, batch_record)
@@ -392,7 +398,11 @@ class Intake:
                 adapter.respond(Outcome("refused", out.headers, [STORE_UNAVAILABLE], None, out.envelope))
                 for _, out, _ in prepared
             ]
-            return IntakeResult(replies, [], [], receipt.listener)
+            if not replies:  # a batch of no message: the refusal answers the batch itself
+                return IntakeResult([adapter.respond(Outcome("refused", {}, [STORE_UNAVAILABLE]))], [])
+            return IntakeResult(
+                replies, [], [], receipt.listener, batch_reply=_batch_reply(adapter, batch, replies)
+            )
         self._committed(adapter, prepared, decisions)
         replies = []
         for (_, out, reply), decision in zip(prepared, decisions, strict=True):
@@ -406,7 +416,12 @@ class Intake:
             for (rec, _, _), decision in zip(prepared, decisions, strict=True)
         ]
         return IntakeResult(
-            replies, [d.message_id for d in decisions], [d.kind for d in decisions], receipt.listener, online
+            replies,
+            [d.message_id for d in decisions],
+            [d.kind for d in decisions],
+            receipt.listener,
+            online,
+            _batch_reply(adapter, batch, replies),
         )
 
     async def commit(

@@ -60,6 +60,7 @@ __all__ = [
     "Inbound",
     "ack_code",
     "build_ack",
+    "build_batch_ack",
     "error_condition",
     "parse_ack",
     "reply_wanted",
@@ -292,6 +293,75 @@ def build_ack(
     lines.extend(_line(err, d.field) for err in _err_segments(errors, d, version))
     codec = inbound.codec if inbound is not None else er7.CHARSETS.get(charset.strip().upper(), "utf-8")
     return ("\r".join(lines) + "\r").encode(codec, errors="replace")
+
+
+def build_batch_ack(batch: bytes, acks: Sequence[bytes | None], issues: Sequence[Issue] = ()) -> bytes:
+    """The acknowledgement batch answering the FHS/BHS batch ``batch`` (HL7 v2.5 §2.10.3).
+
+    Each inbound FHS and BHS is answered by one with sender and receiver swapped (FHS/BHS-3,4 ↔ 5,6,
+    copied as sent), this moment in FHS/BHS-7, a new control id in FHS/BHS-11 and the inbound one in
+    FHS/BHS-12; each MSH by the next of ``acks`` (one per message, in order; ``None`` for a message
+    that asked for no acknowledgement, which then gets none); each batch ends with a BTS whose BTS-1
+    counts its ACKs and whose BTS-2 carries the batch's ``issues`` (counts and trailers, never
+    values), and the file with an FTS counting its batches. A trailer the inbound batch lacks is
+    still written. The header fields are copied as bytes, so no character set is involved.
+    """
+    lines = er7.batch_lines(batch) or []
+    sep = batch[lines[0][1] + 3 : lines[0][1] + 4] if lines else b"|"
+    encoding = batch[lines[0][1] + 4 :].split(sep, 1)[0] if lines else b"^~\\&"
+    try:
+        d = er7.delimiters_from(sep.decode("latin-1"), encoding.decode("latin-1"))
+    except (er7.ER7Error, UnicodeDecodeError):
+        d = er7.DEFAULT
+    comment = " ".join(i.diagnostics for i in issues)
+    stamp = _stamp(int(time.time())).encode()
+    out: list[bytes] = []
+    pending = iter(acks)
+    in_batch: int | None = None
+    batches, file_open = 0, False
+
+    def header(start: int, end: int) -> bytes:
+        line = er7.LINE_BREAK.split(batch[start:end], 1)[0].strip()
+        f = line.split(sep) + [b""] * 12
+        control = new_id()[-20:].encode()
+        fields = [f[0], f[1], f[4], f[5], f[2], f[3], stamp, b"", b"", b"", control, f[10]]
+        return sep.join(fields).rstrip(sep) + b"\r"
+
+    def close_batch() -> None:
+        out.append(
+            sep.join([b"BTS", str(in_batch or 0).encode(), er7.escape(comment, d).encode()]).rstrip(sep)
+            + b"\r"
+        )
+
+    for name, start, end in lines:
+        if name == b"FHS":
+            out.append(header(start, end))
+            file_open = True
+        elif name == b"BHS":
+            if in_batch is not None:
+                close_batch()
+            out.append(header(start, end))
+            in_batch, batches = 0, batches + 1
+        elif name == b"MSH":
+            reply = next(pending, None)
+            if reply is not None:
+                out.append(reply)
+                if in_batch is not None:
+                    in_batch += 1
+        elif name == b"BTS" and in_batch is not None:
+            close_batch()
+            in_batch = None
+        elif name == b"FTS" and file_open:
+            if in_batch is not None:
+                close_batch()
+                in_batch = None
+            out.append(b"FTS" + sep + str(batches).encode() + b"\r")
+            file_open = False
+    if in_batch is not None:
+        close_batch()
+    if file_open:
+        out.append(b"FTS" + sep + str(batches).encode() + b"\r")
+    return b"".join(out)
 
 
 def parse_ack(raw: bytes) -> tuple[str, str, str]:

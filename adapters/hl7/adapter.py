@@ -57,7 +57,7 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
 from adapters.hl7 import ack, er7, structure
-from gateway.adapter import Batch, Issue, Outcome, ParseError, Reply, ValidationLevel
+from gateway.adapter import Batch, Issue, Outcome, ParseError, Reply, ValidationLevel, joined
 from gateway.envelope import Envelope, Receipt, new_id, sha256_hex
 
 __all__ = ["CONTENT_TYPE", "HEADER_KEYS", "PROCESSING_IDS", "SUPPORTED_VERSIONS", "HL7Adapter"]
@@ -354,6 +354,18 @@ class HL7Adapter:
             code=code,
             wanted=ack.reply_wanted(outcome.kind, *asked),
         )
+
+    def respond_batch(self, batch: Batch, replies: list[Reply]) -> Reply:
+        """An FHS/BHS batch is answered by an acknowledgement batch (:func:`ack.build_batch_ack`) with the
+        least favourable status of its messages' replies (200 for a batch of none); a file of bare MSH
+        messages by their ACKs one after the other."""
+        if batch.kind == "multi":
+            return joined(replies)
+        body = ack.build_batch_ack(batch.raw, [r.body if r.wanted else None for r in replies], batch.issues)
+        if not replies:
+            return Reply(body=body, content_type=CONTENT_TYPE, status=200, code="AA")
+        worst = joined(replies)
+        return Reply(body=body, content_type=CONTENT_TYPE, status=worst.status, code=worst.code)
 
     def serialize(self, envelope: Envelope) -> bytes:
         return envelope.raw

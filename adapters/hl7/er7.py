@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass
 from typing import ClassVar
 
-from gateway.adapter import Batch
+from gateway.adapter import Batch, Issue
 
 __all__ = [
     "DEFAULT",
@@ -568,6 +568,27 @@ _SEGMENT_START = re.compile(rb"[\r\n](?:\xef\xbb\xbf)?[ \t]*(MSH|FHS|BHS|BTS|FTS
 """A line that starts a message or a batch header or trailer, from the line end before it. A BOM
 and blanks before the segment id still start one: files that each begin with a BOM, joined."""
 _BATCH_KINDS = {b"FHS": "fhs", b"BHS": "bhs"}
+LINE_BREAK = re.compile(rb"\r\n|\r|\n")
+
+
+def batch_lines(raw: bytes) -> list[tuple[bytes, int, int]] | None:
+    """The MSH and batch header and trailer lines of ``raw``, in order, as ``(segment id, start, end)``.
+
+    ``end`` is where the next such line starts (or the end of ``raw``): an MSH's span is its whole
+    message. ``None`` unless ``raw`` starts (after a BOM and blanks) with MSH, FHS or BHS and a
+    delimiter. Only segment starts count, so a field whose value is ``MSH`` never splits.
+    """
+    base = 3 if raw.startswith(BOM) else 0
+    base += len(raw) - base - len(raw[base:].lstrip())
+    head = raw[base : base + 3]
+    if head != b"MSH" and head not in _BATCH_KINDS:
+        return None
+    if base + 3 < len(raw) and raw[base + 3 : base + 4].isalnum():
+        return None
+    starts = [(head, base)]
+    starts.extend((m.group(1), m.start() + 1) for m in _SEGMENT_START.finditer(raw, base + 1))
+    ends = [start for _, start in starts[1:]] + [len(raw)]
+    return [(name, start, end) for (name, start), end in zip(starts, ends, strict=True)]
 
 
 def split_batch(raw: bytes) -> Batch | None:
@@ -578,28 +599,84 @@ def split_batch(raw: bytes) -> Batch | None:
     of its MSH line (a BOM and blanks before ``MSH`` included) up to (not
     including) the line of the next MSH or batch header/trailer segment, its
     own segment terminators included; FHS, BHS, BTS and FTS belong to no unit.
-    Only segment starts count, so a field whose value is ``MSH`` never splits.
+
+    An FHS/BHS batch may hold no message (``BTS|0``): it is a batch with no
+    units, unless something other than its headers and trailers is in it (then
+    ``None``: it is read as one message, which has no MSH). The batch's
+    :attr:`~gateway.adapter.Batch.issues` are warnings: a BTS-1 or FTS-1 count that
+    does not match, a missing trailer (the file may have been cut short), and
+    segments before the first MSH of a batch, which belong to no message.
     """
-    base = 3 if raw.startswith(BOM) else 0
-    base += len(raw) - base - len(raw[base:].lstrip())
-    head = raw[base : base + 3]
-    if head == b"MSH":
-        if raw.find(b"MSH", base + 3) < 0:
-            return None
-    elif head not in _BATCH_KINDS:
+    lines = batch_lines(raw)
+    if lines is None:
         return None
-    if base + 3 < len(raw) and raw[base + 3 : base + 4].isalnum():
-        return None
-    starts = [(base, head)]
-    starts.extend((m.start() + 1, m.group(1)) for m in _SEGMENT_START.finditer(raw, base + 1))
-    units: list[bytes] = []
-    for index, (start, name) in enumerate(starts):
-        if name != b"MSH":
-            continue
-        end = starts[index + 1][0] if index + 1 < len(starts) else len(raw)
-        units.append(raw[start:end])
+    units = [raw[start:end] for name, start, end in lines if name == b"MSH"]
+    head = lines[0][0]
     if head == b"MSH":
-        if len(units) < 2:
-            return None
-        return Batch(kind="multi", raw=raw, units=units)
-    return Batch(kind=_BATCH_KINDS[head], raw=raw, units=units)
+        return Batch(kind="multi", raw=raw, units=units) if len(units) > 1 else None
+    stray = [name for name, start, end in lines if name != b"MSH" and _beyond_line(raw, start, end)]
+    if not units and stray:
+        return None
+    return Batch(
+        kind=_BATCH_KINDS[head], raw=raw, units=units, issues=tuple(_batch_issues(raw, lines, stray))
+    )
+
+
+def _beyond_line(raw: bytes, start: int, end: int) -> bool:
+    """True when ``raw[start:end]`` holds more than one line (blank lines aside)."""
+    return any(line.strip() for line in LINE_BREAK.split(raw[start:end])[1:])
+
+
+def _batch_issues(raw: bytes, lines: list[tuple[bytes, int, int]], stray: list[bytes]) -> list[Issue]:
+    """The warnings of :func:`split_batch` about an FHS/BHS batch's structure (counts, never values)."""
+    issues = [
+        Issue(
+            "warning",
+            "unexpected_segment",
+            name.decode(),
+            f"Segments after {name.decode()} and before the next MSH belong to no message; "
+            "they are kept with the batch but not read.",
+        )
+        for name in dict.fromkeys(stray)
+    ]
+    sep = raw[lines[0][1] + 3 : lines[0][1] + 4]
+    in_batch: int | None = None  # messages seen since the open BHS, if one is open
+    batches = 0
+    file_open = lines[0][0] == b"FHS"
+    for name, start, end in lines:
+        if name == b"BHS":
+            in_batch, batches = 0, batches + 1
+        elif name == b"MSH" and in_batch is not None:
+            in_batch += 1
+        elif name == b"BTS":
+            _check_count(raw, start, end, sep, "BTS-1", "messages", in_batch or 0, issues)
+            in_batch = None
+        elif name == b"FTS":
+            _check_count(raw, start, end, sep, "FTS-1", "batches", batches, issues)
+            file_open = False
+    if in_batch is not None:
+        issues.append(
+            Issue("warning", "batch_trailer_missing", "BTS", "The batch has no BTS: it may be cut short.")
+        )
+    if file_open:
+        issues.append(
+            Issue("warning", "batch_trailer_missing", "FTS", "The file has no FTS: it may be cut short.")
+        )
+    return issues
+
+
+def _check_count(
+    raw: bytes, start: int, end: int, sep: bytes, where: str, what: str, found: int, issues: list[Issue]
+) -> None:
+    line = LINE_BREAK.split(raw[start:end], 1)[0].strip()
+    fields = line.split(sep) if sep else [line]
+    declared = fields[1].strip() if len(fields) > 1 else b""
+    if declared.isdigit() and int(declared) != found:
+        issues.append(
+            Issue(
+                "warning",
+                "batch_count_mismatch",
+                where,
+                f"{where} declares {int(declared)} {what}; {found} arrived.",
+            )
+        )

@@ -148,6 +148,8 @@ class BatchRecord:
     listener: str
     peer: str = ""
     client: str = ""
+    issues: Sequence[Issue] = ()
+    """Warnings about the batch as a whole (counts, trailers): in its ``BatchReceived`` event."""
 
 
 @dataclass(frozen=True, slots=True)

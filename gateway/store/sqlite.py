@@ -486,7 +486,12 @@ class SQLiteStore:
                         batch.listener,
                         outcome="received",
                         raw_sha256=batch.raw_sha256,
-                        details={"kind": batch.kind, "messages": len(records), "bytes": len(batch.raw)},
+                        details={
+                            "kind": batch.kind,
+                            "messages": len(records),
+                            "bytes": len(batch.raw),
+                            **({"issues": sorted({i.code for i in batch.issues})} if batch.issues else {}),
+                        },
                     )
                 ],
                 at,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import socket
 import sqlite3
@@ -254,6 +255,76 @@ def test_http_batch_each_message_its_own_envelope(gw: Gateway, api: httpx.Client
     assert sorted(c["control_id"] for c in trace["children"]) == sorted(control_ids)
     assert trace["events"][0]["event"] == "BatchReceived"
     assert [e["event"] for e in batch["lineage"]].count("MessageReceived") == 3
+
+
+def batch_file(tag: str, count: int, declared: int | None = None) -> bytes:
+    """An FHS/BHS file of ``count`` ADT^A01 messages with control ids ``{tag}-1`` …; BTS-1 says
+    ``declared`` (``count`` by default)."""
+    messages = b"".join(
+        with_control_id(fixture("adt_a01__basic.hl7"), f"{tag}-{n}") for n in range(1, count + 1)
+    )
+    return (
+        (
+            f"FHS|^~\\&|LAB|HOSP|GW|GATEWAY|20240101120000||{tag}.hl7||{tag}-F\r"
+            f"BHS|^~\\&|LAB|HOSP|GW|GATEWAY|20240101120000||{tag}||{tag}-B\r"
+        ).encode()
+        + cr(messages)
+        + f"BTS|{count if declared is None else declared}\rFTS|1\r".encode()
+    )
+
+
+def test_a_batch_is_answered_by_an_acknowledgement_batch(gw: Gateway, api: httpx.Client) -> None:
+    """FHS/BHS in, FHS/BHS out (HL7 v2.5 §2.10.3): one ACK per message inside, the inbound control ids
+    as references, counts in the trailers; python-hl7 reads it as a file of one batch of ACKs."""
+    r = api.post(
+        "/ingest/hl7v2",
+        content=batch_file("E2E-BACK", 3),
+        headers={"Content-Type": "x-application/hl7-v2+er7"},
+    )
+    assert r.status_code == 200
+    reply = hl7.parse_file(r.content.decode())
+    assert str(reply.header[12]) == "E2E-BACK-F" and str(reply.header[5]) == "LAB"  # FHS-12, FHS-5
+    (batch,) = reply
+    assert str(batch.header[12]) == "E2E-BACK-B" and str(batch.trailer[1]) == "3"
+    assert [(str(m.segment("MSA")[1]), str(m.segment("MSA")[2])) for m in batch] == [
+        ("AA", "E2E-BACK-1"),
+        ("AA", "E2E-BACK-2"),
+        ("AA", "E2E-BACK-3"),
+    ]
+    assert str(reply.trailer[1]) == "1"
+    # the same over MLLP
+    ack = mllp_exchange(gw.mllp_port, batch_file("E2E-BACK-MLLP", 2))
+    assert ack.startswith(b"FHS|") and b"\rBTS|2\rFTS|1\r" in ack and ack.count(b"MSA|AA|") == 2
+
+
+def test_an_empty_batch_is_kept_and_acknowledged(gw: Gateway, api: httpx.Client) -> None:
+    """``BTS|0`` (a feed's "nothing today") is a batch, not a broken message: it is kept, with its lineage,
+    and answered by an acknowledgement batch of no ACK."""
+    sent = batch_file("E2E-EMPTY", 0)
+    ack = mllp_exchange(gw.mllp_port, sent)
+    lines = ack.rstrip(b"\r").split(b"\r")
+    assert [line[:3] for line in lines] == [b"FHS", b"BHS", b"BTS", b"FTS"]
+    assert lines[1].split(b"|")[11] == b"E2E-EMPTY-B" and lines[2:] == [b"BTS|0", b"FTS|1"]
+    batches = api.get("/api/messages", params={"status": "batch", "limit": 1000}).json()["items"]
+    (kept,) = [b for b in batches if b["raw_sha256"] == hashlib.sha256(sent).hexdigest()]
+    assert kept["message_type"] == "BATCH:fhs"
+    events = api.get(f"/api/messages/{kept['id']}/lineage").json()["events"]
+    (received,) = [e for e in events if e["event"] == "BatchReceived"]
+    assert received["details"]["messages"] == 0 and "issues" not in received["details"]
+
+
+def test_batch_counts_that_do_not_match_are_recorded_and_reported(gw: Gateway, api: httpx.Client) -> None:
+    r = api.post(
+        "/ingest/hl7v2",
+        content=batch_file("E2E-COUNT", 1, declared=5),
+        headers={"Content-Type": "x-application/hl7-v2+er7"},
+    )
+    assert r.status_code == 200  # the message is fine; the batch's count is a warning
+    assert b"\rBTS|1|BTS-1 declares 5 messages; 1 arrived.\r" in r.content
+    (item,) = api.get("/api/messages", params={"control_id": "E2E-COUNT-1"}).json()["items"]
+    events = api.get(f"/api/messages/{item['parent_id']}/lineage").json()["events"]
+    (received,) = [e for e in events if e["event"] == "BatchReceived"]
+    assert received["details"]["issues"] == ["batch_count_mismatch"] and received["details"]["messages"] == 1
 
 
 def test_api_queries_and_lineage(gw: Gateway, api: httpx.Client) -> None:

@@ -388,7 +388,41 @@ def test_bhs_batch_and_empty_batch() -> None:
     batch = er7.split_batch(b"BHS|^~\\&|A|F\r" + b"".join(messages) + b"BTS|2\r")
     assert batch is not None and batch.kind == "bhs" and batch.units == messages
     empty = er7.split_batch(b"BHS|^~\\&|A|F\rBTS|0\r")
-    assert empty is not None and empty.kind == "bhs" and empty.units == []
+    assert empty is not None and empty.kind == "bhs" and empty.units == [] and empty.issues == ()
+    assert batch.issues == ()
+
+
+def test_an_empty_batch_holds_only_its_headers_and_trailers() -> None:
+    """``BTS|0`` is a batch of no message; a header followed by other segments is no batch but one
+    malformed message (read as such, it has no MSH)."""
+    empty = er7.split_batch(b"FHS|^~\\&|A|F\r\nBHS|^~\\&|A|F\r\n\r\nBTS|0\r\nFTS|1\r\n")
+    assert empty is not None and empty.kind == "fhs" and empty.units == [] and empty.issues == ()
+    assert er7.split_batch(b"FHS|^~\\&|A|F\rBHS|^~\\&|A|F\rPID|1||X\rBTS|0\rFTS|1\r") is None
+
+
+def test_batch_counts_trailers_and_stray_segments_are_warnings() -> None:
+    msh = b"MSH|^~\\&|A|F|||20240101||ADT^A01|C1|P|2.5\rPID|1\r"
+    counted = er7.split_batch(b"FHS|^~\\&|A|F\rBHS|^~\\&|A|F\r" + msh + b"BTS|3\rFTS|2\r")
+    assert counted is not None and counted.units == [msh]
+    assert [(i.severity, i.code, i.location) for i in counted.issues] == [
+        ("warning", "batch_count_mismatch", "BTS-1"),
+        ("warning", "batch_count_mismatch", "FTS-1"),
+    ]
+    assert counted.issues[0].diagnostics == "BTS-1 declares 3 messages; 1 arrived."
+    cut = er7.split_batch(b"FHS|^~\\&|A|F\rBHS|^~\\&|A|F\r" + msh)  # cut short: no BTS, no FTS
+    assert cut is not None and cut.units == [msh]
+    assert [(i.code, i.location) for i in cut.issues] == [
+        ("batch_trailer_missing", "BTS"),
+        ("batch_trailer_missing", "FTS"),
+    ]
+    stray = er7.split_batch(b"BHS|^~\\&|A|F\rPID|1||X\r" + msh + b"BTS|1\r")
+    assert stray is not None and stray.units == [msh]
+    assert [(i.code, i.location) for i in stray.issues] == [("unexpected_segment", "BHS")]
+    assert "X" not in stray.issues[0].diagnostics
+    # a custom field separator; a count that is not a number is not checked
+    custom = er7.split_batch(b"BHS#^~\\&#A#F\rMSH#^~\\&#A#F####ADT^A01#C1#P#2.5\rBTS#2\r")
+    assert custom is not None and [i.location for i in custom.issues] == ["BTS-1"]
+    assert er7.split_batch(b"BHS|^~\\&|A|F\r" + msh + b"BTS|one\r").issues == ()  # type: ignore[union-attr]
 
 
 def test_multi_msh_file() -> None:

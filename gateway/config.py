@@ -704,10 +704,12 @@ def load_settings(
             text = Path(path).read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"config file {path}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start + 1})") from None
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+            raise ConfigError(f"config file {path} is not valid YAML: {yaml_problem(exc, text)}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {path}: expected a mapping at the top level")
         tree = _expand(loaded or {}, str(path))
@@ -721,6 +723,42 @@ def load_settings(
         return Settings.model_validate(tree)
     except ValidationError as exc:
         raise ConfigError(explain(exc, tree)) from None
+
+
+_QUOTED = re.compile(r"'((?:[^'\\]|\\.)*)'|\"((?:[^\"\\]|\\.)*)\"")
+
+
+def yaml_problem(exc: yaml.YAMLError, text: str) -> str:
+    """Where a YAML error is and what PyYAML calls it, without any of the source text.
+
+    PyYAML's own message quotes the offending line with a caret under it, so a secret written inline
+    (``key: "abc...`` with its closing quote missing) would reach the terminal, a log or a reload answer.
+    Only the line, the column and the problem are kept; in the problem, quoted text other than a
+    character (``'\\t'``) or one of PyYAML's token names (``'<block end>'``) is hidden, since a tag, an
+    anchor or an alias named there is source text too.
+    """
+
+    def hide(m: re.Match[str]) -> str:
+        quoted = m.group(1) if m.group(1) is not None else m.group(2)
+        if len(quoted) <= 2 or re.fullmatch(r"<[a-z ]+>", quoted):
+            return m.group(0)
+        return "(hidden)"
+
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark, problem = exc.problem_mark, exc.problem
+        context = _QUOTED.sub(hide, exc.context) if exc.context else ""
+        if mark is None or problem is None:  # only a context: it is the problem
+            mark, problem, context = exc.context_mark, context or "not valid YAML", ""
+        elif exc.context_mark is not None and context and exc.context_mark.line != mark.line:
+            context += f" at line {exc.context_mark.line + 1}, column {exc.context_mark.column + 1}"
+        said = _QUOTED.sub(hide, problem) + (f" ({context})" if context else "")
+        return f"line {mark.line + 1}, column {mark.column + 1}: {said}" if mark else said
+    if isinstance(exc, yaml.reader.ReaderError):
+        before = text[: exc.position]
+        line, column = before.count("\n") + 1, exc.position - (before.rfind("\n") + 1) + 1
+        code = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        return f"line {line}, column {column}: {exc.reason} (#x{code:04x})"
+    return type(exc).__name__
 
 
 def explain(exc: ValidationError, tree: Mapping[str, Any]) -> str:

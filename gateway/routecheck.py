@@ -43,7 +43,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from adapters import BUILTIN_ADAPTERS
 from gateway.adapter import ParseError
-from gateway.config import HTTPSinkConfig, ISO8583SinkConfig, MemorySinkConfig, MLLPSinkConfig, Settings
+from gateway.config import (
+    HTTPSinkConfig,
+    ISO8583SinkConfig,
+    MemorySinkConfig,
+    MLLPSinkConfig,
+    Settings,
+    yaml_problem,
+)
 from gateway.envelope import Receipt
 from gateway.errors import ConfigError
 from gateway.routing import (
@@ -512,11 +519,15 @@ class RouteTestResult:
 def load_route_tests(tests_file: Path) -> list[tuple[str, RouteOutcome]]:
     """Read a route test file: ``(fixture, expected)`` pairs; :class:`ConfigError` names any bad entry."""
     try:
-        loaded = yaml.safe_load(tests_file.read_text(encoding="utf-8"))
+        text = tests_file.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"route tests {tests_file}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"route tests {tests_file} are not UTF-8 text (byte {exc.start + 1})") from None
+    try:
+        loaded = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"route tests {tests_file} are not valid YAML: {exc}") from None
+        raise ConfigError(f"route tests {tests_file} are not valid YAML: {yaml_problem(exc, text)}") from None
     if not isinstance(loaded, list):
         raise ConfigError(f"route tests {tests_file}: expected a list of {{fixture, route, sinks}} entries")
     cases: list[tuple[str, RouteOutcome]] = []

@@ -165,3 +165,54 @@ def test_shop_config_is_valid_without_secrets() -> None:
     s = load_settings(FIXTURES / "config" / "shop.yaml", environ={})
     assert s.inventory is not None and set(s.inventory.channels) == {"web", "stores"}
     assert s.inventory.safety("MP-MUG-BLU") == 3 and s.inventory.safety("OTHER") == 1
+
+
+CANARY = "Zq8Xv2Lm9Pw4Rt7Yk1Hs"
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        # a quoted key whose closing quote is missing: PyYAML quoted the line with the key in it
+        (f'auth:\n  api_keys:\n    - name: a\n      key: "{CANARY}\n      scopes: [admin]\n', 4),
+        (f'auth:\n  api_keys:\n    - {{name: a, key: "{CANARY}", scopes: [admin]\n', 4),
+        (f'auth:\n  api_keys:\n    - {{name: a, key: "{CANARY}"\n       scopes: [admin]}}\n', 4),
+        (f"mllp: {{address: '127.0.0.1:2575'}}\nkey: {CANARY}: x\n", 2),
+        (f'data_dir: x\nkey: "{CANARY}\\xq"\n', 2),
+        (f"data_dir: x\nauth:\n\tkey: {CANARY}\n", 3),
+        (f"data_dir: x\nkey: !{CANARY} x\n", 2),  # a tag, an alias, a tag handle: source text in the problem
+        (f"data_dir: x\nkey: *{CANARY}\n", 2),
+        (f"data_dir: x\nkey: !{CANARY}! x\n", 2),
+        (f"data_dir: x\nkey: {CANARY}\x00\n", 2),
+    ],
+)
+def test_a_yaml_syntax_error_shows_where_never_the_text(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, line: int
+) -> None:
+    """``gateway check`` and ``gateway serve`` name the file, line, column and problem of a malformed
+    config, never its source text: a key written inline would be printed with it."""
+    cfg = write(tmp_path, text)
+    for argv in (["check", str(cfg)], ["serve", "--config", str(cfg)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"config file {cfg} is not valid YAML: line " in err and f"line {line}, column " in err
+        assert CANARY not in err and CANARY[:8] not in err
+
+
+def test_route_tests_with_a_yaml_syntax_error_show_where_never_the_text(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tests_file = tmp_path / "routes.yaml"
+    tests_file.write_text(f'- {{fixture: a.hl7, route: "{CANARY}\n')
+    assert main(["check", str(write(tmp_path, "data_dir: x\n")), "--test", str(tests_file)]) == 1
+    out, err = capsys.readouterr()
+    assert "are not valid YAML: line 2, column 1" in out and CANARY not in out + err
+
+
+def test_a_config_that_is_not_utf8_is_refused_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_bytes(b"data_dir: \xff\n")
+    assert main(["check", str(cfg)]) == 2
+    assert "is not UTF-8 text (byte 11)" in capsys.readouterr().err

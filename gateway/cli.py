@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import sys
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -765,11 +766,10 @@ def _graph(args: argparse.Namespace) -> int:
 
 
 def _send(args: argparse.Namespace) -> int:
+    """Send each file in turn and print its ACKs' MSA lines as they arrive; a file that cannot be read is
+    reported and skipped. Exit 1 unless every message was accepted."""
     from adapters.hl7.ack import parse_ack
     from adapters.hl7.er7 import split_batch
-
-    def normalise(data: bytes) -> bytes:
-        return data.replace(b"\r\n", b"\r").replace(b"\n", b"\r")
 
     failed = False
     if args.mllp:
@@ -777,7 +777,10 @@ def _send(args: argparse.Namespace) -> int:
 
         host, port = parse_address(args.mllp)
         for path in args.files:
-            raw = normalise(path.read_bytes())
+            raw = _read_message(path)
+            if raw is None:
+                failed = True
+                continue
             batch = split_batch(raw)
             # an FHS/BHS batch goes in one frame, as HL7's batch protocol allows, so the gateway keeps
             # its messages under the batch; a file of bare MSH messages goes one message per frame
@@ -797,35 +800,57 @@ def _send(args: argparse.Namespace) -> int:
     headers = {"Content-Type": "x-application/hl7-v2+er7"}
     if key:
         headers["Authorization"] = f"Bearer {key}"
-    for path, outcome in asyncio.run(_post_files(args.http, args.files, headers, args.timeout, normalise)):
-        if isinstance(outcome, str):
-            print(f"{path}: {outcome}", file=sys.stderr)
-            failed = True
-            continue
-        for ack in _split_acks(outcome):
-            failed |= not _print_ack(path, ack, parse_ack)
-    return EXIT_FAILED if failed else EXIT_OK
+
+    async def post_all() -> bool:
+        failed = False
+        async for path, outcome in _post_files(args.http, args.files, headers, args.timeout):
+            if outcome is None:  # unreadable: already reported
+                failed = True
+            elif isinstance(outcome, str):
+                print(f"{path}: {outcome}", file=sys.stderr)
+                failed = True
+            else:
+                for ack in _split_acks(outcome):
+                    failed |= not _print_ack(path, ack, parse_ack)
+        return failed
+
+    return EXIT_FAILED if asyncio.run(post_all()) else EXIT_OK
+
+
+def _read_message(path: Path) -> bytes | None:
+    """A file's message with CR segment ends, or ``None`` once a line on stderr said why it cannot be read."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        print(f"gateway: {path}: cannot read ({exc.strerror or type(exc).__name__})", file=sys.stderr)
+        return None
+    return data.replace(b"\r\n", b"\r").replace(b"\n", b"\r")
 
 
 async def _post_files(
-    url: str, files: list[Path], headers: dict[str, str], timeout_s: float, normalise: Any
-) -> list[tuple[Path, bytes | str]]:
-    """POST each file in turn; the ACK bytes for each, or a sentence saying why there is none."""
+    url: str, files: list[Path], headers: dict[str, str], timeout_s: float
+) -> AsyncIterator[tuple[Path, bytes | str | None]]:
+    """POST each file in turn and yield, as each reply comes, its ACK bytes, a sentence saying why there
+    is none, or ``None`` for a file that could not be read (reported on stderr already)."""
     import aiohttp
 
-    out: list[tuple[Path, bytes | str]] = []
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
         for path in files:
+            data = _read_message(path)
+            if data is None:
+                yield path, None
+                continue
+            outcome: bytes | str
             try:
-                async with session.post(url, data=normalise(path.read_bytes()), headers=headers) as resp:
+                async with session.post(url, data=data, headers=headers) as resp:
                     body = await resp.read()
                     if "hl7" not in resp.headers.get("Content-Type", ""):
-                        out.append((path, f"HTTP {resp.status} {body.decode('utf-8', 'replace').strip()}"))
+                        outcome = f"HTTP {resp.status} {body.decode('utf-8', 'replace').strip()}"
                     else:
-                        out.append((path, body))
+                        outcome = body
             except (aiohttp.ClientError, TimeoutError) as exc:
-                out.append((path, f"no reply ({type(exc).__name__})"))
-    return out
+                outcome = f"no reply ({type(exc).__name__})"
+            yield path, outcome
 
 
 def _split_acks(body: bytes) -> list[bytes]:
@@ -838,7 +863,7 @@ def _split_acks(body: bytes) -> list[bytes]:
 
 def _print_ack(path: Path, reply: bytes, parse_ack: Any) -> bool:
     msa = next((seg for seg in reply.replace(b"\n", b"\r").split(b"\r") if seg.startswith(b"MSA")), b"")
-    print(f"{path}\t{msa.decode('utf-8', 'replace') or '(no MSA segment)'}")
+    print(f"{path}\t{msa.decode('utf-8', 'replace') or '(no MSA segment)'}", flush=True)
     try:
         code = parse_ack(reply)[0]
     except Exception:

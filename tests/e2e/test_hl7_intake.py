@@ -442,6 +442,31 @@ def test_cli_send_over_mllp_and_http(gw: Gateway, tmp_path: Path) -> None:
     assert r.returncode == 1
 
 
+def test_cli_send_reports_an_unreadable_file_and_carries_on(gw: Gateway, tmp_path: Path) -> None:
+    """A missing or unreadable file is one line on stderr, not a traceback; the other files are sent
+    and their MSA lines printed (over HTTP the replies already received were lost), and the exit
+    status says not everything was accepted."""
+    missing, folder = tmp_path / "missing.hl7", tmp_path / "a-folder.hl7"
+    folder.mkdir()
+    for how, target in (
+        ("--mllp", f"127.0.0.1:{gw.mllp_port}"),
+        ("--http", f"{gw.http_url}/ingest/hl7v2"),
+    ):
+        name = how.strip("-").upper()
+        first, second = tmp_path / f"first-{name}.hl7", tmp_path / f"second-{name}.hl7"
+        first.write_bytes(with_control_id(fixture("adt_a01__basic.hl7"), f"E2E-SEND-{name}-1"))
+        second.write_bytes(with_control_id(fixture("adt_a04__register.hl7"), f"E2E-SEND-{name}-2"))
+        r = gw.cli(
+            "send", how, target, "--api-key", TEST_KEY, str(first), str(missing), str(folder), str(second)
+        )
+        assert r.returncode == 1, r.stderr
+        assert "Traceback" not in r.stderr
+        assert f"{first}\tMSA|AA|E2E-SEND-{name}-1" in r.stdout
+        assert f"{second}\tMSA|AA|E2E-SEND-{name}-2" in r.stdout
+        assert f"gateway: {missing}: cannot read (No such file or directory)" in r.stderr
+        assert f"gateway: {folder}: cannot read (Is a directory)" in r.stderr
+
+
 def test_canary_never_leaks(gw: Gateway, api: httpx.Client) -> None:
     """A canary patient name and identifier never appear in logs, error bodies or lineage."""
     canary = cr(fixture("adt_a01__canary.hl7"))

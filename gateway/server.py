@@ -73,8 +73,13 @@ class GatewayLoop(uvloop.Loop):
 
 
 def open_store(data_dir: Path) -> SQLiteStore:
-    store = SQLiteStore(data_dir / DB_FILE, pseudonym_key(data_dir))
-    store.open()
+    """Open (creating and migrating) the store in ``data_dir``; a directory that cannot be created or
+    written (not a directory, no permission, a read-only file system) is a :class:`ConfigError` naming it."""
+    try:
+        store = SQLiteStore(data_dir / DB_FILE, pseudonym_key(data_dir))
+        store.open()
+    except OSError as exc:
+        raise ConfigError(f"data directory {data_dir}: {exc.strerror or type(exc).__name__}") from None
     return store
 
 

@@ -611,6 +611,24 @@ def test_settings_from_environment(tmp_path: Path) -> None:
         assert proc.wait(timeout=30) == 0
 
 
+def test_serve_refuses_a_data_directory_it_cannot_use(tmp_path: Path) -> None:
+    """One line naming the directory and the reason, exit 2 like any configuration error; no traceback."""
+    a_file = tmp_path / "not-a-directory"
+    a_file.write_text("")
+    gw = Gateway(tmp_path)
+    for data_dir, reason in (
+        ("/proc/forbidden", "No such file or directory"),
+        (str(a_file), "Not a directory"),
+    ):
+        r = gw.cli(
+            "serve", "--config", str(gw.config_path), "--data-dir", data_dir, "--mllp", "off", "--http", "off"
+        )
+        assert r.returncode == 2, r.stderr
+        assert r.stderr == f"gateway: data directory {data_dir}: {reason}\n"
+    replay = gw.cli("replay", "--sink", "x", "--data-dir", str(a_file))  # the other writers open it alike
+    assert replay.returncode == 2 and replay.stderr == f"gateway: data directory {a_file}: Not a directory\n"
+
+
 def test_cli_reads_the_store_while_the_server_is_stopped(tmp_path: Path) -> None:
     gw = Gateway(tmp_path).start()
     raw = with_control_id(fixture("adt_a01__basic.hl7"), "E2E-STOPPED-1")

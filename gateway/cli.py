@@ -62,7 +62,11 @@ def _overrides(args: argparse.Namespace) -> dict[tuple[str, ...], Any]:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    return load_settings(getattr(args, "config", None), _overrides(args))
+    """The command's settings; only ``serve`` needs the secrets it alone uses (API keys, webhook secrets,
+    sink headers) set in the environment, the other commands read the store or the file without them."""
+    return load_settings(
+        getattr(args, "config", None), _overrides(args), secrets_required=args.command == "serve"
+    )
 
 
 def _store_options(p: argparse.ArgumentParser) -> None:
@@ -281,7 +285,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "check":
         from gateway.routecheck import check_report
 
-        ok, lines = check_report(load_settings(args.config_file, environ={}), args.test)
+        ok, lines = check_report(
+            load_settings(args.config_file, environ={}, secrets_required=False), args.test
+        )
         for line in lines:
             print(line)
         print(f"{args.config_file}: {'ok' if ok else 'FAILED'}")
@@ -289,7 +295,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "docs":
         from gateway.docs import render
 
-        text = render(load_settings(args.config_file, environ={}), args.format)
+        text = render(load_settings(args.config_file, environ={}, secrets_required=False), args.format)
         if args.output:
             args.output.write_text(text, encoding="utf-8")
         else:

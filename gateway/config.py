@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -665,21 +666,51 @@ _ENV = {
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-def _expand(value: Any, where: str) -> Any:
-    """Replace ``${VAR}`` in strings with the environment's value; a missing variable is an error."""
+UNSET_MARK = "\x00unset:"
+"""How an unset ``${VAR}`` secret reads when secrets are not required: this, then 32 random hex digits,
+a value nobody can present (HTTP forbids NUL in a header) and that changes with every load."""
+
+
+def _serve_secret(path: tuple[str | int, ...]) -> bool:
+    """Whether the value at ``path`` is a secret that only ``serve`` uses: an API key, a webhook
+    secret, a header sent to a sink."""
+    match path:
+        case (
+            ("auth", "api_keys", int(), "key")
+            | ("shopify", "webhook_secret")
+            | ("square", "signature_key")
+            | ("sinks", str(), "headers", str())
+        ):
+            return True
+    return False
+
+
+def _expand(
+    value: Any, where: str, path: tuple[str | int, ...] = (), *, secrets_required: bool = True
+) -> Any:
+    """Replace ``${VAR}`` in strings with the environment's value; a missing variable is an error, except
+    in a serve-only secret when ``secrets_required`` is false (it becomes an :data:`UNSET_MARK`)."""
     if isinstance(value, str):
 
         def sub(m: re.Match[str]) -> str:
             name = m.group(1)
-            if name not in os.environ:
-                raise ConfigError(f"{where}: environment variable {name} is not set")
-            return os.environ[name]
+            if name in os.environ:
+                return os.environ[name]
+            if not secrets_required and _serve_secret(path):
+                return UNSET_MARK + secrets.token_hex(16)
+            raise ConfigError(f"{where}: environment variable {name} is not set")
 
         return _ENV_REF.sub(sub, value)
     if isinstance(value, dict):
-        return {k: _expand(v, f"{where}.{k}") for k, v in value.items()}
+        return {
+            k: _expand(v, f"{where}.{k}", (*path, str(k)), secrets_required=secrets_required)
+            for k, v in value.items()
+        }
     if isinstance(value, list):
-        return [_expand(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [
+            _expand(v, f"{where}[{i}]", (*path, i), secrets_required=secrets_required)
+            for i, v in enumerate(value)
+        ]
     return value
 
 
@@ -694,8 +725,14 @@ def load_settings(
     config_file: str | Path | None = None,
     overrides: Mapping[tuple[str, ...], Any] | None = None,
     environ: Mapping[str, str] | None = None,
+    *,
+    secrets_required: bool = True,
 ) -> Settings:
-    """Load settings from the YAML file, the environment and ``overrides`` (command-line options)."""
+    """Load settings from the YAML file, the environment and ``overrides`` (command-line options).
+
+    ``secrets_required=False`` is for the commands other than ``serve``: an unset ``${VAR}`` in a secret
+    only ``serve`` uses (API keys, webhook secrets, sink headers) then reads as an unusable
+    :data:`UNSET_MARK` instead of refusing the file, so an auditor need not hold the ingest keys."""
     env = os.environ if environ is None else environ
     path = config_file or env.get("GATEWAY_CONFIG")
     tree: dict[str, Any] = {}
@@ -712,7 +749,7 @@ def load_settings(
             raise ConfigError(f"config file {path} is not valid YAML: {yaml_problem(exc, text)}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {path}: expected a mapping at the top level")
-        tree = _expand(loaded or {}, str(path))
+        tree = _expand(loaded or {}, str(path), secrets_required=secrets_required)
     for var, key in _ENV.items():
         if env.get(var):
             _set(tree, key, env[var])

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 from adapters import BUILTIN_ADAPTERS
 from gateway.config import (
+    UNSET_MARK,
     FHIRSinkConfig,
     FhirStoreSinkConfig,
     FileSinkConfig,
@@ -106,7 +107,7 @@ def endpoint_host(sink: AnySink) -> str:
 
 
 def _header_text(name: str, value: str) -> str:
-    return f"{name}: {HIDDEN if _SECRET_NAME.search(name) else value}"
+    return f"{name}: {HIDDEN if _SECRET_NAME.search(name) or UNSET_MARK in value else value}"
 
 
 def _num(value: float) -> str:

@@ -16,6 +16,7 @@ import hl7
 import hl7.client
 import httpx
 import pytest
+import yaml
 
 from tests.conftest import FIXTURES
 from tests.support import READ_KEY, TEST_KEY, Gateway
@@ -661,6 +662,46 @@ def test_cli_reads_the_store_while_the_server_is_stopped(tmp_path: Path) -> None
     assert json.loads(broken.stdout)["ok"] is False
     missing = gw.cli("messages", "list", "--data-dir", str(tmp_path / "nowhere"))
     assert missing.returncode == 2 and "no store" in missing.stderr
+
+
+def test_reading_commands_run_without_the_ingest_keys_in_the_environment(tmp_path: Path) -> None:
+    """An auditor holding none of the ingest keys (written as ${VAR}) reads the store; serve still
+    refuses to start without them, naming the variable and no secret."""
+    gw = Gateway(tmp_path).start()
+    assert (
+        field(
+            mllp_exchange(gw.mllp_port, with_control_id(fixture("adt_a01__basic.hl7"), "E2E-AUD-1")), "MSA", 1
+        )
+        == "AA"
+    )
+    assert gw.stop() == 0
+    config = yaml.safe_load(gw.config_path.read_text())
+    config["auth"]["api_keys"][0]["key"] = "${AUD_LAB_KEY_NOT_SET_HERE}"
+    gw.config_path.write_text(yaml.safe_dump(config))
+    for command in (
+        ["messages", "list", "--control-id", "E2E-AUD-1"],
+        ["lineage", "verify"],
+        ["lineage", "search", "--control-id", "E2E-AUD-1"],
+        ["access", "review", "--since", "2000-01-01"],
+        ["deliveries", "list"],
+    ):
+        r = gw.cli(*command, *gw.store_args())
+        assert r.returncode == 0, (command, r.stderr)
+    assert "E2E-AUD-1" in gw.cli("messages", "list", "--control-id", "E2E-AUD-1", *gw.store_args()).stdout
+    assert "lineage intact" in gw.cli("lineage", "verify", *gw.store_args()).stdout
+    assert (
+        "tester: scopes ingest:hl7v2"
+        in gw.cli("access", "review", "--since", "2000-01-01", *gw.store_args()).stdout
+    )
+    for command in (["check", str(gw.config_path)], ["docs", str(gw.config_path)]):
+        r = gw.cli(*command)
+        assert r.returncode == 0, (command, r.stderr)
+    served = gw.cli("serve", *gw.store_args(), "--mllp", "off", "--http", "off")
+    assert served.returncode == 2
+    assert served.stderr == (
+        f"gateway: {gw.config_path}.auth.api_keys[0].key: environment variable AUD_LAB_KEY_NOT_SET_HERE is not set\n"
+    )
+    assert READ_KEY not in served.stderr + served.stdout
 
 
 def test_signed_checkpoints_catch_a_cut_tail(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from gateway.cli import main
 from gateway.config import load_settings
-from gateway.errors import ConfigError
+from gateway.errors import AuthError, ConfigError
 from gateway.security import KeyRing
 from tests.conftest import FIXTURES
 
@@ -216,3 +216,39 @@ def test_a_config_that_is_not_utf8_is_refused_without_a_traceback(
     cfg.write_bytes(b"data_dir: \xff\n")
     assert main(["check", str(cfg)]) == 2
     assert "is not UTF-8 text (byte 11)" in capsys.readouterr().err
+
+
+def test_commands_other_than_serve_do_not_need_the_secrets_of_serve(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An unset ``${VAR}`` in an API key, a webhook secret or a sink header stops ``serve`` only; for the
+    other commands it reads as a value nothing can present. Any other unset variable still stops them."""
+    monkeypatch.delenv("AUD_LAB_KEY", raising=False)
+    monkeypatch.delenv("SHOP_SECRET", raising=False)
+    monkeypatch.delenv("EHR_TENANT", raising=False)
+    cfg = write(
+        tmp_path,
+        "auth:\n  api_keys:\n    - {name: lab, key: '${AUD_LAB_KEY}', scopes: [ingest:hl7v2]}\n"
+        "shopify: {webhook_secret: '${SHOP_SECRET}'}\n"
+        "sinks:\n  ehr: {type: http, endpoint: 'https://ehr.example.org/x', headers: {X-Tenant: 't-${EHR_TENANT}'}}\n",
+    )
+    with pytest.raises(
+        ConfigError, match=r"auth\.api_keys\[0\]\.key: environment variable AUD_LAB_KEY is not set"
+    ):
+        load_settings(cfg, environ={})
+    s = load_settings(cfg, environ={}, secrets_required=False)
+    again = load_settings(cfg, environ={}, secrets_required=False)
+    key = s.auth.api_keys[0].key
+    assert key.startswith("\x00unset:") and key != again.auth.api_keys[0].key  # unguessable, never the same
+    assert s.shopify.webhook_secret is not None and s.shopify.webhook_secret.startswith("\x00unset:")
+    ring = KeyRing.from_settings(s)
+    for presented in ("", "${AUD_LAB_KEY}", "\x00unset:", key[:-1]):
+        with pytest.raises(AuthError):
+            ring.authenticate(presented)
+    assert main(["check", str(cfg)]) == 0
+    assert main(["docs", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "X-Tenant: (hidden)" in out and "\x00" not in out
+    cfg = write(tmp_path, "data_dir: '${AUD_DATA_DIR_UNSET}'\n")  # not a secret: still needed
+    with pytest.raises(ConfigError, match="AUD_DATA_DIR_UNSET is not set"):
+        load_settings(cfg, environ={}, secrets_required=False)

@@ -791,15 +791,23 @@ def _send(args: argparse.Namespace) -> int:
             # an FHS/BHS batch goes in one frame, as HL7's batch protocol allows, so the gateway keeps
             # its messages under the batch; a file of bare MSH messages goes one message per frame
             messages = batch.units if batch is not None and batch.kind == "multi" else [raw]
+            one_each = (
+                batch is None or batch.kind == "multi"
+            )  # not an FHS/BHS batch, which is always answered
+            unasked = [one_each and _declines_acceptance(m) for m in messages]
             try:
-                replies = asyncio.run(send_frames(host, port, messages, timeout_s=args.timeout))
+                replies = asyncio.run(
+                    send_frames(host, port, messages, timeout_s=args.timeout, unasked=unasked)
+                )
             except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
                 print(f"{path}: no reply ({type(exc).__name__}: {exc})", file=sys.stderr)
                 failed = True
                 continue
             for reply in replies:
-                for ack in _split_acks(reply):
-                    failed |= not _print_ack(path, ack, parse_ack)
+                if reply is None:
+                    print(f"{path}\t(no ACK: MSH-15/MSH-16 ask for none when the message is accepted)")
+                    continue
+                failed |= not _print_acks(path, reply, parse_ack)
         return EXIT_FAILED if failed else EXIT_OK
 
     key = args.api_key or _env_key() or _bootstrap_key(args)
@@ -816,8 +824,7 @@ def _send(args: argparse.Namespace) -> int:
                 print(f"{path}: {outcome}", file=sys.stderr)
                 failed = True
             else:
-                for ack in _split_acks(outcome):
-                    failed |= not _print_ack(path, ack, parse_ack)
+                failed |= not _print_acks(path, outcome, parse_ack)
         return failed
 
     return EXIT_FAILED if asyncio.run(post_all()) else EXIT_OK
@@ -859,12 +866,29 @@ async def _post_files(
             yield path, outcome
 
 
-def _split_acks(body: bytes) -> list[bytes]:
-    """The ACKs in one reply: a batch is answered with its messages' ACKs joined, one per message."""
+def _print_acks(path: Path, reply: bytes, parse_ack: Any) -> bool:
+    """Print the MSA line of each ACK in ``reply`` (one ACK, an acknowledgement batch, or ACKs one after
+    the other); true when each accepts its message."""
     from adapters.hl7.er7 import split_batch
 
-    batch = split_batch(body)
-    return batch.units if batch is not None and batch.units else [body]
+    batch = split_batch(reply)
+    if batch is None:
+        return _print_ack(path, reply, parse_ack)
+    if not batch.units:
+        print(f"{path}\t(a batch of no message, acknowledged)", flush=True)
+        return True
+    return all([_print_ack(path, ack, parse_ack) for ack in batch.units])
+
+
+def _declines_acceptance(message: bytes) -> bool:
+    """True when the message's MSH-15/MSH-16 ask for no acknowledgement when it is accepted."""
+    from adapters.hl7.ack import reply_wanted
+    from adapters.hl7.er7 import BOM
+
+    msh = message.removeprefix(BOM).lstrip().split(b"\r", 1)[0]
+    fields = msh.split(msh[3:4]) if msh.startswith(b"MSH") and len(msh) > 3 else []
+    asked = [fields[n].decode("latin-1") if len(fields) > n else "" for n in (14, 15)]
+    return not reply_wanted("accepted", *asked)
 
 
 def _print_ack(path: Path, reply: bytes, parse_ack: Any) -> bool:

@@ -18,6 +18,7 @@ import contextlib
 import logging
 import ssl
 from collections import deque
+from collections.abc import Sequence
 from typing import cast
 
 from adapters.hl7.framing import END, START, FrameReader, FrameTooLarge, frame
@@ -230,15 +231,29 @@ async def send_frames(
     messages: list[bytes],
     timeout_s: float = 30.0,
     ssl_context: ssl.SSLContext | None = None,
-) -> list[bytes]:
-    """Send each message in its own frame on one connection; return the replies in order."""
+    *,
+    unasked: Sequence[bool] = (),
+    grace_s: float = 2.0,
+) -> list[bytes | None]:
+    """Send each message in its own frame on one connection; return the replies in order.
+
+    A message marked in ``unasked`` asks for no acknowledgement when it is accepted (MSH-15/MSH-16
+    ``NE``, ``ER``): an error reply to it is awaited ``grace_s`` at most, and ``None`` stands for none.
+    """
     reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, ssl=ssl_context), timeout_s)
-    replies: list[bytes] = []
+    replies: list[bytes | None] = []
     try:
-        for message in messages:
+        for n, message in enumerate(messages):
             writer.write(frame(message))
             await writer.drain()
-            await asyncio.wait_for(reader.readuntil(START), timeout_s)
+            optional = n < len(unasked) and unasked[n]
+            try:
+                await asyncio.wait_for(reader.readuntil(START), grace_s if optional else timeout_s)
+            except TimeoutError:
+                if not optional:
+                    raise
+                replies.append(None)
+                continue
             data = await asyncio.wait_for(reader.readuntil(END), timeout_s)
             replies.append(data[: -len(END)])
     finally:

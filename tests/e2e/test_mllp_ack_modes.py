@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support import Gateway, wait_until
+from tests.support import TEST_KEY, Gateway, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -85,3 +86,31 @@ def test_http_answers_every_request(gw: Gateway, api: httpx.Client) -> None:
         headers={"Content-Type": "x-application/hl7-v2+er7"},
     )
     assert r.status_code == 200 and msa(r.content)[1:3] == ["CA", "NE-HTTP"]
+
+
+def test_gateway_send_knows_which_messages_ask_for_no_reply(gw: Gateway, tmp_path: Path) -> None:
+    """``gateway send`` does not wait in vain for the ACK a message declined, and prints an empty batch's
+    acknowledgement: over MLLP and over HTTP, exit status 0 when everything was accepted."""
+    unasked = tmp_path / "ne.hl7"
+    unasked.write_bytes(message("SEND-NE", "NE", "NE"))
+    normal = tmp_path / "al.hl7"
+    normal.write_bytes(message("SEND-AL", "AL", "NE"))
+    empty = tmp_path / "empty.hl7"
+    empty.write_bytes(b"FHS|^~\\&|LAB|HOSP|GW|GATEWAY\rBHS|^~\\&|LAB|HOSP|GW|GATEWAY\rBTS|0\rFTS|1\r")
+    files = [str(unasked), str(normal), str(empty)]
+    sent = gw.cli("send", "--mllp", f"127.0.0.1:{gw.mllp_port}", "--timeout", "20", *files, *gw.store_args())
+    assert sent.returncode == 0, sent.stderr
+    assert sent.stdout.splitlines() == [
+        f"{unasked}\t(no ACK: MSH-15/MSH-16 ask for none when the message is accepted)",
+        f"{normal}\tMSA|CA|SEND-AL",
+        f"{empty}\t(a batch of no message, acknowledged)",
+    ]
+    posted = gw.cli(
+        "send", "--http", f"{gw.http_url}/ingest/hl7v2", "--api-key", TEST_KEY, *files, *gw.store_args()
+    )
+    assert posted.returncode == 0, posted.stderr
+    assert posted.stdout.splitlines() == [
+        f"{unasked}\tMSA|CA|SEND-NE",  # HTTP answers every request
+        f"{normal}\tMSA|CA|SEND-AL",
+        f"{empty}\t(a batch of no message, acknowledged)",
+    ]

@@ -1,6 +1,7 @@
 """The HTTP API (FastAPI): ingest, messages, lineage and health.
 
-Every endpoint but ``/healthz`` requires an API key with the endpoint's scope.
+Every endpoint but ``/healthz`` and the published JSON schemas (``/api/schemas/{name}``) requires an
+API key with the endpoint's scope.
 Errors are JSON ``{"error": code, "detail": sentence}`` and never carry payload
 values. Ingest bodies are read with a size limit of our own (uvicorn has none).
 """
@@ -30,6 +31,7 @@ from gateway.inventory import InventorySync, StockCount, inventory_view
 from gateway.journey import journey, journey_png, journey_svg
 from gateway.lineage import EventDraft, Verification
 from gateway.metrics import Metrics
+from gateway.openapi_doc import describe
 from gateway.pipeline import Intake
 from gateway.runtime import Runtime
 from gateway.security import KeyRing, Principal
@@ -142,6 +144,22 @@ class APIError(Exception):
         self.detail = detail
 
 
+_REPLY = "The body is the protocol's own reply (an HL7 v2 ACK, an ISO 20022 status report …)"
+INGEST_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": f"Accepted and stored (HL7 AA/CA). {_REPLY}."},
+    400: {"description": f"Not valid (HL7 AE/CE), or an empty body. {_REPLY}, with the reason."},
+    401: {
+        "description": "No API key, one the gateway does not know, or a webhook signature that does not match."
+    },
+    403: {"description": "The API key lacks the channel's ingest scope."},
+    408: {"description": "The body did not arrive within http.body_timeout_s."},
+    413: {"description": "The body is larger than http.max_body_bytes."},
+    415: {"description": "A content type the channel does not take."},
+    422: {"description": f"Refused (HL7 AR/CR: an unsupported version or type). {_REPLY}, with the reason."},
+    503: {"description": f"The store could not keep it durably (HL7 AR): send it again later. {_REPLY}."},
+}
+
+
 def _error(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
 
@@ -161,8 +179,6 @@ def _peer(request: Request) -> str:
 
 
 MessageStatus = Literal["accepted", "rejected", "batch"]
-MESSAGE_ID_PATTERN = r"^[0-9A-HJKMNP-TV-Z]{26}$"
-"""A message id: a ULID (:func:`gateway.envelope.new_id`)."""
 TIME_HELP = "ISO 8601 date or date-time; UTC if it names no zone."
 
 
@@ -322,6 +338,15 @@ def create_app(
             tags=["ingest"],
             summary=f"Take {channel.title}",
             description=channel.description,
+            response_class=Response,
+            responses=INGEST_RESPONSES,
+            openapi_extra={
+                "requestBody": {
+                    "required": True,
+                    "content": {t: {"schema": {"type": "string"}} for t in sorted(channel.content_types)},
+                },
+                **({"security": []} if channel.signature is not None else {}),
+            },
         )
 
     for name, channel in ingest_channels.items():
@@ -336,7 +361,9 @@ def create_app(
         since: Annotated[str | None, Query(description=TIME_HELP)] = None,
         until: Annotated[str | None, Query(description=TIME_HELP + " Exclusive.")] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        before: Annotated[str | None, Query(pattern=MESSAGE_ID_PATTERN, description="A message id.")] = None,
+        before: Annotated[
+            str | None, Query(pattern=f"^{ULID_SHAPE.pattern}$", description="A message id.")
+        ] = None,
         who: Principal = scoped("messages:read"),
     ) -> dict[str, Any]:
         """Messages, newest first; page with ``before=<last id>``."""
@@ -558,4 +585,5 @@ def create_app(
         body = {"ok": ok, "store": "writable" if ok else "unavailable", "sinks": sinks}
         return JSONResponse(body, status_code=200 if ok else 503)
 
+    describe(app, open_paths={"/healthz", "/api/schemas/{name}"})  # the only routes without a key
     return app

@@ -91,7 +91,8 @@ def mount(app: FastAPI, api: FhirAPI) -> None:
         guarded(lambda r: api.metadata(r), False),
         methods=["GET"],
         tags=["fhir"],
-        summary="The CapabilityStatement",
+        summary="The CapabilityStatement (no API key needed, as FHIR clients expect)",
+        openapi_extra={"security": []},
     )
     done: set[tuple[str, str]] = set()
     # static paths first (/_history before /{rtype}, /{rtype}/_history before /{rtype}/{rid})

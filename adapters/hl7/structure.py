@@ -58,8 +58,10 @@ anything else gets that warning and no validation.
 Severity policy
 ---------------
 An *error* means the message is unusable or clearly wrong and is answered AE;
-a *warning* is reported (ERR segments, lineage) but the message is accepted,
-as Mirth and HAPI-based engines accept it. The policy was set against 139
+a *warning* is kept with the message (its issues, the validation outcome in
+lineage) and the message is accepted, as Mirth and HAPI-based engines accept it;
+the AA carries no ERR for it (ERR segments go with AE/AR only, since many
+receivers read any ERR as a failure). The policy was set against 139
 real-world-style messages (Microsoft FHIR-Converter's test data): none of them
 has an error, 41 have no issue at all. Their warnings: hl7apy-required fields
 left empty (145 in 66 messages, half of them OBX-4 in 2.8, then AL1-1, OBX-3,

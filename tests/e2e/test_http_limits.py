@@ -12,6 +12,7 @@ connection whose request head does not arrive within ``http.header_timeout_s``
 from __future__ import annotations
 
 import json
+import re
 import socket
 import sqlite3
 import time
@@ -179,6 +180,43 @@ def test_json_bodies_are_still_checked_and_documented(gw: Gateway) -> None:
         "schema"
     ]
     assert erase["properties"]["subject"]["maxLength"] == 512
+
+
+def test_the_openapi_document_says_how_to_authenticate_and_what_errors_look_like(gw: Gateway) -> None:
+    """Swagger UI can send a key, and what the document promises is what the server does: every operation
+    it marks as secured answers 401 without a key; the gateway's own routes document 400 (never FastAPI's
+    422) in the error shape they answer with; ingest documents its body and the protocol's replies."""
+    spec = httpx.get(f"{gw.http_url}/api/openapi.json").json()
+    schemes = spec["components"]["securitySchemes"]
+    assert schemes["bearer"] == {**schemes["bearer"], "type": "http", "scheme": "bearer"}
+    assert (schemes["apiKey"]["in"], schemes["apiKey"]["name"]) == ("header", "X-API-Key")
+    assert spec["security"] == [{"bearer": []}, {"apiKey": []}]
+    assert spec["paths"]["/healthz"]["get"]["security"] == []
+    secured = 0
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            if operation.get("security") == []:
+                continue
+            url = gw.http_url + re.sub(
+                r"\{[^}]+\}", "01M8FVYXQHYDKD4X4PHRC5NYV9", path.replace("{rtype}", "Patient")
+            )
+            answer = httpx.request(method.upper(), url, timeout=30)
+            assert answer.status_code == 401, (method, path, answer.status_code)
+            secured += 1
+            if path.startswith("/api/"):
+                assert "422" not in operation["responses"], (method, path)
+                assert {"401", "403"} <= set(operation["responses"]), (method, path)
+    assert secured > 30
+    listing = spec["paths"]["/api/messages"]["get"]["responses"]
+    assert listing["400"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
+    bad = httpx.get(f"{gw.http_url}/api/messages", params={"limit": 0}, headers={"X-API-Key": TEST_KEY})
+    assert bad.status_code == 400 and set(bad.json()) == set(
+        spec["components"]["schemas"]["Error"]["required"]
+    )
+    ingest = spec["paths"]["/ingest/hl7v2"]["post"]
+    assert {"x-application/hl7-v2+er7", "text/plain"} <= set(ingest["requestBody"]["content"])
+    assert {"200", "400", "413", "415", "422", "503"} <= set(ingest["responses"])
+    assert "application/json" not in ingest["responses"]["200"].get("content", {})
 
 
 def closed_within(s: socket.socket, seconds: float) -> float:

@@ -30,9 +30,10 @@ Envelope fields:
 * ``body`` the :class:`~adapters.hl7.er7.Message`; ``sensitivity`` ``phi``;
   ``correlation_id`` MSA-2 when the message is itself an acknowledgement.
 * ``raw_sha256`` the digest of the bytes as received; ``content_sha256`` that of
-  their :func:`~adapters.hl7.er7.canonical` form (the same digest when the bytes
-  are already in it), so that a message sent again with a BOM, other line
-  endings or blank lines after it is a duplicate, not a control id conflict.
+  their :func:`~adapters.hl7.er7.canonical` form with MSH-7 left empty, so that a
+  message sent again with a BOM, other line endings, blank lines after it, or the
+  time of the resend in MSH-7 (as many senders stamp it) is a duplicate, not a
+  control id conflict.
 
 A missing MSH-9, MSH-10, MSH-11 or MSH-12, an unknown message code or an
 unsupported version do not stop :meth:`HL7Adapter.parse`: :meth:`validate`
@@ -141,6 +142,17 @@ def _inbound(envelope: Envelope | None) -> ack.Inbound | None:
     first = [f.split(rep, 1)[0] if rep and rep in f else f for f in raw]
     control_id = fields[10] if len(fields) > 10 else ""
     return ack.Inbound((first[0], first[1], first[2], first[3]), control_id, message.encoding)
+
+
+def _without_msh7(body: bytes) -> bytes:
+    """``body`` (canonical) with MSH-7, the time the sender made the message, left empty."""
+    sep = body[3:4]
+    head, rest = body.split(b"\r", 1) if b"\r" in body else (body, b"")
+    fields = head.split(sep) if sep else [head]
+    if len(fields) < 7 or not fields[6]:
+        return body
+    fields[6] = b""
+    return sep.join(fields) + b"\r" + rest
 
 
 def _party(application: str, facility: str) -> str:
@@ -257,7 +269,7 @@ class HL7Adapter:
             receiver=_party(headers["receiving_application"], headers["receiving_facility"]),
             raw=raw,
             raw_sha256=raw_sha256,
-            content_sha256=raw_sha256 if body == raw else sha256_hex(body),
+            content_sha256=sha256_hex(_without_msh7(body)),
             body=message,
             headers=headers,
             business_keys={"patient_id": patient_id} if patient_id else {},

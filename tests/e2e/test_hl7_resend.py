@@ -91,11 +91,14 @@ def test_a_resend_in_other_bytes_is_a_duplicate_and_other_content_a_conflict(
     control_id = f"RESEND-{transport.upper()}"
     raw = message("adt_a03__discharge.hl7", control_id)
     assert msa(send(gw, transport, raw)) == [["AA", control_id]]
+    msh = raw.split(b"\r", 1)[0].split(b"|")
+    restamped = b"|".join([*msh[:6], b"20991231235959", *msh[7:]]) + raw[raw.index(b"\r") :]
     resends = [
         raw + b"\n",
         BOM + raw,
         raw.replace(b"\r", b"\n"),
         bom_file("adt_a03__discharge.hl7", control_id),
+        restamped,  # MSH-7 stamped again by a sender that sends it again
     ]
     for resend in resends:
         assert msa(send(gw, transport, resend)) == [["AA", control_id]], resend[-6:]

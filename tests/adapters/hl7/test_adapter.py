@@ -131,8 +131,11 @@ def test_envelope_of_a_basic_adt() -> None:
 def test_content_digest_is_the_same_for_the_same_message_in_other_bytes() -> None:
     raw = fixture("adt_a01__basic.hl7")
     env = parse(raw)
-    assert env.content_sha256 == env.raw_sha256 == sha256_hex(raw)  # already in canonical form
+    assert env.raw_sha256 == sha256_hex(raw) and env.content_sha256 != env.raw_sha256  # MSH-7 left out
+    msh7 = raw.split(b"\r", 1)[0].split(b"|")[6]
     resends = [
+        raw.replace(msh7, b"20991231235959+0000", 1),  # stamped again when sent again
+        raw.replace(msh7, b"", 1),
         raw + b"\n",
         raw + b"\r\n\r\n  \n",
         raw.rstrip(b"\r"),
@@ -146,6 +149,7 @@ def test_content_digest_is_the_same_for_the_same_message_in_other_bytes() -> Non
         assert again.content_sha256 == env.content_sha256, resend[-8:]
     changed = [
         raw.replace(b"PV1|1|I|", b"PV1|1|O|", 1).replace(b"\r", b"\n"),
+        raw.replace(b"|P|", b"|T|", 1),  # MSH-11: the rest of MSH counts
         raw.replace(b"|A\r", b"|A \r"),  # a blank at the end of the last field is still a change
     ]
     for other in changed:

@@ -7,7 +7,8 @@ start byte inside an open frame abandons it: the partial message is neither
 taken nor answered, and a warning names the peer.
 Limits: frame size (an oversized frame gets AR once the frames before it are
 answered, and the connection is closed),
-time to finish a started frame, idle time, connections overall and per
+time to finish a started frame (from its start byte; the clock stops while
+the listener has paused reading), idle time, connections overall and per
 client address. A malformed frame never affects another connection.
 """
 
@@ -69,10 +70,14 @@ class _Connection(asyncio.Protocol):
         self.wakeup: asyncio.Event = asyncio.Event()
         self.worker: asyncio.Task[None] | None = None
         self.closing = False
-        self.paused = False
+        self.stopped = False
+        self.read_paused = False
         self.busy = False
         self.idle_timer: asyncio.TimerHandle | None = None
         self.frame_timer: asyncio.TimerHandle | None = None
+        self.frame_left: float | None = None
+        """Time left to finish the open frame (``None``: no frame open); its clock stops while reading is paused."""
+        self.frame_deadline = 0.0
         self.refusal: bytes | None = None
         """The framed AR for an oversized frame, sent once the frames before it are answered."""
 
@@ -91,31 +96,35 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
+        was_open = self.reader.in_frame
         abandoned = self.reader.abandoned
         try:
             frames = self.reader.feed(data)
         except FrameTooLarge as exc:
             self._note_abandoned(abandoned)
+            self._end_frame_clock()
             self.frames.extend(exc.frames)
             self._refuse_oversized(exc.head)
             return
         self._note_abandoned(abandoned)
         if frames or self.reader.in_frame:  # bytes outside any frame are noise: they keep nothing open
             self._arm_idle()
+        if not self.reader.in_frame:
+            self._end_frame_clock()
+        elif frames or not was_open:
+            self._start_frame_clock()  # the open frame began in this read
+        # else the open frame goes on (or was abandoned for another): its clock keeps running
         if frames:
             self.frames.extend(frames)
             self.wakeup.set()
-            if len(self.frames) >= MAX_PENDING_FRAMES and self.transport is not None:
-                self.transport.pause_reading()
-                self.paused = True
-        self._arm_frame_timer()
+            self._flow()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self.wakeup.set()
-        for timer in (self.idle_timer, self.frame_timer):
-            if timer is not None:
-                timer.cancel()
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+        self._end_frame_clock()
         self.server.release(self)
 
     # -- work ---------------------------------------------------------------------------------
@@ -133,9 +142,7 @@ class _Connection(asyncio.Protocol):
                 self.wakeup.clear()
                 await self.wakeup.wait()
             message = self.frames.popleft()
-            if self.paused and len(self.frames) < MAX_PENDING_FRAMES // 2 and self.transport is not None:
-                self.transport.resume_reading()
-                self.paused = False
+            self._flow()
             receipt = Receipt(listener="mllp", peer=self.peer)
             self.busy = True
             try:
@@ -156,9 +163,32 @@ class _Connection(asyncio.Protocol):
             transport.write(frame(reply.body))
             intake.replied(result)
 
+    def _flow(self) -> None:
+        """Pause reading while :data:`MAX_PENDING_FRAMES` wait (or the listener stops); resume below half.
+
+        The open frame's clock stops while reading is paused: the sender is not slow, the gateway is.
+        """
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self.read_paused:
+            if not self.stopped and len(self.frames) < MAX_PENDING_FRAMES // 2:
+                transport.resume_reading()
+                self.read_paused = False
+                if self.frame_left is not None and self.frame_timer is None:
+                    self._run_frame_clock()
+        elif self.stopped or len(self.frames) >= MAX_PENDING_FRAMES:
+            transport.pause_reading()
+            self.read_paused = True
+            if self.frame_timer is not None:
+                self.frame_timer.cancel()
+                self.frame_timer = None
+                self.frame_left = max(0.0, self.frame_deadline - asyncio.get_running_loop().time())
+
     def _note_abandoned(self, before: int) -> None:
-        """Warn when the last read abandoned a frame. The frame time limit keeps running: it bounds
-        how long a connection may hold a frame open, however many times it starts again."""
+        """Warn when the last read abandoned a frame. Its clock keeps running for the frame that takes
+        its place: it bounds how long a connection may hold a frame open, however many times it starts
+        again."""
         if self.reader.abandoned != before:
             log.warning("mllp frame abandoned: a new frame began before its end", extra={"peer": self.peer})
 
@@ -180,7 +210,6 @@ class _Connection(asyncio.Protocol):
         self.refusal = frame(reply.body)
         self.closing = True
         self.wakeup.set()
-        self._arm_frame_timer()
 
     def _send_refusal(self, refusal: bytes) -> None:
         transport = self.transport
@@ -193,15 +222,24 @@ class _Connection(asyncio.Protocol):
             self.idle_timer.cancel()
         self.idle_timer = asyncio.get_running_loop().call_later(self.server.config.idle_timeout_s, self._idle)
 
-    def _arm_frame_timer(self) -> None:
-        if self.reader.in_frame:
-            if self.frame_timer is None:
-                self.frame_timer = asyncio.get_running_loop().call_later(
-                    self.server.config.frame_timeout_s, self._frame_expired
-                )
-        elif self.frame_timer is not None:
+    def _start_frame_clock(self) -> None:
+        """A frame began: it has ``frame_timeout_s`` of reading time to end."""
+        self._end_frame_clock()
+        self.frame_left = self.server.config.frame_timeout_s
+        if not self.read_paused:
+            self._run_frame_clock()
+
+    def _run_frame_clock(self) -> None:
+        assert self.frame_left is not None
+        loop = asyncio.get_running_loop()
+        self.frame_deadline = loop.time() + self.frame_left
+        self.frame_timer = loop.call_later(self.frame_left, self._frame_expired)
+
+    def _end_frame_clock(self) -> None:
+        if self.frame_timer is not None:
             self.frame_timer.cancel()
             self.frame_timer = None
+        self.frame_left = None
 
     def _idle(self) -> None:
         if self.frames or self.busy or self.refusal is not None:
@@ -211,12 +249,13 @@ class _Connection(asyncio.Protocol):
         self.close()
 
     def _frame_expired(self) -> None:
+        self.frame_timer = None
         log.warning("mllp frame not finished in time; closed", extra={"peer": self.peer})
         self.close()
 
     def stop_reading(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.pause_reading()
+        self.stopped = True
+        self._flow()
 
     def close(self) -> None:
         self.closing = True

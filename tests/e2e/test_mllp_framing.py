@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -153,3 +156,65 @@ def test_cli_sends_an_fhs_batch_in_one_frame_and_prints_an_msa_line_per_message(
     codes = [line.split("\t")[1].split("|")[1:3] for line in r.stdout.splitlines()]
     assert [cid for _, cid in codes] == ["E2E-FHS-BAD-0001", "E2E-FHS-BAD-0002", "E2E-FHS-BAD-0003"]
     assert [code for code, _ in codes] == ["AA", "AR", "AA"]
+
+
+def pipeline(s: socket.socket, payload: bytes, count: int, pause_s: float) -> tuple[list[bytes], list[str]]:
+    """Write ``payload`` back to back while another thread reads the ``count`` replies, sleeping ``pause_s``
+    after every small read; return the replies and whatever went wrong on either side."""
+    replies: list[bytes] = []
+    errors: list[str] = []
+
+    def read() -> None:
+        buf = b""
+        while len(replies) < count:
+            try:
+                chunk = s.recv(2048)
+            except OSError as exc:
+                errors.append(f"read: {exc!r}")
+                return
+            if not chunk:
+                errors.append(f"read: end of stream after {len(replies)} replies")
+                return
+            buf += chunk
+            while EB in buf:
+                reply, buf = buf.split(EB, 1)
+                replies.append(reply.split(SB, 1)[-1])
+            time.sleep(pause_s)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        for at in range(0, len(payload), 65536):
+            s.sendall(payload[at : at + 65536])
+    except OSError as exc:
+        errors.append(f"write: {exc!r}")
+    reader.join(timeout=240)
+    return replies, errors
+
+
+def test_a_pipelining_sender_that_reads_slowly_gets_every_ack(gw: Gateway) -> None:
+    """Frames written back to back for longer than frame_timeout_s (2 s), replies read slowly so that the
+    listener pauses: every frame is complete, so none is cut off and every message gets its AA, in order."""
+    template = message("adt_a04__register.hl7", "E2E-PIPE-XXXXX")
+    ids = [f"E2E-PIPE-{i:05d}" for i in range(4000)]
+    payload = b"".join(SB + template.replace(b"E2E-PIPE-XXXXX", cid.encode()) + EB for cid in ids)
+    with socket.create_connection(("127.0.0.1", gw.mllp_port), timeout=60) as s:
+        t0 = time.monotonic()
+        replies, errors = pipeline(s, payload, len(ids), pause_s=0.01)
+        took = time.monotonic() - t0
+    assert errors == []
+    assert [msa(r) for r in replies] == [("AA", cid) for cid in ids]
+    assert took > 2 * 2.0, "the exchange must outlast the frame time-out to show anything"
+
+
+def test_restarting_a_frame_does_not_restart_its_clock(gw: Gateway) -> None:
+    """A start byte every half second abandons the open frame and opens another: the connection is still
+    closed within frame_timeout_s (2 s) of the first start byte, as a frame that is never finished is."""
+    with socket.create_connection(("127.0.0.1", gw.mllp_port), timeout=10) as s:
+        t0 = time.monotonic()
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            for _ in range(20):
+                s.sendall(SB + b"MSH|^~\\&|again")
+                time.sleep(0.5)
+            s.recv(100)
+        assert time.monotonic() - t0 < 2.0 + 3.0

@@ -9,7 +9,11 @@ Limits: frame size (an oversized frame gets AR once the frames before it are
 answered, and the connection is closed),
 time to finish a started frame (from its start byte; the clock stops while
 the listener has paused reading), idle time, connections overall and per
-client address. A malformed frame never affects another connection.
+client address. A malformed frame never affects another connection. While a
+peer leaves its replies unread (the transport's write buffer is above its
+high-water mark) no more of its frames are read or taken into work, and the
+idle time-out ends it; a time-out resets a connection whose replies are still
+unsent rather than wait for a peer that may never read them.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
+import struct
 from collections import deque
 from collections.abc import Sequence
 from typing import cast
@@ -72,6 +78,8 @@ class _Connection(asyncio.Protocol):
         self.closing = False
         self.stopped = False
         self.read_paused = False
+        self.write_paused = False
+        """The transport's write buffer is above its high-water mark: the peer is not reading its replies."""
         self.busy = False
         self.idle_timer: asyncio.TimerHandle | None = None
         self.frame_timer: asyncio.TimerHandle | None = None
@@ -127,22 +135,45 @@ class _Connection(asyncio.Protocol):
         self._end_frame_clock()
         self.server.release(self)
 
+    def pause_writing(self) -> None:
+        # the peer is not reading its replies: take no more frames, and give it idle_timeout_s to read
+        self.write_paused = True
+        self._flow()
+        self._arm_idle()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._flow()
+        self._arm_idle()
+        self.wakeup.set()
+
     # -- work ---------------------------------------------------------------------------------
+
+    async def _next_frame(self) -> bytes | None:
+        """The next frame to take into work, waiting while the peer does not read its replies; ``None``
+        when there is nothing more to do on this connection."""
+        while True:
+            transport = self.transport
+            if transport is None or transport.is_closing():
+                return None
+            if self.write_paused:
+                pass  # the peer is not reading its replies: take nothing more until it does
+            elif self.frames:
+                message = self.frames.popleft()
+                self._flow()
+                return message
+            elif self.refusal is not None:
+                self._send_refusal(self.refusal)
+                return None
+            elif self.closing:
+                return None
+            self.wakeup.clear()
+            await self.wakeup.wait()
 
     async def _work(self) -> None:
         intake = self.server.intake
         adapter = self.server.adapter
-        while True:
-            while not self.frames:
-                if self.refusal is not None:
-                    self._send_refusal(self.refusal)
-                    return
-                if self.closing:
-                    return
-                self.wakeup.clear()
-                await self.wakeup.wait()
-            message = self.frames.popleft()
-            self._flow()
+        while (message := await self._next_frame()) is not None:
             receipt = Receipt(listener="mllp", peer=self.peer)
             self.busy = True
             try:
@@ -164,7 +195,8 @@ class _Connection(asyncio.Protocol):
             intake.replied(result)
 
     def _flow(self) -> None:
-        """Pause reading while :data:`MAX_PENDING_FRAMES` wait (or the listener stops); resume below half.
+        """Pause reading while :data:`MAX_PENDING_FRAMES` wait, while the peer does not read its replies
+        (or once the listener stops); resume when none of these holds and fewer than half wait.
 
         The open frame's clock stops while reading is paused: the sender is not slow, the gateway is.
         """
@@ -172,12 +204,12 @@ class _Connection(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         if self.read_paused:
-            if not self.stopped and len(self.frames) < MAX_PENDING_FRAMES // 2:
+            if not (self.stopped or self.write_paused) and len(self.frames) < MAX_PENDING_FRAMES // 2:
                 transport.resume_reading()
                 self.read_paused = False
                 if self.frame_left is not None and self.frame_timer is None:
                     self._run_frame_clock()
-        elif self.stopped or len(self.frames) >= MAX_PENDING_FRAMES:
+        elif self.stopped or self.write_paused or len(self.frames) >= MAX_PENDING_FRAMES:
             transport.pause_reading()
             self.read_paused = True
             if self.frame_timer is not None:
@@ -216,10 +248,14 @@ class _Connection(asyncio.Protocol):
         if transport is not None and not transport.is_closing():
             transport.write(refusal)
             transport.close()
+        self.refusal = None  # sent: the idle time-out now ends a peer that does not read it
 
     def _arm_idle(self) -> None:
         if self.idle_timer is not None:
             self.idle_timer.cancel()
+        if self.transport is None or self.transport.is_closing():
+            self.idle_timer = None
+            return
         self.idle_timer = asyncio.get_running_loop().call_later(self.server.config.idle_timeout_s, self._idle)
 
     def _start_frame_clock(self) -> None:
@@ -242,16 +278,36 @@ class _Connection(asyncio.Protocol):
         self.frame_left = None
 
     def _idle(self) -> None:
-        if self.frames or self.busy or self.refusal is not None:
+        if self.write_paused:
+            log.info("mllp peer not reading its replies; closed", extra={"peer": self.peer})
+        elif self.frames or self.busy or self.refusal is not None:
             self._arm_idle()
             return
-        log.info("mllp connection idle; closed", extra={"peer": self.peer})
-        self.close()
+        else:
+            log.info("mllp connection idle; closed", extra={"peer": self.peer})
+        self._cut()
 
     def _frame_expired(self) -> None:
         self.frame_timer = None
         log.warning("mllp frame not finished in time; closed", extra={"peer": self.peer})
-        self.close()
+        self._cut()
+
+    def _cut(self) -> None:
+        """Close on a time-out without waiting for the peer: replies it has not read are dropped (a reset),
+        so that the connection and its per-client slot end now, not when the peer reads."""
+        self.closing = True
+        self.wakeup.set()
+        transport = self.transport
+        if transport is None:
+            return
+        if transport.get_write_buffer_size():
+            sock = transport.get_extra_info("socket")
+            if sock is not None:  # a reset, not a close queued behind replies the peer will never read
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            transport.abort()
+        else:
+            transport.close()
 
     def stop_reading(self) -> None:
         self.stopped = True

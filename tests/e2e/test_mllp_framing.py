@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import select
 import socket
 import threading
 import time
@@ -218,3 +219,81 @@ def test_restarting_a_frame_does_not_restart_its_clock(gw: Gateway) -> None:
                 time.sleep(0.5)
             s.recv(100)
         assert time.monotonic() - t0 < 2.0 + 3.0
+
+
+def tcp_state(s: socket.socket) -> int:
+    """The socket's TCP state from ``TCP_INFO`` (Linux): 1 is ESTABLISHED."""
+    return s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
+
+
+@contextlib.contextmanager
+def admitted(port: int, rcvbuf: int = 0, attempts: int = 50) -> Iterator[socket.socket]:
+    """A connection the gateway has admitted: one message is answered AA on it. With one connection per
+    client, a connection made while the gateway has not yet seen the last one end is refused: try again."""
+    hello = message("adt_a04__register.hl7", "E2E-ADMITTED")
+    for attempt in range(attempts):
+        s = socket.socket()
+        if rcvbuf:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        s.settimeout(10)
+        try:
+            s.connect(("127.0.0.1", port))
+            s.sendall(SB + hello + EB)
+            buf = b""
+            while EB not in buf:
+                chunk = s.recv(4096)
+                if not chunk:
+                    raise ConnectionResetError("closed")
+                buf += chunk
+        except (ConnectionResetError, BrokenPipeError):
+            s.close()
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.1)
+            continue
+        with s:
+            assert msa(buf.split(SB, 1)[1].split(EB, 1)[0])[0] == "AA"
+            yield s
+        return
+
+
+def test_a_peer_that_never_reads_is_cut_off_and_its_slot_freed(tmp_path: Path) -> None:
+    """A sender that writes frames and never reads its replies: once they pile up the gateway takes no more
+    of its frames, resets it idle_timeout_s (2 s) after it stopped reading, and a new connection from the
+    same address is then admitted (one connection per client)."""
+    g = Gateway(
+        tmp_path, {"mllp": {"frame_timeout_s": 60.0, "idle_timeout_s": 2.0, "max_connections_per_client": 1}}
+    ).start()  # the frame time-out is out of the way: this is about the idle one
+    try:
+        # each message gets a long AE (an ERR repetition per undefined segment), so that the unread replies
+        # pass the socket buffers in a few hundred messages
+        template = message("adt_a04__register.hl7", "E2E-NOREAD-XXXXXX") + b"".join(
+            b"\rXYZ|%d" % i for i in range(150)
+        )
+        with admitted(g.mllp_port, rcvbuf=4096) as s:
+            s.setblocking(False)
+            sent, pending = 0, b""
+            last_progress = time.monotonic()
+            until = last_progress + 15  # then go idle, if the gateway is still taking frames
+            while time.monotonic() < until and tcp_state(s) == 1:
+                if not pending:
+                    ids = [f"E2E-NOREAD-{sent + i:06d}".encode() for i in range(50)]
+                    pending = b"".join(SB + template.replace(b"E2E-NOREAD-XXXXXX", cid) + EB for cid in ids)
+                    sent += 50
+                _, writable, _ = select.select([], [s], [], 0.2)
+                if writable:
+                    try:
+                        n = s.send(pending)
+                    except (BrokenPipeError, ConnectionResetError):
+                        break
+                    pending = pending[n:]
+                    last_progress = time.monotonic()
+            limit = last_progress + 2.0 + 8.0
+            assert wait_until(lambda: tcp_state(s) != 1, max(0.0, limit - time.monotonic())), (
+                f"still open {time.monotonic() - last_progress:.1f} s after the last byte sent"
+            )
+        assert "mllp peer not reading its replies; closed" in g.logs()
+        with admitted(g.mllp_port, attempts=1):
+            pass
+    finally:
+        g.stop()

@@ -4,7 +4,8 @@ A frame is ``0x0B`` + message + ``0x1C 0x0D``. Bytes before a start byte are
 discarded; frames split across reads and several frames in one read are both
 handled; replies go back in order on the same connection, which stays open. A
 start byte inside an open frame abandons it: the partial message is neither
-taken nor answered, and a warning names the peer.
+taken nor answered, and a warning names the peer. An empty frame (nothing, or
+only whitespace, CR and LF) is a keep-alive: neither taken nor answered.
 Limits: frame size (an oversized frame gets AR once the frames before it are
 answered, and the connection is closed),
 time to finish a started frame (from its start byte; the clock stops while
@@ -111,7 +112,7 @@ class _Connection(asyncio.Protocol):
         except FrameTooLarge as exc:
             self._note_abandoned(abandoned)
             self._end_frame_clock()
-            self.frames.extend(exc.frames)
+            self.frames.extend(self._messages(exc.frames))
             self._refuse_oversized(exc.head)
             return
         self._note_abandoned(abandoned)
@@ -122,8 +123,8 @@ class _Connection(asyncio.Protocol):
         elif frames or not was_open:
             self._start_frame_clock()  # the open frame began in this read
         # else the open frame goes on (or was abandoned for another): its clock keeps running
-        if frames:
-            self.frames.extend(frames)
+        if messages := self._messages(frames):
+            self.frames.extend(messages)
             self.wakeup.set()
             self._flow()
 
@@ -193,6 +194,14 @@ class _Connection(asyncio.Protocol):
                 continue
             transport.write(frame(reply.body))
             intake.replied(result)
+
+    def _messages(self, frames: list[bytes]) -> list[bytes]:
+        """``frames`` without the empty ones (nothing but whitespace, CR and LF): senders send those as
+        keep-alives, and expect no reply. They still count as activity for the idle time-out."""
+        messages = [f for f in frames if f.strip()]
+        if len(messages) != len(frames):
+            log.debug("mllp empty frame ignored", extra={"peer": self.peer})
+        return messages
 
     def _flow(self) -> None:
         """Pause reading while :data:`MAX_PENDING_FRAMES` wait, while the peer does not read its replies

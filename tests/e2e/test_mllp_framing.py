@@ -221,6 +221,27 @@ def test_restarting_a_frame_does_not_restart_its_clock(gw: Gateway) -> None:
         assert time.monotonic() - t0 < 2.0 + 3.0
 
 
+def test_empty_frames_are_keep_alives_not_messages(gw: Gateway, api: httpx.Client) -> None:
+    """Empty frames, and frames of only whitespace, get no reply and are not stored, but keep the connection
+    open past idle_timeout_s (2 s); the real message sent after them on the same connection gets the one
+    reply."""
+    real = message("adt_a04__register.hl7", "E2E-AFTER-KEEPALIVE")
+    with socket.create_connection(("127.0.0.1", gw.mllp_port), timeout=10) as s:
+        host, port = s.getsockname()[:2]
+        for _ in range(8):
+            s.sendall(SB + EB)
+            time.sleep(0.5)
+        s.sendall(SB + b"\r" + EB + SB + b"\r\n \t\n" + EB)
+        s.sendall(SB + EB + SB + real + EB + SB + EB)
+        replies = read_frames(s)  # the idle time-out closes the connection after the last reply
+    assert len(replies) == 1, replies
+    assert msa(replies[0]) == ("AA", "E2E-AFTER-KEEPALIVE")
+    (item,) = stored(api, "E2E-AFTER-KEEPALIVE")
+    assert item["status"] == "accepted" and item["peer"] == f"{host}:{port}"
+    rejected = api.get("/api/messages", params={"status": "rejected", "limit": 1000}).json()["items"]
+    assert [r for r in rejected if r["peer"] == f"{host}:{port}"] == []
+
+
 def tcp_state(s: socket.socket) -> int:
     """The socket's TCP state from ``TCP_INFO`` (Linux): 1 is ESTABLISHED."""
     return s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]

@@ -326,7 +326,10 @@ def _convert(args: argparse.Namespace) -> int:
     tables = Tables.load(args.tables) if args.tables else None
     status = EXIT_OK
     for path in args.files:
-        raw = path.read_bytes()
+        raw = _read_file(path)
+        if raw is None:
+            status = EXIT_FAILED
+            continue
         batch = split_batch(raw)
         for unit in batch.units if batch is not None and batch.units else [raw]:
             try:
@@ -830,14 +833,19 @@ def _send(args: argparse.Namespace) -> int:
     return EXIT_FAILED if asyncio.run(post_all()) else EXIT_OK
 
 
-def _read_message(path: Path) -> bytes | None:
-    """A file's message with CR segment ends, or ``None`` once a line on stderr said why it cannot be read."""
+def _read_file(path: Path) -> bytes | None:
+    """A file's bytes, or ``None`` once a line on stderr said why it cannot be read."""
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as exc:
         print(f"gateway: {path}: cannot read ({exc.strerror or type(exc).__name__})", file=sys.stderr)
         return None
-    return data.replace(b"\r\n", b"\r").replace(b"\n", b"\r")
+
+
+def _read_message(path: Path) -> bytes | None:
+    """A file's message with CR segment ends, or ``None`` (see :func:`_read_file`)."""
+    data = _read_file(path)
+    return None if data is None else data.replace(b"\r\n", b"\r").replace(b"\n", b"\r")
 
 
 async def _post_files(

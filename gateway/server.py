@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sqlite3
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,8 @@ def open_store(data_dir: Path) -> SQLiteStore:
         store.open()
     except OSError as exc:
         raise ConfigError(f"data directory {data_dir}: {exc.strerror or type(exc).__name__}") from None
+    except sqlite3.DatabaseError as exc:  # not a database, or a damaged one
+        raise ConfigError(f"data directory {data_dir}: {DB_FILE} cannot be opened ({exc})") from None
     return store
 
 

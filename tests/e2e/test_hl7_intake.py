@@ -628,6 +628,21 @@ def test_serve_refuses_a_data_directory_it_cannot_use(tmp_path: Path) -> None:
         assert r.stderr == f"gateway: data directory {data_dir}: {reason}\n"
     replay = gw.cli("replay", "--sink", "x", "--data-dir", str(a_file))  # the other writers open it alike
     assert replay.returncode == 2 and replay.stderr == f"gateway: data directory {a_file}: Not a directory\n"
+    not_a_database = tmp_path / "garbled"
+    not_a_database.mkdir(mode=0o700)
+    (not_a_database / "gateway.db").write_bytes(b"this is not an SQLite file" * 200)
+    r = gw.cli("serve", "--config", str(gw.config_path), "--data-dir", str(not_a_database), "--mllp", "off")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.splitlines()) == 1
+    assert r.stderr.startswith(f"gateway: data directory {not_a_database}: gateway.db cannot be opened")
+
+
+def test_convert_reports_an_unreadable_file_and_carries_on(tmp_path: Path) -> None:
+    gw = Gateway(tmp_path)
+    good = FIXTURES / "hl7" / "adt_a01__basic.hl7"
+    r = gw.cli("convert", str(tmp_path / "missing.hl7"), str(good))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr == f"gateway: {tmp_path / 'missing.hl7'}: cannot read (No such file or directory)\n"
+    assert json.loads(r.stdout)["resourceType"] == "Bundle"
 
 
 def test_cli_reads_the_store_while_the_server_is_stopped(tmp_path: Path) -> None:

@@ -158,7 +158,9 @@ class _Connection(asyncio.Protocol):
             if transport is None or transport.is_closing():
                 return None
             if self.write_paused:
-                pass  # the peer is not reading its replies: take nothing more until it does
+                if self.stopped:  # the listener stops, and the peer reads nothing: nothing more to do
+                    return None
+                # the peer is not reading its replies: take nothing more until it does
             elif self.frames:
                 message = self.frames.popleft()
                 self._flow()
@@ -166,7 +168,7 @@ class _Connection(asyncio.Protocol):
             elif self.refusal is not None:
                 self._send_refusal(self.refusal)
                 return None
-            elif self.closing:
+            elif self.closing or self.stopped:  # (stopped: the frames received before were all taken)
                 return None
             self.wakeup.clear()
             await self.wakeup.wait()
@@ -319,8 +321,10 @@ class _Connection(asyncio.Protocol):
             transport.close()
 
     def stop_reading(self) -> None:
+        """The listener stops: read nothing more, finish the frames already received, then end."""
         self.stopped = True
         self._flow()
+        self.wakeup.set()
 
     def close(self) -> None:
         self.closing = True

@@ -318,3 +318,24 @@ def test_a_peer_that_never_reads_is_cut_off_and_its_slot_freed(tmp_path: Path) -
             pass
     finally:
         g.stop()
+
+
+def test_stopping_answers_what_arrived_and_does_not_wait_for_idle_connections(tmp_path: Path) -> None:
+    """SIGTERM: frames already received are answered, idle connections are closed at once, and the
+    gateway exits well within the listener's 10 s grace (which is for work in flight, not for idlers)."""
+    gw = Gateway(tmp_path).start()
+    idle = socket.create_connection(("127.0.0.1", gw.mllp_port), timeout=30)
+    busy = socket.create_connection(("127.0.0.1", gw.mllp_port), timeout=30)
+    try:
+        busy.sendall(SB + message("adt_a01__basic.hl7", "STOP-1") + EB)
+        assert wait_until(lambda: select.select([busy], [], [], 0)[0] != [], 30)
+        busy.sendall(SB + message("adt_a01__basic.hl7", "STOP-2") + EB)
+        started = time.monotonic()
+        assert gw.stop() == 0
+        took = time.monotonic() - started
+        assert [msa(f) for f in read_frames(busy)] == [("AA", "STOP-1"), ("AA", "STOP-2")]
+        assert idle.recv(100) == b""  # closed, not left open
+        assert took < 8, took
+    finally:
+        idle.close()
+        busy.close()

@@ -4,14 +4,18 @@
 connection against ``max_connections`` and ``max_connections_per_client``;
 the MLLP and ISO 8583 listeners add their framing and their work on top.
 :func:`readable_headers` is how a listener addresses a refusal when it could
-not take a message through intake.
+not take a message through intake, and :func:`cut` how it ends a connection on
+a time-out.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 import ssl
+import struct
 from collections import Counter
 from typing import Generic, Protocol, TypeVar
 
@@ -19,7 +23,15 @@ from gateway.adapter import Adapter, ParseError
 from gateway.config import TLSConfig
 from gateway.envelope import Receipt
 
-__all__ = ["Connection", "ConnectionLimits", "TCPListener", "peer_of", "readable_headers", "server_tls"]
+__all__ = [
+    "Connection",
+    "ConnectionLimits",
+    "TCPListener",
+    "cut",
+    "peer_of",
+    "readable_headers",
+    "server_tls",
+]
 
 
 class ConnectionLimits(Protocol):
@@ -135,3 +147,18 @@ def server_tls(tls: TLSConfig | None) -> ssl.SSLContext | None:
     if tls is None:
         return None
     return ssl_server_context(str(tls.cert), str(tls.key), str(tls.client_ca) if tls.client_ca else None)
+
+
+def cut(transport: asyncio.Transport | None) -> None:
+    """End a connection on a time-out without waiting for its peer: replies it has not read are dropped
+    (a reset), so that the connection and its per-client slot end now, not whenever the peer reads."""
+    if transport is None or transport.is_closing():
+        return
+    if transport.get_write_buffer_size():  # (uvloop's transports do not subclass asyncio's: no isinstance)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # a reset, not a close queued behind replies the peer will never read
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
+    else:
+        transport.close()

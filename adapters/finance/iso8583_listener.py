@@ -40,7 +40,7 @@ from adapters.finance.iso8583 import ISO8583Adapter
 from gateway.adapter import Adapter, Issue, Outcome, Reply
 from gateway.config import ISO8583Config
 from gateway.envelope import Receipt
-from gateway.listeners import TCPListener, peer_of, readable_headers
+from gateway.listeners import TCPListener, cut, peer_of, readable_headers
 from gateway.pipeline import Intake
 
 __all__ = ["MAX_IN_FLIGHT", "ISO8583Server", "frame"]
@@ -277,7 +277,7 @@ class _Connection(asyncio.Protocol):
             "iso8583 message not finished in time; closed",
             extra={"peer": self.peer, "read_timeout_s": self.server.config.read_timeout_s},
         )
-        self.close()
+        self._cut()
 
     def _idle(self) -> None:
         if self.closing:
@@ -285,11 +285,15 @@ class _Connection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         timeout = self.server.config.idle_timeout_s
         left = self.last_activity + timeout - loop.time()
+        if self.write_paused and left <= 0:
+            log.info("iso8583 client not reading its responses; closed", extra={"peer": self.peer})
+            self._cut()
+            return
         if left > 0 or self.tasks or self.queued:
             self.idle_timer = loop.call_later(left if left > 0 else timeout, self._idle)
             return
         log.info("iso8583 connection idle; closed", extra={"peer": self.peer})
-        self.close()
+        self._cut()
 
     def stop_reading(self) -> None:
         self.stopped = True
@@ -302,3 +306,9 @@ class _Connection(asyncio.Protocol):
         self.queued.clear()
         if self.transport is not None:
             self.transport.close()
+
+    def _cut(self) -> None:
+        """Close on a time-out without waiting for the client (see :func:`gateway.listeners.cut`)."""
+        self.closing = True
+        self.queued.clear()
+        cut(self.transport)

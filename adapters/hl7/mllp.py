@@ -22,9 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import ssl
-import struct
 from collections import deque
 from collections.abc import Sequence
 from typing import cast
@@ -33,7 +31,7 @@ from adapters.hl7.framing import END, START, FrameReader, FrameTooLarge, frame
 from gateway.adapter import Adapter, Issue, Outcome
 from gateway.config import MLLPConfig
 from gateway.envelope import Receipt
-from gateway.listeners import TCPListener, peer_of, readable_headers
+from gateway.listeners import TCPListener, cut, peer_of, readable_headers
 from gateway.pipeline import Intake
 
 log = logging.getLogger("gateway.mllp")
@@ -304,21 +302,10 @@ class _Connection(asyncio.Protocol):
         self._cut()
 
     def _cut(self) -> None:
-        """Close on a time-out without waiting for the peer: replies it has not read are dropped (a reset),
-        so that the connection and its per-client slot end now, not when the peer reads."""
+        """Close on a time-out without waiting for the peer (see :func:`gateway.listeners.cut`)."""
         self.closing = True
         self.wakeup.set()
-        transport = self.transport
-        if transport is None:
-            return
-        if transport.get_write_buffer_size():
-            sock = transport.get_extra_info("socket")
-            if sock is not None:  # a reset, not a close queued behind replies the peer will never read
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            transport.abort()
-        else:
-            transport.close()
+        cut(self.transport)
 
     def stop_reading(self) -> None:
         """The listener stops: read nothing more, finish the frames already received, then end."""

@@ -8,7 +8,9 @@ every API response are searched for them.
 from __future__ import annotations
 
 import json
+import select
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ import pytest
 from iso8583.specs import default_ascii as spec
 
 from tests.conftest import FIXTURES
-from tests.support import ADMIN_KEY, TEST_KEY, Gateway, free_port, wait_port
+from tests.support import ADMIN_KEY, TEST_KEY, Gateway, free_port, wait_port, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -272,3 +274,64 @@ def test_pci_no_card_data_is_kept_anywhere(tmp_path: Path) -> None:
         if secret.encode() in data or secret.encode("utf-16-le") in data
     }
     assert not found, found
+
+
+def test_a_client_that_never_reads_is_cut_off_and_its_slot_freed(tmp_path: Path) -> None:
+    """A client that writes echo requests and never reads the answers: once they pile up the gateway reads
+    no more from it, resets it idle_timeout_s after that, and the address may connect again (one
+    connection per client)."""
+    port = free_port()
+    gw = Gateway(
+        tmp_path,
+        {
+            "iso8583": {
+                "address": f"127.0.0.1:{port}",
+                "idle_timeout_s": 2.0,
+                "read_timeout_s": 60.0,
+                "max_connections_per_client": 1,
+            }
+        },
+    ).start()
+    wait_port(port, proc=gw.proc)
+    echo = framed(fields_of("0800__echo.json"))
+
+    def connected(rcvbuf: int = 0) -> socket.socket:
+        """A connection the gateway admitted (the start-up probe may hold the only slot a moment)."""
+        for _ in range(50):
+            s = socket.socket()
+            if rcvbuf:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            s.settimeout(10)
+            s.connect(("127.0.0.1", port))
+            try:
+                s.sendall(echo)
+                assert read_response(s)["39"] == "00"
+                return s
+            except (ConnectionError, OSError):
+                s.close()
+                time.sleep(0.1)
+        raise AssertionError("never admitted")
+
+    def established(s: socket.socket) -> bool:
+        return bool(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0] == 1)
+
+    try:
+        s = connected(rcvbuf=4096)
+        with s:
+            # more answers than the kernel's buffers hold (4 MiB), sent as fast as the gateway takes them
+            s.setblocking(False)
+            pending = echo * 200_000
+            deadline = time.monotonic() + 120
+            while pending and time.monotonic() < deadline and established(s):
+                _, writable, _ = select.select([], [s], [], 0.2)
+                if writable:
+                    try:
+                        pending = pending[s.send(pending) :]
+                    except (BrokenPipeError, ConnectionResetError):
+                        break
+            assert wait_until(lambda: not established(s), 60), "a client that does not read is never cut off"
+        assert "iso8583 client not reading its responses; closed" in gw.logs()
+        with connected():
+            pass
+    finally:
+        gw.stop()

@@ -80,7 +80,7 @@ class SquareOrdersSink:
                     raise DeliveryRetryable(f"http_{response.status}", f"Square answered {response.status}.")
                 if response.status >= 400:
                     raise DeliveryRejected(f"http_{response.status}", f"Square answered {response.status}.")
-                body = await response.content.read(MAX_ORDER_BYTES + 1)
+                body = await _body(response)
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise DeliveryRetryable(
                 "unreachable", f"Square could not be reached ({type(exc).__name__})."
@@ -103,3 +103,20 @@ class SquareOrdersSink:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+async def _body(response: aiohttp.ClientResponse) -> bytes:
+    """The whole answer, or its first MAX_ORDER_BYTES + 1 bytes when it is longer.
+
+    ``content.read(n)`` returns what has arrived so far (at most ``n`` bytes), not ``n`` bytes: an answer
+    that comes in more than one piece (a TLS record, a slow network, a busy host) must be read until the
+    end of the body.
+    """
+    chunks: list[bytes] = []
+    received = 0
+    while chunk := await response.content.read(MAX_ORDER_BYTES + 1 - received):
+        chunks.append(chunk)
+        received += len(chunk)
+        if received > MAX_ORDER_BYTES:
+            break
+    return b"".join(chunks)

@@ -468,7 +468,11 @@ def test_square_store_sales_reach_the_ledger_through_the_orders_api(
             {
                 "auth": {
                     "api_keys": [
-                        {"name": "store", "key": KEY, "scopes": ["inventory:read", "inventory:write"]}
+                        {
+                            "name": "store",
+                            "key": KEY,
+                            "scopes": ["inventory:read", "inventory:write", "messages:read", "lineage:read"],
+                        }
                     ]
                 },
                 "square": {"signature_key": SQUARE_KEY, "notification_url": SQUARE_URL},
@@ -500,32 +504,50 @@ def test_square_store_sales_reach_the_ledger_through_the_orders_api(
         try:
             count(gw, "SKU-A", "store:12", 10)
             signer = square_signature(SQUARE_KEY, SQUARE_URL)
+            told: list[str] = []
             for event_id in ("ev-o1", "ev-o2"):  # the same sale told twice (order.updated again)
                 body = square_order_event(event_id, "ord-9")
                 headers = {
                     "Content-Type": "application/json",
                     "x-square-hmacsha256-signature": signer.sign(body),
                 }
-                assert (
-                    httpx.post(f"{gw.http_url}/ingest/square", content=body, headers=headers).status_code
-                    == 200
-                )
-            assert wait_until(lambda: len([r for r in square_api.requests if r.method == "GET"]) >= 2)
-            assert wait_until(lambda: inventory(gw, "SKU-A")["on_hand"] == 8)
+                r = httpx.post(f"{gw.http_url}/ingest/square", content=body, headers=headers, timeout=30)
+                assert r.status_code == 200, r.text
+                found = httpx.get(
+                    f"{gw.http_url}/api/messages", params={"control_id": event_id}, headers=AUTH, timeout=30
+                ).json()["items"]
+                assert [m["status"] for m in found] == ["accepted"]
+                told.append(found[0]["id"])
+
+            def delivered(message_id: str) -> bool:
+                rows = httpx.get(f"{gw.http_url}/api/messages/{message_id}", headers=AUTH, timeout=30).json()
+                return [(d["sink"], d["status"]) for d in rows["deliveries"]] == [("square_api", "delivered")]
+
+            # both tellings were read from Square and applied (or found applied) before anything is
+            # judged: waiting for the level alone would pass while the second one is still on its way
+            assert wait_until(lambda: all(delivered(m) for m in told), 30)
+            assert len([r for r in square_api.requests if r.method == "GET"]) >= 2
             read = square_api.requests[0]
             assert (read.path, read.headers["authorization"]) == (
                 "/v2/orders/ord-9",
                 "Bearer sq-access-token-for-tests",
             )
             view = inventory(gw, "SKU-A")
+            assert view["on_hand"] == 8
             assert [x["location"] for x in view["locations"]] == [
                 "store:12"
             ]  # mapped: Square's L88 is store 12
-            assert wait_until(lambda: bool(pushes(pos, "SKU-A")) and pushes(pos, "SKU-A")[-1][1] == 8)
-            # the second telling moved nothing more
-            assert inventory(gw, "SKU-A")["on_hand"] == 8
-            sales = [m for m in inventory(gw, "SKU-A")["movements"] if m["kind"] == "sale"]
+            assert wait_until(lambda: bool(pushes(pos, "SKU-A")) and pushes(pos, "SKU-A")[-1][1] == 8, 30)
+            # the second telling moved nothing more: one sale, and each telling's lineage says what it did
+            sales = [m for m in view["movements"] if m["kind"] == "sale"]
             assert len(sales) == 1 and sales[0]["source"] == "sink:square_api"
+            moved = []
+            for message_id in told:
+                events = httpx.get(
+                    f"{gw.http_url}/api/lineage/messages/{message_id}", headers=AUTH, timeout=30
+                ).json()["events"]
+                moved += [e["outcome"] for e in events if e["event"] == "StockMoved"]
+            assert sorted(moved) == ["already_applied", "applied"]
         finally:
             gw.stop()
         assert "sq-access-token-for-tests" not in gw.logs()

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from tests.conftest import FIXTURES
-from tests.support import READ_KEY, TEST_KEY, Gateway
+from tests.support import READ_KEY, TEST_KEY, Gateway, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -179,9 +179,21 @@ def test_mllp_connection_limit_per_client(gw: Gateway) -> None:
     finally:
         for s in socks:
             s.close()
-    time.sleep(0.3)
-    ack = mllp_exchange(gw.mllp_port, with_control_id(fixture("adt_a01__basic.hl7"), "E2E-LIMIT-AFTER"))
-    assert field(ack, "MSA", 1) == "AA"
+
+    # the closed connections give their places back once the gateway has seen them close: how soon
+    # depends on the machine's load, so a connection refused meanwhile (closed, no ACK) is tried again
+    acks: list[bytes] = []
+    after = with_control_id(fixture("adt_a01__basic.hl7"), "E2E-LIMIT-AFTER")
+
+    def admitted() -> bool:
+        try:
+            acks.append(mllp_exchange(gw.mllp_port, after))
+        except ConnectionError:
+            return False
+        return True
+
+    assert wait_until(admitted, 30)
+    assert field(acks[-1], "MSA", 1) == "AA"
 
 
 def test_duplicate_is_acknowledged_not_stored_again(gw: Gateway, api: httpx.Client) -> None:
@@ -525,10 +537,8 @@ def test_canary_never_leaks_from_broken_frames(gw: Gateway) -> None:
     def logged(text: str) -> int:
         return gw.logs().count(text) - logs_before.count(text)
 
-    from tests.support import wait_until
-
-    assert wait_until(lambda: logged("mllp frame too large") >= 1, 5)
-    assert wait_until(lambda: logged("mllp frame not finished in time") >= 1, 5)
+    assert wait_until(lambda: logged("mllp frame too large") >= 1, 30)
+    assert wait_until(lambda: logged("mllp frame not finished in time") >= 1, 30)
     time.sleep(0.5)
     logs = gw.logs()
     for secret in ("CANARYPATIENT", "CANARIA", "CANARY-MRN-0001", "CANARY LANE"):
@@ -734,9 +744,7 @@ def test_signed_checkpoints_catch_a_cut_tail(tmp_path: Path) -> None:
             )
             == "AA"
         )
-    from tests.support import wait_until
-
-    assert wait_until(lambda: cp_file.exists(), 10), "the running gateway writes checkpoints on its own"
+    assert wait_until(lambda: cp_file.exists(), 30), "the running gateway writes checkpoints on its own"
     assert (
         field(mllp_exchange(gw.mllp_port, with_control_id(fixture("adt_a01__basic.hl7"), "CUT-4")), "MSA", 1)
         == "AA"
@@ -758,8 +766,6 @@ def test_signed_checkpoints_catch_a_cut_tail(tmp_path: Path) -> None:
 
 def test_every_read_is_recorded_with_who_and_outcome(gw: Gateway) -> None:
     """Reads through the API are lineage events: who read which message, with which scope, and refusals."""
-    from tests.support import wait_until
-
     raw = with_control_id(fixture("adt_a04__register.hl7"), "E2E-AUDIT-1")
     assert field(mllp_exchange(gw.mllp_port, raw), "MSA", 1) == "AA"
     reader = httpx.Client(base_url=gw.http_url, headers={"X-API-Key": READ_KEY}, timeout=30)
@@ -773,17 +779,15 @@ def test_every_read_is_recorded_with_who_and_outcome(gw: Gateway) -> None:
             body = c.get(f"/api/messages/{item['id']}/lineage").json()
             return [(e["event"], e["actor"], e["outcome"]) for e in body["events"]]
 
-        assert wait_until(lambda: ("AccessDenied", "user:reader", "forbidden") in events(), 5)
+        assert wait_until(lambda: ("AccessDenied", "user:reader", "forbidden") in events(), 30)
         # a read is recorded after it is answered: the next read shows it
-        assert wait_until(lambda: ("LineageQueried", "user:tester", "ok") in events(), 5)
+        assert wait_until(lambda: ("LineageQueried", "user:tester", "ok") in events(), 30)
         assert ("MessageRead", "user:reader", "ok") in events()
         assert c.get("/api/lineage/verify").json()["ok"] is True
 
 
 def test_search_lineage_by_business_key(gw: Gateway) -> None:
     """Who received, routed and read messages about one patient, found by the patient id it never stores."""
-    from tests.support import wait_until
-
     raw = with_control_id(fixture("adt_a01__canary.hl7"), "E2E-KEY-1")
     assert field(mllp_exchange(gw.mllp_port, raw), "MSA", 1) == "AA"
     patient = field(raw, "PID", 3).split("~")[0].split("^")
@@ -821,8 +825,6 @@ def test_search_lineage_by_business_key(gw: Gateway) -> None:
 
 
 def test_access_review_lists_every_key_and_what_it_did(gw: Gateway) -> None:
-    from tests.support import wait_until
-
     with httpx.Client(base_url=gw.http_url, headers={"X-API-Key": READ_KEY}, timeout=30) as reader:
         assert reader.get("/api/messages", params={"limit": 1}).status_code == 200
     ingested = httpx.post(

@@ -384,23 +384,28 @@ def test_retryable_failures_back_off_and_then_succeed(store: SQLiteStore) -> Non
     assert final.delivered_at is not None
 
 
-def test_short_backoffs_are_kept_short(store: SQLiteStore) -> None:
-    """A retry is attempted when it is due, not at the worker's next idle poll (POLL_S = 1 s)."""
+def test_short_backoffs_are_kept_short(store: SQLiteStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A retry is attempted when it is due, not at the worker's next idle poll (POLL_S)."""
+    # an idle poll of 10 s instead of 1 s: a retry left to the poll takes 40 s, far from the bound
+    # below, so a busy machine (slow commits, late timers) cannot be mistaken for the bug
+    monkeypatch.setattr(delivery_module, "POLL_S", 10.0)
 
     async def go() -> None:
         sink = MemorySink("s")
         sink.fail_next(4)
         (rec,) = await commit(store, record("QUICK"))
         t0 = time.monotonic()
-        engine = await start(store, sink, retry=RetryPolicy(max_attempts=10, base_s=0.01, cap_s=0.02))
+        # waits longer than the few ms it takes to record an attempt, so that a retry is not simply
+        # found due when the worker wakes after recording the failure
+        engine = await start(store, sink, retry=RetryPolicy(max_attempts=10, base_s=0.25, cap_s=0.5))
         try:
-            await until(lambda: status(store, rec) == "delivered")
+            await until(lambda: status(store, rec) == "delivered", timeout=30)
             elapsed = time.monotonic() - t0
         finally:
             await engine.stop(1)
         assert sink.attempts == 5
-        # four waits of at most 20 ms each; far below four idle polls of POLL_S
-        assert elapsed < 2 * delivery_module.POLL_S
+        # four waits of at most 0.25 + 3 * 0.5 s in all; far below even one idle poll of POLL_S
+        assert elapsed < delivery_module.POLL_S / 2
 
     asyncio.run(go())
 

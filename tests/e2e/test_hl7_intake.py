@@ -802,7 +802,7 @@ def test_search_lineage_by_business_key(gw: Gateway) -> None:
             assert r.status_code == 200
             return [(e["envelope_id"], e["event"], e["actor"]) for e in r.json()["events"]]
 
-        assert wait_until(lambda: (item["id"], "MessageRead", "user:tester") in found(), 5)
+        assert wait_until(lambda: (item["id"], "MessageRead", "user:tester") in found(), 30)
         events = found()
         assert {e[1] for e in events} >= {"MessageReceived", "MessageAccepted", "ReplySent", "MessageRead"}
         assert c.post("/api/lineage/search", json={"key": "NO-SUCH-PATIENT"}).json()["events"] == []
@@ -840,7 +840,7 @@ def test_access_review_lists_every_key_and_what_it_did(gw: Gateway) -> None:
         assert r.returncode == 0, r.stderr
         return {e["name"]: e for e in json.loads(r.stdout)}
 
-    assert wait_until(lambda: review()["reader"]["events"].get("MessagesSearched", 0) >= 1, 5)
+    assert wait_until(lambda: review()["reader"]["events"].get("MessagesSearched", 0) >= 1, 30)
     report = review()
     assert set(report) >= {"tester", "reader", "operator"}
     assert report["reader"]["scopes"] == ["messages:read"] and report["reader"]["last_used"]

@@ -89,7 +89,7 @@ def test_a_start_byte_inside_an_open_frame_abandons_it(gw: Gateway, api: httpx.C
     assert stored(api, "E2E-ABANDONED") == []
     (item,) = stored(api, "E2E-AFTER-ABANDONED")
     assert item["status"] == "accepted" and item["message_type"] == "ADT^A04"
-    assert wait_until(lambda: "mllp frame abandoned" in gw.logs(), 5)
+    assert wait_until(lambda: "mllp frame abandoned" in gw.logs(), 30)
     (warning,) = [r for r in log_records(gw) if "abandoned" in str(r.get("msg"))]
     assert warning["level"] == "warning" and set(warning) == {"ts", "level", "logger", "msg", "peer"}
     assert "CANARYPATIENT" not in gw.logs() and "E2E-ABANDONED" not in gw.logs()

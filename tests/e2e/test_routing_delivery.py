@@ -156,7 +156,7 @@ def test_outage_backs_off_opens_the_circuit_and_delivers_everything_in_key_order
                 sent.append((cid, f"P{i % 3}"))
                 assert field(mllp_exchange(gw.mllp_port, adt(cid, f"P{i % 3}")), "MSA", 1) == "AA"
             with api(gw, ADMIN_KEY) as c:
-                assert wait_until(lambda: c.get("/healthz").json()["sinks"]["ehr"]["circuit"] != "closed", 10)
+                assert wait_until(lambda: c.get("/healthz").json()["sinks"]["ehr"]["circuit"] != "closed", 30)
                 metrics = c.get("/metrics").text
                 assert 'gateway_circuit_state{sink="ehr"}' in metrics
                 assert 'gateway_messages_received_total{listener="mllp",protocol="hl7v2"} 12.0' in metrics
@@ -168,7 +168,7 @@ def test_outage_backs_off_opens_the_circuit_and_delivers_everything_in_key_order
                 lambda: len({r.headers["idempotency-key"] for r in ehr.requests[12:]}) == 12, 30
             )
             with api(gw) as c:
-                assert wait_until(lambda: c.get("/healthz").json()["sinks"]["ehr"]["circuit"] == "closed", 10)
+                assert wait_until(lambda: c.get("/healthz").json()["sinks"]["ehr"]["circuit"] == "closed", 30)
                 states = [
                     d["state"]
                     for cid, _ in sent
@@ -269,7 +269,7 @@ def test_dead_letter_replay_and_reload(tmp_path: Path, receivers: tuple[Receiver
             with _socket.create_connection(("127.0.0.1", gw.mllp_port), timeout=10) as s:
                 assert gw.proc is not None
                 gw.proc.send_signal(signal.SIGHUP)
-                assert wait_until(lambda: "routing applied" in gw.logs().split("gateway ready", 1)[-1], 10)
+                assert wait_until(lambda: "routing applied" in gw.logs().split("gateway ready", 1)[-1], 30)
                 s.sendall(b"\x0b" + adt("DL-3", "P9") + b"\x1c\x0d")
                 buf = b""
                 while b"\x1c\x0d" not in buf:
@@ -301,7 +301,7 @@ def test_a_slow_sink_does_not_hold_up_intake_or_other_sinks(tmp_path: Path) -> N
             for i in range(10):
                 assert field(mllp_exchange(gw.mllp_port, adt(f"SLOW-{i}", "P1")), "MSA", 1) == "AA"
             acked_in = time.monotonic() - t0
-            assert wait_until(lambda: len(fast.requests) == 10, 10)
+            assert wait_until(lambda: len(fast.requests) == 10, 30)
             # the slow sink (2 in flight, 2 s each) has finished at most a few of its 10 by now
             assert len(slow.requests) <= 4
             assert acked_in < 5.0, "intake must not wait for any sink (10 messages x 2 s if it did)"
@@ -330,7 +330,7 @@ def test_alerts_fire_once_per_incident_and_resolve(tmp_path: Path) -> None:
                 mllp_exchange(gw.mllp_port, adt(f"ALERT-{i}", "P1"))
             assert wait_until(lambda: len(ehr.requests) == 3)
             mllp_exchange(gw.mllp_port, adt("ALERT-OK", "P1"))
-            assert wait_until(lambda: len(pager.requests) == 2, 10)
+            assert wait_until(lambda: len(pager.requests) == 2, 30)
             time.sleep(0.5)
             notes = [json.loads(r.body) for r in pager.requests]
             assert [(n["alert"], n["state"], n["sink"]) for n in notes] == [

@@ -189,7 +189,7 @@ def test_a_resolution_never_overtakes_its_firing_notification(receiver: Receiver
         alerter = await started_alerter(receiver)
         alerter.observe("dead", "s", {"code": "http_500", "delivery_id": "X:s"})
         alerter.observe("delivered", "s", {"duration_s": 0.01, "age_s": 0.5})
-        await until(lambda: len(receiver.requests) >= 3, timeout=8)
+        await until(lambda: len(receiver.requests) >= 3, timeout=30)
         await shut(alerter)
         assert brief(receiver) == [
             ("dead_letters", "firing", "s"),  # answered 503

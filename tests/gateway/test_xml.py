@@ -88,7 +88,7 @@ def test_external_network_entity_and_dtd_make_no_connection(listener: tuple[int,
     parse_xml(xinclude)  # parsed as an ordinary element: XInclude is never processed
     with socket.create_connection(("127.0.0.1", port)) as probe:  # the listener does record connections
         probe.sendall(b"probe")
-    assert wait_until(lambda: seen == [b"probe"], timeout=2.0)  # and nothing else ever connected
+    assert wait_until(lambda: seen == [b"probe"], timeout=30)  # and nothing else ever connected
 
 
 def test_billion_laughs_is_refused_before_expansion() -> None:

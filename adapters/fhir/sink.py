@@ -92,7 +92,7 @@ from adapters.fhir.resources import (
 )
 from gateway.config import FHIRSinkConfig
 from gateway.sink import Delivery, DeliveryError, DeliveryRejected, DeliveryRetryable
-from gateway.sinks._net import CHECK_TIMEOUT_S
+from gateway.sinks._net import CHECK_TIMEOUT_S, read_capped
 
 # the http sink's own helpers: one way to name a status, a network failure and a Retry-After
 from gateway.sinks.http import (
@@ -399,16 +399,12 @@ def _issue_codes(body: bytes | None) -> list[str]:
 
 async def _read_capped(response: aiohttp.ClientResponse) -> bytes | None:
     """The body, up to MAX_RESPONSE_BYTES; None (and the connection dropped) when longer or broken."""
-    chunks: list[bytes] = []
-    received = 0
     try:
-        while chunk := await response.content.read(MAX_RESPONSE_BYTES + 1 - received):
-            chunks.append(chunk)
-            received += len(chunk)
-            if received > MAX_RESPONSE_BYTES:
-                response.close()
-                return None
+        body = await read_capped(response, MAX_RESPONSE_BYTES)
     except (aiohttp.ClientError, TimeoutError):
         response.close()  # the status is what counts; a body cut short only costs the connection
         return None
-    return b"".join(chunks)
+    if len(body) > MAX_RESPONSE_BYTES:
+        response.close()
+        return None
+    return body

@@ -26,6 +26,7 @@ from adapters.retail.square import order_movements
 from gateway.config import SquareOrdersSinkConfig
 from gateway.errors import ConfigError
 from gateway.sink import Delivery, DeliveryRejected, DeliveryRetryable
+from gateway.sinks._net import read_capped
 from gateway.stock import ApplyStock
 
 MAX_ORDER_BYTES = 4 * 1024 * 1024
@@ -80,7 +81,7 @@ class SquareOrdersSink:
                     raise DeliveryRetryable(f"http_{response.status}", f"Square answered {response.status}.")
                 if response.status >= 400:
                     raise DeliveryRejected(f"http_{response.status}", f"Square answered {response.status}.")
-                body = await _body(response)
+                body = await read_capped(response, MAX_ORDER_BYTES)
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise DeliveryRetryable(
                 "unreachable", f"Square could not be reached ({type(exc).__name__})."
@@ -103,20 +104,3 @@ class SquareOrdersSink:
         if self._session is not None:
             await self._session.close()
             self._session = None
-
-
-async def _body(response: aiohttp.ClientResponse) -> bytes:
-    """The whole answer, or its first MAX_ORDER_BYTES + 1 bytes when it is longer.
-
-    ``content.read(n)`` returns what has arrived so far (at most ``n`` bytes), not ``n`` bytes: an answer
-    that comes in more than one piece (a TLS record, a slow network, a busy host) must be read until the
-    end of the body.
-    """
-    chunks: list[bytes] = []
-    received = 0
-    while chunk := await response.content.read(MAX_ORDER_BYTES + 1 - received):
-        chunks.append(chunk)
-        received += len(chunk)
-        if received > MAX_ORDER_BYTES:
-            break
-    return b"".join(chunks)

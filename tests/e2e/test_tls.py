@@ -49,6 +49,23 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     return {"dir": d, "ca": ca, "client_ca": client_ca}
 
 
+def listener_tls(pki: dict[str, object], *, mutual: bool = False) -> dict[str, str]:
+    """A listener's ``tls`` setting with the module's server certificate (and client CA when ``mutual``)."""
+    d = pki["dir"]
+    assert isinstance(d, Path)
+    tls = {"cert": str(d / "server.pem"), "key": str(d / "server.pem")}
+    return {**tls, "client_ca": str(d / "clients.pem")} if mutual else tls
+
+
+def client_context(pki: dict[str, object], *, client_cert: bool = False) -> ssl.SSLContext:
+    """A client context trusting the module's CA, presenting a client certificate when ``client_cert``."""
+    ctx = ssl.create_default_context()
+    pki["ca"].configure_trust(ctx)  # type: ignore[attr-defined]
+    if client_cert:
+        pki["client_ca"].issue_cert("lab-system.example.org").configure_cert(ctx)  # type: ignore[attr-defined]
+    return ctx
+
+
 def stalled_handshake_lasts(port: int) -> float:
     """Seconds until the gateway drops a connection that sends half a ClientHello and then nothing."""
     with socket.create_connection(("127.0.0.1", port), timeout=90) as s:
@@ -60,13 +77,10 @@ def stalled_handshake_lasts(port: int) -> float:
 
 
 def test_tls(pki: dict[str, object], tmp_path: Path) -> None:
-    d = pki["dir"]
-    assert isinstance(d, Path)
-    gw = Gateway(tmp_path, {"mllp": {"tls": {"cert": str(d / "server.pem"), "key": str(d / "server.pem")}}})
+    gw = Gateway(tmp_path, {"mllp": {"tls": listener_tls(pki)}})
     gw.start()
     try:
-        ctx = ssl.create_default_context()
-        pki["ca"].configure_trust(ctx)  # type: ignore[attr-defined]
+        ctx = client_context(pki)
         assert b"MSA|AA|" in exchange(gw.mllp_port, ctx)
         # a plain-text client gets nothing and does not disturb the listener
         with socket.create_connection(("127.0.0.1", gw.mllp_port), timeout=5) as s:
@@ -85,39 +99,27 @@ def test_tls(pki: dict[str, object], tmp_path: Path) -> None:
 
 
 def test_mutual_tls_requires_a_client_certificate(pki: dict[str, object], tmp_path: Path) -> None:
-    d = pki["dir"]
-    assert isinstance(d, Path)
-    tls = {"cert": str(d / "server.pem"), "key": str(d / "server.pem"), "client_ca": str(d / "clients.pem")}
-    gw = Gateway(tmp_path, {"mllp": {"tls": tls}})
+    gw = Gateway(tmp_path, {"mllp": {"tls": listener_tls(pki, mutual=True)}})
     gw.start()
     try:
-        ctx = ssl.create_default_context()
-        pki["ca"].configure_trust(ctx)  # type: ignore[attr-defined]
         with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
-            exchange(gw.mllp_port, ctx)
-        pki["client_ca"].issue_cert("lab-system.example.org").configure_cert(ctx)  # type: ignore[attr-defined]
-        assert b"MSA|AA|" in exchange(gw.mllp_port, ctx)
+            exchange(gw.mllp_port, client_context(pki))
+        assert b"MSA|AA|" in exchange(gw.mllp_port, client_context(pki, client_cert=True))
     finally:
         gw.stop()
 
 
 def https_client(pki: dict[str, object], port: int, *, client_cert: bool = False) -> httpx.Client:
-    ctx = ssl.create_default_context()
-    pki["ca"].configure_trust(ctx)  # type: ignore[attr-defined]
-    if client_cert:
-        pki["client_ca"].issue_cert("lab-system.example.org").configure_cert(ctx)  # type: ignore[attr-defined]
     return httpx.Client(
         base_url=f"https://localhost:{port}",
-        verify=ctx,
+        verify=client_context(pki, client_cert=client_cert),
         headers={"Authorization": f"Bearer {TEST_KEY}", "Content-Type": "x-application/hl7-v2+er7"},
         timeout=30,
     )
 
 
 def test_https(pki: dict[str, object], tmp_path: Path) -> None:
-    d = pki["dir"]
-    assert isinstance(d, Path)
-    gw = Gateway(tmp_path, {"http": {"tls": {"cert": str(d / "server.pem"), "key": str(d / "server.pem")}}})
+    gw = Gateway(tmp_path, {"http": {"tls": listener_tls(pki)}})
     gw.start()
     try:
         with https_client(pki, gw.http_port) as client:
@@ -135,10 +137,7 @@ def test_https(pki: dict[str, object], tmp_path: Path) -> None:
 
 
 def test_https_with_client_ca_requires_a_client_certificate(pki: dict[str, object], tmp_path: Path) -> None:
-    d = pki["dir"]
-    assert isinstance(d, Path)
-    tls = {"cert": str(d / "server.pem"), "key": str(d / "server.pem"), "client_ca": str(d / "clients.pem")}
-    gw = Gateway(tmp_path, {"http": {"tls": tls}})
+    gw = Gateway(tmp_path, {"http": {"tls": listener_tls(pki, mutual=True)}})
     gw.start()
     try:
         with https_client(pki, gw.http_port) as client, pytest.raises(httpx.HTTPError):

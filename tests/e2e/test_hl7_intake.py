@@ -255,6 +255,8 @@ def test_http_batch_each_message_its_own_envelope(gw: Gateway, api: httpx.Client
     assert r.status_code == 200
     acks = [seg for seg in r.content.split(b"\r") if seg.startswith(b"MSA")]
     assert len(acks) == 3 and all(a.startswith(b"MSA|AA|") for a in acks)
+    reply = hl7.parse_file(r.content.decode())
+    assert (str(reply.header[12]), str(reply[0].header[12])) == ("NWG-FHS-0001", "NWG-BHS-0001")
     control_ids = [a.split(b"|")[2].decode() for a in acks]
     parents = set()
     for cid in control_ids:

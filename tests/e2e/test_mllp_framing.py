@@ -201,7 +201,8 @@ def test_a_pipelining_sender_that_reads_slowly_gets_every_ack(gw: Gateway) -> No
     payload = b"".join(SB + template.replace(b"E2E-PIPE-XXXXX", cid.encode()) + EB for cid in ids)
     with socket.create_connection(("127.0.0.1", gw.mllp_port), timeout=60) as s:
         t0 = time.monotonic()
-        replies, errors = pipeline(s, payload, len(ids), pause_s=0.01)
+        # at most 2 KiB read per 30 ms: the ~480 KB of replies take 7 s or more to read, whatever the machine
+        replies, errors = pipeline(s, payload, len(ids), pause_s=0.03)
         took = time.monotonic() - t0
     assert errors == []
     assert [msa(r) for r in replies] == [("AA", cid) for cid in ids]

@@ -1,7 +1,8 @@
 """The HTTP API (FastAPI): ingest, messages, lineage and health.
 
-Every endpoint but ``/healthz`` and the published JSON schemas (``/api/schemas/{name}``) requires an
-API key with the endpoint's scope.
+Every endpoint requires an API key with the endpoint's scope, but ``/healthz``, the published JSON
+schemas (``/api/schemas/{name}``), the OpenAPI document and its pages, the FHIR CapabilityStatement
+(``/fhir/metadata``), and the webhook channels, which take the platform's signature instead.
 Errors are JSON ``{"error": code, "detail": sentence}`` and never carry payload
 values. Ingest bodies are read with a size limit of our own (uvicorn has none).
 """
@@ -585,5 +586,5 @@ def create_app(
         body = {"ok": ok, "store": "writable" if ok else "unavailable", "sinks": sinks}
         return JSONResponse(body, status_code=200 if ok else 503)
 
-    describe(app, open_paths={"/healthz", "/api/schemas/{name}"})  # the only routes without a key
+    describe(app, open_paths={"/healthz", "/api/schemas/{name}"})  # (the other open routes mark themselves)
     return app

@@ -42,7 +42,7 @@ def new_id() -> str:
 def id_floor(when: str | datetime) -> str:
     """The smallest id minted at or after ``when`` (an aware datetime or ISO 8601 text), for time-range queries."""
     moment = datetime.fromisoformat(when) if isinstance(when, str) else when
-    return _ulid(int(moment.timestamp() * 1000) << 80)
+    return _ulid(max(0, int(moment.timestamp() * 1000)) << 80)  # ids begin in 1970: earlier is their start
 
 
 def utc_moment(text: str) -> str:
@@ -52,7 +52,10 @@ def utc_moment(text: str) -> str:
     Times are compared as text in the store, so every time a query is given goes through here:
     ``06:00+05:00`` and ``01:00Z`` are the same moment and must select the same rows."""
     parsed = datetime.fromisoformat(text.strip())
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
+    try:
+        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
+    except OverflowError:  # 0001-01-01T00:00+14:00 is before year 1 in UTC
+        raise ValueError(f"out of range: {text!r}") from None
 
 
 def utcnow() -> datetime:

@@ -210,7 +210,6 @@ def _stamp_of(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y%m%d%H%M%S") + "+0000"
 
 
-@functools.lru_cache(maxsize=2)
 class Inbound(NamedTuple):
     """What an ACK copies from the parsed inbound message as sent, escapes and components kept."""
 
@@ -222,6 +221,7 @@ class Inbound(NamedTuple):
     """The codec the message was read with: the ACK's bytes use it, so that what it copies matches."""
 
 
+@functools.lru_cache(maxsize=2)
 def _stamp(second: int) -> str:
     """MSH-7 for a Unix second: formatted once per second, however many ACKs it answers."""
     return _stamp_of(datetime.fromtimestamp(second, UTC))

@@ -403,11 +403,26 @@ def test_query_times_are_moments_whatever_their_zone(gw: Gateway, api: httpx.Cli
             assert r.returncode == 0, r.stderr
             assert [json.loads(line)["id"] for line in r.stdout.splitlines()] == found, (zone, since)
     # what is not a time, a status or an id is refused in the API's and the command line's own terms
-    for params in ({"since": "yesterday"}, {"status": "bogus"}, {"before": "zzz"}, {"before": "../../x"}):
+    # a moment before the first id (1970) selects from the first; one out of range in UTC is refused
+    everything = api.get("/api/messages", params={"since": "1969-12-31", "control_id": "E2E-TIMES-1"})
+    assert [i["id"] for i in everything.json()["items"]] == [item["id"]]
+    out_of_range = ({"since": "0001-01-01T00:00:00+14:00"}, {"until": "9999-12-31T23:59:59-05:00"})
+    for params in (
+        {"since": "yesterday"},
+        {"status": "bogus"},
+        {"before": "zzz"},
+        {"before": "../../x"},
+        *out_of_range,
+    ):
         r = api.get("/api/messages", params=params)
         assert r.status_code == 400 and r.json()["error"] == "bad_parameter", params
     assert api.post("/api/lineage/search", json={"since": "yesterday"}).status_code == 400
-    for args in (("--since", "yesterday"), ("--limit", "0"), ("--status", "bogus")):
+    for args in (
+        ("--since", "yesterday"),
+        ("--limit", "0"),
+        ("--status", "bogus"),
+        ("--since", "0001-01-01T00:00:00+14:00"),
+    ):
         r = gw.cli("messages", "list", *args, *gw.store_args())
         assert r.returncode == 2 and "Traceback" not in r.stderr and args[0] in r.stderr, args
 

@@ -77,15 +77,18 @@ class Reply:
 
 
 def joined(replies: Sequence[Reply]) -> Reply:
-    """One reply for several: the bodies joined (JSON bodies as one array), the least favourable status
-    and code, wanted when any of them is. ``replies`` must not be empty."""
+    """One reply for several: the bodies joined (JSON bodies as one array) with the least favourable
+    status and code of them all. A reply its message declined (``wanted`` false) is left out; when every
+    one was declined, all are joined and the whole is not wanted (HTTP, which must answer, still sends
+    it; a stream listener sends nothing). ``replies`` must not be empty."""
     if len(replies) == 1:
         return replies[0]
     worst = max(replies, key=lambda r: (not r.accepted, r.status))
+    chosen = [r for r in replies if r.wanted] or list(replies)
     if worst.content_type == "application/json":
-        body = b"[" + b",".join(r.body for r in replies) + b"]"
+        body = b"[" + b",".join(r.body for r in chosen) + b"]"
     else:
-        body = b"".join(r.body for r in replies)
+        body = b"".join(r.body for r in chosen)
     return Reply(body, worst.content_type, worst.status, worst.code, any(r.wanted for r in replies))
 
 

@@ -311,7 +311,7 @@ def create_app(
             )
             result = await intake.receive(channel.adapter, body, receipt)
             reply = result.combined()
-            intake.replied(result)
+            intake.replied(result, must_answer=True)
             return Response(reply.body, status_code=reply.status, media_type=reply.content_type)
 
         async def with_key(request: Request, who: Principal = scoped(f"ingest:{name}")) -> Response:

@@ -808,7 +808,7 @@ def _send(args: argparse.Namespace) -> int:
                 continue
             for reply in replies:
                 if reply is None:
-                    print(f"{path}\t(no ACK: MSH-15/MSH-16 ask for none when the message is accepted)")
+                    print(f"{path}\t(no ACK received: MSH-15/MSH-16 decline one on acceptance)")
                     continue
                 failed |= not _print_acks(path, reply, parse_ack)
         return EXIT_FAILED if failed else EXIT_OK

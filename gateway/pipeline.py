@@ -75,6 +75,15 @@ class IntakeResult:
         :func:`gateway.adapter.joined`)."""
         return self.batch_reply if self.batch_reply is not None else joined(self.replies)
 
+    def sent(self, must_answer: bool) -> list[bool]:
+        """Per message, whether :meth:`combined` carries its reply, once the combined reply is sent: not
+        when the message declined one, unless every message did and the transport must answer (HTTP)
+        and there is no batch reply (which leaves declined ones out, whatever the transport)."""
+        wanted = [r.wanted for r in self.replies]
+        if must_answer and self.batch_reply is None and not any(wanted):
+            return [True] * len(wanted)
+        return wanted
+
 
 def _batch_reply(adapter: Adapter, batch: Batch | None, replies: list[Reply]) -> Reply | None:
     """The adapter's one reply to ``batch`` (see ``respond_batch`` in :mod:`gateway.adapter`), if it
@@ -560,17 +569,21 @@ class Intake:
             },
         )
 
-    def replied(self, result: IntakeResult) -> None:
-        """Note that the replies of ``result`` were sent (``ReplySent`` events ride on the next commit)."""
-        if result.message_ids:
-            self.store.note_replies(
-                [
-                    ReplyRecord(mid, reply.code, result.listener, kind)
-                    for mid, reply, kind in zip(
-                        result.message_ids, result.replies, result.decisions, strict=True
-                    )
-                ]
+    def replied(self, result: IntakeResult, *, must_answer: bool = False) -> None:
+        """Note that the combined reply of ``result`` was sent: a ``ReplySent`` event (riding on the next
+        commit) for each message whose reply it carried (see :meth:`IntakeResult.sent`; ``must_answer``
+        for HTTP)."""
+        if not result.message_ids:
+            return
+        records = [
+            ReplyRecord(mid, reply.code, result.listener, kind)
+            for mid, reply, kind, sent in zip(
+                result.message_ids, result.replies, result.decisions, result.sent(must_answer), strict=True
             )
+            if sent
+        ]
+        if records:
+            self.store.note_replies(records)
 
     async def drain(self) -> None:
         """Commit the last lineage events (used at shutdown)."""

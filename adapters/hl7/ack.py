@@ -20,8 +20,10 @@ Acknowledgement modes (HL7 v2.5 §2.9):
   (``NE``/``NE``, ``ER`` on success, ``SU`` on error), :func:`reply_wanted` is
   false and the MLLP listener sends nothing, as the standard says: a sender that
   asked for nothing does not read a reply, and one sent anyway would be read as
-  the answer to its next message. HTTP, which must answer every request, still
-  carries the accept acknowledgement (``CA``/``CE``/``CR``). Application
+  the answer to its next message. Such a reply is also left out of the reply to
+  a payload of several messages (joined ACKs, an acknowledgement batch). HTTP,
+  which must answer every request, still carries it when there is nothing else
+  to answer with (a single message). Application
   acknowledgements produced later by downstream systems are not relayed back to
   the sender.
 

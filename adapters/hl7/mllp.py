@@ -334,9 +334,11 @@ async def send_frames(
 
     A message marked in ``unasked`` asks for no acknowledgement when it is accepted (MSH-15/MSH-16
     ``NE``, ``ER``): an error reply to it is awaited ``grace_s`` at most, and ``None`` stands for none.
+    The messages after it then go on a new connection, so that an error reply that comes later still
+    can never be read as theirs.
     """
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, ssl=ssl_context), timeout_s)
     replies: list[bytes | None] = []
+    reader, writer = await _connect(host, port, timeout_s, ssl_context)
     try:
         for n, message in enumerate(messages):
             writer.write(frame(message))
@@ -348,11 +350,24 @@ async def send_frames(
                 if not optional:
                     raise
                 replies.append(None)
+                if n + 1 < len(messages):
+                    await _close(writer)
+                    reader, writer = await _connect(host, port, timeout_s, ssl_context)
                 continue
             data = await asyncio.wait_for(reader.readuntil(END), timeout_s)
             replies.append(data[: -len(END)])
     finally:
-        writer.close()
-        with contextlib.suppress(Exception):
-            await writer.wait_closed()
+        await _close(writer)
     return replies
+
+
+async def _connect(
+    host: str, port: int, timeout_s: float, ssl_context: ssl.SSLContext | None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.wait_for(asyncio.open_connection(host, port, ssl=ssl_context), timeout_s)
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(Exception):
+        await writer.wait_closed()

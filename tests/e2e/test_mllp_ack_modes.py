@@ -101,7 +101,7 @@ def test_gateway_send_knows_which_messages_ask_for_no_reply(gw: Gateway, tmp_pat
     sent = gw.cli("send", "--mllp", f"127.0.0.1:{gw.mllp_port}", "--timeout", "20", *files, *gw.store_args())
     assert sent.returncode == 0, sent.stderr
     assert sent.stdout.splitlines() == [
-        f"{unasked}\t(no ACK: MSH-15/MSH-16 ask for none when the message is accepted)",
+        f"{unasked}\t(no ACK received: MSH-15/MSH-16 decline one on acceptance)",
         f"{normal}\tMSA|CA|SEND-AL",
         f"{empty}\t(a batch of no message, acknowledged)",
     ]
@@ -114,3 +114,39 @@ def test_gateway_send_knows_which_messages_ask_for_no_reply(gw: Gateway, tmp_pat
         f"{normal}\tMSA|CA|SEND-AL",
         f"{empty}\t(a batch of no message, acknowledged)",
     ]
+
+
+def test_a_declined_reply_is_left_out_of_a_payload_of_several_and_not_recorded_as_sent(
+    gw: Gateway, api: httpx.Client
+) -> None:
+    """Two bare messages in one MLLP frame, and a BHS batch over HTTP, each with one message that declines
+    its ACK: the reply carries only the other's, and only that one has a ReplySent in lineage."""
+    frame = message("MULTI-AL", "AL", "NE") + message("MULTI-NE", "NE", "NE")
+    with socket.create_connection(("127.0.0.1", gw.mllp_port), timeout=30) as s:
+        s.sendall(SB + frame + EB)
+        reply = read_frame(s)
+    assert [line.split("|")[1:3] for line in reply.decode().split("\r") if line.startswith("MSA|")] == [
+        ["CA", "MULTI-AL"]
+    ]
+    batch = b"BHS|^~\\&|LAB|HOSP|GW|GATEWAY||||||B-NE\r" + message("BATCH-NE", "NE", "NE")
+    batch += message("BATCH-AL", "AL", "NE") + b"BTS|2\r"
+    r = api.post("/ingest/hl7v2", content=batch, headers={"Content-Type": "x-application/hl7-v2+er7"})
+    assert r.status_code == 200
+    lines = r.content.decode().split("\r")
+    assert [line.split("|")[2] for line in lines if line.startswith("MSA|")] == ["BATCH-AL"]
+    assert "BTS|1" in lines
+
+    def replied(control_id: str) -> bool:
+        (item,) = api.get("/api/messages", params={"control_id": control_id}).json()["items"]
+        events = api.get(f"/api/messages/{item['id']}/lineage").json()["events"]
+        return any(e["event"] == "ReplySent" for e in events)
+
+    assert wait_until(lambda: replied("MULTI-AL") and replied("BATCH-AL"), 30)
+    assert not replied("MULTI-NE") and not replied("BATCH-NE")
+    # alone over HTTP the declined reply is what HTTP answers with: it is sent, and recorded
+    api.post(
+        "/ingest/hl7v2",
+        content=message("ALONE-NE", "NE", "NE"),
+        headers={"Content-Type": "x-application/hl7-v2+er7"},
+    )
+    assert wait_until(lambda: replied("ALONE-NE"), 30)

@@ -297,16 +297,17 @@ def build_ack(
     return ("\r".join(lines) + "\r").encode(codec, errors="replace")
 
 
-def build_batch_ack(batch: bytes, acks: Sequence[bytes | None], issues: Sequence[Issue] = ()) -> bytes:
+def build_batch_ack(batch: bytes, acks: Sequence[bytes | None]) -> bytes:
     """The acknowledgement batch answering the FHS/BHS batch ``batch`` (HL7 v2.5 §2.10.3).
 
     Each inbound FHS and BHS is answered by one with sender and receiver swapped (FHS/BHS-3,4 ↔ 5,6,
     copied as sent), this moment in FHS/BHS-7, a new control id in FHS/BHS-11 and the inbound one in
     FHS/BHS-12; each MSH by the next of ``acks`` (one per message, in order; ``None`` for a message
     that asked for no acknowledgement, which then gets none); each batch ends with a BTS whose BTS-1
-    counts its ACKs and whose BTS-2 carries the batch's ``issues`` (counts and trailers, never
-    values), and the file with an FTS counting its batches. A trailer the inbound batch lacks is
-    still written. The header fields are copied as bytes, so no character set is involved.
+    counts its ACKs and whose BTS-2 carries that batch's warnings (:func:`~adapters.hl7.er7.batch_issues`:
+    counts, trailers, never values), and the file with an FTS counting its batches, with the file's
+    own warnings in FTS-2. A trailer the inbound batch lacks is still written. The header fields are
+    copied as bytes, so no character set is involved.
     """
     lines = er7.batch_lines(batch) or []
     sep = batch[lines[0][1] + 3 : lines[0][1] + 4] if lines else b"|"
@@ -315,7 +316,7 @@ def build_batch_ack(batch: bytes, acks: Sequence[bytes | None], issues: Sequence
         d = er7.delimiters_from(sep.decode("latin-1"), encoding.decode("latin-1"))
     except (er7.ER7Error, UnicodeDecodeError):
         d = er7.DEFAULT
-    comment = " ".join(i.diagnostics for i in issues)
+    warnings = er7.batch_issues(batch, lines)
     stamp = _stamp(int(time.time())).encode()
     out: list[bytes] = []
     pending = iter(acks)
@@ -329,11 +330,9 @@ def build_batch_ack(batch: bytes, acks: Sequence[bytes | None], issues: Sequence
         fields = [f[0], f[1], f[4], f[5], f[2], f[3], stamp, b"", b"", b"", control, f[10]]
         return sep.join(fields).rstrip(sep) + b"\r"
 
-    def close_batch() -> None:
-        out.append(
-            sep.join([b"BTS", str(in_batch or 0).encode(), er7.escape(comment, d).encode()]).rstrip(sep)
-            + b"\r"
-        )
+    def trailer(name: bytes, count: int, ordinal: int) -> bytes:
+        comment = " ".join(issue.diagnostics for at, issue in warnings if at == ordinal)
+        return sep.join([name, str(count).encode(), er7.escape(comment, d).encode()]).rstrip(sep) + b"\r"
 
     for name, start, end in lines:
         if name == b"FHS":
@@ -341,7 +340,7 @@ def build_batch_ack(batch: bytes, acks: Sequence[bytes | None], issues: Sequence
             file_open = True
         elif name == b"BHS":
             if in_batch is not None:
-                close_batch()
+                out.append(trailer(b"BTS", in_batch, batches))
             out.append(header(start, end))
             in_batch, batches = 0, batches + 1
         elif name == b"MSH":
@@ -351,18 +350,18 @@ def build_batch_ack(batch: bytes, acks: Sequence[bytes | None], issues: Sequence
                 if in_batch is not None:
                     in_batch += 1
         elif name == b"BTS" and in_batch is not None:
-            close_batch()
+            out.append(trailer(b"BTS", in_batch, batches))
             in_batch = None
         elif name == b"FTS" and file_open:
             if in_batch is not None:
-                close_batch()
+                out.append(trailer(b"BTS", in_batch, batches))
                 in_batch = None
-            out.append(b"FTS" + sep + str(batches).encode() + b"\r")
+            out.append(trailer(b"FTS", batches, 0))
             file_open = False
     if in_batch is not None:
-        close_batch()
+        out.append(trailer(b"BTS", in_batch, batches))
     if file_open:
-        out.append(b"FTS" + sep + str(batches).encode() + b"\r")
+        out.append(trailer(b"FTS", batches, 0))
     return b"".join(out)
 
 

@@ -373,7 +373,7 @@ class HL7Adapter:
         messages by their ACKs one after the other."""
         if batch.kind == "multi":
             return joined(replies)
-        body = ack.build_batch_ack(batch.raw, [r.body if r.wanted else None for r in replies], batch.issues)
+        body = ack.build_batch_ack(batch.raw, [r.body if r.wanted else None for r in replies])
         if not replies:
             return Reply(body=body, content_type=CONTENT_TYPE, status=200, code="AA")
         worst = joined(replies)

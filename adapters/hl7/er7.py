@@ -614,12 +614,10 @@ def split_batch(raw: bytes) -> Batch | None:
     head = lines[0][0]
     if head == b"MSH":
         return Batch(kind="multi", raw=raw, units=units) if len(units) > 1 else None
-    stray = [name for name, start, end in lines if name != b"MSH" and _beyond_line(raw, start, end)]
-    if not units and stray:
+    if not units and any(_beyond_line(raw, start, end) for _, start, end in lines):
         return None
-    return Batch(
-        kind=_BATCH_KINDS[head], raw=raw, units=units, issues=tuple(_batch_issues(raw, lines, stray))
-    )
+    issues = tuple(issue for _, issue in batch_issues(raw, lines))
+    return Batch(kind=_BATCH_KINDS[head], raw=raw, units=units, issues=issues)
 
 
 def _beyond_line(raw: bytes, start: int, end: int) -> bool:
@@ -627,56 +625,55 @@ def _beyond_line(raw: bytes, start: int, end: int) -> bool:
     return any(line.strip() for line in LINE_BREAK.split(raw[start:end])[1:])
 
 
-def _batch_issues(raw: bytes, lines: list[tuple[bytes, int, int]], stray: list[bytes]) -> list[Issue]:
-    """The warnings of :func:`split_batch` about an FHS/BHS batch's structure (counts, never values)."""
-    issues = [
-        Issue(
-            "warning",
-            "unexpected_segment",
-            name.decode(),
-            f"Segments after {name.decode()} and before the next MSH belong to no message; "
-            "they are kept with the batch but not read.",
-        )
-        for name in dict.fromkeys(stray)
-    ]
+def batch_issues(raw: bytes, lines: list[tuple[bytes, int, int]] | None = None) -> list[tuple[int, Issue]]:
+    """The warnings about an FHS/BHS payload's structure (counts and trailers, never values), each with
+    the batch it is about: 1 for the first BHS, 2 for the next …, 0 for the file itself.
+
+    ``lines`` are :func:`batch_lines` of ``raw`` when the caller has them."""
+    lines = batch_lines(raw) if lines is None else lines
+    if not lines or lines[0][0] == b"MSH":
+        return []
+    issues: list[tuple[int, Issue]] = []
     sep = raw[lines[0][1] + 3 : lines[0][1] + 4]
     in_batch: int | None = None  # messages seen since the open BHS, if one is open
     batches = 0
     file_open = lines[0][0] == b"FHS"
+
+    def missing(ordinal: int, trailer: str, what: str) -> None:
+        diagnostics = f"The {what} has no {trailer}: it may be cut short."
+        issues.append((ordinal, Issue("warning", "batch_trailer_missing", trailer, diagnostics)))
+
+    def count(start: int, end: int, where: str, what: str, found: int, ordinal: int) -> None:
+        line = LINE_BREAK.split(raw[start:end], 1)[0].strip()
+        fields = line.split(sep) if sep else [line]
+        declared = fields[1].strip() if len(fields) > 1 else b""
+        if declared.isdigit() and int(declared) != found:
+            diagnostics = f"{where} declares {int(declared)} {what}; {found} arrived."
+            issues.append((ordinal, Issue("warning", "batch_count_mismatch", where, diagnostics)))
+
     for name, start, end in lines:
+        if name != b"MSH" and _beyond_line(raw, start, end):
+            segment = name.decode()
+            diagnostics = (
+                f"Segments after {segment} and before the next MSH belong to no message; "
+                "they are kept with the batch but not read."
+            )
+            ordinal = 0 if name == b"FHS" else batches + (name == b"BHS")
+            issues.append((ordinal, Issue("warning", "unexpected_segment", segment, diagnostics)))
         if name == b"BHS":
+            if in_batch is not None:
+                missing(batches, "BTS", "batch")
             in_batch, batches = 0, batches + 1
         elif name == b"MSH" and in_batch is not None:
             in_batch += 1
         elif name == b"BTS":
-            _check_count(raw, start, end, sep, "BTS-1", "messages", in_batch or 0, issues)
+            count(start, end, "BTS-1", "messages", in_batch or 0, batches)
             in_batch = None
         elif name == b"FTS":
-            _check_count(raw, start, end, sep, "FTS-1", "batches", batches, issues)
+            count(start, end, "FTS-1", "batches", batches, 0)
             file_open = False
     if in_batch is not None:
-        issues.append(
-            Issue("warning", "batch_trailer_missing", "BTS", "The batch has no BTS: it may be cut short.")
-        )
+        missing(batches, "BTS", "batch")
     if file_open:
-        issues.append(
-            Issue("warning", "batch_trailer_missing", "FTS", "The file has no FTS: it may be cut short.")
-        )
+        missing(0, "FTS", "file")
     return issues
-
-
-def _check_count(
-    raw: bytes, start: int, end: int, sep: bytes, where: str, what: str, found: int, issues: list[Issue]
-) -> None:
-    line = LINE_BREAK.split(raw[start:end], 1)[0].strip()
-    fields = line.split(sep) if sep else [line]
-    declared = fields[1].strip() if len(fields) > 1 else b""
-    if declared.isdigit() and int(declared) != found:
-        issues.append(
-            Issue(
-                "warning",
-                "batch_count_mismatch",
-                where,
-                f"{where} declares {int(declared)} {what}; {found} arrived.",
-            )
-        )

@@ -378,29 +378,34 @@ def test_the_ack_is_encoded_as_the_message_was_read(raw: bytes, codec: str) -> N
 
 def test_a_batch_is_answered_by_an_acknowledgement_batch() -> None:
     """HL7 v2.5 §2.10.3: FHS/BHS with sender and receiver swapped and the inbound control ids as
-    references, the ACKs batch by batch, BTS-1 counting each batch's ACKs, FTS-1 counting batches."""
+    references, the ACKs batch by batch, BTS-1 counting each batch's ACKs, FTS-1 counting batches; each
+    batch's warnings in its own BTS-2 only, the file's in FTS-2."""
     raw = (
         b"FHS|^~\\&|LAB|HOSP^1.2^ISO|GW|GATEWAY|20240101||F-NAME||FHS-11\r"
         b"BHS|^~\\&|LAB|HOSP|GW|GATEWAY|20240101||B-NAME||BHS-1\r"
         b"MSH|^~\\&|LAB|HOSP|GW|GATEWAY|20240101||ADT^A01^ADT_A01|M1|P|2.5.1\rPID|1\r"
         b"MSH|^~\\&|LAB|HOSP|GW|GATEWAY|20240101||ADT^A01^ADT_A01|M2|P|2.5.1\rPID|1\r"
-        b"BTS|2\r"
+        b"BTS|5\r"
         b"BHS|^~\\&|LAB|HOSP|GW|GATEWAY|20240101||B-NAME||BHS-2\r"
         b"MSH|^~\\&|LAB|HOSP|GW|GATEWAY|20240101||ADT^A01^ADT_A01|M3|P|2.5.1\rPID|1\r"
         b"BTS|1\r"
-        b"FTS|2\r"
+        b"FTS|3\r"
     )
     acks = [b"MSH|ack1\rMSA|AA|M1\r", None, b"MSH|ack3\rMSA|AE|M3\r"]  # M2 asked for none
-    issue = Issue("warning", "batch_count_mismatch", "BTS-1", "BTS-1 declares 5 messages; 1 arrived.")
-    lines = ack.build_batch_ack(raw, acks, [issue]).split(b"\r")
+    lines = ack.build_batch_ack(raw, acks).split(b"\r")
     fhs, bhs1 = lines[0].split(b"|"), lines[1].split(b"|")
     assert fhs[:6] == [b"FHS", b"^~\\&", b"GW", b"GATEWAY", b"LAB", b"HOSP^1.2^ISO"]
     assert fhs[11] == b"FHS-11" and fhs[10] and fhs[10] != b"FHS-11" and len(fhs[6]) >= 14
     assert bhs1[:6] == [b"BHS", b"^~\\&", b"GW", b"GATEWAY", b"LAB", b"HOSP"] and bhs1[11] == b"BHS-1"
-    assert lines[2:5] == [b"MSH|ack1", b"MSA|AA|M1", b"BTS|1|BTS-1 declares 5 messages; 1 arrived."]
+    assert lines[2:5] == [b"MSH|ack1", b"MSA|AA|M1", b"BTS|1|BTS-1 declares 5 messages; 2 arrived."]
     assert lines[5].split(b"|")[11] == b"BHS-2"
-    assert lines[6:] == [b"MSH|ack3", b"MSA|AE|M3", lines[8], b"FTS|2", b""]
-    assert lines[8].startswith(b"BTS|1|")
-    # a batch of no message, cut short of its trailers: still closed
+    assert lines[6:] == [
+        b"MSH|ack3",
+        b"MSA|AE|M3",
+        b"BTS|1",
+        b"FTS|2|FTS-1 declares 3 batches; 2 arrived.",
+        b"",
+    ]
+    # a batch of no message, cut short of its trailers: still closed, and said so
     empty = ack.build_batch_ack(b"BHS|^~\\&|LAB|HOSP|GW|GATEWAY|||||B0\r", [])
-    assert empty.split(b"\r")[1:] == [b"BTS|0", b""]
+    assert empty.split(b"\r")[1:] == [b"BTS|0|The batch has no BTS: it may be cut short.", b""]

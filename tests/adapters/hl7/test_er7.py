@@ -474,3 +474,15 @@ def test_batches_with_other_line_endings_keep_their_bytes() -> None:
     crlf = fixture("batch__multi_msh.hl7").replace(b"\r", b"\r\n")
     batch = er7.split_batch(crlf)
     assert batch is not None and b"".join(batch.units) == crlf
+
+
+def test_batch_warnings_name_the_batch_they_are_about() -> None:
+    """1 for the first BHS, 2 for the next, 0 for the file: a batch closed by the next BHS instead of a BTS
+    lacks its trailer, and a count is checked against its own batch."""
+    msh = b"MSH|^~\\&|A|F|||20240101||ADT^A01|C1|P|2.5\rPID|1\r"
+    raw = b"FHS|^~\\&\rBHS|^~\\&\r" + msh + b"BHS|^~\\&\r" + msh + msh + b"BTS|3\rFTS|2\r"
+    assert [(at, i.code, i.location) for at, i in er7.batch_issues(raw)] == [
+        (1, "batch_trailer_missing", "BTS"),
+        (2, "batch_count_mismatch", "BTS-1"),
+    ]
+    assert er7.batch_issues(msh + msh) == []  # bare MSH messages: no batch structure to check

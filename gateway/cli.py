@@ -103,6 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--since", type=_moment, help=SINCE_HELP)
     q.add_argument("--until", type=_moment, help=UNTIL_HELP)
     q.add_argument("--limit", type=_count, default=50, help="rows to show, newest first (default 50)")
+    q.add_argument("--before", metavar="ID", help="only messages older than this id: the next page")
     q.add_argument("--json", action="store_true")
     q = msub.add_parser("show")
     _store_options(q)
@@ -509,6 +510,7 @@ def _messages(args: argparse.Namespace) -> int:
                 since=args.since,
                 until=args.until,
                 limit=args.limit,
+                before_id=args.before,
             )
         )
         if args.json:

@@ -394,6 +394,15 @@ def test_query_times_are_moments_whatever_their_zone(gw: Gateway, api: httpx.Cli
         assert listed["items"] == [], since
         searched = api.post("/api/lineage/search", json={"control_id": "E2E-TIMES-1", "since": since})
         assert searched.json()["events"] == [], since
+    # the command line pages as the API does: --limit, then --before the last id shown
+    for n in (2, 3):
+        assert field(mllp_exchange(gw.mllp_port, with_control_id(raw, f"E2E-TIMES-{n}")), "MSA", 1) == "AA"
+    first = gw.cli("messages", "list", "--limit", "1", "--json", *gw.store_args())
+    (newest,) = [json.loads(line) for line in first.stdout.splitlines()]
+    older = gw.cli("messages", "list", "--limit", "2", "--before", newest["id"], "--json", *gw.store_args())
+    expected = api.get("/api/messages", params={"limit": 2, "before": newest["id"]}).json()["items"]
+    assert [json.loads(line)["id"] for line in older.stdout.splitlines()] == [i["id"] for i in expected]
+    assert len(expected) == 2 and all(i["id"] < newest["id"] for i in expected)
     for zone in ("UTC", "America/New_York", "Asia/Tokyo"):
         for since, found in ((forms(before)[2], [item["id"]]), (forms(after)[2], [])):
             r = gw.cli(

@@ -43,6 +43,7 @@ nothing of the inbound payload is echoed except its addressing header fields.
 
 from __future__ import annotations
 
+import codecs
 import functools
 import json
 import time
@@ -61,8 +62,10 @@ __all__ = [
     "ORIGINAL_CODES",
     "Inbound",
     "ack_code",
+    "ack_codec",
     "build_ack",
     "build_batch_ack",
+    "charset_name",
     "error_condition",
     "parse_ack",
     "reply_wanted",
@@ -229,6 +232,35 @@ def _stamp(second: int) -> str:
     return _stamp_of(datetime.fromtimestamp(second, UTC))
 
 
+_IANA = {
+    "ascii": "US-ASCII",
+    "utf-8": "UTF-8",
+    "iso2022_jp": "ISO-2022-JP",
+    "iso2022_jp_2": "ISO-2022-JP-2",
+    "gb18030": "GB18030",
+    "euc_jp": "EUC-JP",
+    "euc_kr": "EUC-KR",
+    "shift_jis": "Shift_JIS",
+    "big5": "Big5",
+    "cp1252": "windows-1252",
+}
+
+
+def ack_codec(headers: Mapping[str, str], inbound: Inbound | None) -> str:
+    """The codec of the ACK's bytes: the one the message was read with, else its MSH-18's (UTF-8)."""
+    if inbound is not None:
+        return inbound.codec
+    return er7.CHARSETS.get(headers.get("charset", "").strip().upper(), "utf-8")
+
+
+def charset_name(codec: str) -> str | None:
+    """The IANA name of a Python codec, for an HTTP ``charset`` parameter; ``None`` when it has none."""
+    name = codecs.lookup(codec).name
+    if name.startswith("iso8859-"):
+        return "ISO-8859-" + name.removeprefix("iso8859-")
+    return _IANA.get(name)
+
+
 def build_ack(
     code: str,
     headers: Mapping[str, str],
@@ -293,7 +325,7 @@ def build_ack(
         msa.append(esc(errors[0].diagnostics or error_condition(errors[0].code, version)[1]))
     lines = [_line(msh, d.field), _line(msa, d.field)]
     lines.extend(_line(err, d.field) for err in _err_segments(errors, d, version))
-    codec = inbound.codec if inbound is not None else er7.CHARSETS.get(charset.strip().upper(), "utf-8")
+    codec = ack_codec(headers, inbound)
     return ("\r".join(lines) + "\r").encode(codec, errors="replace")
 
 

@@ -52,6 +52,7 @@ for the acknowledgement modes.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 from collections.abc import Callable, Mapping
@@ -355,13 +356,15 @@ class HL7Adapter:
         h = outcome.headers
         asked = (h.get("accept_ack_type", ""), h.get("application_ack_type", ""))
         code = ack.ack_code(outcome.kind, *asked)
-        body = ack.build_ack(code, h, outcome.issues, inbound=_inbound(outcome.envelope))
+        inbound = _inbound(outcome.envelope)
+        body = ack.build_ack(code, h, outcome.issues, inbound=inbound)
         status = _STATUS[outcome.kind]
         if outcome.kind == "refused" and any(i.code == _STORE_UNAVAILABLE for i in outcome.issues):
             status = 503
+        charset = ack.charset_name(ack.ack_codec(h, inbound))
         return Reply(
             body=body,
-            content_type=CONTENT_TYPE,
+            content_type=f"{CONTENT_TYPE}; charset={charset}" if charset else CONTENT_TYPE,
             status=status,
             code=code,
             wanted=ack.reply_wanted(outcome.kind, *asked),
@@ -371,13 +374,15 @@ class HL7Adapter:
         """An FHS/BHS batch is answered by an acknowledgement batch (:func:`ack.build_batch_ack`) with the
         least favourable status of its messages' replies (200 for a batch of none); a file of bare MSH
         messages by their ACKs one after the other."""
+        types = {r.content_type for r in replies}
+        content_type = types.pop() if len(types) == 1 else CONTENT_TYPE  # a charset only if one for all
         if batch.kind == "multi":
-            return joined(replies)
+            return dataclasses.replace(joined(replies), content_type=content_type)
         body = ack.build_batch_ack(batch.raw, [r.body if r.wanted else None for r in replies])
         if not replies:
             return Reply(body=body, content_type=CONTENT_TYPE, status=200, code="AA")
         worst = joined(replies)
-        return Reply(body=body, content_type=CONTENT_TYPE, status=worst.status, code=worst.code)
+        return Reply(body=body, content_type=content_type, status=worst.status, code=worst.code)
 
     def serialize(self, envelope: Envelope) -> bytes:
         return envelope.raw

@@ -231,8 +231,17 @@ def test_http_ingest_auth_and_limits(gw: Gateway) -> None:
     assert r.status_code == 413
     r = httpx.post(url, content=raw, headers={**auth, "Content-Type": "text/plain"})
     assert r.status_code == 200
-    assert r.headers["content-type"].startswith("x-application/hl7-v2+er7")
+    assert r.headers["content-type"] == "x-application/hl7-v2+er7; charset=UTF-8"
     assert field(r.content, "MSA", 1) == "AA" and field(r.content, "MSA", 2) == "E2E-HTTP-1"
+    # the charset names how the ACK's bytes are encoded: as the message was read (MSH-18 8859/1 here)
+    latin1 = with_control_id(cr(fixture("adt_a01__latin1.hl7")), "E2E-HTTP-LATIN1").replace(
+        b"GATEWAY", b"G\xc4TEWAY"
+    )
+    r = httpx.post(url, content=latin1, headers={**auth, **ct})
+    assert (
+        r.status_code == 200 and r.headers["content-type"] == "x-application/hl7-v2+er7; charset=ISO-8859-1"
+    )
+    assert "GÄTEWAY" in r.text and r.encoding.lower() in ("iso-8859-1", "latin-1")
 
 
 def test_http_ingest_invalid_is_4xx_with_reason(gw: Gateway) -> None:

@@ -353,7 +353,7 @@ def outcome(kind: OutcomeKind, *issues: Issue, name: str = "adt_a01__basic.hl7",
 )
 def test_respond(kind: OutcomeKind, issues: tuple[Issue, ...], code: str, status: int) -> None:
     reply = HL7Adapter().respond(outcome(kind, *issues))
-    assert (reply.code, reply.status, reply.content_type) == (code, status, CONTENT_TYPE)
+    assert (reply.code, reply.status, reply.content_type) == (code, status, f"{CONTENT_TYPE}; charset=UTF-8")
     assert reply.accepted == (kind == "accepted")
     msg = er7.parse(reply.body)
     assert msg.get("MSA-1") == code and msg.get("MSA-2") == "NWG-ADT01-0001"

@@ -253,6 +253,7 @@ def ack_codec(headers: Mapping[str, str], inbound: Inbound | None) -> str:
     return er7.CHARSETS.get(headers.get("charset", "").strip().upper(), "utf-8")
 
 
+@functools.lru_cache(maxsize=32)
 def charset_name(codec: str) -> str | None:
     """The IANA name of a Python codec, for an HTTP ``charset`` parameter; ``None`` when it has none."""
     name = codecs.lookup(codec).name

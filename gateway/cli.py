@@ -796,9 +796,8 @@ def _send(args: argparse.Namespace) -> int:
             # an FHS/BHS batch goes in one frame, as HL7's batch protocol allows, so the gateway keeps
             # its messages under the batch; a file of bare MSH messages goes one message per frame
             messages = batch.units if batch is not None and batch.kind == "multi" else [raw]
-            one_each = (
-                batch is None or batch.kind == "multi"
-            )  # not an FHS/BHS batch, which is always answered
+            # each message on its own (an FHS/BHS batch is answered as a whole, always)
+            one_each = batch is None or batch.kind == "multi"
             unasked = [one_each and _declines_acceptance(m) for m in messages]
             try:
                 replies = asyncio.run(

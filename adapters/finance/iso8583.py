@@ -41,8 +41,8 @@ security data, or that the spec marks ``"redact": "drop"`` (``"mask"`` masks an
 element like a PAN). In the elements kept, a copy of the PAN is masked, an
 element that holds track-like data is removed, and in free-form (variable
 length) elements every card number is masked: 13 to 19 digits that pass the
-Luhn check, written unbroken or in the usual groups joined by single spaces or
-hyphens (``4111-1111-1111-1111``, ``3782 822463 10005``; see
+Luhn check, written unbroken or in the usual groups joined by one or two spaces,
+hyphens or dots (``4111-1111-1111-1111``, ``3782 822463 10005``; see
 :func:`_mask_card_numbers`). A grouped number keeps its separators in place,
 so a masked element is as long as the clear one.
 ``raw_sha256`` is the digest of that redacted form. The clear data elements
@@ -148,9 +148,10 @@ _SENSITIVE_DESC = re.compile(
     r"\btrack\b|\bpin\b|\bcvv|\bcvc|\bcav|\bicc\b|\bchip\b|card verification|expir|\bsecurity\b", re.I
 )
 _TRACK_LIKE = re.compile(r"\d{12,19}[=D]\d{4}|B\d{12,19}\^")
-_DIGIT_GROUPS = re.compile(r"\d+(?:[ -]\d+)*")
-"""Runs of digits joined by single spaces or hyphens: where free-form elements may hold card numbers."""
-_SEPARATOR = re.compile(r"[ -]")
+_DIGIT_GROUPS = re.compile(r"\d+(?:(?: {1,2}|[-.])\d+)*")
+"""Runs of digits joined by one or two spaces, hyphens or dots: where free-form elements may hold card
+numbers."""
+_SEPARATOR = re.compile(r" {1,2}|[-.]")
 _TRACK2_PAN = re.compile(r";?(\d{12,19})[=D]")
 _TRACK1_PAN = re.compile(r"%?B(\d{12,19})\^")
 
@@ -718,7 +719,7 @@ def _mask_card_numbers(text: str) -> str:
 
     A card number is 13 to 19 digits that pass the Luhn check, written either as one unbroken run
     of digits or as a group of four followed by two to four groups of three to six digits, each
-    joined to the next by a single space or hyphen (4-4-4-4, 4-6-5, 4-6-4, 4-4-5, 4-3-3-3,
+    joined to the next by one or two spaces, a hyphen or a dot (4-4-4-4, 4-6-5, 4-6-4, 4-4-5, 4-3-3-3,
     4-4-4-4-3 …). Where groups run on (two numbers one after the other, a reference before one),
     every group is tried as the start of the longest such number, and a digit stays clear only
     when no number found hides it: numbers that overlap never show more than BIN + last four of
@@ -744,7 +745,7 @@ def _mask_groups(m: re.Match[str]) -> str:
     out = []
     digit = 0
     for ch in run:
-        if ch in " -":
+        if not ch.isdigit():  # a separator: kept in place
             out.append(ch)
         else:
             out.append("*" if digit in hidden else ch)

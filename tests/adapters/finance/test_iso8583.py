@@ -313,11 +313,14 @@ def test_card_numbers_inside_free_form_elements_are_masked(adapter: ISO8583Adapt
         # 2024 4761 7390 0101 passes the Luhn check too: both numbers are masked
         ("REF 2024 4761 7390 0101 0010 END", "REF 2024 47** **** **** 0010 END"),
         ("4111 1111-1111 1111", "4111 11**-**** 1111"),
-        # not card numbers: no Luhn, no card grouping, a double space, a date
+        ("4111  1111  1111  1111", "4111  11**  ****  1111"),  # double spaces, as some terminals pad
+        ("PAN 4111.1111.1111.1111.", "PAN 4111.11**.****.1111."),  # dots
+        # not card numbers: no Luhn, no card grouping, three spaces, a date, an amount
         ("1234 5678 9012 3456", "1234 5678 9012 3456"),
         ("41 1111 1111 1111 11", "41 1111 1111 1111 11"),
-        ("4111  1111 1111 1111", "4111  1111 1111 1111"),
+        ("4111   1111 1111 1111", "4111   1111 1111 1111"),
         ("2024-01-15 10:30", "2024-01-15 10:30"),
+        ("2024.01.15 TOTAL 1234.56", "2024.01.15 TOTAL 1234.56"),
     ],
 )
 def test_card_numbers_written_in_groups_are_masked_in_place(

@@ -14,9 +14,33 @@ from pathlib import Path
 
 import yaml
 
+SB, EB = b"\x0b", b"\x1c\x0d"
+"""MLLP's start and end of a frame."""
+
 TEST_KEY = "test-key-0123456789abcdef"
 READ_KEY = "read-key-0123456789abcdef"
 ADMIN_KEY = "admin-key-0123456789abcdef"
+
+
+def with_control_id(message: bytes, control_id: str) -> bytes:
+    """``message`` with segments ending in ``\\r`` and MSH-10 set to ``control_id``."""
+    segs = message.replace(b"\r\n", b"\r").replace(b"\n", b"\r").split(b"\r")
+    parts = segs[0].split(b"|")
+    parts[9] = control_id.encode()
+    segs[0] = b"|".join(parts)
+    return b"\r".join(segs)
+
+
+def read_frame(s: socket.socket) -> bytes:
+    """The content of the next MLLP frame read from ``s``; ``ConnectionError`` if it closes first."""
+    buf = b""
+    while EB not in buf:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed before a full frame; got {buf!r}")
+        buf += chunk
+    start = buf.index(SB)
+    return buf[start + 1 : buf.index(EB)]
 
 
 def free_port() -> int:

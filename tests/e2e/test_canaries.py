@@ -17,10 +17,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.test_hl7_intake import EB, SB, field, read_frame
+from tests.e2e.test_hl7_intake import field
 from tests.e2e.test_iso8583 import encode, fields_of, read_exact
 from tests.finance_messages import DEBTOR_IBAN, pain001
-from tests.support import ADMIN_KEY, TEST_KEY, Gateway, free_port, wait_port
+from tests.support import ADMIN_KEY, EB, SB, TEST_KEY, Gateway, free_port, read_frame, wait_port
 
 pytestmark = pytest.mark.e2e
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import FIXTURES
-from tests.support import Gateway, wait_port
+from tests.support import Gateway, wait_port, with_control_id
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -26,11 +26,7 @@ BASE = (FIXTURES / "hl7" / "adt_a01__basic.hl7").read_bytes().replace(b"\r\n", b
 
 
 def message(control_id: str) -> bytes:
-    segs = BASE.split(b"\r")
-    parts = segs[0].split(b"|")
-    parts[9] = control_id.encode()
-    segs[0] = b"|".join(parts)
-    return b"\r".join(segs)
+    return with_control_id(BASE, control_id)
 
 
 def sender(port: int, prefix: str, stop: threading.Event, acked: list[str], sent: list[str]) -> None:

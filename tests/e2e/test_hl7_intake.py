@@ -19,12 +19,11 @@ import pytest
 import yaml
 
 from tests.conftest import FIXTURES
-from tests.support import READ_KEY, TEST_KEY, Gateway, wait_until
+from tests.support import EB, READ_KEY, SB, TEST_KEY, Gateway, read_frame, wait_until, with_control_id
 
 pytestmark = pytest.mark.e2e
 
 HL7 = FIXTURES / "hl7"
-SB, EB = b"\x0b", b"\x1c\x0d"
 
 
 def fixture(name: str) -> bytes:
@@ -44,29 +43,10 @@ def field(message: bytes, segment: str, n: int) -> str:
     return ""
 
 
-def with_control_id(message: bytes, control_id: str) -> bytes:
-    segs = cr(message).split(b"\r")
-    parts = segs[0].split(b"|")
-    parts[9] = control_id.encode()
-    segs[0] = b"|".join(parts)
-    return b"\r".join(segs)
-
-
 def mllp_exchange(port: int, payload: bytes, timeout: float = 10.0) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(SB + payload + EB)
         return read_frame(s)
-
-
-def read_frame(s: socket.socket) -> bytes:
-    buf = b""
-    while EB not in buf:
-        chunk = s.recv(65536)
-        if not chunk:
-            raise ConnectionError(f"closed before a full frame; got {buf!r}")
-        buf += chunk
-    start = buf.index(SB)
-    return buf[start + 1 : buf.index(EB)]
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.conftest import FIXTURES
-from tests.support import TEST_KEY, Gateway
+from tests.support import TEST_KEY, Gateway, with_control_id
 
 pytestmark = pytest.mark.e2e
 
@@ -22,12 +22,8 @@ ER7 = {"Content-Type": "x-application/hl7-v2+er7"}
 
 
 def message(name: str, control_id: str) -> bytes:
-    """A fixture message with MSH-10 set to ``control_id``, its segments ending in ``\\r``."""
-    segments = (HL7 / name).read_bytes().replace(b"\r\n", b"\r").replace(b"\n", b"\r").split(b"\r")
-    fields = segments[0].split(b"|")
-    fields[9] = control_id.encode()
-    segments[0] = b"|".join(fields)
-    return b"\r".join(segments)
+    """A fixture with CR segment ends and MSH-10 set to ``control_id``."""
+    return with_control_id((HL7 / name).read_bytes(), control_id)
 
 
 def bom_file(name: str, control_id: str) -> bytes:

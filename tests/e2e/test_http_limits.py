@@ -22,8 +22,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.test_hl7_intake import field, fixture, with_control_id
-from tests.support import ADMIN_KEY, TEST_KEY, Gateway
+from tests.e2e.test_hl7_intake import field, fixture
+from tests.support import ADMIN_KEY, TEST_KEY, Gateway, with_control_id
 
 pytestmark = pytest.mark.e2e
 

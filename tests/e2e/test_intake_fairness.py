@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.test_hl7_intake import field, fixture, mllp_exchange, with_control_id
-from tests.support import TEST_KEY, Gateway
+from tests.e2e.test_hl7_intake import field, fixture, mllp_exchange
+from tests.support import TEST_KEY, Gateway, with_control_id
 
 pytestmark = pytest.mark.e2e
 

@@ -10,11 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import TEST_KEY, Gateway, wait_until
+from tests.support import EB, SB, TEST_KEY, Gateway, read_frame, wait_until
 
 pytestmark = pytest.mark.e2e
-
-SB, EB = b"\x0b", b"\x1c\x0d"
 
 
 def message(control_id: str, accept: str, application: str) -> bytes:
@@ -23,16 +21,6 @@ def message(control_id: str, accept: str, application: str) -> bytes:
         f"{accept}|{application}\rEVN|A01|20240101120000\rPID|1||MRN-{control_id}^^^HOSP^MR||DOE^JANE\r"
         "PV1|1|I\r"
     ).encode()
-
-
-def read_frame(s: socket.socket) -> bytes:
-    buf = b""
-    while EB not in buf:
-        chunk = s.recv(65536)
-        if not chunk:
-            raise ConnectionError(f"closed after {buf!r}")
-        buf += chunk
-    return buf[buf.index(SB) + 1 : buf.index(EB)]
 
 
 def msa(reply: bytes) -> list[str]:

@@ -16,21 +16,16 @@ import httpx
 import pytest
 
 from tests.conftest import FIXTURES
-from tests.support import Gateway, wait_until
+from tests.support import EB, SB, Gateway, read_frame, wait_until, with_control_id
 
 pytestmark = pytest.mark.e2e
 
 HL7 = FIXTURES / "hl7"
-SB, EB = b"\x0b", b"\x1c\x0d"
 
 
 def message(name: str, control_id: str) -> bytes:
     """A fixture with CR segment ends and MSH-10 set to ``control_id``."""
-    segs = (HL7 / name).read_bytes().replace(b"\r\n", b"\r").replace(b"\n", b"\r").split(b"\r")
-    parts = segs[0].split(b"|")
-    parts[9] = control_id.encode()
-    segs[0] = b"|".join(parts)
-    return b"\r".join(segs)
+    return with_control_id((HL7 / name).read_bytes(), control_id)
 
 
 def msa(ack: bytes) -> tuple[str, str]:
@@ -261,20 +256,15 @@ def admitted(port: int, rcvbuf: int = 0, attempts: int = 50) -> Iterator[socket.
         try:
             s.connect(("127.0.0.1", port))
             s.sendall(SB + hello + EB)
-            buf = b""
-            while EB not in buf:
-                chunk = s.recv(4096)
-                if not chunk:
-                    raise ConnectionResetError("closed")
-                buf += chunk
-        except (ConnectionResetError, BrokenPipeError):
+            reply = read_frame(s)
+        except ConnectionError:  # refused: closed, reset or a broken pipe
             s.close()
             if attempt == attempts - 1:
                 raise
             time.sleep(0.1)
             continue
         with s:
-            assert msa(buf.split(SB, 1)[1].split(EB, 1)[0])[0] == "AA"
+            assert msa(reply)[0] == "AA"
             yield s
         return
 

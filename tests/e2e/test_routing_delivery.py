@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 from tests.conftest import FIXTURES
-from tests.e2e.test_hl7_intake import field, mllp_exchange, with_control_id
+from tests.e2e.test_hl7_intake import field, mllp_exchange
 from tests.gateway.sinks.peers import Answer, Receiver
-from tests.support import ADMIN_KEY, TEST_KEY, Gateway, MLLPPeer, wait_until
+from tests.support import ADMIN_KEY, TEST_KEY, Gateway, MLLPPeer, wait_until, with_control_id
 
 pytestmark = pytest.mark.e2e
 HL7 = FIXTURES / "hl7"

@@ -14,10 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.test_hl7_intake import field, fixture, mllp_exchange, with_control_id
+from tests.e2e.test_hl7_intake import field, fixture, mllp_exchange
 from tests.e2e.test_routing_delivery import adt
 from tests.gateway.sinks.peers import Receiver
-from tests.support import ADMIN_KEY, Gateway, wait_until
+from tests.support import ADMIN_KEY, Gateway, wait_until, with_control_id
 
 pytestmark = pytest.mark.e2e
 

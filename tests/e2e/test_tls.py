@@ -14,11 +14,10 @@ import pytest
 import trustme
 
 from tests.conftest import FIXTURES
-from tests.support import TEST_KEY, Gateway
+from tests.support import EB, SB, TEST_KEY, Gateway, read_frame
 
 pytestmark = pytest.mark.e2e
 
-SB, EB = b"\x0b", b"\x1c\x0d"
 MESSAGE = (FIXTURES / "hl7" / "adt_a01__basic.hl7").read_bytes().replace(b"\n", b"\r")
 
 
@@ -28,13 +27,7 @@ def exchange(port: int, ctx: ssl.SSLContext) -> bytes:
         ctx.wrap_socket(raw, server_hostname="localhost") as s,
     ):
         s.sendall(SB + MESSAGE + EB)
-        buf = b""
-        while EB not in buf:
-            chunk = s.recv(65536)
-            if not chunk:
-                raise ConnectionError("closed")
-            buf += chunk
-        return buf
+        return read_frame(s)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,11 @@ Limits: frame size (an oversized frame gets AR once the frames before it are
 answered, and the connection is closed),
 time to finish a started frame (from its start byte; the clock stops while
 the listener has paused reading), idle time, connections overall and per
-client address. A malformed frame never affects another connection. While a
+client address, and what a connection may hold: frames received but not yet
+taken into work pause its reading at :data:`MAX_PENDING_FRAMES` of them or
+``max_frame_bytes`` of bytes, so that a connection holds about three times
+``max_frame_bytes`` at most (the open frame, those waiting, the one in work)
+however fast its sender pipelines. A malformed frame never affects another connection. While a
 peer leaves its replies unread (the transport's write buffer is above its
 high-water mark) no more of its frames are read or taken into work, and the
 idle time-out ends it; a time-out resets a connection whose replies are still
@@ -37,6 +41,7 @@ from gateway.pipeline import Intake
 log = logging.getLogger("gateway.mllp")
 
 MAX_PENDING_FRAMES = 64
+"""Frames a connection may hold waiting for work before it stops reading (see also ``max_frame_bytes``)."""
 
 
 class MLLPServer(TCPListener["_Connection"]):
@@ -72,6 +77,8 @@ class _Connection(asyncio.Protocol):
         self.peer = ""
         self.host = ""
         self.frames: deque[bytes] = deque()
+        self.pending_bytes = 0
+        """Bytes of the frames in :attr:`frames`."""
         self.wakeup: asyncio.Event = asyncio.Event()
         self.worker: asyncio.Task[None] | None = None
         self.closing = False
@@ -110,7 +117,7 @@ class _Connection(asyncio.Protocol):
         except FrameTooLarge as exc:
             self._note_abandoned(abandoned)
             self._end_frame_clock()
-            self.frames.extend(self._messages(exc.frames))
+            self._queue(self._messages(exc.frames))
             self._refuse_oversized(exc.head)
             return
         self._note_abandoned(abandoned)
@@ -122,8 +129,7 @@ class _Connection(asyncio.Protocol):
             self._start_frame_clock()  # the open frame began in this read
         # else the open frame goes on (or was abandoned for another): its clock keeps running
         if messages := self._messages(frames):
-            self.frames.extend(messages)
-            self.wakeup.set()
+            self._queue(messages)
             self._flow()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -161,6 +167,7 @@ class _Connection(asyncio.Protocol):
                 # the peer is not reading its replies: take nothing more until it does
             elif self.frames:
                 message = self.frames.popleft()
+                self.pending_bytes -= len(message)
                 self._flow()
                 return message
             elif self.refusal is not None:
@@ -195,6 +202,13 @@ class _Connection(asyncio.Protocol):
             transport.write(frame(reply.body))
             intake.replied(result)
 
+    def _queue(self, messages: list[bytes]) -> None:
+        """Hold ``messages`` for the worker."""
+        if messages:
+            self.frames.extend(messages)
+            self.pending_bytes += sum(map(len, messages))
+            self.wakeup.set()
+
     def _messages(self, frames: list[bytes]) -> list[bytes]:
         """``frames`` without the empty ones (nothing but whitespace, CR and LF): senders send those as
         keep-alives, and expect no reply. They still count as activity for the idle time-out."""
@@ -204,21 +218,32 @@ class _Connection(asyncio.Protocol):
         return messages
 
     def _flow(self) -> None:
-        """Pause reading while :data:`MAX_PENDING_FRAMES` wait, while the peer does not read its replies
-        (or once the listener stops); resume when none of these holds and fewer than half wait.
+        """Pause reading while :data:`MAX_PENDING_FRAMES` or ``max_frame_bytes`` of frames wait, while
+        the peer does not read its replies (or once the listener stops); resume when none of these holds
+        and fewer than half as many frames and bytes wait.
 
         The open frame's clock stops while reading is paused: the sender is not slow, the gateway is.
         """
         transport = self.transport
         if transport is None or transport.is_closing():
             return
+        budget = self.server.config.max_frame_bytes
         if self.read_paused:
-            if not (self.stopped or self.write_paused) and len(self.frames) < MAX_PENDING_FRAMES // 2:
+            if (
+                not (self.stopped or self.write_paused)
+                and len(self.frames) < MAX_PENDING_FRAMES // 2
+                and self.pending_bytes < budget // 2
+            ):
                 transport.resume_reading()
                 self.read_paused = False
                 if self.frame_left is not None and self.frame_timer is None:
                     self._run_frame_clock()
-        elif self.stopped or self.write_paused or len(self.frames) >= MAX_PENDING_FRAMES:
+        elif (
+            self.stopped
+            or self.write_paused
+            or len(self.frames) >= MAX_PENDING_FRAMES
+            or self.pending_bytes >= budget
+        ):
             transport.pause_reading()
             self.read_paused = True
             if self.frame_timer is not None:

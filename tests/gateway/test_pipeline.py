@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 
 import pytest
 
 from adapters.hl7.ack import parse_ack
 from adapters.hl7.adapter import HL7Adapter
+from adapters.hl7.framing import END, START, frame
 from adapters.hl7.mllp import MLLPServer, send_frames
 from gateway.adapter import Reply
 from gateway.config import MLLPConfig
@@ -118,6 +120,52 @@ def test_store_failure_over_mllp_answers_ar_for_what_was_not_kept(store: SQLiteS
             assert acked in stored
     assert parse_ack(after[0])[:2] == ("AA", "MLLP-FULL-AFTER")
     assert store.verify_lineage().ok
+
+
+def test_a_pipelining_connection_holds_at_most_max_frame_bytes_of_waiting_frames(store: SQLiteStore) -> None:
+    """A sender pipelines 40 frames of ~300 KB while intake cannot commit (another process holds the write
+    lock): the listener stops reading once ``max_frame_bytes`` (1 MB) of frames wait, rather than taking
+    all 12 MB into memory; once the lock is free every frame is answered, in order, and kept."""
+    intake = Intake(store)
+    adapter = HL7Adapter()
+    notes = b"".join(b"\rNTE|%d||" % i + b"x" * 8000 for i in range(37))
+    control_ids = [f"MLLP-MEM-{i}" for i in range(40)]
+    messages = [_large(c) + notes for c in control_ids]
+    limit = 1_000_000
+
+    async def go() -> tuple[bool, int, list[bytes]]:
+        server = MLLPServer(intake, adapter, MLLPConfig(max_frame_bytes=limit))
+        await server.start("127.0.0.1", 0)
+        blocker = sqlite3.connect(store.path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(
+                b"".join(frame(m) for m in messages)
+            )  # not drained: the listener decides what it takes
+            (conn,) = server._connections
+            everything = sum(map(len, messages[1:]))  # all but the one in work
+            deadline = asyncio.get_running_loop().time() + 10
+            while not conn.read_paused and conn.pending_bytes < everything:
+                assert asyncio.get_running_loop().time() < deadline, (
+                    "the listener neither paused nor read all"
+                )
+                await asyncio.sleep(0.01)
+            paused, held = conn.read_paused, conn.pending_bytes
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        acks = [(await reader.readuntil(END))[:-2] for _ in messages]
+        writer.close()
+        await server.stop(grace_s=5)
+        return paused, held, acks
+
+    paused, held, acks = asyncio.run(go())
+    assert paused
+    assert held < limit + len(messages[0])  # the read that crossed the limit, at most one frame more
+    answers = [parse_ack(ack.lstrip(START))[:2] for ack in acks]
+    assert answers == [("AA", c) for c in control_ids]
+    assert _stored_control_ids(store) >= set(control_ids)
 
 
 def test_unparseable_is_stored_as_rejected_and_answered(store: SQLiteStore) -> None:

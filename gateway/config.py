@@ -14,6 +14,7 @@ import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -827,6 +828,23 @@ def _shown(err: ErrorDetails) -> str:
         return "(a mapping)"
     if isinstance(given, list | tuple):
         return "(a list)"
+    if isinstance(given, str) and ("://" in given or "?" in given):
+        return repr(_without_credentials(given))
     if isinstance(given, str) and "@" in given:
         return "(hidden)"
     return repr(given)
+
+
+def _without_credentials(url: str) -> str:
+    """``url`` as an error may show it: no user or password, query or fragment (tokens go there:
+    ``?api_key=…``), only the scheme, host, port and path."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port is not None else ""
+    except ValueError:  # an unparseable authority or port: show none of it
+        return "(hidden)"
+    shown = f"{parts.scheme}://{host}{port}{parts.path}" if parts.scheme or parts.netloc else parts.path
+    if "@" in shown:
+        return "(hidden)"
+    return shown + ("?(hidden)" if parts.query else "") + ("#(hidden)" if parts.fragment else "")

@@ -161,6 +161,23 @@ def test_config_errors_never_show_a_sinks_secrets(tmp_path: Path) -> None:
         assert canary not in message
 
 
+def test_config_errors_show_a_urls_place_but_not_its_query_or_user(tmp_path: Path) -> None:
+    """A URL that breaks its rule (a query where none is allowed, a wrong scheme) is shown by its scheme,
+    host and path, so the user can find it; its query (``?api_key=…``), fragment and user never."""
+    text = (
+        "sinks:\n"
+        "  fhir: {type: fhir, base_url: 'http://h.example.org/fhir?api_key=QUERY-CANARY-1#frag-CANARY-2'}\n"
+        "  ehr: {type: http, endpoint: 'htps://u:PASS-CANARY-3@ehr.example.org/x?access_token=QUERY-CANARY-4'}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, text), environ={})
+    message = str(caught.value)
+    assert "'http://h.example.org/fhir?(hidden)#(hidden)' is not valid" in message
+    assert "'htps://ehr.example.org/x?(hidden)' is not valid" in message
+    for canary in ("QUERY-CANARY-1", "CANARY-2", "PASS-CANARY-3", "QUERY-CANARY-4"):
+        assert canary not in message
+
+
 def test_shop_config_is_valid_without_secrets() -> None:
     s = load_settings(FIXTURES / "config" / "shop.yaml", environ={})
     assert s.inventory is not None and set(s.inventory.channels) == {"web", "stores"}

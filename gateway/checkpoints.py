@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 import orjson
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -136,9 +136,18 @@ def public_path(key_path: Path) -> Path:
 
 
 def load_public_key(path: Path) -> Ed25519PublicKey:
-    key = serialization.load_pem_public_key(path.read_bytes())
+    """The Ed25519 public key in the PEM file ``path``; :class:`ConfigError` when it cannot be read or
+    holds anything else (a private key, another algorithm, not PEM)."""
+    try:
+        key = serialization.load_pem_public_key(path.read_bytes())
+    except OSError as exc:
+        raise ConfigError(
+            f"{path}: cannot read the public key ({exc.strerror or type(exc).__name__})"
+        ) from None
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        key = None
     if not isinstance(key, Ed25519PublicKey):
-        raise ValueError(f"{path} is not an Ed25519 public key")
+        raise ConfigError(f"{path}: not an Ed25519 public key in PEM (-----BEGIN PUBLIC KEY-----)")
     return key
 
 

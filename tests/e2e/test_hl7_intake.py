@@ -693,6 +693,15 @@ def test_cli_reads_the_store_while_the_server_is_stopped(tmp_path: Path) -> None
     assert "ADT^A01" in shown.stdout
     ok = gw.cli("lineage", "verify", *gw.store_args())
     assert ok.returncode == 0 and "lineage intact" in ok.stdout
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_bytes(b"-----BEGIN PUBLIC KEY-----\nbm90IGEga2V5\n-----END PUBLIC KEY-----\n")
+    for wrong in (gw.data_dir / "lineage-signing.key", garbage):  # the private key, and not a key at all
+        refused = gw.cli("lineage", "verify", "--public-key", str(wrong), *gw.store_args())
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr
+        assert (
+            refused.stderr
+            == f"gateway: {wrong}: not an Ed25519 public key in PEM (-----BEGIN PUBLIC KEY-----)\n"
+        )
     trace = gw.cli("lineage", "trace", row["id"], *gw.store_args())
     assert trace.returncode == 0 and "MessageReceived" in trace.stdout and "ReplySent" in trace.stdout
     export = gw.cli("lineage", "export", "--format", "csv", "--since", "2000-01-01", *gw.store_args())

@@ -2,7 +2,8 @@
 
 What lives here: :func:`ack_code` (which code answers an outcome, in original
 or enhanced mode), :func:`build_ack` (the ACK bytes, with ERR segments for the
-issues) and :func:`parse_ack` (what ``gateway send`` prints of a reply).
+issues), :func:`build_batch_ack` (the acknowledgement batch answering an FHS/BHS
+batch) and :func:`parse_ack` (what ``gateway send`` prints of a reply).
 
 Acknowledgement modes (HL7 v2.5 §2.9):
 
@@ -337,64 +338,38 @@ def build_batch_ack(batch: bytes, acks: Sequence[bytes | None]) -> bytes:
     copied as sent), this moment in FHS/BHS-7, a new control id in FHS/BHS-11 and the inbound one in
     FHS/BHS-12; each MSH by the next of ``acks`` (one per message, in order; ``None`` for a message
     that asked for no acknowledgement, which then gets none); each batch ends with a BTS whose BTS-1
-    counts its ACKs and whose BTS-2 carries that batch's warnings (:func:`~adapters.hl7.er7.batch_issues`:
-    counts, trailers, never values), and the file with an FTS counting its batches, with the file's
-    own warnings in FTS-2. A trailer the inbound batch lacks is still written. The header fields are
-    copied as bytes, so no character set is involved.
+    counts its ACKs and whose BTS-2 carries that batch's warnings, and the file with an FTS counting its
+    batches, with the file's own warnings in FTS-2 (batches, messages and warnings as the batch's
+    :func:`~adapters.hl7.er7.batch_outline` finds them: counts, trailers, never values). A trailer the
+    inbound batch lacks is still written. The header fields are copied as bytes, so no character set is
+    involved. ``b""`` when ``batch`` is not an FHS/BHS batch.
     """
-    lines = er7.batch_lines(batch) or []
-    sep = batch[lines[0][1] + 3 : lines[0][1] + 4] if lines else b"|"
-    encoding = batch[lines[0][1] + 4 :].split(sep, 1)[0] if lines else b"^~\\&"
-    try:
-        d = er7.delimiters_from(sep.decode("latin-1"), encoding.decode("latin-1"))
-    except (er7.ER7Error, UnicodeDecodeError):
-        d = er7.DEFAULT
-    warnings = er7.batch_issues(batch, lines)
+    outline = er7.batch_outline(batch)
+    if outline is None:
+        return b""
+    sep, d = outline.separator, outline.delimiters
     stamp = _stamp(int(time.time())).encode()
-    out: list[bytes] = []
-    pending = iter(acks)
-    in_batch: int | None = None
-    batches, file_open = 0, False
 
-    def header(start: int, end: int) -> bytes:
-        line = er7.LINE_BREAK.split(batch[start:end], 1)[0].strip()
+    def header(line: bytes) -> bytes:
         f = line.split(sep) + [b""] * 12
         control = new_id()[-20:].encode()
         fields = [f[0], f[1], f[4], f[5], f[2], f[3], stamp, b"", b"", b"", control, f[10]]
         return sep.join(fields).rstrip(sep) + b"\r"
 
     def trailer(name: bytes, count: int, ordinal: int) -> bytes:
-        comment = " ".join(issue.diagnostics for at, issue in warnings if at == ordinal)
+        comment = " ".join(issue.diagnostics for at, issue in outline.issues if at == ordinal)
         return sep.join([name, str(count).encode(), er7.escape(comment, d).encode()]).rstrip(sep) + b"\r"
 
-    for name, start, end in lines:
-        if name == b"FHS":
-            out.append(header(start, end))
-            file_open = True
-        elif name == b"BHS":
-            if in_batch is not None:
-                out.append(trailer(b"BTS", in_batch, batches))
-            out.append(header(start, end))
-            in_batch, batches = 0, batches + 1
-        elif name == b"MSH":
-            reply = next(pending, None)
-            if reply is not None:
-                out.append(reply)
-                if in_batch is not None:
-                    in_batch += 1
-        elif name == b"BTS" and in_batch is not None:
-            out.append(trailer(b"BTS", in_batch, batches))
-            in_batch = None
-        elif name == b"FTS" and file_open:
-            if in_batch is not None:
-                out.append(trailer(b"BTS", in_batch, batches))
-                in_batch = None
-            out.append(trailer(b"FTS", batches, 0))
-            file_open = False
-    if in_batch is not None:
-        out.append(trailer(b"BTS", in_batch, batches))
-    if file_open:
-        out.append(trailer(b"FTS", batches, 0))
+    out = [header(outline.header)] if outline.header is not None else []
+    for part in outline.batches:
+        replies = [acks[n] for n in part.messages if n < len(acks)]
+        answers = [reply for reply in replies if reply is not None]
+        if part.header is None:  # messages outside any batch: their ACKs, counted in none
+            out.extend(answers)
+            continue
+        out += [header(part.header), *answers, trailer(b"BTS", len(answers), part.ordinal)]
+    if outline.header is not None:
+        out.append(trailer(b"FTS", sum(part.header is not None for part in outline.batches), 0))
     return b"".join(out)
 
 

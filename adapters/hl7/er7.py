@@ -5,7 +5,10 @@ whatever the sender's BOM and line endings), :func:`decode` (bytes → text,
 honouring MSH-18), :func:`parse`
 (text → :class:`Message` of :class:`Segment` values holding raw, still escaped
 field strings), :func:`unescape` / :func:`escape`, :func:`split_batch` (FHS/BHS
-and multi-MSH files → one byte string per message) and :class:`ER7Error`.
+and multi-MSH files → one byte string per message), :func:`batch_outline` (an
+FHS/BHS file's batches, their messages and the warnings about its structure,
+which both the batch's issues and its acknowledgement batch are taken from) and
+:class:`ER7Error`.
 
 The reader only splits segments into fields; repetitions, components and
 sub-components are split lazily, when a caller asks for them
@@ -26,17 +29,20 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from gateway.adapter import Batch, Issue
 
 __all__ = [
     "DEFAULT",
+    "BatchOutline",
     "Delimiters",
     "ER7Error",
+    "FileOutline",
     "Message",
     "Segment",
+    "batch_outline",
     "canonical",
     "decode",
     "delimiters_from",
@@ -603,9 +609,7 @@ def split_batch(raw: bytes) -> Batch | None:
     An FHS/BHS batch may hold no message (``BTS|0``): it is a batch with no
     units, unless something other than its headers and trailers is in it (then
     ``None``: it is read as one message, which has no MSH). The batch's
-    :attr:`~gateway.adapter.Batch.issues` are warnings: a BTS-1 or FTS-1 count that
-    does not match, a missing trailer (the file may have been cut short), and
-    segments before the first MSH of a batch, which belong to no message.
+    :attr:`~gateway.adapter.Batch.issues` are the warnings of its :func:`batch_outline`.
     """
     lines = batch_lines(raw)
     if lines is None:
@@ -616,7 +620,9 @@ def split_batch(raw: bytes) -> Batch | None:
         return Batch(kind="multi", raw=raw, units=units) if len(units) > 1 else None
     if not units and any(_beyond_line(raw, start, end) for _, start, end in lines):
         return None
-    issues = tuple(issue for _, issue in batch_issues(raw, lines))
+    outline = batch_outline(raw, lines)
+    assert outline is not None  # the payload starts with FHS or BHS
+    issues = tuple(issue for _, issue in outline.issues)
     return Batch(kind=_BATCH_KINDS[head], raw=raw, units=units, issues=issues)
 
 
@@ -625,18 +631,61 @@ def _beyond_line(raw: bytes, start: int, end: int) -> bool:
     return any(line.strip() for line in LINE_BREAK.split(raw[start:end])[1:])
 
 
-def batch_issues(raw: bytes, lines: list[tuple[bytes, int, int]] | None = None) -> list[tuple[int, Issue]]:
-    """The warnings about an FHS/BHS payload's structure (counts and trailers, never values), each with
-    the batch it is about: 1 for the first BHS, 2 for the next …, 0 for the file itself.
+def _first_line(raw: bytes, start: int, end: int) -> bytes:
+    """The first line of ``raw[start:end]``, blanks around it dropped."""
+    return LINE_BREAK.split(raw[start:end], 1)[0].strip()
 
-    ``lines`` are :func:`batch_lines` of ``raw`` when the caller has them."""
+
+@dataclass(frozen=True, slots=True)
+class BatchOutline:
+    """One BHS batch of an FHS/BHS file, or a run of messages outside any (see :class:`FileOutline`)."""
+
+    ordinal: int
+    """1 for the first BHS, 2 for the next …; 0 for messages outside any BHS."""
+    header: bytes | None
+    """The BHS line, blanks around it dropped; ``None`` for messages outside any BHS."""
+    messages: list[int] = field(default_factory=list)
+    """Its messages, as their places among the file's MSH messages (0 for the first)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FileOutline:
+    """The structure of an FHS/BHS payload, from one walk of its :func:`batch_lines`."""
+
+    separator: bytes
+    """The field separator of the first line (FHS or BHS); ``b""`` when it has none."""
+    delimiters: Delimiters
+    """The delimiters its first line declares, :data:`DEFAULT` when they are not valid."""
+    header: bytes | None
+    """The FHS line, blanks around it dropped; ``None`` when the payload starts with BHS."""
+    batches: list[BatchOutline]
+    """Its batches and the runs of messages outside any, in order."""
+    issues: list[tuple[int, Issue]]
+    """The warnings about its structure (counts and trailers, never values), each with the batch it is
+    about: 1 for the first BHS, 2 for the next …, 0 for the file itself."""
+
+
+def batch_outline(raw: bytes, lines: list[tuple[bytes, int, int]] | None = None) -> FileOutline | None:
+    """The outline of an FHS/BHS payload: its header, its batches and their messages, and the warnings
+    about them; ``None`` for anything else (a plain message, bare MSH messages, bytes that are not HL7).
+
+    A batch runs from its BHS to its BTS, the next BHS or the end; the warnings are a BTS-1 or FTS-1 count
+    that does not match, a missing BTS or FTS (the file may have been cut short), and segments after an
+    FHS, BHS, BTS or FTS before the next MSH, which belong to no message. ``lines`` are
+    :func:`batch_lines` of ``raw`` when the caller has them."""
     lines = batch_lines(raw) if lines is None else lines
     if not lines or lines[0][0] == b"MSH":
-        return []
+        return None
+    base = lines[0][1]
+    sep = raw[base + 3 : base + 4]
+    try:
+        d = delimiters_from(sep.decode("latin-1"), raw[base + 4 :].split(sep, 1)[0].decode("latin-1"))
+    except (ER7Error, ValueError):  # ValueError: no separator to split on
+        d = DEFAULT
     issues: list[tuple[int, Issue]] = []
-    sep = raw[lines[0][1] + 3 : lines[0][1] + 4]
-    in_batch: int | None = None  # messages seen since the open BHS, if one is open
-    batches = 0
+    parts: list[BatchOutline] = []
+    batch: BatchOutline | None = None  # the open BHS batch, if one is open
+    batches = messages = 0
     file_open = lines[0][0] == b"FHS"
 
     def missing(ordinal: int, trailer: str, what: str) -> None:
@@ -644,7 +693,7 @@ def batch_issues(raw: bytes, lines: list[tuple[bytes, int, int]] | None = None) 
         issues.append((ordinal, Issue("warning", "batch_trailer_missing", trailer, diagnostics)))
 
     def count(start: int, end: int, where: str, what: str, found: int, ordinal: int) -> None:
-        line = LINE_BREAK.split(raw[start:end], 1)[0].strip()
+        line = _first_line(raw, start, end)
         fields = line.split(sep) if sep else [line]
         declared = fields[1].strip() if len(fields) > 1 else b""
         if declared.isdigit() and int(declared) != found:
@@ -661,19 +710,28 @@ def batch_issues(raw: bytes, lines: list[tuple[bytes, int, int]] | None = None) 
             ordinal = 0 if name == b"FHS" else batches + (name == b"BHS")
             issues.append((ordinal, Issue("warning", "unexpected_segment", segment, diagnostics)))
         if name == b"BHS":
-            if in_batch is not None:
+            if batch is not None:
                 missing(batches, "BTS", "batch")
-            in_batch, batches = 0, batches + 1
-        elif name == b"MSH" and in_batch is not None:
-            in_batch += 1
+            batches += 1
+            batch = BatchOutline(batches, _first_line(raw, start, end))
+            parts.append(batch)
+        elif name == b"MSH":
+            if batch is not None:
+                batch.messages.append(messages)
+            elif parts and parts[-1].header is None:
+                parts[-1].messages.append(messages)
+            else:
+                parts.append(BatchOutline(0, None, [messages]))
+            messages += 1
         elif name == b"BTS":
-            count(start, end, "BTS-1", "messages", in_batch or 0, batches)
-            in_batch = None
+            count(start, end, "BTS-1", "messages", len(batch.messages) if batch is not None else 0, batches)
+            batch = None
         elif name == b"FTS":
             count(start, end, "FTS-1", "batches", batches, 0)
             file_open = False
-    if in_batch is not None:
+    if batch is not None:
         missing(batches, "BTS", "batch")
     if file_open:
         missing(0, "FTS", "file")
-    return issues
+    header = _first_line(raw, base, lines[0][2]) if lines[0][0] == b"FHS" else None
+    return FileOutline(sep, d, header, parts, issues)

@@ -478,11 +478,23 @@ def test_batches_with_other_line_endings_keep_their_bytes() -> None:
 
 def test_batch_warnings_name_the_batch_they_are_about() -> None:
     """1 for the first BHS, 2 for the next, 0 for the file: a batch closed by the next BHS instead of a BTS
-    lacks its trailer, and a count is checked against its own batch."""
+    lacks its trailer, and a count is checked against its own batch (the batch's outline holds its
+    messages)."""
     msh = b"MSH|^~\\&|A|F|||20240101||ADT^A01|C1|P|2.5\rPID|1\r"
     raw = b"FHS|^~\\&\rBHS|^~\\&\r" + msh + b"BHS|^~\\&\r" + msh + msh + b"BTS|3\rFTS|2\r"
-    assert [(at, i.code, i.location) for at, i in er7.batch_issues(raw)] == [
+    outline = er7.batch_outline(raw)
+    assert outline is not None
+    assert [(at, i.code, i.location) for at, i in outline.issues] == [
         (1, "batch_trailer_missing", "BTS"),
         (2, "batch_count_mismatch", "BTS-1"),
     ]
-    assert er7.batch_issues(msh + msh) == []  # bare MSH messages: no batch structure to check
+    assert [(b.ordinal, b.messages) for b in outline.batches] == [(1, [0]), (2, [1, 2])]
+    assert er7.batch_outline(msh + msh) is None  # bare MSH messages: no batch structure to check
+    # messages outside any BHS: runs of their own, in the batch of none (ordinal 0, no header)
+    loose = er7.batch_outline(b"FHS|^~\\&\r" + msh + b"BHS|^~\\&\r" + msh + b"BTS|1\r" + msh + b"FTS|1\r")
+    assert loose is not None and loose.issues == []
+    assert [(b.ordinal, b.header, b.messages) for b in loose.batches] == [
+        (0, None, [0]),
+        (1, b"BHS|^~\\&", [1]),
+        (0, None, [2]),
+    ]

@@ -76,15 +76,25 @@ class Reply:
         return 200 <= self.status < 300
 
 
+def carried(replies: Sequence[Reply], *, must_answer: bool) -> list[bool]:
+    """Per reply to one of a payload's messages, whether the payload's one reply carries it: not when its
+    message declined it (``wanted`` false), unless every one was declined and the transport must answer
+    (HTTP), which then answers with them all. :func:`joined` and an adapter's ``respond_batch`` choose
+    what they carry with it, and :meth:`gateway.pipeline.IntakeResult.sent` records what went out."""
+    wanted = [r.wanted for r in replies]
+    return [True] * len(wanted) if must_answer and not any(wanted) else wanted
+
+
 def joined(replies: Sequence[Reply]) -> Reply:
     """One reply for several: the bodies joined (JSON bodies as one array) with the least favourable
-    status and code of them all. A reply its message declined (``wanted`` false) is left out; when every
-    one was declined, all are joined and the whole is not wanted (HTTP, which must answer, still sends
-    it; a stream listener sends nothing). ``replies`` must not be empty."""
+    status and code of them all. It carries what :func:`carried` chooses for a transport that must
+    answer: a reply its message declined (``wanted`` false) is left out; when every one was declined, all
+    are joined and the whole is not wanted (HTTP, which must answer, still sends it; a stream listener
+    sends nothing). ``replies`` must not be empty."""
     if len(replies) == 1:
         return replies[0]
     worst = max(replies, key=lambda r: (not r.accepted, r.status))
-    chosen = [r for r in replies if r.wanted] or list(replies)
+    chosen = [r for r, out in zip(replies, carried(replies, must_answer=True), strict=True) if out]
     if worst.content_type == "application/json":
         body = b"[" + b",".join(r.body for r in chosen) + b"]"
     else:
@@ -160,7 +170,8 @@ class Adapter(Protocol):
 
 # An adapter may also define ``respond_batch(batch: Batch, replies: list[Reply]) -> Reply``: the one reply
 # to a batch payload (HL7 v2: an acknowledgement batch); without it a batch's replies are joined
-# (:meth:`gateway.pipeline.IntakeResult.combined`).
+# (:meth:`gateway.pipeline.IntakeResult.combined`). It carries the replies :func:`carried` chooses: for a
+# transport that must answer when the batch reply is not wanted itself, else for one that need not.
 #
 # An adapter may also set ``routes_replies = True``: its replies are messages of its own kind (ISO 20022
 # status reports), which intake parses, marks ``direction: reply`` and stores as the received message's

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeGuard
 
-from gateway.adapter import Adapter, Batch, Issue, Outcome, OutcomeKind, ParseError, Reply, joined
+from gateway.adapter import Adapter, Batch, Issue, Outcome, OutcomeKind, ParseError, Reply, carried, joined
 from gateway.envelope import Envelope, Receipt, new_id, sha256_hex
 from gateway.errors import StoreUnavailable
 from gateway.lineage import EventDraft
@@ -76,13 +76,11 @@ class IntakeResult:
         return self.batch_reply if self.batch_reply is not None else joined(self.replies)
 
     def sent(self, must_answer: bool) -> list[bool]:
-        """Per message, whether :meth:`combined` carries its reply, once the combined reply is sent: not
-        when the message declined one, unless every message did and the transport must answer (HTTP)
-        and there is no batch reply (which leaves declined ones out, whatever the transport)."""
-        wanted = [r.wanted for r in self.replies]
-        if must_answer and self.batch_reply is None and not any(wanted):
-            return [True] * len(wanted)
-        return wanted
+        """Per message, whether :meth:`combined` carries its reply, once the combined reply is sent
+        (:func:`gateway.adapter.carried`): the transport's duty to answer (HTTP) falls on the messages'
+        replies only when the combined reply is not wanted itself (an acknowledgement batch is: it
+        answers the batch, leaving declined replies out whatever the transport)."""
+        return carried(self.replies, must_answer=must_answer and not self.combined().wanted)
 
 
 def _batch_reply(adapter: Adapter, batch: Batch | None, replies: list[Reply]) -> Reply | None:

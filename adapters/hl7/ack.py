@@ -24,7 +24,8 @@ Acknowledgement modes (HL7 v2.5 §2.9):
   the answer to its next message. Such a reply is also left out of the reply to
   a payload of several messages (joined ACKs, an acknowledgement batch). HTTP,
   which must answer every request, still carries it when there is nothing else
-  to answer with (a single message). Application
+  to answer with (a single message, or joined ACKs that all declined;
+  :func:`gateway.adapter.carried` decides). Application
   acknowledgements produced later by downstream systems are not relayed back to
   the sender.
 

@@ -59,7 +59,7 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
 from adapters.hl7 import ack, er7, structure
-from gateway.adapter import Batch, Issue, Outcome, ParseError, Reply, ValidationLevel, joined
+from gateway.adapter import Batch, Issue, Outcome, ParseError, Reply, ValidationLevel, carried, joined
 from gateway.envelope import Envelope, Receipt, new_id, sha256_hex
 
 __all__ = ["CONTENT_TYPE", "HEADER_KEYS", "PROCESSING_IDS", "SUPPORTED_VERSIONS", "HL7Adapter"]
@@ -378,7 +378,10 @@ class HL7Adapter:
         content_type = types.pop() if len(types) == 1 else CONTENT_TYPE  # a charset only if one for all
         if batch.kind == "multi":
             return dataclasses.replace(joined(replies), content_type=content_type)
-        body = ack.build_batch_ack(batch.raw, [r.body if r.wanted else None for r in replies])
+        chosen = carried(replies, must_answer=False)  # it answers the batch itself: no declined reply in it
+        body = ack.build_batch_ack(
+            batch.raw, [r.body if c else None for r, c in zip(replies, chosen, strict=True)]
+        )
         if not replies:
             return Reply(body=body, content_type=CONTENT_TYPE, status=200, code="AA")
         worst = joined(replies)

@@ -216,6 +216,36 @@ def test_batch_is_kept_and_each_message_answered(store: SQLiteStore) -> None:
         assert store.get_raw(child.id) in raw
 
 
+def test_the_replies_recorded_as_sent_are_the_ones_the_combined_reply_carries(store: SQLiteStore) -> None:
+    """One rule (``carried``) for what goes out: a declined reply (MSH-15/16 NE) only when every one was
+    declined and the transport must answer, and then in joined ACKs, never in an acknowledgement batch."""
+    from gateway.adapter import carried
+    from gateway.pipeline import IntakeResult
+
+    declined = Reply(b"N", "t", 200, "CA", wanted=False)
+    wanted = Reply(b"W", "t", 200, "CA")
+    assert carried([wanted, declined], must_answer=True) == [True, False]
+    assert carried([declined, declined], must_answer=False) == [False, False]
+    assert carried([declined, declined], must_answer=True) == [True, True]
+
+    intake, adapter = Intake(store), HL7Adapter()
+    ne = with_control_id(load("adt_a01__basic.hl7"), "NE-1").replace(b"|2.5.1\r", b"|2.5.1|||NE|NE\r", 1)
+    two = ne + with_control_id(ne, "NE-2")
+
+    def received(raw: bytes) -> IntakeResult:
+        return asyncio.run(intake.receive(adapter, raw, Receipt("http", "127.0.0.1:1")))
+
+    def acknowledged(reply: Reply) -> list[bytes]:
+        return [line.split(b"|")[2] for line in reply.body.split(b"\r") if line.startswith(b"MSA|")]
+
+    multi = received(two)  # bare MSH messages: joined ACKs, wanted by none; HTTP sends them all the same
+    assert not multi.combined().wanted and acknowledged(multi.combined()) == [b"NE-1", b"NE-2"]
+    assert multi.sent(must_answer=True) == [True, True] and multi.sent(must_answer=False) == [False, False]
+    batch = received(b"BHS|^~\\&\r" + two + b"BTS|2\r")  # an acknowledgement batch, with neither ACK
+    assert batch.combined().wanted and acknowledged(batch.combined()) == []
+    assert batch.sent(must_answer=True) == batch.sent(must_answer=False) == [False, False]
+
+
 def test_a_rule_set_the_adapter_lacks_refuses_and_routes_nothing(store: SQLiteStore) -> None:
     """A route demanding rules its protocol has not (SEPA on HL7 v2) refuses rather than skipping them."""
     from gateway.config import Settings

@@ -1,7 +1,8 @@
 """What every TCP listener shares: binding, connection limits per client and overall, TLS, peers.
 
 :class:`TCPListener` binds an asyncio server and admits or refuses each new
-connection against ``max_connections`` and ``max_connections_per_client``;
+connection against ``max_connections`` and ``max_connections_per_client``
+(its :class:`ConnectionGate`, which the HTTP listener's protocol uses too);
 the MLLP and ISO 8583 listeners add their framing and their work on top.
 :func:`readable_headers` is how a listener addresses a refusal when it could
 not take a message through intake, and :func:`cut` how it ends a connection on
@@ -25,6 +26,7 @@ from gateway.envelope import Receipt
 
 __all__ = [
     "Connection",
+    "ConnectionGate",
     "ConnectionLimits",
     "TCPListener",
     "cut",
@@ -60,21 +62,63 @@ def peer_of(transport: asyncio.BaseTransport) -> tuple[str, str]:
     return "", ""
 
 
-class TCPListener(Generic[C]):
-    """Binds ``protocol_factory`` on ``host:port`` and keeps the connection limits of ``limits``.
+class ConnectionGate:
+    """Admits or refuses each new connection of one listener against ``max_connections`` and
+    ``max_connections_per_client`` of ``limits``, and counts the admitted ones until they are released.
 
-    ``name`` prefixes the log lines (``mllp``, ``iso8583``). Connections call
-    :meth:`admit` when made (and close at once on ``False``) and
-    :meth:`release` when lost.
+    One gate per listener, shared by its connections: :class:`TCPListener` (MLLP, ISO 8583) and the HTTP
+    listener's protocol (:mod:`gateway.http_head`) keep their limits with it. ``name`` prefixes the log
+    line of a refusal, which names the peer address and nothing else.
     """
 
     def __init__(self, name: str, limits: ConnectionLimits, log: logging.Logger) -> None:
         self.name = name
         self.limits = limits
         self.log = log
+        self.open = 0
+        """Connections admitted and not yet released."""
+        self._per_client: Counter[str] = Counter()
+
+    def admit(self, host: str, peer: str) -> bool:
+        """Count a new connection from ``host`` and answer ``True``, or log its refusal (with ``peer``,
+        ``host:port``) and answer ``False``; a refused connection is not counted and is closed by its caller."""
+        if self.open >= self.limits.max_connections:
+            self.log.warning(f"{self.name} connection refused: too many connections", extra={"peer": peer})
+            return False
+        if self._per_client[host] >= self.limits.max_connections_per_client:
+            self.log.warning(
+                f"{self.name} connection refused: too many connections from client", extra={"peer": peer}
+            )
+            return False
+        self.open += 1
+        self._per_client[host] += 1
+        return True
+
+    def release(self, host: str) -> None:
+        """Give back the place of an admitted connection from ``host`` that has ended; its caller releases
+        each admitted connection once (a host with no admitted connection is left as it is)."""
+        if self._per_client[host] <= 0:
+            return
+        self.open -= 1
+        self._per_client[host] -= 1
+        if self._per_client[host] <= 0:
+            del self._per_client[host]
+
+
+class TCPListener(Generic[C]):
+    """Binds ``protocol_factory`` on ``host:port`` and keeps the connection limits of ``limits``.
+
+    ``name`` prefixes the log lines (``mllp``, ``iso8583``). Connections call
+    :meth:`admit` when made (and close at once on ``False``) and
+    :meth:`release` when lost; the counting is the listener's :class:`ConnectionGate`.
+    """
+
+    def __init__(self, name: str, limits: ConnectionLimits, log: logging.Logger) -> None:
+        self.name = name
+        self.log = log
+        self.gate = ConnectionGate(name, limits, log)
         self._server: asyncio.Server | None = None
         self._connections: set[C] = set()
-        self._per_client: Counter[str] = Counter()
 
     def protocol(self) -> asyncio.Protocol:
         """A new connection's protocol object."""
@@ -101,26 +145,15 @@ class TCPListener(Generic[C]):
             self._server.close()
 
     def admit(self, conn: C) -> bool:
-        if len(self._connections) >= self.limits.max_connections:
-            self.log.warning(
-                f"{self.name} connection refused: too many connections", extra={"peer": conn.peer}
-            )
-            return False
-        if self._per_client[conn.host] >= self.limits.max_connections_per_client:
-            self.log.warning(
-                f"{self.name} connection refused: too many connections from client", extra={"peer": conn.peer}
-            )
+        if not self.gate.admit(conn.host, conn.peer):
             return False
         self._connections.add(conn)
-        self._per_client[conn.host] += 1
         return True
 
     def release(self, conn: C) -> None:
         if conn in self._connections:
             self._connections.discard(conn)
-            self._per_client[conn.host] -= 1
-            if self._per_client[conn.host] <= 0:
-                del self._per_client[conn.host]
+            self.gate.release(conn.host)
 
 
 def readable_headers(adapter: Adapter, raw: bytes, listener: str) -> dict[str, str]:

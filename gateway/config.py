@@ -128,6 +128,10 @@ class HTTPConfig(_Model):
     header_timeout_s: float = Field(
         default=10.0, gt=0, description="Time allowed for a request's line and headers; slower is closed."
     )
+    max_connections: int = Field(default=512, gt=0, description="Open connections allowed in all.")
+    max_connections_per_client: int = Field(
+        default=64, gt=0, description="Open connections per client address."
+    )
     tls: TLSConfig | None = Field(default=None, description="Serve HTTPS.")
 
     _addr = field_validator("address")(_check_address)

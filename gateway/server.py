@@ -40,7 +40,7 @@ from gateway.checkpoints import (
 )
 from gateway.config import Settings, parse_address
 from gateway.errors import ConfigError
-from gateway.http_head import head_timed
+from gateway.http_head import limited_protocol
 from gateway.listeners import server_tls
 from gateway.metrics import Metrics
 from gateway.openlineage import OpenLineageEmitter, build_emitter
@@ -228,7 +228,9 @@ async def serve(
             server_header=False,
             lifespan="off",
             timeout_keep_alive=30,
-            http=head_timed(settings.http.header_timeout_s),
+            http=limited_protocol(settings.http),  # connection limits and the request head time limit
+            # no WebSocket route: an upgrade would hand the connection to a protocol outside those limits
+            ws="none",
             # the listeners' own context: mutual TLS when ``client_ca`` is set
             ssl_context_factory=(lambda _config, _default: https) if https is not None else None,
         )

@@ -6,7 +6,11 @@ gateway reads a body it announced, on every route that takes one; a body
 announced over the limit is refused at once; and a body that trickles in is
 cut off with 408 after ``http.body_timeout_s``, in the error shape of its API; a
 connection whose request head does not arrive within ``http.header_timeout_s``
-(nothing sent, or header lines trickled) is closed.
+(nothing sent, or header lines trickled) is closed. A connection over
+``http.max_connections_per_client`` or ``http.max_connections`` is answered 503
+and closed, while those admitted go on being served, and a place given back
+by a closed connection (one that asked for a WebSocket upgrade too) is taken
+by the next.
 """
 
 from __future__ import annotations
@@ -291,3 +295,145 @@ def test_a_pipelined_head_waits_for_the_response_before_it(gw: Gateway) -> None:
             assert status == 200 and field(answer, "MSA", 1) == "AA"
     finally:
         other.close()
+
+
+# -- connection limits ------------------------------------------------------------------------------
+
+HEALTH = b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n"
+
+
+@pytest.fixture(scope="module")
+def narrow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """A gateway whose HTTP listener takes 3 connections in all and 2 per client address."""
+    gateway = Gateway(
+        tmp_path_factory.mktemp("connections"),
+        {"http": {"max_connections": 3, "max_connections_per_client": 2, "header_timeout_s": 2.0}},
+    )
+    gateway.start()
+    yield gateway
+    gateway.stop()
+
+
+def connect(port: int, source: str) -> socket.socket:
+    """A connection to the gateway from the loopback address ``source`` (127.0.0.2 is another client)."""
+    s = socket.socket()
+    s.settimeout(10)
+    s.bind((source, 0))
+    s.connect(("127.0.0.1", port))
+    return s
+
+
+def health(s: socket.socket) -> int | None:
+    """The status of ``GET /healthz`` sent on ``s``; ``None`` when the gateway closed or reset it instead."""
+    try:
+        s.sendall(HEALTH)
+        return read_response(s)[0]
+    except (OSError, AssertionError):  # reset, or closed without (all of) an answer
+        return None
+
+
+def admitted(port: int, source: str = "127.0.0.1", timeout: float = 15.0) -> socket.socket:
+    """A connection the gateway admitted, proved by a request answered 200 on it. Connections that
+    ended give their places back once the gateway has seen them close: until then a new one is refused,
+    and tried again until ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        s = connect(port, source)
+        if health(s) == 200:
+            return s
+        s.close()
+        assert time.monotonic() < deadline, f"no connection from {source} admitted in {timeout} s"
+        time.sleep(0.05)
+
+
+def refusal(s: socket.socket) -> bytes:
+    """All the gateway sends on ``s``, which has sent nothing, until the gateway closes it."""
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    return data
+
+
+def assert_refused(port: int, source: str = "127.0.0.1") -> None:
+    """A new connection from ``source`` is answered 503 (``Connection: close``) before it sends
+    anything, and closed."""
+    with connect(port, source) as s:
+        answer = refusal(s)
+    assert answer.startswith(b"HTTP/1.1 503 Service Unavailable\r\n"), answer
+    head, body = answer.split(b"\r\n\r\n", 1)
+    assert b"connection: close" in head.lower().split(b"\r\n"), answer
+    assert body == b"Too many connections."
+
+
+def refusals(gw: Gateway) -> list[dict[str, object]]:
+    """The gateway's log lines about refused HTTP connections."""
+    lines = [json.loads(line) for line in gw.logs().splitlines() if line.startswith("{")]
+    return [line for line in lines if str(line["msg"]).startswith("http connection refused")]
+
+
+def test_a_client_over_its_connection_limit_is_refused_until_one_of_its_connections_closes(
+    narrow: Gateway,
+) -> None:
+    port = narrow.http_port
+    first, second = admitted(port), admitted(port)
+    try:
+        before = len(refusals(narrow))
+        assert_refused(port)  # a third from the same address
+        # a real client is told why, and not kept waiting
+        answer = httpx.get(f"{narrow.http_url}/healthz", timeout=10)
+        assert (answer.status_code, answer.headers.get("connection")) == (503, "close")
+        # the two admitted go on being served
+        assert (health(first), health(second)) == (200, 200)
+        # the limit is per client address: another client is admitted meanwhile
+        with admitted(port, "127.0.0.2") as other:
+            assert health(other) == 200
+        logged = refusals(narrow)[before:]
+        assert len(logged) == 2
+        for line in logged:  # the peer address and nothing else
+            assert line["msg"] == "http connection refused: too many connections from client"
+            assert set(line) == {"ts", "level", "logger", "msg", "peer"}
+            assert str(line["peer"]).startswith("127.0.0.1:")
+        first.close()
+        # its place is given back: a new connection from the same address is admitted (in time)
+        with admitted(port) as again:
+            assert health(again) == 200
+            assert health(second) == 200
+    finally:
+        first.close()
+        second.close()
+
+
+def test_connections_over_the_overall_limit_are_refused_until_one_closes(narrow: Gateway) -> None:
+    port = narrow.http_port
+    held = [admitted(port, "127.0.0.1"), admitted(port, "127.0.0.2"), admitted(port, "127.0.0.3")]
+    try:
+        before = len(refusals(narrow))
+        assert_refused(port, "127.0.0.4")  # a client with no connection yet, over the 3 in all
+        assert [health(s) for s in held] == [200, 200, 200]
+        (logged,) = refusals(narrow)[before:]
+        assert logged["msg"] == "http connection refused: too many connections"
+        assert str(logged["peer"]).startswith("127.0.0.4:")
+        held.pop().close()
+        with admitted(port, "127.0.0.4") as newcomer:
+            assert health(newcomer) == 200
+            assert [health(s) for s in held] == [200, 200]
+    finally:
+        for s in held:
+            s.close()
+
+
+def test_a_websocket_upgrade_request_gives_its_place_back(narrow: Gateway) -> None:
+    """The gateway has no WebSocket route: an upgrade request is answered as plain HTTP, on a connection
+    that keeps (and then gives back) its place like any other."""
+    upgrade = (
+        b"GET /healthz HTTP/1.1\r\nHost: gateway\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    for _ in range(4):  # twice the limit, one after another
+        with admitted(port := narrow.http_port) as s:
+            s.sendall(upgrade)
+            assert read_response(s)[0] == 200
+    first, second = admitted(port), admitted(port)
+    first.close()
+    second.close()
+    assert "WebSocket library" not in narrow.logs()  # uvicorn's advice to install one is not given

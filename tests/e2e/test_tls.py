@@ -14,7 +14,7 @@ import pytest
 import trustme
 
 from tests.conftest import FIXTURES
-from tests.support import EB, SB, TEST_KEY, Gateway, read_frame
+from tests.support import EB, SB, TEST_KEY, Gateway, read_frame, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -138,5 +138,26 @@ def test_https_with_client_ca_requires_a_client_certificate(pki: dict[str, objec
         with https_client(pki, gw.http_port, client_cert=True) as client:
             r = client.post("/ingest/hl7v2", content=MESSAGE)
             assert r.status_code == 200 and b"MSA|AA|" in r.content
+    finally:
+        gw.stop()
+
+
+def test_https_connections_over_the_per_client_limit_are_refused(
+    pki: dict[str, object], tmp_path: Path
+) -> None:
+    """Over HTTPS a connection over the limit is refused once its handshake is done: it gets 503 and is
+    closed; the admitted one goes on being served, and once it closes the next is admitted."""
+    gw = Gateway(tmp_path, {"http": {"tls": listener_tls(pki), "max_connections_per_client": 1}})
+    gw.start()
+    try:
+        with https_client(pki, gw.http_port) as first, https_client(pki, gw.http_port) as second:
+            # the first admitted (the start-up probe may hold the only place a moment) keeps its connection
+            assert wait_until(lambda: first.get("/healthz").status_code == 200, 15)
+            refused = second.get("/healthz")
+            assert (refused.status_code, refused.headers.get("connection")) == (503, "close")
+            assert refused.text == "Too many connections."
+            assert first.get("/healthz").status_code == 200
+            first.close()
+            assert wait_until(lambda: second.get("/healthz").status_code == 200, 15)
     finally:
         gw.stop()

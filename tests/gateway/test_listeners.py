@@ -7,6 +7,7 @@ import logging
 import pytest
 
 from gateway.config import HTTPConfig, MLLPConfig
+from gateway.http_head import limited_protocol
 from gateway.listeners import ConnectionGate
 
 log = logging.getLogger("gateway.test")
@@ -53,3 +54,14 @@ def test_releasing_a_client_with_no_admitted_connection_changes_nothing() -> Non
     assert gate.open == 0
     assert gate.admit("10.0.0.2", "10.0.0.2:6002")
     assert not gate.admit("10.0.0.3", "10.0.0.3:7001")
+
+
+def test_each_http_protocol_class_counts_its_own_connections() -> None:
+    """One gate per :func:`limited_protocol` call, so per server: two servers (or two tests) never share
+    a count."""
+    config = HTTPConfig(max_connections=1, header_timeout_s=2.5)
+    first, second = limited_protocol(config), limited_protocol(config)
+    assert first.gate is not second.gate
+    assert first.gate.limits is config and first.header_timeout_s == 2.5
+    assert first.gate.admit("10.0.0.1", "10.0.0.1:5001")
+    assert second.gate.admit("10.0.0.1", "10.0.0.1:5002")

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.adapter import Adapter
-from gateway.bodies import BodyLimits, BodyRefused, read_limited
+from gateway.bodies import BodyLimits, BodyRefused, CloseUnreadBodies, read_limited
 from gateway.envelope import Receipt, utc_moment
 from gateway.errors import AuthError, ConfigError, StoreError
 from gateway.inventory import InventorySync, StockCount, inventory_view
@@ -212,6 +212,7 @@ def create_app(
     app = FastAPI(
         title="Connector gateway", version="0.1.0", docs_url="/api/docs", openapi_url="/api/openapi.json"
     )
+    app.add_middleware(CloseUnreadBodies)
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:

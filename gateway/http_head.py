@@ -16,9 +16,9 @@ sends nothing, or trickles a header line every few seconds, holds a
 connection and its buffers for ever. The protocol class closes the connection
 unless a request's line and headers arrive within ``header_timeout_s`` of the
 connection opening, the request's first byte, or the first bytes after a
-response that begin no request (blank lines), and closes a connection
-answered before its request's body arrived (401, 413, 408) instead of reading
-the rest of that body. Bodies have their own time limit (:mod:`gateway.bodies`).
+response that begin no request (blank lines). Bodies have their own time limit,
+and a connection answered before its request's body was read is closed
+(:mod:`gateway.bodies`).
 
 The gateway has no WebSocket route, and the server is run without a WebSocket
 protocol (``ws="none"``): an upgrade would hand the connection to another
@@ -93,13 +93,6 @@ class LimitedProtocol(HttpToolsProtocol):
         idle = self.cycle is None or self.cycle.response_complete
         if idle and self._head_timer is None and not self.transport.is_closing():
             self._arm_head()
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        cycle = self.cycle
-        if cycle is not None and cycle.response_complete and cycle.more_body:
-            # answered before its body arrived (401, 413, 408): the rest of it is not read
-            self.transport.close()
 
     def _unsupported_upgrade_warning(self) -> None:
         # the server runs without a WebSocket protocol (ws="none"), so that every connection stays one of

@@ -56,6 +56,12 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
 
 def read_response(s: socket.socket) -> tuple[int, bytes]:
     """One whole HTTP response from ``s``: its status and body."""
+    status, _, body = read_response_with_headers(s)
+    return status, body
+
+
+def read_response_with_headers(s: socket.socket) -> tuple[int, dict[bytes, bytes], bytes]:
+    """One whole HTTP response from ``s``: its status, its headers (names in lower case) and its body."""
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = s.recv(65536)
@@ -63,12 +69,13 @@ def read_response(s: socket.socket) -> tuple[int, bytes]:
         data += chunk
     header, rest = data.split(b"\r\n\r\n", 1)
     lines = [h.split(b": ", 1) for h in header.split(b"\r\n")[1:]]
-    length = int(next(v for k, v in lines if k.lower() == b"content-length"))
+    headers = {k.lower(): v for k, v in lines}
+    length = int(headers[b"content-length"])
     while len(rest) < length:
         chunk = s.recv(65536)
         assert chunk, "closed in the middle of the answer"
         rest += chunk
-    return int(header.split(b" ")[1]), rest
+    return int(header.split(b" ")[1]), headers, rest
 
 
 def exchange(
@@ -251,15 +258,28 @@ def test_a_slow_or_missing_request_head_closes_the_connection(gw: Gateway) -> No
 
 
 def test_a_connection_answered_before_its_body_arrived_is_closed(gw: Gateway) -> None:
-    """After a 401 (or 413, 408) for a body still on its way, the gateway does not go on reading it."""
+    """After a 401 (or 413, 408) for a body still on its way, the gateway does not go on reading it, and
+    its answer says so (``Connection: close``), so that a client does not send its next request there."""
     with socket.create_connection(("127.0.0.1", gw.http_port), timeout=10) as s:
         s.sendall(request("POST", "/api/subjects/erase", HUGE, JSON).encode() + b"\r\n" + b'{"subject": "A')
-        assert read_response(s)[0] == 401
+        status, headers, _ = read_response_with_headers(s)
+        assert status == 401 and headers.get(b"connection") == b"close"
         assert closed_within(s, 5) < 5
         with pytest.raises(OSError):
             for _ in range(40):  # what the client goes on sending is not read
                 s.sendall(b"A" * 65536)
                 time.sleep(0.05)
+
+
+def test_a_connection_whose_body_was_read_is_kept_for_the_next_request(gw: Gateway) -> None:
+    """Keep-alive holds where the body was read: two searches, one connection, no ``Connection: close``."""
+    body = b'{"control_id": "E2E-KEEPALIVE", "limit": 1}'
+    head = request("POST", "/api/lineage/search", len(body), {**JSON, "Authorization": f"Bearer {TEST_KEY}"})
+    with socket.create_connection(("127.0.0.1", gw.http_port), timeout=10) as s:
+        for _ in range(2):
+            s.sendall(head.encode() + b"\r\n" + body)
+            status, headers, _ = read_response_with_headers(s)
+            assert status == 200 and b"connection" not in headers
 
 
 def test_blank_lines_between_requests_do_not_hold_a_connection(gw: Gateway) -> None:

@@ -58,17 +58,26 @@ DB_FILE = "gateway.db"
 TLS_HANDSHAKE_TIMEOUT_S = 10.0
 """A TLS client must finish its handshake within this; the connection is dropped otherwise (asyncio's
 default is 60 s, during which a connection that sends half a ClientHello is held)."""
+TLS_SHUTDOWN_TIMEOUT_S = 5.0
+"""A TLS connection being closed waits this long for the peer's close_notify, then is dropped (asyncio's
+default is 30 s: a client that holds a keep-alive connection and reads nothing more held up every stop)."""
 
 
 class GatewayLoop(uvloop.Loop):
-    """uvloop, where every TLS server gets :data:`TLS_HANDSHAKE_TIMEOUT_S` as its handshake limit:
-    the MLLP and ISO 8583 listeners and uvicorn's HTTPS alike (uvicorn has no setting for it)."""
+    """uvloop, where every TLS server gets :data:`TLS_HANDSHAKE_TIMEOUT_S` as its handshake limit and
+    :data:`TLS_SHUTDOWN_TIMEOUT_S` as its closing one: the MLLP and ISO 8583 listeners and uvicorn's HTTPS
+    alike (uvicorn has no setting for either)."""
 
     async def create_server(  # type: ignore[override]  # passes every argument on as given
         self, *args: Any, **kwargs: Any
     ) -> asyncio.AbstractServer:
-        if kwargs.get("ssl") is not None and kwargs.get("ssl_handshake_timeout") is None:
-            kwargs["ssl_handshake_timeout"] = TLS_HANDSHAKE_TIMEOUT_S
+        if kwargs.get("ssl") is not None:
+            for name, limit in (
+                ("ssl_handshake_timeout", TLS_HANDSHAKE_TIMEOUT_S),
+                ("ssl_shutdown_timeout", TLS_SHUTDOWN_TIMEOUT_S),
+            ):
+                if kwargs.get(name) is None:
+                    kwargs[name] = limit
         server: asyncio.AbstractServer = await super().create_server(*args, **kwargs)
         return server
 

@@ -15,7 +15,9 @@ run: its senders prepare their next messages while the loop writes.
 
 Each work item runs inside a savepoint, so one failing item does not take its
 neighbours down; a failed COMMIT fails every item in it, and intake then
-answers AE/AR or 503. The hash chain head (last seq and hash) is restored
+answers AE/AR or 503. Where SQLite itself rolls the whole transaction back
+under an item (a full disk or an I/O error while pages spill to the WAL), the
+items that ran before it fail with it, and the rest go into the next group. The hash chain head (last seq and hash) is restored
 whenever a savepoint or a commit is rolled back.
 
 Reads use their own connections and never wait for a write.
@@ -164,6 +166,8 @@ class _Txn:
 
     def append(self, drafts: Sequence[EventDraft], at: str) -> None:
         """Seal ``drafts`` onto the chain, in order, and insert them in one statement."""
+        if not self.conn.in_transaction:  # never seal events outside the group's transaction
+            raise StoreUnavailable("the store's transaction was rolled back")
         seq, prev = self.head
         rows = []
         for draft in drafts:
@@ -307,7 +311,7 @@ class SQLiteStore:
         start_head = list(self._head)
         txn = _Txn(conn, self._head)
         results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
-        for fn, fut in group:
+        for n, (fn, fut) in enumerate(group):
             item_head = list(self._head)
             try:
                 conn.execute("SAVEPOINT item")
@@ -315,6 +319,11 @@ class SQLiteStore:
                 conn.execute("RELEASE item")
                 results.append((fut, value, None))
             except Exception as exc:  # one item's failure must not fail its neighbours
+                if not conn.in_transaction:
+                    # SQLite rolled the whole transaction back (a full disk or an I/O error while pages
+                    # spilled): what the items before this one wrote is gone too
+                    self._abandon(group[: n + 1], group[n + 1 :], start_head, exc)
+                    return
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK TO item")
                     conn.execute("RELEASE item")
@@ -337,6 +346,23 @@ class SQLiteStore:
         self.commits += 1
         for fut, value, problem in results:
             _settle(fut, value, problem)
+
+    def _abandon(
+        self,
+        lost: list[tuple[Callable[[_Txn], Any], asyncio.Future[Any]]],
+        unrun: list[tuple[Callable[[_Txn], Any], asyncio.Future[Any]]],
+        start_head: list[Any],
+        exc: Exception,
+    ) -> None:
+        """The group's transaction is gone (see :meth:`_commit_group`): the items that ran in it fail, the
+        ones not run yet go first into the next group (none of them may run outside a transaction: each
+        statement would then commit on its own, chained to events that were rolled back), and the chain
+        head is where the group began."""
+        log.error("store transaction rolled back", extra={"error": type(exc).__name__})
+        self._head[:] = start_head
+        for _, fut in lost:
+            _settle(fut, None, StoreUnavailable("the store could not write"))
+        self._pending[:0] = unrun
 
     async def _begin(self, loop: asyncio.AbstractEventLoop, conn: sqlite3.Connection) -> None:
         """Take the write lock. Free (the rule) it is taken at once on the loop; held by another

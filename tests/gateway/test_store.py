@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
+import signal
 import sqlite3
 from dataclasses import replace
 from pathlib import Path
@@ -266,6 +268,40 @@ def test_full_disk_fails_the_commit_and_keeps_the_chain(store: SQLiteStore) -> N
 
     assert asyncio.run(go()) > 0
     assert store.verify_lineage().ok
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs RLIMIT_FSIZE and SIGXFSZ (POSIX)")
+def test_a_write_error_that_rolls_the_whole_group_back_keeps_the_chain(store: SQLiteStore) -> None:
+    """A write error while one item's pages spill to the WAL (the file may grow no further: a full disk,
+    here RLIMIT_FSIZE) makes SQLite roll the whole group's transaction back. The items run before it
+    fail with it, the ones after it are committed in the next group (not one by one outside any
+    transaction, chained to events that were rolled back), and the chain verifies."""
+    small = [record(f"W{i}") for i in range(5)]
+    big = record("W-BIG", os.urandom(400_000))
+
+    async def go() -> list[object]:
+        await store.record_intake([record("W-FIRST")])
+        assert store._wconn is not None
+        store._wconn.execute("PRAGMA cache_size = 20")  # 80 KB: the big body spills while it is inserted
+        wal = (store.path.parent / (store.path.name + "-wal")).stat().st_size
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        ignored = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (wal + 200_000, hard))
+        try:
+            items = [store.record_intake([r]) for r in [*small[:2], big, *small[2:]]]
+            outcomes = await asyncio.gather(*items, return_exceptions=True)
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+            signal.signal(signal.SIGXFSZ, ignored)
+            store._wconn.execute("PRAGMA cache_size = -65536")
+        return outcomes
+
+    outcomes = asyncio.run(go())
+    assert [type(o).__name__ for o in outcomes[:3]] == ["StoreUnavailable"] * 3  # the two before, the big one
+    assert all(isinstance(o, list) and o[0].kind == "stored" for o in outcomes[3:])  # the three after it
+    assert store.verify_lineage().ok
+    kept = {r.control_id for r in store.list_messages(MessageFilter(limit=10))}
+    assert kept == {"W-FIRST", "W2", "W3", "W4"}
 
 
 def test_lineage_search_by_receiver(store: SQLiteStore) -> None:

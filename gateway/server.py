@@ -1,6 +1,8 @@
 """``gateway serve``: the store, the MLLP listener and the HTTP API in one event loop.
 
-Start-up opens (and migrates) the store before any listener accepts a byte.
+Start-up takes the data directory for this process alone (:func:`hold_data_dir`:
+a second ``serve`` on it would deliver every outbox row twice), then opens (and
+migrates) the store before any listener accepts a byte.
 SIGTERM or SIGINT stops intake first (listeners close), lets messages in
 flight finish their commit and reply, records the last lineage events, then
 closes the store.
@@ -10,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import os
 import signal
 import sqlite3
 from collections.abc import Generator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import uvicorn
 import uvloop
@@ -82,6 +86,36 @@ class GatewayLoop(uvloop.Loop):
         return server
 
 
+LOCK_FILE = "serve.lock"
+
+
+def hold_data_dir(data_dir: Path) -> IO[str]:
+    """Lock ``data_dir`` for this ``serve`` until the returned file is closed (or the process ends, however
+    it ends); :class:`ConfigError` when another ``serve`` holds it. Two would share the store safely but each
+    would run the delivery workers, retention and checkpoints: every outbox row would go out twice. The
+    commands meant to run beside the server (``replay``, ``subjects erase``, ``lineage prune`` …) do not
+    take it."""
+    path = data_dir / LOCK_FILE
+    try:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fh = open(path, "a+", encoding="ascii")  # noqa: SIM115  # held open for the life of serve
+    except OSError as exc:
+        raise ConfigError(f"data directory {data_dir}: {exc.strerror or type(exc).__name__}") from None
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.seek(0)
+        holder = fh.read().strip()
+        fh.close()
+        by = f" (pid {holder})" if holder.isdigit() else ""
+        raise ConfigError(f"data directory {data_dir} is in use by another gateway serve{by}") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"{os.getpid()}\n")
+    fh.flush()
+    return fh
+
+
 def open_store(data_dir: Path) -> SQLiteStore:
     """Open (creating and migrating) the store in ``data_dir``; a directory that cannot be created or
     written (not a directory, no permission, a read-only file system) is a :class:`ConfigError` naming it."""
@@ -104,6 +138,14 @@ class _Uvicorn(uvicorn.Server):
 
 
 async def serve(
+    settings: Settings, config_file: Path | None = None, overrides: dict[tuple[str, ...], Any] | None = None
+) -> None:
+    data_dir = settings.data_dir
+    with hold_data_dir(data_dir):
+        await _serve(settings, config_file, overrides)
+
+
+async def _serve(
     settings: Settings, config_file: Path | None = None, overrides: dict[tuple[str, ...], Any] | None = None
 ) -> None:
     data_dir = settings.data_dir

@@ -158,3 +158,22 @@ def test_exactly_once_effect_downstream_across_sigkills(tmp_path: Path) -> None:
             assert len(set(delivered)) == len(stored)
         finally:
             gw.stop()
+
+
+def test_a_second_serve_on_the_same_data_directory_is_refused(tmp_path: Path) -> None:
+    """Two servers on one data directory would both run the delivery workers (every outbox row twice): the
+    second is refused at once, naming the first; a SIGKILL of the first frees the directory."""
+    first = Gateway(tmp_path).start()
+    try:
+        addresses = ["--mllp", "127.0.0.1:0", "--http", "127.0.0.1:0"]
+        second = first.cli("serve", *first.store_args(), *addresses)
+        assert second.returncode == 2 and "Traceback" not in second.stderr
+        expected = f"gateway: data directory {first.data_dir} is in use by another gateway serve (pid {first.proc.pid})\n"  # type: ignore[union-attr]
+        assert second.stderr == expected
+        with socket.create_connection(("127.0.0.1", first.mllp_port), timeout=5):
+            pass  # the first serves on
+        first.kill()
+        again = first.start()  # the kernel let go of the lock with the killed process
+        assert again.proc is not None and again.proc.poll() is None
+    finally:
+        first.stop()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import ssl
 import struct
@@ -23,12 +24,15 @@ from typing import Generic, Protocol, TypeVar
 from gateway.adapter import Adapter, ParseError
 from gateway.config import TLSConfig
 from gateway.envelope import Receipt
+from gateway.errors import ConfigError
 
 __all__ = [
     "Connection",
     "ConnectionGate",
     "ConnectionLimits",
     "TCPListener",
+    "bound_socket",
+    "cannot_bind",
     "cut",
     "peer_of",
     "readable_headers",
@@ -52,6 +56,23 @@ class Connection(Protocol):
 
 
 C = TypeVar("C", bound=Connection)
+
+
+def cannot_bind(exc: OSError) -> str:
+    """Why an address could not be bound, in a few words (``Address already in use``)."""
+    if exc.errno is not None and exc.errno > 0:
+        return os.strerror(exc.errno)
+    return exc.strerror or type(exc).__name__  # a name that does not resolve (socket.gaierror)
+
+
+def bound_socket(name: str, host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (IPv4 or IPv6, as ``host`` resolves) for a server that takes
+    sockets (uvicorn); :class:`ConfigError` naming listener ``name`` when the address cannot be bound."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        return socket.create_server((host, port), family=family, backlog=512)
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot listen on {host}:{port} ({cannot_bind(exc)})") from None
 
 
 def peer_of(transport: asyncio.BaseTransport) -> tuple[str, str]:
@@ -125,15 +146,20 @@ class TCPListener(Generic[C]):
         raise NotImplementedError
 
     async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> None:
+        """Listen on ``host:port``; :class:`ConfigError` when the address cannot be bound (in use, not
+        this host's, a port below 1024 without the right)."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            self.protocol,
-            host,
-            port,
-            ssl=ssl_context,  # the handshake's time limit is the gateway loop's (gateway.server)
-            reuse_address=True,
-            backlog=512,
-        )
+        try:
+            self._server = await loop.create_server(
+                self.protocol,
+                host,
+                port,
+                ssl=ssl_context,  # the handshake's time limit is the gateway loop's (gateway.server)
+                reuse_address=True,
+                backlog=512,
+            )
+        except OSError as exc:
+            raise ConfigError(f"{self.name}: cannot listen on {host}:{port} ({cannot_bind(exc)})") from None
 
     @property
     def port(self) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -45,7 +46,7 @@ from gateway.checkpoints import (
 from gateway.config import Settings, parse_address
 from gateway.errors import ConfigError
 from gateway.http_head import limited_protocol
-from gateway.listeners import server_tls
+from gateway.listeners import bound_socket, server_tls
 from gateway.metrics import Metrics
 from gateway.openlineage import OpenLineageEmitter, build_emitter
 from gateway.pipeline import Intake
@@ -99,6 +100,8 @@ def hold_data_dir(data_dir: Path) -> IO[str]:
     try:
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         fh = open(path, "a+", encoding="ascii")  # noqa: SIM115  # held open for the life of serve
+    except FileExistsError:  # what mkdir says of a file in the way
+        raise ConfigError(f"data directory {data_dir}: {os.strerror(errno.ENOTDIR)}") from None
     except OSError as exc:
         raise ConfigError(f"data directory {data_dir}: {exc.strerror or type(exc).__name__}") from None
     try:
@@ -286,7 +289,7 @@ async def _serve(
             ssl_context_factory=(lambda _config, _default: https) if https is not None else None,
         )
         http = _Uvicorn(config)
-        http_task = asyncio.create_task(http.serve())
+        http_task = asyncio.create_task(http.serve(sockets=[bound_socket("http", host, port)]))
         while not http.started and not http_task.done():
             await asyncio.sleep(0.01)
         if http_task.done():

@@ -646,6 +646,26 @@ def test_settings_from_environment(tmp_path: Path) -> None:
         assert proc.wait(timeout=30) == 0
 
 
+def test_serve_names_a_listener_address_it_cannot_bind(tmp_path: Path) -> None:
+    """A port already taken (another program, another gateway) or a host that does not resolve: one line
+    naming the listener, the address and the reason, exit 2; no traceback."""
+    gw = Gateway(tmp_path)
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        busy = f"127.0.0.1:{taken.getsockname()[1]}"
+        for listener, mllp, http in (("mllp", busy, "off"), ("http", "off", busy)):
+            r = gw.cli("serve", *gw.store_args(), "--mllp", mllp, "--http", http)
+            assert r.returncode == 2, r.stderr
+            assert r.stderr.endswith(
+                f"gateway: {listener}: cannot listen on {busy} (Address already in use)\n"
+            )
+            assert "Traceback" not in r.stderr
+    r = gw.cli("serve", *gw.store_args(), "--mllp", "off", "--http", "no-such-host.invalid:8080")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert (
+        "\ngateway: http: cannot listen on no-such-host.invalid:8080 (" in r.stderr
+    )  # the resolver's reason
+
+
 def test_serve_refuses_a_data_directory_it_cannot_use(tmp_path: Path) -> None:
     """One line naming the directory and the reason, exit 2 like any configuration error; no traceback."""
     a_file = tmp_path / "not-a-directory"

@@ -140,7 +140,10 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true")
     q = lsub.add_parser("search", help="lineage events by business key, message, route, sink, outcome, time")
     _store_options(q)
-    q.add_argument("--key", help="a business key value, e.g. a patient id as ID^^^AUTHORITY")
+    q.add_argument(
+        "--key",
+        help="a business key value, e.g. a patient id as ID^^^AUTHORITY, or a FHIR resource as Type/id",
+    )
     for name in (
         "control-id",
         "sender",

@@ -4,7 +4,8 @@ Every event carries ``prev_hash`` and ``hash``: the SHA-256 of the previous
 event's hash joined to this event's canonical form (sorted-key compact JSON of
 every other field, UTF-8, as orjson writes it with sorted keys). Changing a byte, deleting, inserting or reordering an event
 breaks the chain at that event, which :func:`verify_chain` reports. Events hold
-identifiers, digests and outcome codes, never payload values.
+identifiers, digests and outcome codes, never payload values; a value that may identify a person
+(a business key, a FHIR resource id) only as its keyed pseudonym (:func:`pseudonym`, :class:`Keyed`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -227,3 +228,35 @@ def verify_chain(
 def pseudonym(key: bytes, value: str) -> str:
     """A stable keyed pseudonym for a business key, so lineage can be searched without holding the value."""
     return "hk:" + hmac.digest(key, value.encode(), "sha256").hex()[:32]
+
+
+class Keyed:
+    """A value an event names that may identify a person (a FHIR resource reference ``Patient/<id>``),
+    given in a draft's ``details``: the store writes its keyed pseudonym (:func:`pseudonym`, the same as
+    a business key's, so a key search finds it) in its place, so the value never enters the chain.
+
+    Only the store, which holds the key, can turn it into text: it is not serialisable as it is (orjson
+    refuses it, so a draft that escaped the store fails loudly) and its ``repr`` hides the value."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "Keyed(***)"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Keyed) and other.value == self.value
+
+    def __hash__(self) -> int:
+        return hash((Keyed, self.value))
+
+
+def keyed(draft: EventDraft, key: bytes) -> EventDraft:
+    """``draft`` with every :class:`Keyed` value among its details replaced by its pseudonym under ``key``
+    (the same draft when it has none)."""
+    if not any(isinstance(v, Keyed) for v in draft.details.values()):
+        return draft
+    details = {k: pseudonym(key, v.value) if isinstance(v, Keyed) else v for k, v in draft.details.items()}
+    return replace(draft, details=details)

@@ -76,10 +76,13 @@ and, for a derived message, its parent. The first entity (the message, or the
 lineage record itself, ``urn:connector-gateway:lineage``, when the event names
 no message) carries ``detail``: ``seq``, ``prev_hash``, ``hash``,
 ``raw_sha256`` and the event's scalar details (lists of scalars joined with
-commas), never ``peer`` (a network address) or ``masked_keys`` (masked forms
-keep part of the value). Business keys appear only as their keyed pseudonyms
-(``hk:...``), each as a detail of type ``pseudonym:<key name>``. Lineage holds
-no payload values, and neither does this export.
+commas), never ``peer`` (a network address), ``masked_keys`` or
+``masked_resource`` (masked forms keep part of the value). Business keys appear
+only as their keyed pseudonyms (``hk:...``), each as a detail of type
+``pseudonym:<key name>``; a FHIR resource read or written as ``resource_type``
+and the pseudonym of its reference, type ``pseudonym:resource`` (an event
+written before resources were named so holds the reference itself, which is
+left out). Lineage holds no payload values, and neither does this export.
 """
 
 from __future__ import annotations
@@ -157,8 +160,8 @@ MINOR_OUTCOMES: Final = frozenset(
     {"invalid", "refused", "rejected", "retrying", "forbidden", "bad_signature"}
 )
 
-WITHHELD_DETAILS: Final = frozenset({"keys", "masked_keys", "peer"})
-"""Detail keys never exported as values: business keys go out as pseudonyms only."""
+WITHHELD_DETAILS: Final = frozenset({"keys", "masked_keys", "masked_resource", "peer", "resource"})
+"""Detail keys never exported as values: business keys and resources go out as pseudonyms only."""
 _CHAIN_FIELDS: Final = frozenset({"seq", "prev_hash", "hash", "raw_sha256"})
 _PSEUDONYM: Final = re.compile(r"hk:[0-9a-f]{8,64}")
 _FHIR_ID: Final = re.compile(r"[A-Za-z0-9\-.]{1,64}")
@@ -323,6 +326,9 @@ def _details(ev: LineageEvent) -> list[dict[str, str]]:
             value = keys[name]
             if isinstance(value, str) and _PSEUDONYM.fullmatch(value):
                 out.append({"type": f"pseudonym:{name}", "valueString": value})
+    resource = ev.details.get("resource")
+    if isinstance(resource, str) and _PSEUDONYM.fullmatch(resource):
+        out.append({"type": "pseudonym:resource", "valueString": resource})
     return out
 
 

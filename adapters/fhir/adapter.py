@@ -11,8 +11,9 @@ attribute; ``body`` the resource's FHIR JSON form as a dict (XML is read into
 the same form); ``sensitivity`` ``phi``. Headers (:data:`HEADER_KEYS`):
 ``message_type``, ``control_id``, ``version``, ``resource_type``,
 ``resource_id`` (the receipt's ``resource_id`` attribute, else the body's
-``id``), ``interaction`` (the receipt's ``interaction`` attribute, else
-``create``) and, for a Bundle, ``entries``. The business key ``patient`` is the
+``id``; the store shows it, as lineage names the resource, as the keyed
+pseudonym of ``Type/id``), ``interaction`` (the receipt's ``interaction``
+attribute, else ``create``) and, for a Bundle, ``entries``. The business key ``patient`` is the
 patient the resource is about (:func:`patient_of`: ``Patient/<id>``, or the
 ``subject``, ``patient`` or ``beneficiary`` reference when it names a Patient,
 or for an Appointment the first participant's ``actor`` that does, for an
@@ -176,10 +177,18 @@ def _key(n: int) -> str:
 
 
 def mask_patient(reference: str) -> str:
-    """``Patient/pat-1002`` → ``Patient/***1002``; a short id shows nothing of itself."""
+    """``Patient/0b1c2d3e-aaaa-bbbb`` → ``Patient/***bbbb``; a short id shows nothing of itself."""
     prefix, _, rid = reference.rpartition("/") if reference.startswith("Patient/") else ("", "", reference)
     shown = rid[-4:] if len(rid) > 8 else ""
     return f"{prefix}/***{shown}" if prefix else f"***{shown}"
+
+
+def mask_reference(reference: str) -> str:
+    """A resource reference as lineage may show it, as :func:`mask_patient` masks a patient's:
+    ``Observation/01J9Z8K4W2`` → ``Observation/***K4W2``, the type kept, a short id shown not at all."""
+    rtype, _, rid = reference.rpartition("/")
+    shown = rid[-4:] if len(rid) > 8 else ""
+    return f"{rtype}/***{shown}" if rtype else f"***{shown}"
 
 
 def _message_type(resource: Mapping[str, Any]) -> str:

@@ -584,7 +584,11 @@ class FhirAPI:
             message_id,
             f"user:{who.name}",
             "ok",
-            details={"resource": f"{rtype}/{rid}", "version": version, "interaction": interaction},
+            details={
+                **interactions.resource_details(rtype, rid),
+                "version": version,
+                "interaction": interaction,
+            },
         )
 
     def version_reply(self, request: Request, v: Version, subset: Subset) -> Response:
@@ -607,7 +611,7 @@ class FhirAPI:
                     v.message_id,
                     f"user:{who.name}",
                     "ok",
-                    details={"resource": f"{v.type}/{v.id}", "version": v.version, **details},
+                    details={**interactions.resource_details(v.type, v.id), "version": v.version, **details},
                 )
                 for v in versions
             ]

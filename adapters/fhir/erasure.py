@@ -21,10 +21,12 @@ version:
   those versions go and the current one stays.
 
 What stays: the lineage events of the writes, which name resources by type and
-id and hold no values, and the envelopes, whose bodies are unreadable when
-their route sealed them (``storage: encrypted``): under this patient's key, or
-under another's when the write was filed under this patient too (a Bundle or
-an Appointment about several patients), its body removed.
+the keyed pseudonym of their reference (never by id) and hold no values, and
+the envelopes, whose ``resource_id`` header the store replaces by that
+pseudonym too (their pending deliveries dead-lettered) and whose bodies are
+unreadable when their route sealed them (``storage: encrypted``): under this
+patient's key, or under another's when the write was filed under this patient
+too (a Bundle or an Appointment about several patients), its body removed.
 """
 
 from __future__ import annotations

@@ -18,10 +18,11 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from adapters.fhir import search
+from adapters.fhir.adapter import mask_reference
 from adapters.fhir.outcome import FhirError
 from adapters.fhir.resources import load_json, write_json
 from gateway.envelope import new_id
-from gateway.lineage import EventDraft
+from gateway.lineage import EventDraft, Keyed
 from gateway.store import resources
 from gateway.store.resources import Version
 
@@ -51,14 +52,29 @@ class Written:
         return f'W/"{self.version}"'
 
     def event(self, message_id: str, actor: str = ACTOR) -> EventDraft:
-        """The lineage event of this write: which resource version, never a value of it."""
+        """The lineage event of this write: which resource version (:func:`resource_details`), never a
+        value of it."""
         return EventDraft(
             "ResourceWritten",
             message_id,
             actor,
             outcome=self.action,
-            details={"resource": f"{self.type}/{self.id}", "version": self.version},
+            details={**resource_details(self.type, self.id), "version": self.version},
         )
+
+
+def resource_details(rtype: str, rid: str) -> dict[str, Any]:
+    """How a lineage event names a resource: ``resource_type``, ``resource`` the keyed pseudonym of
+    ``Type/id`` (the store writes it, :class:`~gateway.lineage.Keyed`; it is the pseudonym the
+    ``patient`` business key ``Patient/<id>`` gets, so a lineage search by that key finds these events)
+    and ``masked_resource`` (``Patient/***7731``). Never the id itself: clients use MRNs as Patient ids,
+    and the chain cannot forget what it holds once an erasure asks it to."""
+    reference = f"{rtype}/{rid}"
+    return {
+        "resource_type": rtype,
+        "resource": Keyed(reference),
+        "masked_resource": mask_reference(reference),
+    }
 
 
 def instant() -> str:

@@ -197,7 +197,7 @@ class EventQuery(BaseModel):
         default=None,
         min_length=1,
         max_length=256,
-        description="A business key value, matched by its pseudonym.",
+        description="A business key value, or a FHIR resource as Type/id, matched by its pseudonym.",
     )
     control_id: str | None = None
     sender: str | None = None

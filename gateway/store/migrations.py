@@ -236,3 +236,11 @@ MIGRATIONS.append(
     # outside the bodies is: only their equality orders deliveries.
     "UPDATE deliveries SET order_key = pseudonym(order_key) WHERE order_key IS NOT NULL AND order_key NOT LIKE 'hk:%'"
 )
+
+MIGRATIONS.append(
+    # 13: lineage search by key finds the events that name a FHIR resource by its pseudonym
+    # (``details.resource``: reads and writes, whichever message wrote the version); only those events
+    # have an index row.
+    "CREATE INDEX IF NOT EXISTS lineage_resource ON lineage (json_extract(details, '$.resource'))"
+    " WHERE json_extract(details, '$.resource') IS NOT NULL"
+)

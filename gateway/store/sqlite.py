@@ -50,6 +50,7 @@ from gateway.lineage import (
     LineageEvent,
     Verification,
     event_hash,
+    keyed,
     pseudonym,
     verify_chain,
 )
@@ -79,6 +80,11 @@ from gateway.store.migrations import MIGRATIONS
 from gateway.store.subjects import BodyErased, SubjectKeys, seal_body, unseal_body
 
 log = logging.getLogger("gateway.store")
+
+RECORD_HEADERS = ("resource_type", "resource_id")
+"""The headers that name the record a message is about by type and id (a FHIR write's resource, whose id
+may be an MRN): lineage names it only by the pseudonym of ``type/id``, and so does every message shown, and
+the message rows filed under an erased subject, at rest."""
 
 T = TypeVar("T")
 MAX_GROUP = 1024
@@ -125,14 +131,19 @@ def _private(path: Path) -> None:
 def _where(*conditions: tuple[str, Any]) -> tuple[str, list[Any]]:
     """`` WHERE ...`` for the conditions whose value is given, and their arguments.
 
-    Each condition is ``("column = ?", value)``; a ``None`` or empty value leaves it out, and a
-    condition whose text has no ``?`` (``("status = 'dead'", True)``) is kept without an argument.
+    Each condition is ``("column = ?", value)``; a ``None`` or empty value leaves it out, a
+    condition whose text has no ``?`` (``("status = 'dead'", True)``) is kept without an argument, and
+    one with several takes a tuple of their arguments.
     """
     given = [(clause, value) for clause, value in conditions if value is not None and value != ""]
     if not given:
         return "", []
     text = " WHERE " + " AND ".join(clause for clause, _ in given)
-    return text, [value for clause, value in given if "?" in clause]
+    args: list[Any] = []
+    for clause, value in given:
+        if "?" in clause:
+            args.extend(value if isinstance(value, tuple) else (value,))
+    return text, args
 
 
 def migrate(conn: sqlite3.Connection, pseudonym_key: bytes) -> int:
@@ -160,17 +171,20 @@ def migrate(conn: sqlite3.Connection, pseudonym_key: bytes) -> int:
 class _Txn:
     """What a work item may do inside the writer's transaction."""
 
-    def __init__(self, conn: sqlite3.Connection, head: list[Any]) -> None:
+    def __init__(self, conn: sqlite3.Connection, head: list[Any], key: bytes) -> None:
         self.conn = conn
         self.head = head  # [last_seq, last_hash]
+        self._key = key
 
     def append(self, drafts: Sequence[EventDraft], at: str) -> None:
-        """Seal ``drafts`` onto the chain, in order, and insert them in one statement."""
+        """Seal ``drafts`` onto the chain, in order, and insert them in one statement; a
+        :class:`~gateway.lineage.Keyed` value in their details goes in as its pseudonym."""
         if not self.conn.in_transaction:  # never seal events outside the group's transaction
             raise StoreUnavailable("the store's transaction was rolled back")
         seq, prev = self.head
         rows = []
-        for draft in drafts:
+        for given in drafts:
+            draft = keyed(given, self._key)
             seq += 1
             digest = event_hash(seq, at, draft, prev)
             rows.append(
@@ -309,7 +323,7 @@ class SQLiteStore:
         row = conn.execute("SELECT seq, hash FROM lineage ORDER BY seq DESC LIMIT 1").fetchone()
         self._head[:] = [row[0], row[1]] if row else [0, GENESIS_HASH]
         start_head = list(self._head)
-        txn = _Txn(conn, self._head)
+        txn = _Txn(conn, self._head, self._key)
         results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         for n, (fn, fut) in enumerate(group):
             item_head = list(self._head)
@@ -866,7 +880,7 @@ class SQLiteStore:
                     " updated_at = ? WHERE message_id = ? AND status = 'pending'",
                     ("The data subject was erased.", at, mid),
                 )
-            self._scrub_keys(txn.conn, value, subject)
+            self._scrub_keys(txn.conn, value, subject, at)
             records = sum(expunge(txn.conn, value, subject) for expunge in expungers)
             # last, as it cannot be rolled back: a failure before it leaves everything as it was
             had_key = self._subjects.erase(subject)  # in the writer's turn: no intake seals meanwhile
@@ -889,11 +903,14 @@ class SQLiteStore:
             await asyncio.get_running_loop().run_in_executor(None, self._purge_wal)
         return done
 
-    @staticmethod
-    def _scrub_keys(conn: sqlite3.Connection, value: str, subject: str) -> None:
+    def _scrub_keys(self, conn: sqlite3.Connection, value: str, subject: str, at: str) -> None:
         """Replace the erased subject's value by its pseudonym wherever a message row keeps it in clear
         (the promoted headers and business keys of the messages filed under it; an outbox order key
-        written before those were pseudonyms)."""
+        written before those were pseudonyms). A record those messages name by type and id
+        (:data:`RECORD_HEADERS`: the FHIR resource a write is about, erased with the subject) keeps only
+        the pseudonym of ``type/id`` for its id, as lineage names it, and their pending deliveries are
+        dead-lettered (``subject_erased``): what was erased is not written downstream afterwards, and a
+        sink could no longer name it."""
         rows = conn.execute(
             "SELECT m.id, m.headers, m.business_keys FROM message_keys k JOIN messages m ON m.id = k.message_id"
             " WHERE k.pseudonym = ?",
@@ -906,11 +923,28 @@ class SQLiteStore:
                     keys[name] = subject
                     if headers.get(name) == value:
                         headers[name] = subject
+            hidden = self._record_pseudonym(headers)
+            if hidden:
+                headers[RECORD_HEADERS[1]] = hidden
+                conn.execute(
+                    "UPDATE deliveries SET status = 'dead', last_error_code = 'subject_erased', last_error = ?,"
+                    " updated_at = ? WHERE message_id = ? AND status = 'pending'",
+                    ("The data subject was erased.", at, mid),
+                )
             conn.execute(
                 "UPDATE messages SET headers = ?, business_keys = ? WHERE id = ?",
                 (orjson.dumps(headers).decode(), orjson.dumps(keys).decode(), mid),
             )
         conn.execute("UPDATE deliveries SET order_key = ? WHERE order_key = ?", (subject, value))
+
+    def _record_pseudonym(self, headers: Mapping[str, Any]) -> str:
+        """The pseudonym of ``type/id`` for the record ``headers`` name (:data:`RECORD_HEADERS`); ``""``
+        when they name none, or hold its pseudonym already."""
+        rtype, rid = RECORD_HEADERS
+        named = headers.get(rid)
+        if not isinstance(named, str) or not named or named.startswith("hk:"):
+            return ""
+        return pseudonym(self._key, f"{headers.get(rtype, '')}/{named}")
 
     def _purge_wal(self) -> None:
         """Copy the WAL into the database and empty it, so that pages holding removed rows survive
@@ -1137,11 +1171,15 @@ class SQLiteStore:
     )
 
     def _row(self, r: Sequence[Any]) -> MessageRow:
-        """A message for display: header values that are business keys show as their pseudonyms."""
+        """A message for display: header values that are business keys show as their pseudonyms, and so
+        does the id of the record it names (:data:`RECORD_HEADERS`), as lineage names that record."""
         headers = orjson.loads(r[15])
         for key, value in orjson.loads(r[18]).items():
             if key in headers:  # an erased subject's value is a pseudonym already
                 headers[key] = value if value.startswith("hk:") else pseudonym(self._key, value)
+        hidden = self._record_pseudonym(headers)
+        if hidden:
+            headers[RECORD_HEADERS[1]] = hidden
         return MessageRow(
             id=r[0],
             received_at=r[1],
@@ -1239,14 +1277,19 @@ class SQLiteStore:
     def search_events(self, q: EventQuery) -> list[LineageEvent]:
         """Lineage events matching every given criterion, in chain order, from ``after_seq`` on.
 
-        A business key is looked up by its pseudonym (the value is never stored); message
-        criteria (control id, sender, receiver, protocol, type, route) select the events of those messages;
-        ``sink`` selects the events its delivery worker wrote.
+        A business key is looked up by its pseudonym (the value is never stored): the events of the
+        messages filed under it, and the events that name a record by it (a FHIR resource read or written,
+        ``details.resource``, as ``Patient/<id>``); message criteria (control id, sender, receiver,
+        protocol, type, route) select the events of those messages; ``sink`` selects the events its
+        delivery worker wrote.
         """
+        key = pseudonym(self._key, q.key) if q.key else None
         where, args = _where(
             (
-                "l.envelope_id IN (SELECT message_id FROM message_keys WHERE pseudonym = ?)",
-                pseudonym(self._key, q.key) if q.key else None,
+                "l.seq IN (SELECT seq FROM lineage WHERE envelope_id IN"
+                " (SELECT message_id FROM message_keys WHERE pseudonym = ?)"
+                " UNION SELECT seq FROM lineage WHERE json_extract(details, '$.resource') = ?)",
+                (key, key) if key else None,
             ),
             ("m.control_id = ?", q.control_id),
             ("m.sender = ?", q.sender),

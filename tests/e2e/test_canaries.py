@@ -1,8 +1,9 @@
 """Canary values that must never appear in clear outside the message bodies.
 
-A patient (MRN, name, phone), a card (PAN, track 2, PIN block) and an account
-(IBAN) go in through HL7 v2, ISO 8583 and ISO 20022 on the real gateway
-process; then the lineage table, every lineage export (JSON lines, CSV, FHIR
+A patient (MRN, name, phone), a card (PAN, track 2, PIN block), an account
+(IBAN) and a FHIR Patient whose id is an MRN (written, read, its history read)
+go in through HL7 v2, ISO 8583, ISO 20022 and the FHIR API on the real gateway
+process; then the lineage table, the message listing, every lineage export (JSON lines, CSV, FHIR
 AuditEvent/Provenance), the journey pictures (SVG and PNG, API and CLI), the
 API's lineage answers and the gateway's log are searched for them.
 """
@@ -20,7 +21,7 @@ import pytest
 from tests.e2e.test_hl7_intake import field
 from tests.e2e.test_iso8583 import encode, fields_of, read_exact
 from tests.finance_messages import DEBTOR_IBAN, pain001
-from tests.support import ADMIN_KEY, EB, SB, TEST_KEY, Gateway, free_port, read_frame, wait_port
+from tests.support import ADMIN_KEY, EB, SB, TEST_KEY, Gateway, free_port, read_frame, wait_port, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -30,7 +31,8 @@ PHONE = "5550199731"
 PAN = "4111111111111111"
 TRACK2 = "4111111111111111=29121011000012345678"
 PIN_BLOCK = "A1B2C3D4E5F60718"
-CANARIES = [MRN, SURNAME, PHONE, PAN, TRACK2, PIN_BLOCK, DEBTOR_IBAN]
+FHIR_MRN = "FHIRMRNCANARY777"
+CANARIES = [MRN, SURNAME, PHONE, PAN, TRACK2, PIN_BLOCK, DEBTOR_IBAN, FHIR_MRN]
 
 HL7 = (
     "MSH|^~\\&|LAB|NWG|GW|GATEWAY|20260101120000||ADT^A01^ADT_A01|CANARY-0001|P|2.5.1\r"
@@ -58,6 +60,13 @@ def test_no_canary_in_lineage_exports_pictures_or_logs(tmp_path: Path) -> None:
             headers={**auth, "Content-Type": "application/xml"},
         )
         assert r.status_code == 200, r.text
+        with httpx.Client(
+            base_url=f"{gw.http_url}/fhir", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+        ) as h:
+            patient = {"resourceType": "Patient", "id": FHIR_MRN, "name": [{"family": "Doe"}]}
+            assert h.put(f"/Patient/{FHIR_MRN}", json=patient).status_code == 201
+            assert h.get(f"/Patient/{FHIR_MRN}").status_code == 200
+            assert h.get(f"/Patient/{FHIR_MRN}/_history").status_code == 200
         card = fields_of("0100__track2_pin.json", **{"2": PAN, "35": TRACK2, "52": PIN_BLOCK, "11": "773101"})
         raw = encode(card)
         with socket.create_connection(("127.0.0.1", card_port), timeout=10) as s:
@@ -65,9 +74,10 @@ def test_no_canary_in_lineage_exports_pictures_or_logs(tmp_path: Path) -> None:
             read_exact(s, int.from_bytes(read_exact(s, 2), "big"))
 
         admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
-        ids = [m["id"] for m in httpx.get(f"{gw.http_url}/api/messages", headers=admin).json()["items"]]
-        assert len(ids) == 3
-        seen: list[bytes] = []
+        listing = httpx.get(f"{gw.http_url}/api/messages", headers=admin)
+        ids = [m["id"] for m in listing.json()["items"]]
+        assert len(ids) == 4
+        seen: list[bytes] = [listing.content]
         for mid in ids:
             seen.append(httpx.get(f"{gw.http_url}/api/lineage/messages/{mid}", headers=admin).content)
             for fmt in ("svg", "png"):
@@ -76,10 +86,18 @@ def test_no_canary_in_lineage_exports_pictures_or_logs(tmp_path: Path) -> None:
                 )
                 assert picture.status_code == 200 and picture.content
                 seen.append(picture.content)
-        for key in (f"{MRN}^^^NWG", PAN, DEBTOR_IBAN):  # found by their pseudonyms, never shown
+        for key in (f"{MRN}^^^NWG", PAN, DEBTOR_IBAN, f"Patient/{FHIR_MRN}"):
+            # found by their pseudonyms, never shown
             found = httpx.post(f"{gw.http_url}/api/lineage/search", json={"key": key}, headers=admin)
             assert found.json()["events"], key
             seen.append(found.content)
+        # the FHIR reads are noted in the background: wait for them before the lineage is read
+        reads = {"event": "ResourceHistoryRead", "key": f"Patient/{FHIR_MRN}"}
+        assert wait_until(
+            lambda: bool(
+                httpx.post(f"{gw.http_url}/api/lineage/search", json=reads, headers=admin).json()["events"]
+            )
+        )
     finally:
         gw.stop()
 

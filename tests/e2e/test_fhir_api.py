@@ -595,16 +595,18 @@ def test_writes_are_envelopes_routed_and_in_lineage_and_reads_are_audited(
                 "subject": {"reference": f"Patient/{pid}"},
             },
         )
-    assert wait_until(lambda: len(sink.requests) > before)
-    assert any(mark.encode() in r.body for r in sink.requests[before:])  # the Patient, as received
+    assert wait_until(lambda: any(mark.encode() in r.body for r in sink.requests[before:]))
+    (delivered,) = [r for r in sink.requests[before:] if mark.encode() in r.body]  # the Patient, as received
     with httpx.Client(base_url=gw.http_url, headers={"Authorization": f"Bearer {READ_KEY}"}) as audit:
-        check_lineage(audit, pid, mark)
+        check_lineage(audit, pid, mark, delivered.headers["x-gateway-envelope-id"])
 
 
-def check_lineage(audit: httpx.Client, pid: str, mark: str) -> None:
+def check_lineage(audit: httpx.Client, pid: str, mark: str, message_id: str) -> None:
     msgs = audit.get("/api/messages", params={"protocol": "fhir", "message_type": "Patient"}).json()["items"]
-    mine = next(m for m in msgs if m["headers"].get("resource_id") == pid)
+    mine = next(m for m in msgs if m["id"] == message_id)
     assert mine["route"] == "patients-to-registry" and mine["status"] == "accepted"
+    # the message shows its resource as lineage names it: by the pseudonym of Patient/<pid>, not the id
+    assert mine["headers"]["resource_type"] == "Patient" and mine["headers"]["resource_id"].startswith("hk:")
     lineage = audit.get(f"/api/messages/{mine['id']}/lineage").json()["events"]
     kinds = [e["event"] for e in lineage]
     assert "ResourceWritten" in kinds and "RouteMatched" in kinds
@@ -615,9 +617,16 @@ def check_lineage(audit: httpx.Client, pid: str, mark: str) -> None:
 
     assert wait_until(lambda: bool(read_events()))
     read = read_events()[0]
-    assert read["actor"] == "user:ehr" and read["details"]["resource"] == f"Patient/{pid}"
+    # the resource by type and pseudonym, the one the write's patient key (Patient/<pid>) has: never its id
+    received = next(e for e in lineage if e["event"] == "MessageReceived")
+    assert read["actor"] == "user:ehr" and read["details"]["resource_type"] == "Patient"
+    assert (
+        read["details"]["resource"]
+        == received["details"]["keys"]["patient"]
+        == mine["headers"]["resource_id"]
+    )
     text = str(lineage) + str(read_events())
-    assert "Lineage" not in text and mark not in text and "1974-12-25" not in text
+    assert "Lineage" not in text and mark not in text and "1974-12-25" not in text and pid not in text
     unrouted = [
         m
         for m in audit.get(
@@ -1227,9 +1236,8 @@ def test_summary_and_elements_answer_a_tagged_part_of_each_resource(gw: Gateway)
     with httpx.Client(base_url=gw.http_url, headers={"Authorization": f"Bearer {READ_KEY}"}) as audit:
 
         def reads() -> int:
-            query = {"event": "ResourceRead", "limit": 10000}
-            found = audit.post("/api/lineage/search", json=query).json()["events"]
-            return sum(1 for e in found if e["details"].get("resource") == f"Patient/{pid}")
+            query = {"key": f"Patient/{pid}", "event": "ResourceRead", "limit": 10000}
+            return len(audit.post("/api/lineage/search", json=query).json()["events"])
 
         assert wait_until(lambda: reads() >= 3)  # the three reads above
         before = reads()

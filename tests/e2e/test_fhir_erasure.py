@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sqlite3
 import uuid
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import pytest
 from fhirpy import SyncFHIRClient
 
 from tests.gateway.sinks.peers import Receiver
-from tests.support import ADMIN_KEY, Gateway
+from tests.support import ADMIN_KEY, Gateway, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -39,6 +40,17 @@ def observation(patient_id: str, code: str, value: float) -> dict[str, Any]:
         "subject": {"reference": f"Patient/{patient_id}"},
         "valueQuantity": {"value": value, "unit": "mmol/L"},
     }
+
+
+def written_by(api: httpx.Client, reference: str, headers: dict[str, str] | None = None) -> str:
+    """The id of the one message that wrote the resource ``reference`` (``Type/id``), found as an auditor
+    finds it: by a lineage search, which matches the resource's pseudonym (messages show no id)."""
+    query = {"key": reference, "event": "ResourceWritten"}
+    events = api.post("/api/lineage/search", json=query, headers=headers).json()["events"]
+    (message_id,) = {
+        e["envelope_id"] for e in events if e["details"]["resource_type"] == reference.split("/")[0]
+    }
+    return str(message_id)
 
 
 def sealing_gateway(tmp_path: Path, registry: Receiver) -> Gateway:
@@ -182,16 +194,12 @@ def test_erasing_a_patient_expunges_its_fhir_resources(tmp_path: Path) -> None:
                     "/api/subjects/erase", json={"subject": "", "x": second["subject"]}, headers=admin
                 )
                 assert bad.status_code == 400 and posted.id not in bad.text
-                written = api.get("/api/messages", params={"protocol": "fhir"}, headers=admin).json()["items"]
-                (create,) = [m for m in written if m["headers"].get("resource_id") == posted.id]
-                assert (
-                    second_name.encode()
-                    in api.get(f"/api/messages/{create['id']}/raw", headers=admin).content
-                )
+                create = written_by(api, f"Patient/{posted.id}", admin)
+                assert second_name.encode() in api.get(f"/api/messages/{create}/raw", headers=admin).content
                 done = api.post("/api/subjects/erase", json=second, headers=admin)
                 assert done.status_code == 200 and done.json() == {"bodies": 2, "records": 2}
                 # the POSTed Patient was filed under the id the server gave it: its body is sealed and gone
-                gone = api.get(f"/api/messages/{create['id']}/raw", headers=admin)
+                gone = api.get(f"/api/messages/{create}/raw", headers=admin)
                 assert gone.status_code == 410 and gone.json()["error"] == "erased"
                 fhir = {"Authorization": f"Bearer {FHIR_KEY}"}
                 assert api.get(f"/fhir/Patient/{posted.id}", headers=fhir).status_code == 404
@@ -207,6 +215,9 @@ def test_erasing_a_patient_expunges_its_fhir_resources(tmp_path: Path) -> None:
             assert erased_name.lower().encode() not in at_rest  # (the search index keeps names in lower case)
             assert second_name.lower().encode() not in at_rest
             assert kept_name.lower().encode() in at_rest
+            # nor of their ids: lineage never held them, and the message rows keep their pseudonyms now
+            assert b"erase-me-1" not in at_rest and posted.id.lower().encode() not in at_rest
+            assert b"keep-me-1" in at_rest
         finally:
             assert gw.stop() == 0
 
@@ -242,16 +253,15 @@ def test_erasing_the_second_patient_of_an_appointment_expunges_it(tmp_path: Path
                 appt_id = made.json()["id"]
                 second = {"patient": "Patient/appt-second"}
                 assert h.get("/Appointment", params=second).json()["total"] == 1
-                written = api.get("/api/messages", params={"protocol": "fhir"}).json()["items"]
-                (write,) = [m for m in written if m["headers"].get("resource_id") == appt_id]
-                assert canary.encode() in api.get(f"/api/messages/{write['id']}/raw").content
+                write = written_by(api, f"Appointment/{appt_id}")
+                assert canary.encode() in api.get(f"/api/messages/{write}/raw").content
 
                 done = api.post("/api/subjects/erase", json={"subject": "Patient/appt-second"})
                 assert done.status_code == 200, done.text
 
                 assert h.get(f"/Appointment/{appt_id}").status_code in (404, 410)
                 assert h.get("/Appointment", params=second).json()["total"] == 0
-                gone = api.get(f"/api/messages/{write['id']}/raw")
+                gone = api.get(f"/api/messages/{write}/raw")
                 assert gone.status_code == 410 and gone.json()["error"] == "erased"
                 # the Patient and the Appointment; the Patient's body and the Appointment's, sealed under
                 # the first patient's key
@@ -261,5 +271,91 @@ def test_erasing_the_second_patient_of_an_appointment_expunges_it(tmp_path: Path
 
             at_rest = b"".join(p.read_bytes() for p in gw.data_dir.glob("gateway.db*")).lower()
             assert canary.lower().encode() not in at_rest
+        finally:
+            assert gw.stop() == 0
+
+
+def test_a_patient_id_never_enters_lineage_and_its_erasure_leaves_it_nowhere(tmp_path: Path) -> None:
+    """Clients use an MRN as a Patient's id. Its write, read and history read, and an Observation about
+    it, name the resource in lineage by type and keyed pseudonym only, which a lineage search by
+    ``Patient/<id>`` (or ``Observation/<id>``) finds; once the patient is erased the id is nowhere: not in
+    lineage, its searches and exports, the message listing or the store's files."""
+    mrn = f"MRNCANARY{uuid.uuid4().hex[:8].upper()}"
+    ref = f"Patient/{mrn}"
+    with Receiver() as registry:
+        gw = sealing_gateway(tmp_path, registry)
+        try:
+            with httpx.Client(
+                base_url=f"{gw.http_url}/fhir", headers={"Authorization": f"Bearer {FHIR_KEY}"}
+            ) as h:
+                patient = {"resourceType": "Patient", "id": mrn, "name": [{"family": "Doe"}]}
+                assert h.put(f"/Patient/{mrn}", json=patient).status_code == 201
+                assert h.get(f"/Patient/{mrn}").status_code == 200
+                assert h.get(f"/Patient/{mrn}/_history").json()["total"] == 1
+                obs = h.post("/Observation", json=observation(mrn, "2345-7", 5.4)).json()["id"]
+                assert h.get(f"/Observation/{obs}").status_code == 200
+
+            with httpx.Client(base_url=gw.http_url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as api:
+
+                def found(key: str) -> list[dict[str, Any]]:
+                    answer = api.post("/api/lineage/search", json={"key": key, "limit": 1000})
+                    assert answer.status_code == 200, answer.text
+                    events: list[dict[str, Any]] = answer.json()["events"]
+                    return events
+
+                named = {"ResourceWritten", "ResourceRead", "ResourceHistoryRead"}
+                assert wait_until(lambda: named <= {e["event"] for e in found(ref)})  # reads are noted after
+                events = found(ref)
+                received = next(e for e in events if e["event"] == "MessageReceived")
+                pseudo = received["details"]["keys"]["patient"]
+                assert pseudo.startswith("hk:") and received["details"]["masked_keys"]["patient"].endswith(
+                    mrn[-4:]
+                )
+                for e in events:
+                    if e["event"] in named and e["details"]["resource_type"] == "Patient":
+                        assert e["details"]["resource"] == pseudo
+                        assert e["details"]["masked_resource"] == f"Patient/***{mrn[-4:]}"
+                assert wait_until(
+                    lambda: (
+                        {"ResourceWritten", "ResourceRead"}
+                        <= {e["event"] for e in found(f"Observation/{obs}")}
+                    )
+                )
+                assert mrn not in json.dumps(events)
+                write = written_by(api, ref)
+                assert api.get(f"/api/messages/{write}").json()["headers"]["resource_id"] == pseudo
+                with sqlite3.connect(gw.data_dir / "gateway.db") as db:  # kept at rest until the erasure
+                    (held,) = db.execute("SELECT headers FROM messages WHERE id = ?", (write,)).fetchone()
+                assert json.loads(held)["resource_id"] == mrn
+
+                done = api.post("/api/subjects/erase", json={"subject": ref})
+                assert done.status_code == 200 and done.json() == {"bodies": 2, "records": 2}
+
+                shown = api.get(f"/api/messages/{write}")
+                assert shown.json()["headers"]["resource_id"] == pseudo  # as lineage names the resource
+                seen = [
+                    shown.content,
+                    api.get("/api/messages", params={"protocol": "fhir"}).content,
+                    api.get(f"/api/lineage/messages/{write}").content,
+                    json.dumps(found(ref)).encode(),
+                    json.dumps(found(f"Observation/{obs}")).encode(),
+                ]
+                assert found(ref), "the erased patient's events are still found by the pseudonym"
+                assert api.get("/api/lineage/verify").json()["ok"] is True
+            for fmt in ("jsonl", "fhir"):
+                out = tmp_path / f"export.{fmt}"
+                exported = gw.cli(
+                    "lineage", "export", "--format", fmt, "--output", str(out), *gw.store_args()
+                )
+                assert exported.returncode == 0, exported.stderr
+                seen.append(out.read_bytes())
+            traced = gw.cli("lineage", "trace", write, "--json", *gw.store_args())
+            assert traced.returncode == 0, traced.stderr
+            seen.append(traced.stdout.encode())
+            seen.extend(p.read_bytes() for p in gw.data_dir.glob("gateway.db*"))  # the store's files
+            seen.append(gw.logs().encode())
+            everything = b"\n".join(seen)
+            assert mrn.encode() not in everything and mrn.lower().encode() not in everything.lower()
+            assert pseudo.encode() in everything  # the search is real: the pseudonym is there
         finally:
             assert gw.stop() == 0

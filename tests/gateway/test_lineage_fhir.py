@@ -321,3 +321,30 @@ def test_provenance_alone_validates() -> None:
     odd = provenance("not a valid/id", parent, "2024-05-01T10:00:00+00:00", "transform")
     Provenance.model_validate(odd)
     assert odd["id"].startswith("provenance-") and "/" not in odd["id"]
+
+
+def test_a_resource_goes_out_as_its_type_and_pseudonym_never_its_id_or_mask() -> None:
+    """A FHIR read names the resource by ``resource_type``, the pseudonym of ``Type/id`` (``resource``)
+    and a masked form: the export keeps the type and the pseudonym, and leaves out the mask, and the
+    reference itself where an event written before resources were named so still holds it."""
+    pseudo = "hk:" + "ab" * 16
+    now = _event(
+        "ResourceRead",
+        "ok",
+        actor="user:ehr",
+        details={
+            "resource_type": "Patient",
+            "resource": pseudo,
+            "masked_resource": "Patient/***Y777",
+            "version": 1,
+            "interaction": "read",
+        },
+    )
+    details = _details(audit_event(now))
+    assert details["pseudonym:resource"] == pseudo and details["resource_type"] == "Patient"
+    assert "resource" not in details and "masked_resource" not in details
+    assert "Y777" not in json.dumps(audit_event(now))
+    before = _event("ResourceRead", "ok", actor="user:ehr", details={"resource": "Patient/MRNCANARY777"})
+    exported = audit_event(before)
+    AuditEvent.model_validate(exported)
+    assert "MRNCANARY777" not in json.dumps(exported)

@@ -15,7 +15,7 @@ import pytest
 from gateway.adapter import Issue
 from gateway.envelope import new_id, sha256_hex, utcnow
 from gateway.errors import StoreUnavailable
-from gateway.lineage import EventDraft, pseudonym
+from gateway.lineage import EventDraft, Keyed, pseudonym
 from gateway.store import IntakeRecord, MessageFilter, ReplyRecord
 from gateway.store.sqlite import WAL_CHECKPOINT_PAGES, SQLiteStore
 
@@ -407,3 +407,106 @@ def test_bodies_are_pruned_a_bounded_chunk_per_transaction(
     events = [e for e in store.events_between(None, None) if e.event == "BodiesPruned"]
     assert [e.details["bodies"] for e in events] == [2, 2, 2, 2, 2]  # 2,500 bytes hold two 1 KB bodies
     assert all(store.get_raw(m.id) == b"" for m in store.list_messages(MessageFilter(limit=50)))
+
+
+def test_a_keyed_detail_goes_into_lineage_as_its_pseudonym_and_a_key_search_finds_it(
+    store: SQLiteStore,
+) -> None:
+    """A resource an event names (``details.resource``, :class:`Keyed`) enters the chain as the keyed
+    pseudonym a business key of the same value gets, never as it is; a key search finds the event by that
+    value even when no message is filed under it (a read, a version a sink wrote)."""
+    from gateway.store import EventQuery
+
+    drafts = [
+        EventDraft(
+            "ResourceRead", None, "user:ehr", "ok", details={"resource": Keyed("Patient/MRN-CLEAR-7")}
+        ),
+        EventDraft("ResourceRead", None, "user:ehr", "ok", details={"resource": Keyed("Patient/other")}),
+    ]
+    asyncio.run(store.record_events(drafts))
+    with sqlite3.connect(store.path) as db:
+        dump = repr(db.execute("SELECT * FROM lineage").fetchall())
+    assert "MRN-CLEAR-7" not in dump
+    (found,) = store.search_events(EventQuery(key="Patient/MRN-CLEAR-7"))
+    assert found.details["resource"] == pseudonym(b"k" * 32, "Patient/MRN-CLEAR-7")
+    assert store.verify_lineage().ok  # the chain covers the pseudonym, as stored
+
+
+def test_a_keyed_value_cannot_be_written_anywhere_but_through_the_store() -> None:
+    import orjson
+
+    secret = Keyed("Patient/MRN-CLEAR-8")
+    assert "MRN-CLEAR-8" not in repr(secret) and "MRN-CLEAR-8" not in repr(
+        EventDraft("ResourceRead", None, "user:x", details={"resource": secret})
+    )
+    with pytest.raises(TypeError):
+        orjson.dumps({"resource": secret})
+
+
+def test_a_key_search_finds_a_resource_and_the_messages_filed_under_it(store: SQLiteStore) -> None:
+    """``key: Patient/<id>`` finds the write filed under the patient key and every read of the resource."""
+    from gateway.store import EventQuery
+
+    written = replace(record("FHIR-1"), protocol="fhir", business_keys={"patient": "Patient/p-77"})
+
+    async def go() -> None:
+        await store.record_intake([written])
+        await store.record_events(
+            [
+                EventDraft(
+                    "ResourceRead", written.id, "user:a", "ok", details={"resource": Keyed("Patient/p-77")}
+                )
+            ]
+        )
+        await store.record_events(
+            [EventDraft("ResourceRead", None, "user:b", "ok", details={"resource": Keyed("Patient/p-77")})]
+        )
+
+    asyncio.run(go())
+    found = store.search_events(EventQuery(key="Patient/p-77"))
+    assert [e.event for e in found] == ["MessageReceived", "MessageAccepted", "ResourceRead", "ResourceRead"]
+    assert [e.seq for e in found] == sorted(e.seq for e in found)
+    assert (
+        store.search_events(EventQuery(key="Patient/p-77", event="ResourceRead", limit=1))[0].actor
+        == "user:a"
+    )
+    assert store.search_events(EventQuery(key="Patient/p-78")) == []
+
+
+def test_erasure_replaces_a_resource_id_header_by_its_pseudonym(store: SQLiteStore) -> None:
+    """A FHIR write names its resource in the ``resource_id`` header, shown as the pseudonym lineage names
+    the resource by: once its patient is erased that pseudonym replaces the id at rest too, and its
+    pending deliveries are dead-lettered."""
+    from gateway.store import PlannedDelivery
+
+    def write(control_id: str, patient: str, rtype: str, rid: str) -> IntakeRecord:
+        return replace(
+            record(control_id),
+            protocol="fhir",
+            headers={"resource_type": rtype, "resource_id": rid, "interaction": "update"},
+            business_keys={"patient": patient},
+            route="r",
+            deliveries=(PlannedDelivery("registry", "r", None, None),),
+        )
+
+    erased = write("W-1", "Patient/MRN-GONE-9", "Patient", "MRN-GONE-9")
+    about = write("W-2", "Patient/MRN-GONE-9", "Observation", "obs-of-gone-1")
+    kept = write("W-3", "Patient/MRN-KEPT-9", "Patient", "MRN-KEPT-9")
+
+    async def go() -> None:
+        await store.record_intake([erased, about, kept])
+        await store.erase_subject("Patient/MRN-GONE-9", "user:test")
+
+    asyncio.run(go())
+    key = b"k" * 32
+    shown = {m.id: m for m in store.list_messages(MessageFilter())}
+    assert shown[erased.id].headers["resource_id"] == pseudonym(key, "Patient/MRN-GONE-9")
+    assert shown[about.id].headers["resource_id"] == pseudonym(key, "Observation/obs-of-gone-1")
+    # a message shows its resource so in any case; the erased ones keep only the pseudonym at rest too
+    assert shown[kept.id].headers["resource_id"] == pseudonym(key, "Patient/MRN-KEPT-9")
+    states = {m: (d.status, d.last_error_code) for m in shown for d in store.deliveries_of(m)}
+    assert states[erased.id] == states[about.id] == ("dead", "subject_erased")
+    assert states[kept.id] == ("pending", "")
+    with sqlite3.connect(store.path) as db:
+        dump = repr(db.execute("SELECT * FROM messages").fetchall())
+    assert "MRN-GONE-9" not in dump and "obs-of-gone-1" not in dump and "MRN-KEPT-9" in dump

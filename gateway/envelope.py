@@ -105,6 +105,11 @@ class Envelope:
     in lineage, and in the message row the ``masked_keys`` form where the adapter gives one."""
     masked_keys: Mapping[str, str] = field(default_factory=dict)
     """How a business key may be shown (an IBAN as ``DE89…3000``, a card as BIN + last four)."""
+    sender_key: str = ""
+    """The business key that tells senders apart when ``sender`` is only a marker standing for a person
+    (an ISO 20022 private initiating party: ``private-party``): a resend is matched against the messages
+    of that marker filed under the key's value, so that two people using one control id are not taken for
+    one sender reusing it."""
     sensitivity: Sensitivity = "none"
     content_sha256: str = ""
     """What decides that a message was received before, when the same content may arrive in other bytes

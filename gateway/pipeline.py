@@ -131,6 +131,7 @@ def _envelope_record(env: Envelope, receipt: Receipt, outcome: OutcomeKind, **fi
         headers=env.headers,
         business_keys=env.business_keys,
         masked_keys=env.masked_keys,
+        sender_key=env.sender_key,
         **fields,
     )
 

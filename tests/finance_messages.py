@@ -30,8 +30,17 @@ def pain001(
     ctrl_sum: str | None = None,
     charge_bearer: str = "SLEV",
     debtor_name: str = "Acme Trading GmbH",
+    initiating_party: str | None = None,
 ) -> bytes:
-    """A pain.001.001.12 with one payment-information block and one transaction per amount."""
+    """A pain.001.001.12 with one payment-information block and one transaction per amount.
+
+    ``initiating_party``: the XML inside ``InitgPty`` (by default the debtor's name and the BIC
+    ``ACMEDEFF`` as its organisation id)."""
+    party = (
+        initiating_party
+        if initiating_party is not None
+        else f"<Nm>{escape(debtor_name)}</Nm><Id><OrgId><AnyBIC>ACMEDEFF</AnyBIC></OrgId></Id>"
+    )
     total = ctrl_sum if ctrl_sum is not None else str(sum((Decimal(a) for a in amounts), Decimal(0)))
     txs = "".join(
         f"""
@@ -53,7 +62,7 @@ def pain001(
       <CreDtTm>2026-11-27T09:30:00Z</CreDtTm>
       <NbOfTxs>{len(amounts)}</NbOfTxs>
       <CtrlSum>{total}</CtrlSum>
-      <InitgPty><Nm>{escape(debtor_name)}</Nm><Id><OrgId><AnyBIC>ACMEDEFF</AnyBIC></OrgId></Id></InitgPty>
+      <InitgPty>{party}</InitgPty>
     </GrpHdr>
     <PmtInf>
       <PmtInfId>{escape(msg_id)}-P1</PmtInfId>

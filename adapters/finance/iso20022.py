@@ -11,9 +11,16 @@ routes as ``rules: [sepa]``. Replies are status reports
 (:mod:`adapters.finance.iso20022_reports`).
 
 Envelope: ``message_type`` ``pain.001``, ``version`` ``001.03``,
-``control_id`` GrpHdr/MsgId, ``sender`` the initiating party's identifier (or
-name) or the instructing agent's BIC, ``receiver`` the instructed agent. The
-headers that routes read: ``message_definition``, ``msg_id``,
+``control_id`` GrpHdr/MsgId, ``sender`` the initiating party's organisation
+identifier or the instructing agent's BIC, ``receiver`` the instructed agent.
+An initiating party without an organisation identifier (AnyBIC, BICOrBEI, LEI,
+OrgId/Othr/Id) is a private person, or may be one (a name alone): its
+identifier or name is personal data, so it is neither a header nor the sender
+(``initiating_party`` is empty, ``sender`` the marker ``private-party``,
+:data:`PRIVATE_PARTY`) but the business key ``private_party`` (PrvtId/Othr/Id,
+else Nm), masked (``…2345``, a name as its first letter); the envelope's
+``sender_key`` names that key, so that a resend is recognised per person, not
+per marker. The headers that routes read: ``message_definition``, ``msg_id``,
 ``creation_time``, ``initiating_party``, ``instructing_agent``,
 ``instructed_agent``, ``debtor_agent``, ``creditor_agent``, ``currency``
 (``MULTI`` when transactions differ), ``nb_of_txs``, ``total_amount`` (a
@@ -48,7 +55,7 @@ from gateway.config import ISO20022Config
 from gateway.envelope import Envelope, Receipt, new_id, sha256_hex
 from gateway.xml import XMLRejected, parse_xml
 
-__all__ = ["CONTENT_TYPE", "ISO20022Adapter"]
+__all__ = ["CONTENT_TYPE", "PRIVATE_PARTY", "PRIVATE_PARTY_KEY", "ISO20022Adapter"]
 
 CONTENT_TYPE = "application/xml"
 HEADER_KEYS: frozenset[str] = frozenset(
@@ -82,7 +89,13 @@ _NAMESPACE_SNIFF = re.compile(
     rb"(?:urn:iso:std:iso:20022:tech:xsd:|six-interbank-clearing\.com/(?:[a-z]{2}/)?)[a-z]{4}\.\d{3}"
 )
 _MAX_ACCOUNT_KEYS = 100
-_PARTY_IDS = ("Id/OrgId/AnyBIC", "Id/OrgId/BICOrBEI", "Id/OrgId/Othr/Id", "Id/PrvtId/Othr/Id", "Nm")
+_ORGANISATION_IDS = ("Id/OrgId/AnyBIC", "Id/OrgId/BICOrBEI", "Id/OrgId/LEI", "Id/OrgId/Othr/Id")
+_PRIVATE_IDS = ("Id/PrvtId/Othr/Id", "Nm")
+PRIVATE_PARTY = "private-party"
+"""The ``sender`` of a message whose initiating party has no organisation identifier (a private person, or
+a name alone): who it is stays in the business key :data:`PRIVATE_PARTY_KEY`, never in clear."""
+PRIVATE_PARTY_KEY = "private_party"
+"""The business key of a private initiating party: its PrvtId/Othr/Id, else its name."""
 _AGENT_BIC = ("FinInstnId/BICFI", "FinInstnId/BIC")
 
 
@@ -141,6 +154,11 @@ class ISO20022Adapter:
                 headers,
             )
         accounts = _accounts(doc)
+        keys, masked = dict(accounts), {k: mask_account(v) for k, v in accounts.items()}
+        _, private, by_name = _initiating_party(doc)
+        if private:
+            keys[PRIVATE_PARTY_KEY] = private
+            masked[PRIVATE_PARTY_KEY] = private[:1] + "…" if by_name else mask_account(private)
         return Envelope(
             id=new_id(),
             received_at=receipt.received_at,
@@ -154,8 +172,9 @@ class ISO20022Adapter:
             raw_sha256=sha256_hex(raw),
             body=doc,
             headers=headers,
-            business_keys=accounts,
-            masked_keys={k: mask_account(v) for k, v in accounts.items()},
+            business_keys=keys,
+            masked_keys=masked,
+            sender_key=PRIVATE_PARTY_KEY if private else "",
             sensitivity="pii",
             receipt=receipt,
         )
@@ -243,6 +262,26 @@ def _agent(doc: Document, *places: str) -> str:
     return ""
 
 
+def _initiating_party(doc: Document) -> tuple[str, str | None, bool]:
+    """The initiating party's organisation identifier, else ``""`` and, when the party is (or may be) a
+    private person, its private identifier or name (``""`` for neither) and whether that is the name;
+    ``None`` when there is no such party."""
+    group = doc.find("GrpHdr") if doc.message is not None else None
+    party = doc.find("InitgPty", group) if group is not None else None
+    if party is None:
+        return "", None, False
+    organisation = _first(doc, party, _ORGANISATION_IDS)
+    if organisation:
+        return organisation, None, False
+    ident = doc.text(_PRIVATE_IDS[0], party)
+    if ident:
+        return "", ident, False
+    name = doc.text(_PRIVATE_IDS[1], party)
+    if name or doc.find("Id/PrvtId", party) is not None:
+        return "", name, bool(name)
+    return "", None, False
+
+
 def _headers(doc: Document) -> dict[str, str]:
     h: dict[str, str] = {
         "message_type": doc.message_type,
@@ -256,8 +295,8 @@ def _headers(doc: Document) -> dict[str, str]:
     h["msg_id"] = msg_id
     h["control_id"] = msg_id
     h["creation_time"] = doc.text("CreDtTm", group) if group is not None else ""
-    initiating = doc.find("InitgPty", group) if group is not None else None
-    h["initiating_party"] = _first(doc, initiating, _PARTY_IDS)
+    organisation, private, _ = _initiating_party(doc)
+    h["initiating_party"] = organisation
     h["instructing_agent"] = _agent(doc, "GrpHdr/InstgAgt", "InstgAgt")
     h["instructed_agent"] = _agent(doc, "GrpHdr/InstdAgt", "InstdAgt")
     h["debtor_agent"] = _agent(doc, "DbtrAgt")
@@ -267,7 +306,12 @@ def _headers(doc: Document) -> dict[str, str]:
         h["bah_from"] = _bah_party(header, "Fr")
         h["bah_to"] = _bah_party(header, "To")
         h["bah_business_message_id"] = _header_text(doc, header, "BizMsgIdr")
-    h["sender"] = h["initiating_party"] or h["instructing_agent"] or h.get("bah_from", "")
+    h["sender"] = (
+        organisation
+        or (PRIVATE_PARTY if private is not None else "")
+        or h["instructing_agent"]
+        or h.get("bah_from", "")
+    )
     h["receiver"] = h["instructed_agent"] or h.get("bah_to", "")
     if kind is not None and kind.amounts:
         values = [t.amount for t in doc.transactions if t.amount is not None]

@@ -105,6 +105,9 @@ class IntakeRecord:
     business_keys: Mapping[str, str] = field(default_factory=dict, repr=False)
     masked_keys: Mapping[str, str] = field(default_factory=dict)
     """How business keys may be shown; the message row keeps these forms in place of the values."""
+    sender_key: str = ""
+    """The business key that tells senders apart when ``sender`` is a marker
+    (:attr:`gateway.envelope.Envelope.sender_key`)."""
     issues: Sequence[Issue] = ()
     parent_id: str | None = None
     validated: bool = True

@@ -548,11 +548,23 @@ class SQLiteStore:
         conn = txn.conn
         keyed = bool(rec.control_id) and rec.outcome == "accepted"
         if keyed:
-            row = conn.execute(
+            sql = (
                 "SELECT raw_sha256, id, content_sha256 FROM messages WHERE control_id = ? AND sender = ?"
-                " AND protocol = ? AND status = 'accepted' LIMIT 1",
-                (rec.control_id, rec.sender, rec.protocol),
-            ).fetchone()
+                " AND protocol = ? AND status = 'accepted'"
+            )
+            args: tuple[str, ...] = (rec.control_id, rec.sender, rec.protocol)
+            party = rec.business_keys.get(rec.sender_key) if rec.sender_key else None
+            if party:
+                # the sender is a marker standing for a person: only that person's messages count, those
+                # filed under their pseudonym (or, stored before the person was withheld, sent by their
+                # value: compared here, never written)
+                sql = (
+                    "SELECT raw_sha256, id, content_sha256 FROM messages WHERE control_id = ? AND protocol = ?"
+                    " AND status = 'accepted' AND (sender = ? AND id IN"
+                    " (SELECT message_id FROM message_keys WHERE pseudonym = ?) OR sender = ?)"
+                )
+                args = (rec.control_id, rec.protocol, rec.sender, pseudonym(self._key, party), party)
+            row = conn.execute(sql + " LIMIT 1", args).fetchone()
             if row is not None:
                 # The same bytes, or the same content: a row stored before its adapter gave a
                 # content digest has none, and an identical resend must still match it.

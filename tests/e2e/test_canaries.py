@@ -1,9 +1,10 @@
 """Canary values that must never appear in clear outside the message bodies.
 
 A patient (MRN, name, phone), a card (PAN, track 2, PIN block), an account
-(IBAN) and a FHIR Patient whose id is an MRN (written, read, its history read)
-go in through HL7 v2, ISO 8583, ISO 20022 and the FHIR API on the real gateway
-process; then the lineage table, the message listing, every lineage export (JSON lines, CSV, FHIR
+(IBAN), a FHIR Patient whose id is an MRN (written, read, its history read) and
+a private person initiating a payment (by name) go in through HL7 v2, ISO 8583,
+the FHIR API and ISO 20022 on the real gateway process; then the lineage table,
+the message listing, every lineage export (JSON lines, CSV, FHIR
 AuditEvent/Provenance), the journey pictures (SVG and PNG, API and CLI), the
 API's lineage answers and the gateway's log are searched for them.
 """
@@ -32,7 +33,8 @@ PAN = "4111111111111111"
 TRACK2 = "4111111111111111=29121011000012345678"
 PIN_BLOCK = "A1B2C3D4E5F60718"
 FHIR_MRN = "FHIRMRNCANARY777"
-CANARIES = [MRN, SURNAME, PHONE, PAN, TRACK2, PIN_BLOCK, DEBTOR_IBAN, FHIR_MRN]
+PRIVATE_NAME = "ZZCANARYDEBTORNAME"
+CANARIES = [MRN, SURNAME, PHONE, PAN, TRACK2, PIN_BLOCK, DEBTOR_IBAN, FHIR_MRN, PRIVATE_NAME]
 
 HL7 = (
     "MSH|^~\\&|LAB|NWG|GW|GATEWAY|20260101120000||ADT^A01^ADT_A01|CANARY-0001|P|2.5.1\r"
@@ -60,6 +62,12 @@ def test_no_canary_in_lineage_exports_pictures_or_logs(tmp_path: Path) -> None:
             headers={**auth, "Content-Type": "application/xml"},
         )
         assert r.status_code == 200, r.text
+        r = httpx.post(
+            f"{gw.http_url}/ingest/iso20022",
+            content=pain001("CANARY-PAY-2", ["20.00"], initiating_party=f"<Nm>{PRIVATE_NAME}</Nm>"),
+            headers={**auth, "Content-Type": "application/xml"},
+        )
+        assert r.status_code == 200, r.text
         with httpx.Client(
             base_url=f"{gw.http_url}/fhir", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
         ) as h:
@@ -76,7 +84,7 @@ def test_no_canary_in_lineage_exports_pictures_or_logs(tmp_path: Path) -> None:
         admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
         listing = httpx.get(f"{gw.http_url}/api/messages", headers=admin)
         ids = [m["id"] for m in listing.json()["items"]]
-        assert len(ids) == 4
+        assert len(ids) == 5
         seen: list[bytes] = [listing.content]
         for mid in ids:
             seen.append(httpx.get(f"{gw.http_url}/api/lineage/messages/{mid}", headers=admin).content)
@@ -86,7 +94,7 @@ def test_no_canary_in_lineage_exports_pictures_or_logs(tmp_path: Path) -> None:
                 )
                 assert picture.status_code == 200 and picture.content
                 seen.append(picture.content)
-        for key in (f"{MRN}^^^NWG", PAN, DEBTOR_IBAN, f"Patient/{FHIR_MRN}"):
+        for key in (f"{MRN}^^^NWG", PAN, DEBTOR_IBAN, f"Patient/{FHIR_MRN}", PRIVATE_NAME):
             # found by their pseudonyms, never shown
             found = httpx.post(f"{gw.http_url}/api/lineage/search", json={"key": key}, headers=admin)
             assert found.json()["events"], key

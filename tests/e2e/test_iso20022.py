@@ -6,6 +6,7 @@ real HTTP receivers. Replies are checked against the ISO 20022 XSDs.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -307,3 +308,63 @@ def test_status_reports_are_routed_to_the_sender(tmp_path: Path) -> None:
             assert len(sender_bank.requests) == 2
         finally:
             gw.stop()
+
+
+NAME_CANARY = "ZZCANARYDEBTORNAME"
+ID_CANARY = "CANARY12345"
+
+
+def test_a_private_initiating_party_is_never_shown_and_its_resends_are_told_apart(
+    bank: tuple[Gateway, Receiver, Receiver], schema_dir: Path
+) -> None:
+    """A person as initiating party (a name alone, or a PrvtId) is not the sender: the message listing,
+    its journey, lineage and ``gateway lineage trace`` show ``private-party`` and never the name or id,
+    which a lineage search finds by its pseudonym. A resend is still recognised, per person: the same
+    file again is a duplicate, another person's file with the same MsgId is a payment of its own, and
+    the same person reusing the MsgId for another file is DU01."""
+    gw, core, _ = bank
+    by_name = f"<Nm>{NAME_CANARY}</Nm>"
+    by_id = f"<Nm>Jo Example</Nm><Id><PrvtId><Othr><Id>{ID_CANARY}</Id></Othr></PrvtId></Id>"
+    first = pain001("PRIV-PAY-1", ["10.00"], initiating_party=by_name)
+    assert post(gw, first).status_code == 200
+    again = post(gw, first)  # a retry after a lost reply: answered again, no second payment
+    assert again.status_code == 200
+    assert texts(report(again, schema_dir, "pain.002.001.14"), "GrpSts") == ["ACTC"]
+    other = post(gw, pain001("PRIV-PAY-1", ["20.00"], initiating_party=by_id))  # another person
+    assert other.status_code == 200, other.text
+    assert texts(report(other, schema_dir, "pain.002.001.14"), "GrpSts") == ["ACTC"]
+    reused = post(gw, pain001("PRIV-PAY-1", ["30.00"], initiating_party=by_name))
+    assert reused.status_code == 400
+    root = report(reused, schema_dir, "pain.002.001.14")
+    assert texts(root, "GrpSts") == ["RJCT"] and texts(root, "Cd") == ["DU01"]
+
+    seen: list[bytes] = []
+    with httpx.Client(base_url=gw.http_url, headers={"Authorization": f"Bearer {TEST_KEY}"}) as api:
+        listing = api.get("/api/messages", params={"control_id": "PRIV-PAY-1"})
+        seen.append(listing.content)
+        items = listing.json()["items"]
+        assert sorted(i["status"] for i in items) == ["accepted", "accepted", "rejected"]
+        assert {i["sender"] for i in items} == {"private-party"}
+        assert {i["headers"]["initiating_party"] for i in items} == {""}
+        accepted = [i["id"] for i in items if i["status"] == "accepted"]
+        for mid in accepted:
+            seen.append(api.get(f"/api/messages/{mid}").content)
+            seen.append(api.get(f"/api/lineage/messages/{mid}").content)
+            assert wait_until(lambda mid=mid: all(d["status"] == "delivered" for d in deliveries_of(gw, mid)))
+        by_sender = api.post("/api/lineage/search", json={"sender": "private-party"}).json()["events"]
+        assert set(accepted) <= {e["envelope_id"] for e in by_sender}
+        assert api.post("/api/lineage/search", json={"sender": NAME_CANARY}).json()["events"] == []
+        for canary in (NAME_CANARY, ID_CANARY):  # each person's messages, found by the pseudonym
+            found = api.post("/api/lineage/search", json={"key": canary}).json()["events"]
+            events = [e for e in found if e["event"] == "MessageReceived"]
+            assert len({e["envelope_id"] for e in events}) == (2 if canary == NAME_CANARY else 1), canary
+            assert all(e["details"]["keys"]["private_party"].startswith("hk:") for e in events)
+            seen.append(json.dumps(found).encode())
+    assert len(core.requests) == 2  # the two payments, each once
+    for mid in accepted:
+        traced = gw.cli("lineage", "trace", mid, *gw.store_args())
+        assert traced.returncode == 0 and "from private-party" in traced.stdout, traced.stderr
+        seen.append(traced.stdout.encode())
+    everything = b"\n".join(seen)
+    assert NAME_CANARY.encode() not in everything and ID_CANARY.encode() not in everything
+    assert "…2345".encode() in everything  # the masked id is there: the search is real

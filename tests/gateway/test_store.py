@@ -473,6 +473,56 @@ def test_a_key_search_finds_a_resource_and_the_messages_filed_under_it(store: SQ
     assert store.search_events(EventQuery(key="Patient/p-78")) == []
 
 
+def private_party(control_id: str, body: bytes, party: str) -> IntakeRecord:
+    """A payment whose sender is a person, withheld behind a marker and told apart by a business key."""
+    return replace(
+        record(control_id, body, sender="private-party"),
+        protocol="iso20022",
+        business_keys={"private_party": party},
+        masked_keys={"private_party": party[:1] + "…"},  # as the ISO 20022 adapter masks a name
+        sender_key="private_party",
+    )
+
+
+def test_a_sender_withheld_behind_a_marker_is_told_apart_by_its_key(store: SQLiteStore) -> None:
+    """Two people who use one control id are two senders, not one reusing it; the same person sending
+    the same file again is a duplicate, and another file under the same control id a conflict."""
+
+    async def go() -> list[str]:
+        kinds = []
+        for rec in (
+            private_party("P-1", b"<a/>", "ANN EXAMPLE"),
+            private_party("P-1", b"<b/>", "BOB EXAMPLE"),  # another person, the same MsgId
+            private_party("P-1", b"<a/>", "ANN EXAMPLE"),  # Ann's file again
+            private_party("P-1", b"<c/>", "ANN EXAMPLE"),  # Ann reuses her MsgId for another file
+        ):
+            (decision,) = await store.record_intake([rec])
+            kinds.append(decision.kind)
+        return kinds
+
+    assert asyncio.run(go()) == ["stored", "stored", "duplicate", "conflict"]
+    rows = store.list_messages(MessageFilter(control_id="P-1"))
+    assert {r.sender for r in rows} == {"private-party"}
+    with sqlite3.connect(store.path) as db:
+        dump = repr(db.execute("SELECT * FROM messages").fetchall())
+        dump += repr(db.execute("SELECT * FROM lineage").fetchall())
+    assert "ANN EXAMPLE" not in dump and "BOB EXAMPLE" not in dump
+
+
+def test_a_resend_of_a_file_stored_with_its_person_as_sender_is_still_a_duplicate(store: SQLiteStore) -> None:
+    """A message stored before private senders were withheld has the person's value as its sender: the
+    same file sent again is its duplicate, not a second payment."""
+
+    async def go() -> list[str]:
+        old = replace(record("P-2", b"<a/>", sender="ANN EXAMPLE"), protocol="iso20022", business_keys={})
+        (first,) = await store.record_intake([old])
+        (again,) = await store.record_intake([private_party("P-2", b"<a/>", "ANN EXAMPLE")])
+        (other,) = await store.record_intake([private_party("P-2", b"<a/>", "BOB EXAMPLE")])
+        return [first.kind, again.kind, other.kind]
+
+    assert asyncio.run(go()) == ["stored", "duplicate", "stored"]
+
+
 def test_erasure_replaces_a_resource_id_header_by_its_pseudonym(store: SQLiteStore) -> None:
     """A FHIR write names its resource in the ``resource_id`` header, shown as the pseudonym lineage names
     the resource by: once its patient is erased that pseudonym replaces the id at rest too, and its

@@ -30,11 +30,12 @@ from lxml import etree
 
 import adapters.finance
 from adapters import BUILTIN_ADAPTERS
-from adapters.finance.iso20022 import ISO20022Adapter
+from adapters.finance.iso20022 import PRIVATE_PARTY, PRIVATE_PARTY_KEY, ISO20022Adapter
 from gateway.adapter import Issue, Outcome, ParseError, Reply
 from gateway.config import ISO20022Config
 from gateway.envelope import Envelope, Receipt
 from tests.conftest import FIXTURES
+from tests.finance_messages import pain001
 
 FOLDER = FIXTURES / "finance" / "iso20022"
 ALL = sorted(FOLDER.glob("*.xml"))
@@ -501,3 +502,66 @@ def test_an_issue_of_a_payment_block_is_reported_under_that_block(
     assert xpath(root, "r:*/r:OrgnlGrpInfAndSts/r:GrpSts") == ["RJCT"]
     assert xpath(root, "r:*/r:OrgnlPmtInfAndSts/r:PmtInfSts") == ["RJCT"]
     assert xpath(root, "r:*/r:OrgnlPmtInfAndSts/r:StsRsnInf/r:Rsn/r:Cd") == ["FF01"]
+
+
+NAME_CANARY = "ZZCANARYDEBTORNAME"
+ID_CANARY = "CANARY12345"
+PRIVATE_ID = (
+    f"<Nm>{NAME_CANARY}</Nm><Id><PrvtId><Othr><Id>{ID_CANARY}</Id>"
+    "<SchmeNm><Cd>NIDN</Cd></SchmeNm></Othr></PrvtId></Id>"
+)
+
+
+@pytest.mark.parametrize(
+    ("party", "key", "masked"),
+    [
+        (f"<Nm>{NAME_CANARY}</Nm>", NAME_CANARY, "Z…"),  # a name alone: a person, or may be one
+        (PRIVATE_ID, ID_CANARY, "…2345"),  # a private person's id, with their name beside it
+    ],
+    ids=["name-only", "private-id"],
+)
+def test_a_private_initiating_party_is_a_business_key_never_the_sender(
+    adapter: ISO20022Adapter, party: str, key: str, masked: str
+) -> None:
+    """A person's name or id is neither the sender nor a header: the sender is the marker
+    ``private-party``, and the party a business key (pseudonymised by the store) shown masked, as the
+    accounts are; the envelope names that key as the one that tells senders apart."""
+    env = adapter.parse(pain001("PRIV-1", ["10.00"], initiating_party=party), RECEIPT)
+    assert [i for i in adapter.validate(env) if i.is_error] == []
+    assert env.sender == env.headers["sender"] == PRIVATE_PARTY == "private-party"
+    assert env.headers["initiating_party"] == ""
+    assert env.business_keys[PRIVATE_PARTY_KEY] == key and env.masked_keys[PRIVATE_PARTY_KEY] == masked
+    assert env.sender_key == PRIVATE_PARTY_KEY
+    shown = repr(env) + repr(env.headers) + env.sender + env.receiver + repr(env.masked_keys)
+    assert NAME_CANARY not in shown and ID_CANARY not in shown
+
+
+@pytest.mark.parametrize(
+    ("party", "sender"),
+    [
+        ("<Nm>Acme Trading GmbH</Nm><Id><OrgId><AnyBIC>ACMEDEFF</AnyBIC></OrgId></Id>", "ACMEDEFF"),
+        ("<Id><OrgId><LEI>529900T8BM49AURSDO55</LEI></OrgId></Id>", "529900T8BM49AURSDO55"),
+        (
+            "<Nm>Acme Trading GmbH</Nm><Id><OrgId><Othr><Id>DE-HRB-12345</Id></Othr></OrgId></Id>",
+            "DE-HRB-12345",
+        ),
+    ],
+    ids=["bic", "lei", "other-org-id"],
+)
+def test_an_organisation_initiating_party_is_the_sender(
+    adapter: ISO20022Adapter, party: str, sender: str
+) -> None:
+    env = adapter.parse(pain001("ORG-1", ["10.00"], initiating_party=party), RECEIPT)
+    assert env.sender == env.headers["sender"] == env.headers["initiating_party"] == sender
+    assert "private_party" not in env.business_keys and env.sender_key == ""
+    assert "Acme" not in repr(env.headers)  # an organisation's name is not promoted either
+
+
+def test_a_private_party_without_name_or_id_is_still_withheld(adapter: ISO20022Adapter) -> None:
+    born = (
+        "<Id><PrvtId><DtAndPlcOfBirth><BirthDt>1980-01-01</BirthDt><CityOfBirth>Bonn</CityOfBirth>"
+        "<CtryOfBirth>DE</CtryOfBirth></DtAndPlcOfBirth></PrvtId></Id>"
+    )
+    env = adapter.parse(pain001("PRIV-2", ["10.00"], initiating_party=born), RECEIPT)
+    assert env.sender == "private-party" and env.headers["initiating_party"] == ""
+    assert "private_party" not in env.business_keys and env.sender_key == ""

@@ -38,13 +38,21 @@ the elements that carry sensitive authentication data removed: track 1, 2 and
 control information (DE53) and chip data (DE55), plus every element of a site
 spec whose description names track, PIN, CVV/CVC, ICC/chip, expiry or
 security data, or that the spec marks ``"redact": "drop"`` (``"mask"`` masks an
-element like a PAN). In the elements kept, a copy of the PAN is masked, an
-element that holds track-like data is removed, and in free-form (variable
-length) elements every card number is masked: 13 to 19 digits that pass the
-Luhn check, written unbroken or in the usual groups joined by one or two spaces,
-hyphens or dots (``4111-1111-1111-1111``, ``3782 822463 10005``; see
-:func:`_mask_card_numbers`). A grouped number keeps its separators in place,
-so a masked element is as long as the clear one.
+element like a PAN). In the elements kept, a copy of the PAN is masked. Every
+element kept is then searched, variable or fixed length (DE43 name and
+location, DE90, DE98 …), except the fixed-length ones that hold amounts,
+counts, rates, dates and times, codes, bitmaps or MACs: one that holds track-like
+data (track 2 with ``=``, ``D`` or ``d``, track 1 with ``B`` or ``b``) is
+removed, and in the others every card number is masked: 13 to 19 digits that
+pass the Luhn check, written unbroken or in the usual groups joined by any run of
+spaces, tabs, hyphens, dots, slashes, underscores or commas
+(``4111-1111-1111-1111``, ``3782 822463 10005``, ``5555 - 5555 - 5555 - 4444``),
+and at either end of a longer run of digits one that also falls in a card
+scheme's issuer range and length (``REF20260101`` followed by the number; in a
+DE90 of 42 digits, one written where its institution ids begin; see
+:func:`_mask_card_numbers`). Masked digits become ``*`` and separators stay in
+place, so a masked element is as long as the clear one and the kept elements
+still encode with the spec.
 ``raw_sha256`` is the digest of that redacted form. The clear data elements
 stay only in memory (``Envelope.body``, an :class:`ISO8583Message` whose
 ``repr`` shows no values) so that :meth:`~ISO8583Adapter.respond` can echo
@@ -147,13 +155,56 @@ _ALWAYS_MASKED = frozenset({"2", "34"})
 _SENSITIVE_DESC = re.compile(
     r"\btrack\b|\bpin\b|\bcvv|\bcvc|\bcav|\bicc\b|\bchip\b|card verification|expir|\bsecurity\b", re.I
 )
-_TRACK_LIKE = re.compile(r"\d{12,19}[=D]\d{4}|B\d{12,19}\^")
-_DIGIT_GROUPS = re.compile(r"\d+(?:(?: {1,2}|[-.])\d+)*")
-"""Runs of digits joined by one or two spaces, hyphens or dots: where free-form elements may hold card
-numbers."""
-_SEPARATOR = re.compile(r" {1,2}|[-.]")
-_TRACK2_PAN = re.compile(r";?(\d{12,19})[=D]")
-_TRACK1_PAN = re.compile(r"%?B(\d{12,19})\^")
+_TRACK_LIKE = re.compile(r"[0-9]{12,19}[=Dd][0-9]{4}|[Bb][0-9]{12,19}\^")
+"""Track 2 (PAN, ``=`` or ``D``/``d``, expiry) or track 1 (``B``/``b``, PAN, ``^``) data."""
+_SEPARATOR = re.compile(r"[\s\-./_,]+")
+"""What may join the groups of a card number written in groups: any run of white space (spaces of any
+count, tabs), hyphens, dots, slashes, underscores and commas (``4111 1111``, ``4111 - 1111``,
+``4111/1111``)."""
+_DIGIT_GROUPS = re.compile(r"[0-9]+(?:[\s\-./_,]+[0-9]+)*")
+"""Runs of digits joined by separators: where the elements searched may hold card numbers."""
+_TRACK2_PAN = re.compile(r";?([0-9]{12,19})[=Dd]")
+_TRACK1_PAN = re.compile(r"%?[Bb]([0-9]{12,19})\^")
+
+# Fixed-length elements that ISO 8583:1987 defines as amounts, counts, conversion rates, dates and
+# times, codes, bitmaps or MACs (n, x+n, b): never searched for card numbers, so that none of their
+# digits is ever taken for one. Every other element kept is searched: the variable-length ones and the
+# fixed-length identifiers and text (DE37-DE42, DE43 name and location, DE90 original data elements,
+# DE98 payee …).
+_NOT_SEARCHED = frozenset(
+    str(n) for n in (*range(3, 32), *range(49, 54), *range(64, 90), *range(91, 98), 128)
+)
+
+_ALL_LENGTHS = frozenset(range(13, 20))
+_LONG = frozenset(range(16, 20))
+_DINERS = frozenset(range(14, 20))
+_CARD_SCHEMES: tuple[tuple[str, str, frozenset[int]], ...] = (
+    ("4", "4", frozenset({13, 16, 19})),  # Visa
+    ("51", "55", frozenset({16})),  # Mastercard
+    ("2221", "2720", frozenset({16})),  # Mastercard 2-series
+    ("34", "34", frozenset({15})),  # American Express
+    ("37", "37", frozenset({15})),
+    ("6011", "6011", _LONG),  # Discover
+    ("644", "649", _LONG),
+    ("65", "65", _LONG),
+    ("3528", "3589", _LONG),  # JCB
+    ("300", "305", _DINERS),  # Diners Club International
+    ("3095", "3095", _DINERS),
+    ("36", "36", _DINERS),
+    ("38", "39", _DINERS),
+    ("62", "62", _LONG),  # UnionPay
+    ("2200", "2204", _LONG),  # Mir
+    ("5018", "5018", _ALL_LENGTHS),  # Maestro
+    ("5020", "5020", _ALL_LENGTHS),
+    ("5038", "5038", _ALL_LENGTHS),
+    ("5893", "5893", _ALL_LENGTHS),
+    ("6304", "6304", _ALL_LENGTHS),
+    ("6759", "6759", _ALL_LENGTHS),
+    ("6761", "6763", _ALL_LENGTHS),
+)
+"""Issuer identification number ranges of the card schemes (lowest and highest prefix, of the same
+number of digits) and the lengths of their card numbers: what a card number found inside a longer run of
+digits must match (see :func:`_embedded_card_numbers`)."""
 
 _MANDATORY = ("3", "4", "7", "11", "41", "49")
 _ECHOED = ("2", "3", "4", "7", "11", "12", "13", "24", "32", "37", "41", "42", "49", "90")
@@ -389,10 +440,12 @@ class ISO8583Adapter:
         self._masked = (_ALWAYS_MASKED | {k for k, f in spec.items() if f.get("redact") == "mask"}) - (
             self._dropped
         )
-        self._free_form = frozenset(
+        self._searched = frozenset(
             k
             for k, f in spec.items()
-            if k.isdigit() and int(f.get("len_type", 0)) > 0 and k not in self._dropped | self._masked
+            if k.isdigit()
+            and k not in self._dropped | self._masked | {"1"}
+            and (int(f.get("len_type", 0)) > 0 or k not in _NOT_SEARCHED)
         )
         de39 = spec.get("39", {})
         self._de39 = _DE39_1993 if de39.get("max_len") == 3 else _DE39_1987
@@ -516,14 +569,15 @@ class ISO8583Adapter:
             if key in ("t", "p", "1") or not value:
                 kept[key] = value
                 continue
+            searched = key in self._searched
+            if searched and _TRACK_LIKE.search(value):  # before the PAN in it is masked
+                removed.append(key)
+                continue
             for pan in pans:
                 if pan in value:
                     value = value.replace(pan, mask_pan(pan))
-            if key in self._free_form:
-                if _TRACK_LIKE.search(value):
-                    removed.append(key)
-                    continue
-                value = _mask_card_numbers(value)
+            if searched:
+                value = _mask_card_numbers(value, _subfield_starts(key, value))
             kept[key] = value
         doc = {
             "format": REDACTED_FORMAT,
@@ -714,38 +768,52 @@ def _try_encode(fields: Mapping[str, str], spec: SpecDict) -> bytes:
     return bytes(data)
 
 
-def _mask_card_numbers(text: str) -> str:
+def _mask_card_numbers(text: str, starts: tuple[int, ...] | None = None) -> str:
     """``text`` with every card number in it masked as :func:`mask_pan` does, separators kept in place.
 
-    A card number is 13 to 19 digits that pass the Luhn check, written either as one unbroken run
-    of digits or as a group of four followed by two to four groups of three to six digits, each
-    joined to the next by one or two spaces, a hyphen or a dot (4-4-4-4, 4-6-5, 4-6-4, 4-4-5, 4-3-3-3,
-    4-4-4-4-3 …). Where groups run on (two numbers one after the other, a reference before one),
-    every group is tried as the start of the longest such number, and a digit stays clear only
-    when no number found hides it: numbers that overlap never show more than BIN + last four of
-    either.
+    A card number is 13 to 19 digits that pass the Luhn check and do not begin with 0 (no issuer
+    number does), written either as one unbroken run of digits or as a group of four followed by two
+    to four groups of three to six digits, each joined to the next by a separator: any run of white
+    space, hyphens, dots, slashes, underscores and commas (4-4-4-4, 4-6-5, 4-6-4, 4-4-5, 4-3-3-3,
+    4-4-4-4-3 …; ``4111 1111``, ``4111 - 1111``, ``4111/1111``). Where groups run on (two numbers one
+    after the other, a reference before one), every group is tried as the start of the longest such
+    number. A longer unbroken run of digits (a reference, a date or tag-length-value data written
+    against a card number) hides one when it begins or ends with one that also matches a card
+    scheme's issuer range and length (:func:`_embedded_card_numbers`); in a structured element whose
+    subfields are known, ``starts`` are the offsets in ``text`` where one may begin instead
+    (:func:`_subfield_starts`). A digit stays clear only when no number found hides it: numbers that
+    overlap never show more than BIN + last four of either. Every masked digit becomes ``*`` and
+    nothing else changes, so the text keeps its length.
     """
-    return _DIGIT_GROUPS.sub(_mask_groups, text)
+    return _DIGIT_GROUPS.sub(lambda m: _mask_groups(m, starts), text)
 
 
-def _mask_groups(m: re.Match[str]) -> str:
+def _mask_groups(m: re.Match[str], starts_in_text: tuple[int, ...] | None) -> str:
     run = m.group(0)
     groups = _SEPARATOR.split(run)
+    at = [g.start() + m.start() for g in re.finditer(r"[0-9]+", run)]  # where each group is in the text
     starts = [0]
     for g in groups:
         starts.append(starts[-1] + len(g))
     hidden: set[int] = set()
-    for i in range(len(groups)):
+
+    def hide(at: int, digits: str) -> None:
+        hidden.update(at + k for k, ch in enumerate(mask_pan(digits)) if ch == "*")
+
+    for i, group in enumerate(groups):
         end = _card_number_end(groups, i)
         if end is not None:
-            masked = mask_pan("".join(groups[i : end + 1]))
-            hidden.update(starts[i] + k for k, ch in enumerate(masked) if ch == "*")
+            hide(starts[i], "".join(groups[i : end + 1]))
+        elif len(group) > 13:
+            inner = None if starts_in_text is None else tuple(s - at[i] for s in starts_in_text)
+            for a, b in _embedded_card_numbers(group, inner):
+                hide(starts[i] + a, group[a:b])
     if not hidden:
         return run
     out = []
     digit = 0
     for ch in run:
-        if not ch.isdigit():  # a separator: kept in place
+        if not "0" <= ch <= "9":  # a separator: kept in place
             out.append(ch)
         else:
             out.append("*" if digit in hidden else ch)
@@ -755,6 +823,8 @@ def _mask_groups(m: re.Match[str]) -> str:
 
 def _card_number_end(groups: list[str], i: int) -> int | None:
     """The index of the last group of the card number that starts at group ``i``, or ``None``."""
+    if groups[i].startswith("0"):
+        return None
     if 13 <= len(groups[i]) <= 19:
         return i if luhn_ok(groups[i]) else None
     if len(groups[i]) != 4:
@@ -768,6 +838,50 @@ def _card_number_end(groups: list[str], i: int) -> int | None:
         ):
             return end
     return None
+
+
+def _embedded_card_numbers(run: str, starts: tuple[int, ...] | None = None) -> list[tuple[int, int]]:
+    """``(start, end)`` of each card number that a longer run of digits begins or ends with (or, given
+    ``starts``, that begins at one of those offsets).
+
+    Such a number passes the Luhn check and falls in a card scheme's issuer range with a length the
+    scheme issues (:data:`_CARD_SCHEMES`: Visa 13, 16 or 19 digits from 4, Mastercard 16 from 51-55 and
+    2221-2720, American Express 15 from 34 and 37 …). Only the two ends of the run are tried: a window
+    slid over the whole of a long reference finds a Luhn-valid number in a scheme's range at about one
+    position in fifteen, so most references of twenty digits or more would lose digits; at its two ends
+    about one reference in seven does, as often as the Luhn check alone finds a "card number" in a run
+    of 13 to 19 digits.
+    """
+    found = []
+    n = len(run)
+    for length in range(13, min(n, 20)):
+        for start in dict.fromkeys((0, n - length) if starts is None else starts):
+            window = run[start : start + length] if 0 <= start <= n - length else ""
+            if window and length in _scheme_lengths(window) and luhn_ok(window):
+                found.append((start, start + length))
+    return found
+
+
+def _subfield_starts(key: str, value: str) -> tuple[int, ...] | None:
+    """Where a card number may begin inside an element of known subfields; ``None`` for any other.
+
+    DE90 as 42 digits (original MTI, STAN, transmission date and time, acquiring and forwarding
+    institution ids): only the two ids, 22 digits from offset 20, are long enough together to be
+    taken for a card number, so that is where one is looked for. Its ends would do badly: the
+    zero-padded ids of a genuine DE90 end in a Luhn-valid number of a scheme's range about one time in
+    twenty, while a number written from offset 20 has padding zeros (no issuer number begins with 0)
+    only where it is genuine. A DE90 in any other form (text) is searched like free text.
+    """
+    return (20,) if key == "90" and len(value) == 42 and _digits(value) else None
+
+
+def _scheme_lengths(digits: str) -> frozenset[int]:
+    """The lengths that the card schemes whose issuer ranges ``digits`` begins in give their numbers."""
+    lengths: frozenset[int] = frozenset()
+    for low, high, allowed in _CARD_SCHEMES:
+        if low <= digits[: len(low)] <= high:
+            lengths |= allowed
+    return lengths
 
 
 def _decode_issue(field: str, msg: str) -> Issue:

@@ -315,12 +315,23 @@ def test_card_numbers_inside_free_form_elements_are_masked(adapter: ISO8583Adapt
         ("4111 1111-1111 1111", "4111 11**-**** 1111"),
         ("4111  1111  1111  1111", "4111  11**  ****  1111"),  # double spaces, as some terminals pad
         ("PAN 4111.1111.1111.1111.", "PAN 4111.11**.****.1111."),  # dots
-        # not card numbers: no Luhn, no card grouping, three spaces, a date, an amount
+        # any run of white space, hyphens, dots, slashes, underscores and commas joins groups
+        ("4111   1111 1111 1111", "4111   11** **** 1111"),
+        ("5555   5555   5555   4444", "5555   55**   ****   4444"),
+        ("5555\t5555\t5555\t4444", "5555\t55**\t****\t4444"),
+        ("5555/5555/5555/4444", "5555/55**/****/4444"),
+        ("5555_5555_5555_4444", "5555_55**_****_4444"),
+        ("5555,5555,5555,4444", "5555,55**,****,4444"),
+        ("5555 - 5555 - 5555 - 4444", "5555 - 55** - **** - 4444"),
+        ("AMEX 3782 / 822463 / 10005", "AMEX 3782 / 82**** / *0005"),
+        # not card numbers: no Luhn, no card grouping, a date, an amount, zero fill (Luhn-valid, but
+        # no issuer number begins with 0)
         ("1234 5678 9012 3456", "1234 5678 9012 3456"),
         ("41 1111 1111 1111 11", "41 1111 1111 1111 11"),
-        ("4111   1111 1111 1111", "4111   1111 1111 1111"),
         ("2024-01-15 10:30", "2024-01-15 10:30"),
+        ("2024/01/15 TOTAL 1,234.56", "2024/01/15 TOTAL 1,234.56"),
         ("2024.01.15 TOTAL 1234.56", "2024.01.15 TOTAL 1234.56"),
+        ("FILL 0000000000000000 0000 0000 0000 0000", "FILL 0000000000000000 0000 0000 0000 0000"),
     ],
 )
 def test_card_numbers_written_in_groups_are_masked_in_place(
@@ -337,6 +348,124 @@ def test_track_like_data_in_a_free_form_element_removes_it(adapter: ISO8583Adapt
     fields = fields_of("0200__purchase.json") | {"62": "T2 5500005555555559=25121011000012345678"}
     doc = json.loads(parse(adapter, encode(fields)).raw)
     assert "62" in doc["removed"] and "62" not in doc["fields"]
+
+
+def redacted(adapter: ISO8583Adapter, fields: dict[str, str]) -> dict[str, Any]:
+    """The stored form of ``fields``; its elements must still encode with the spec and keep their lengths."""
+    doc: dict[str, Any] = json.loads(parse(adapter, encode(fields)).raw)
+    kept = {k: v for k, v in doc["fields"].items() if k not in ("p", "1")}  # the bitmaps as received
+    assert kept.keys() == fields.keys() - set(doc["removed"])
+    again = decode(encode(kept))
+    assert {k: v for k, v in again.items() if k not in ("p", "1")} == kept
+    for key, value in kept.items():
+        assert len(value) == len(fields[key]), key
+    return doc
+
+
+@pytest.mark.parametrize(
+    ("element", "clear", "kept"),
+    [
+        (
+            "43",
+            "PAID 5555555555554444 SPRINGFIELD US".ljust(40),
+            "PAID 555555******4444 SPRINGFIELD US".ljust(40),
+        ),
+        # DE2's own number, in groups
+        (
+            "43",
+            "CARD 4111 1111 1111 1111 ACME STORE  US ",
+            "CARD 4111 11** **** 1111 ACME STORE  US ",
+        ),
+        (
+            "43",
+            "AMEX 3782-822463-10005 SPRINGFIELD US".ljust(40),
+            "AMEX 3782-82****-*0005 SPRINGFIELD US".ljust(40),
+        ),
+        ("90", "ORIG 5555555555554444".ljust(42), "ORIG 555555******4444".ljust(42)),
+        ("98", "PAYEE 5555-5555-5555-4444", "PAYEE 5555-55**-****-4444"),
+    ],
+)
+def test_card_numbers_in_fixed_length_elements_are_masked_in_place(
+    adapter: ISO8583Adapter, element: str, clear: str, kept: str
+) -> None:
+    doc = redacted(adapter, fields_of("0100__basic.json") | {element: clear})
+    assert doc["fields"][element] == kept and doc["removed"] == []
+
+
+@pytest.mark.parametrize(
+    ("clear", "kept"),
+    [
+        # a reference or date written against the number (tag-length-value data)
+        ("REF20260101" + "5555555555554444", "REF20260101" + "555555******4444"),
+        ("5555555555554444" + "0315143000 END", "555555******4444" + "0315143000 END"),
+        ("REF 12" + "378282246310005", "REF 12" + "378282*****0005"),
+        (
+            "20260101" + "4111111111111111" + " " + "4111111111111111" + "0042",
+            "20260101411111******1111 411111******11110042",
+        ),
+    ],
+)
+def test_a_card_number_at_either_end_of_a_longer_run_of_digits_is_masked(
+    adapter: ISO8583Adapter, clear: str, kept: str
+) -> None:
+    fields = fields_of("0100__basic.json") | {"2": "6011111111111117", "48": clear}
+    assert redacted(adapter, fields)["fields"]["48"] == kept
+
+
+def test_a_card_number_in_de90_is_masked_where_the_institution_ids_belong(adapter: ISO8583Adapter) -> None:
+    reversal = fields_of("0400__reversal.json")
+    embedded = "01001000010315143000" + "5555555555554444" + "000000"
+    assert redacted(adapter, reversal | {"90": embedded})["fields"]["90"] == (
+        "01001000010315143000" + "555555******4444" + "000000"
+    )
+    # genuine original data elements are kept whole, even where their last sixteen digits (the
+    # zero-filled acquiring and forwarding institution ids 36494 and 205552) pass for a Diners number
+    for genuine in (reversal["90"], "0200201198" + "0315143000" + "00000036494" + "00000205552"):
+        assert redacted(adapter, reversal | {"90": genuine})["fields"]["90"] == genuine
+
+
+def test_amounts_dates_codes_and_references_are_not_taken_for_card_numbers(adapter: ISO8583Adapter) -> None:
+    """Fixed-length elements of amounts, dates, codes and MACs are never searched while those of text
+    are (DE43 here), and in the elements searched a run of digits is masked inside only at its ends,
+    where it holds a number of a card scheme."""
+    numeric = {  # Luhn-valid numbers of a scheme's range (not DE2's, which is masked wherever it is)
+        "86": "5555555555554444",  # credits, amount
+        "95": "5555555555554444" + "0" * 26,  # replacement amounts
+        "64": "4012888888881881",  # MAC
+        "97": "C5555555555554444",  # net settlement amount
+    }
+    free = (
+        "REF 30234483478245040008"  # not Luhn-valid; Diners-like 16 digits inside, at neither end
+        " TS 20260316050051429355"  # date and time and a sequence number (a Visa-like run inside)
+        " TOTAL 000000012500 DATE 20260315"
+        " CARD 5555 - 5555 - 5555 - 4444"
+    )
+    text = "PAID 5555555555554444 SPRINGFIELD US".ljust(40)
+    fields = fields_of("0100__basic.json") | numeric | {"43": text, "48": free}
+    doc = redacted(adapter, fields)
+    assert {k: doc["fields"][k] for k in numeric} == numeric
+    for k in ("3", "4", "7", "11", "12", "13", "49"):
+        assert doc["fields"][k] == fields[k]
+    assert doc["fields"]["43"] == text.replace("5555555555554444", "555555******4444")
+    assert doc["fields"]["48"] == free.replace("5555 - 5555 - 5555 - 4444", "5555 - 55** - **** - 4444")
+
+
+@pytest.mark.parametrize(
+    ("element", "clear"),
+    [
+        ("62", "5555555555554444d29121010000"),  # track 2, lower-case separator
+        ("62", "4111111111111111D29121010000"),  # the message's own track 2 (its PAN is DE2)
+        ("62", "%b5555555555554444^TEST/CARD^2912101"),  # track 1, lower-case format code
+        ("43", "T2 5555555555554444=2912101 ACME US".ljust(40)),  # in a fixed-length element
+    ],
+)
+def test_track_data_in_any_case_removes_the_element(
+    adapter: ISO8583Adapter, element: str, clear: str
+) -> None:
+    fields = fields_of("0100__basic.json") | {element: clear}
+    doc = redacted(adapter, fields)
+    assert doc["removed"] == [element] and element not in doc["fields"]
+    assert "2912" not in json.dumps(doc)
 
 
 def test_same_message_same_digest(adapter: ISO8583Adapter) -> None:

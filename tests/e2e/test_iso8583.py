@@ -28,7 +28,14 @@ pytestmark = pytest.mark.e2e
 DIR = FIXTURES / "finance" / "iso8583"
 
 # Clear card data in the fixtures sent by the PCI test, and what must not be found anywhere.
-PANS = ["4111111111111111", "5500005555555559", "4761739001010010", "4012888888881881", "378282246310005"]
+PANS = [
+    "4111111111111111",
+    "5500005555555559",
+    "4761739001010010",
+    "4012888888881881",
+    "378282246310005",
+    "5555555555554444",
+]
 SECRETS = [
     *PANS,
     "5500005555555559=25121011000012345678",  # track 2
@@ -38,6 +45,10 @@ SECRETS = [
     "CARDHOLDER/TEST A",  # track 1 name
     "4761-7390-0101-0010",  # PANs written in groups
     "3782 822463 10005",
+    "4111 1111 1111 1111",
+    "5555/5555/5555/4444",
+    "5555 - 5555 - 5555 - 4444",
+    "d29121010000",  # track 2 with a lower-case separator: expiry, service code, discretionary data
 ]
 
 
@@ -200,6 +211,27 @@ def test_pci_no_card_data_is_kept_anywhere(tmp_path: Path) -> None:
                 },
             ),
             fields_of("invalid__invalid_amount.json", **{"2": "5500005555555559"}),
+            # card numbers in a fixed-length element (DE43), in groups joined by other separators, at the
+            # end of a reference, and track 2 data with a lower-case separator
+            fields_of(
+                "0100__basic.json",
+                **{
+                    "11": "360001",
+                    "37": "507414360001",
+                    "43": "PAID 5555555555554444 SPRINGFIELD US".ljust(40),
+                    "48": "REF20260101" + "5555555555554444",
+                    "62": "5555/5555/5555/4444 ALT 5555 - 5555 - 5555 - 4444",
+                },
+            ),
+            fields_of(
+                "0100__basic.json",
+                **{
+                    "11": "360002",
+                    "37": "507414360002",
+                    "43": "CARD 4111 1111 1111 1111 ACME STORE  US ",
+                    "62": "5555555555554444d29121010000",
+                },
+            ),
         ]
         with socket.create_connection(("127.0.0.1", port), timeout=15) as s:
             for fields in sent:
@@ -210,7 +242,7 @@ def test_pci_no_card_data_is_kept_anywhere(tmp_path: Path) -> None:
             cut = broken[:-20]
             s.sendall(len(cut).to_bytes(2, "big") + cut)
             answers.append(read_response(s))
-        assert sorted(a["39"] for a in answers) == ["00", "00", "00", "00", "00", "30", "30"]
+        assert sorted(a["39"] for a in answers) == ["00"] * 7 + ["30", "30"]
 
         with (
             httpx.Client(
@@ -229,13 +261,26 @@ def test_pci_no_card_data_is_kept_anywhere(tmp_path: Path) -> None:
 
             items = fetch(c, "GET", "/api/messages", params={"protocol": "iso8583"}).json()["items"]
             assert len(items) == len(answers)
+            stored: dict[str, dict[str, Any]] = {}
             for item in items:
                 fetch(c, "GET", f"/api/messages/{item['id']}")
                 fetch(c, "GET", f"/api/messages/{item['id']}/lineage")
                 fetch(c, "GET", f"/api/lineage/messages/{item['id']}")
                 raw = fetch(admin, "GET", f"/api/messages/{item['id']}/raw")
                 if item["status"] == "accepted":
-                    assert json.loads(raw.content)["format"] == "iso8583/redacted-v1"
+                    stored[item["control_id"]] = json.loads(raw.content)
+                    assert stored[item["control_id"]]["format"] == "iso8583/redacted-v1"
+            # masked in place: the stored elements keep their lengths and still encode with the spec
+            first = stored["0100-360001-507414360001"]["fields"]
+            assert first["43"] == "PAID 555555******4444 SPRINGFIELD US".ljust(40)
+            assert first["48"] == "REF20260101555555******4444"
+            assert first["62"] == "5555/55**/****/4444 ALT 5555 - 55** - **** - 4444"
+            second = stored["0100-360002-507414360002"]
+            assert second["fields"]["43"] == "CARD 4111 11** **** 1111 ACME STORE  US "
+            assert second["removed"] == ["62"] and "62" not in second["fields"]
+            for doc in (first, second["fields"]):
+                kept = {k: v for k, v in doc.items() if k not in ("p", "1")}
+                assert {k: v for k, v in iso8583.decode(encode(kept), spec)[0].items() if k != "p"} == kept
             # lookups by the clear PAN work through its pseudonym, and show only the masked form
             for pan, masked in (
                 ("5500005555555559", "550000******5559"),

@@ -167,12 +167,13 @@ _TRACK2_PAN = re.compile(r";?([0-9]{12,19})[=Dd]")
 _TRACK1_PAN = re.compile(r"%?[Bb]([0-9]{12,19})\^")
 
 # Fixed-length elements that ISO 8583:1987 defines as amounts, counts, conversion rates, dates and
-# times, codes, bitmaps or MACs (n, x+n, b): never searched for card numbers, so that none of their
-# digits is ever taken for one. Every other element kept is searched: the variable-length ones and the
-# fixed-length identifiers and text (DE37-DE42, DE43 name and location, DE90 original data elements,
-# DE98 payee …).
+# times, codes, bitmaps or MACs (n, x+n, b), and the card acceptor identification code (DE42: a merchant
+# id of 15 digits passes the Luhn check one time in ten, and must reach the acquirer whole): never
+# searched for card numbers, so that none of their digits is ever taken for one. Every other element
+# kept is searched: the variable-length ones and the fixed-length identifiers and text (DE37-DE41, DE43
+# name and location, DE90 original data elements, DE98 payee …).
 _NOT_SEARCHED = frozenset(
-    str(n) for n in (*range(3, 32), *range(49, 54), *range(64, 90), *range(91, 98), 128)
+    str(n) for n in (*range(3, 32), 42, *range(49, 54), *range(64, 90), *range(91, 98), 128)
 )
 
 _ALL_LENGTHS = frozenset(range(13, 20))

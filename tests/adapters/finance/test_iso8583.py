@@ -425,7 +425,7 @@ def test_a_card_number_in_de90_is_masked_where_the_institution_ids_belong(adapte
 
 
 def test_amounts_dates_codes_and_references_are_not_taken_for_card_numbers(adapter: ISO8583Adapter) -> None:
-    """Fixed-length elements of amounts, dates, codes and MACs are never searched while those of text
+    """Fixed-length elements of amounts, dates, codes and MACs, and the merchant id, are never searched while those of text
     are (DE43 here), and in the elements searched a run of digits is masked inside only at its ends,
     where it holds a number of a card scheme."""
     numeric = {  # Luhn-valid numbers of a scheme's range (not DE2's, which is masked wherever it is)
@@ -433,6 +433,7 @@ def test_amounts_dates_codes_and_references_are_not_taken_for_card_numbers(adapt
         "95": "5555555555554444" + "0" * 26,  # replacement amounts
         "64": "4012888888881881",  # MAC
         "97": "C5555555555554444",  # net settlement amount
+        "42": "378282246310005",  # a merchant id that passes the Luhn check (in an Amex range, even)
     }
     free = (
         "REF 30234483478245040008"  # not Luhn-valid; Diners-like 16 digits inside, at neither end

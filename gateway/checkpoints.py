@@ -11,7 +11,10 @@ Where checkpoints are kept is a *checkpoint sink* (:class:`CheckpointSink`),
 one or several, chosen by the operator:
 
 * :class:`FileCheckpoints` appends them to a file, one JSON line each, made
-  durable with ``fsync`` (keep it off the database's disk);
+  durable with ``fsync`` (keep it off the database's disk). A line that
+  could not be written whole (a full disk) is cut off again, and a last line
+  left without its newline (a crash) is cut off before the next one is
+  appended, so every line the file keeps is complete;
 * :class:`HTTPCheckpoints` POSTs each one (``Checkpoint.as_dict()`` as JSON,
   with an optional bearer token) to an endpoint the operator runs elsewhere,
   and reads them back with a GET on the same URL, answered as JSON lines or
@@ -31,7 +34,11 @@ verifies and holds the chain against them. The signing key is a file (mode
 ``<key>.pub`` so that an auditor can verify with the public key alone. A
 checkpoint whose signature does not verify, a sink that cannot be read (other
 than one that holds nothing yet) and two signed checkpoints that disagree on
-one seq are reported and fail the verification; none is trusted.
+one seq are reported and fail the verification; none is trusted. The one
+exception is the last line of a checkpoint file when it has no newline: an
+append that was interrupted, not an alteration, so it is left out with a
+warning. Any other line that cannot be read, ended by a newline or followed
+by more lines, fails the verification.
 """
 
 from __future__ import annotations
@@ -39,6 +46,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import errno
+import fcntl
 import hashlib
 import logging
 import os
@@ -203,33 +212,135 @@ class FileCheckpoints:
         return str(self.path)
 
     def append(self, checkpoint: Checkpoint) -> None:
+        """Append one line and ``fsync`` it; a line that could not be written whole is removed again.
+
+        The file's size is noted before the line goes out: when ``write`` or ``fsync`` fails (a full
+        disk), the file is cut back to that size, so no fragment of the line stays behind for the next
+        one to be glued to, and the caller keeps the checkpoint to append it again. A last line left
+        without its newline all the same (a crash, or a cut that failed too) is cut off before the next
+        line is appended: see :meth:`_cut_torn_tail`. Appends from threads and processes take turns
+        (``flock``).
+        """
+        line = orjson.dumps(checkpoint.as_dict()) + b"\n"
+        readable = True
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("ab") as fh:
-                fh.write(orjson.dumps(checkpoint.as_dict()) + b"\n")
-                fh.flush()
-                os.fsync(fh.fileno())
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+            except PermissionError:  # a file the gateway may write but not read: no tail to look at
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+                readable = False
         except OSError as exc:
             raise CheckpointSinkError(
                 f"checkpoint file {self.path} cannot be written: {_cause(exc)}"
             ) from exc
+        try:
+            # the checkpointer, retention and `gateway lineage prune` may append at once: one at a time,
+            # or one's cut could remove another's line. Best effort where the file system has no locks.
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            start = self._cut_torn_tail(fd) if readable else os.fstat(fd).st_size
+            try:
+                _write_all(fd, line)
+                os.fsync(fd)
+            except OSError:
+                self._cut_back(fd, start)
+                raise
+        except OSError as exc:
+            raise CheckpointSinkError(
+                f"checkpoint file {self.path} cannot be written: {_cause(exc)}"
+            ) from exc
+        finally:
+            os.close(fd)  # and the lock with it
+
+    def _cut_torn_tail(self, fd: int) -> int:
+        """Cut off a last line that has no newline, and return the size of the file, where the next line goes.
+
+        Such a line is a write that was interrupted (the process or the machine stopped in the middle,
+        or the disk filled and the fragment could not be removed): the checkpoint it began is either
+        still pending in this gateway, or superseded by the next one, which pins every event before it.
+        Cutting it, rather than starting the next line after it, leaves only complete lines: ended by a
+        newline, the fragment would become a line in the middle of the file that cannot be read, which
+        verification must take for an alteration. Every complete line is left as it is.
+        """
+        size = os.fstat(fd).st_size
+        if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+            return size
+        keep, end = 0, size
+        while end > 0:
+            begin = max(0, end - 65536)
+            newline = os.pread(fd, end - begin, begin).rfind(b"\n")
+            if newline >= 0:
+                keep = begin + newline + 1
+                break
+            end = begin
+        os.ftruncate(fd, keep)
+        log.warning(
+            "checkpoint file: an incomplete last line (an interrupted write) was cut before appending",
+            extra={"sink": self.name, "bytes": size - keep},
+        )
+        return keep
+
+    def _cut_back(self, fd: int, size: int) -> None:
+        """After a failed append, remove what it wrote (best effort: the next append cuts it otherwise)."""
+        try:
+            os.ftruncate(fd, size)
+            os.fsync(fd)
+        except OSError as exc:
+            log.warning(
+                "checkpoint file: the incomplete line of a failed append could not be removed;"
+                " it is cut before the next checkpoint",
+                extra={"sink": self.name, "error": _cause(exc)},
+            )
 
     def read(self) -> list[Entry]:
+        """The complete lines (an incomplete last line is left out: see :meth:`read_noting`)."""
+        return self.read_noting()[0]
+
+    def read_noting(self) -> tuple[list[Entry], list[str]]:
+        """The complete lines, and a warning when the last line is incomplete.
+
+        A last line without its newline is an append that was interrupted (a full disk, a crash): the
+        writer ends every line it completes with one, so such a line is not used, and it is no sign of
+        an alteration. A line that cannot be read anywhere else is left to verification, which fails.
+        """
         try:
-            lines = self.path.read_bytes().splitlines()
+            data = self.path.read_bytes()
         except FileNotFoundError:
             raise CheckpointsMissing(f"no checkpoint file at {self.path}") from None
         except OSError as exc:
             raise CheckpointSinkError(f"checkpoint file {self.path} cannot be read: {_cause(exc)}") from exc
-        return [(f"on line {number}", line) for number, line in enumerate(lines, start=1) if line.strip()]
+        tail = data[data.rfind(b"\n") + 1 :]
+        lines = data[: len(data) - len(tail)].splitlines()
+        notes: list[str] = []
+        if tail.strip():
+            torn_line = data.count(b"\n") + 1
+            notes.append(
+                f"the last line of the checkpoint file {self.path} (line {torn_line}) is incomplete"
+                " (an interrupted write); it was not used"
+            )
+        entries: list[Entry] = [
+            (f"on line {number}", line) for number, line in enumerate(lines, start=1) if line.strip()
+        ]
+        return entries, notes
 
     def last_seq(self) -> int:
-        """The seq of the last checkpoint in the file, 0 when there is none (or it cannot be read)."""
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError, StopIteration):
-            lines = self.path.read_bytes().splitlines()
-            last = next(line for line in reversed(lines) if line.strip())
-            return int(orjson.loads(last)["seq"])
+        """The seq of the last complete checkpoint in the file, 0 when there is none (or it cannot be read)."""
+        with contextlib.suppress(CheckpointSinkError, ValueError, KeyError, TypeError, IndexError):
+            last = self.read()[-1][1]
+            if isinstance(last, bytes):
+                return int(orjson.loads(last)["seq"])
         return 0
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """``data`` written whole to ``fd``, or OSError (a full disk writes part of it, then fails)."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view = view[written:]
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -409,7 +520,8 @@ def read_verified(
     source: Path | CheckpointSink, public: Ed25519PublicKey
 ) -> tuple[list[Checkpoint], list[str]]:
     """Checkpoints from ``source`` whose signatures verify, in order, and a sentence per one that does
-    not (or why the source could not be read)."""
+    not (or why the source could not be read). A file's incomplete last line is no checkpoint: it is
+    left out (:meth:`FileCheckpoints.read_noting`)."""
     sink = FileCheckpoints(source) if isinstance(source, Path) else source
     try:
         entries = sink.read()
@@ -429,7 +541,8 @@ def verify_store(
     verification fails, as it does when two signed checkpoints name different
     hashes for one seq. A sink that holds nothing yet (no file, HTTP 404) is
     only a warning (a new installation has none yet) unless
-    ``require_checkpoints``.
+    ``require_checkpoints``; so is a checkpoint file whose last line has no
+    newline (an interrupted append), which is not used.
     """
     sinks = as_sinks(checkpoints)
     warnings: list[str] = []
@@ -440,13 +553,14 @@ def verify_store(
         for sink in sinks:
             prefix = f"{sink.name}: " if len(sinks) > 1 else ""
             try:
-                entries = sink.read()
+                entries, notes = _read(sink)
             except CheckpointsMissing as exc:
                 warnings.append(str(exc))
                 continue
             except CheckpointSinkError as exc:
                 altered.append(str(exc))
                 continue
+            warnings.extend(notes)
             good, problems = _verified(entries, public)
             held.extend(good)
             altered.extend(prefix + p for p in problems)
@@ -463,6 +577,13 @@ def verify_store(
             result, ok=False, reason="no signed checkpoint to verify against", warnings=tuple(warnings)
         )
     return replace(result, warnings=tuple(warnings))
+
+
+def _read(sink: CheckpointSink) -> tuple[list[Entry], list[str]]:
+    """A sink's entries and its warnings (a file's incomplete last line); an endpoint's answer is whole."""
+    if isinstance(sink, FileCheckpoints):
+        return sink.read_noting()
+    return sink.read(), []
 
 
 def _disagreements(held: list[Checkpoint]) -> list[str]:

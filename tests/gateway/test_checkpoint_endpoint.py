@@ -56,6 +56,7 @@ class Endpoint:
         self.received: list[bytes] = []
         self.served_extra: list[bytes] = []  # served after what was received (a forger's additions)
         self.as_array = False
+        self.final_newline = True  # JSON lines: the last one ended by a newline
         self.redirect_to: str | None = None
         self.authorization: list[str] = []
         self.lock = threading.Lock()
@@ -115,6 +116,8 @@ class Endpoint:
                     self._answer(200, body, {"Content-Type": "application/json"})
                 else:
                     body = b"".join(item + b"\n" for item in items)
+                    if not endpoint.final_newline:
+                        body = body.removesuffix(b"\n")
                     self._answer(200, body, {"Content-Type": "application/x-ndjson"})
 
             def log_message(self, format: str, *args: Any) -> None:
@@ -380,6 +383,29 @@ def test_a_forged_checkpoint_served_by_the_endpoint_is_reported_and_not_trusted(
     endpoint.served_extra[:] = [b"{not json"]
     result = verify_store(store, http, public_path(key_path))
     assert not result.ok and result.reason == "checkpoint on line 3 cannot be read"
+
+
+def test_an_answer_without_a_final_newline_is_whole(
+    store: SQLiteStore, tmp_path: Path, endpoint: Endpoint
+) -> None:
+    """Unlike a file's, the endpoint's last line is no interrupted write (the answer is read whole): it
+    is used when it verifies, and it fails the verification when it cannot be read."""
+    key_path = tmp_path / "signing.key"
+    http = HTTPCheckpoints(endpoint.url, None, 5.0)
+    checkpointer = Checkpointer(store, load_or_create_key(key_path), http, every_events=9, every_s=3600)
+    fill(store, 0, 3)
+    assert checkpointer.checkpoint() is not None  # seq 9
+    fill(store, 3, 3)
+    assert checkpointer.checkpoint() is not None  # seq 18
+    endpoint.final_newline = False
+
+    result = verify_store(store, http, public_path(key_path), require_checkpoints=True)
+    assert result.ok and result.checkpoints == 2 and result.last_seq == 18 and not result.warnings, result
+
+    endpoint.served_extra.append(endpoint.received[-1][:50])  # cut short, and last
+    result = verify_store(store, http, public_path(key_path))
+    assert not result.ok and result.reason == "checkpoint on line 3 cannot be read", result
+    assert not result.warnings
 
 
 def test_two_signed_checkpoints_that_disagree_fail(

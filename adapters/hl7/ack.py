@@ -217,6 +217,13 @@ def _stamp_of(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y%m%d%H%M%S") + "+0000"
 
 
+def _stamp_among(stamp: str, delimiters: str) -> str:
+    """``stamp`` as written in a message with these delimiters (MSH-1 and MSH-2): where ``+`` is one of
+    them, which a DTM cannot escape, the time (UTC) goes without its offset, lest its sign split the
+    field (or its component) in two."""
+    return stamp.removesuffix("+0000") if "+" in delimiters else stamp
+
+
 class Inbound(NamedTuple):
     """What an ACK copies from the parsed inbound message as sent, escapes and components kept."""
 
@@ -248,11 +255,37 @@ _IANA = {
 }
 
 
+_COPIED = (
+    "sending_application",
+    "sending_facility",
+    "receiving_application",
+    "receiving_facility",
+    "trigger_event",
+    "control_id",
+    "processing_id",
+    "version",
+    "charset",
+)
+"""The header values an ACK without the parsed message copies (:func:`build_ack`)."""
+
+
 def ack_codec(headers: Mapping[str, str], inbound: Inbound | None) -> str:
-    """The codec of the ACK's bytes: the one the message was read with, else its MSH-18's (UTF-8)."""
+    """The codec of the ACK's bytes: the one the message was read with, else its MSH-18's (UTF-8).
+
+    Without the parsed message, MSH-18's codec only when it can write the header values the ACK copies:
+    a message that could not be read may declare a character set its bytes were not in (the reader then
+    took UTF-8 or latin-1), and its control id must come back as it was read, not as ``?``.
+    """
     if inbound is not None:
         return inbound.codec
-    return er7.CHARSETS.get(headers.get("charset", "").strip().upper(), "utf-8")
+    declared = er7.CHARSETS.get(headers.get("charset", "").strip().upper())
+    if declared is None:
+        return "utf-8"
+    try:
+        "".join(headers.get(key, "") for key in _COPIED).encode(declared)
+    except UnicodeEncodeError:
+        return "utf-8"
+    return declared
 
 
 @functools.lru_cache(maxsize=32)
@@ -295,7 +328,9 @@ def build_ack(
     trigger = headers.get("trigger_event", "")
     msg_type = ["ACK", trigger, "ACK"] if version_key >= (2, 3, 1) else ["ACK", trigger]
     charset = headers.get("charset", "")
-    stamp = _stamp(int(time.time())) if now is None else _stamp_of(now)
+    stamp = _stamp_among(
+        _stamp(int(time.time())) if now is None else _stamp_of(now), d.field + d.encoding_characters()
+    )
     msh = [
         "MSH",
         d.encoding_characters(),
@@ -349,7 +384,7 @@ def build_batch_ack(batch: bytes, acks: Sequence[bytes | None]) -> bytes:
     if outline is None:
         return b""
     sep, d = outline.separator, outline.delimiters
-    stamp = _stamp(int(time.time())).encode()
+    stamp = _stamp_among(_stamp(int(time.time())), sep.decode("latin-1") + d.encoding_characters()).encode()
 
     def header(line: bytes) -> bytes:
         f = line.split(sep) + [b""] * 12

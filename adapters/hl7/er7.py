@@ -575,6 +575,9 @@ _SEGMENT_START = re.compile(rb"[\r\n](?:\xef\xbb\xbf)?[ \t]*(MSH|FHS|BHS|BTS|FTS
 and blanks before the segment id still start one: files that each begin with a BOM, joined."""
 _BATCH_KINDS = {b"FHS": "fhs", b"BHS": "bhs"}
 LINE_BREAK = re.compile(rb"\r\n|\r|\n")
+_MAX_COUNT_DIGITS = 18
+"""The longest BTS-1 / FTS-1 count read as a number (HL7 gives them NM, 10 characters); a longer run of
+digits is a mismatch however it would read."""
 
 
 def batch_lines(raw: bytes) -> list[tuple[bytes, int, int]] | None:
@@ -589,7 +592,8 @@ def batch_lines(raw: bytes) -> list[tuple[bytes, int, int]] | None:
     head = raw[base : base + 3]
     if head != b"MSH" and head not in _BATCH_KINDS:
         return None
-    if base + 3 < len(raw) and raw[base + 3 : base + 4].isalnum():
+    sep = raw[base + 3 : base + 4]
+    if not sep or sep.isalnum() or sep.isspace():  # no field separator: a bare "BHS" is not a batch
         return None
     starts = [(head, base)]
     starts.extend((m.group(1), m.start() + 1) for m in _SEGMENT_START.finditer(raw, base + 1))
@@ -696,9 +700,16 @@ def batch_outline(raw: bytes, lines: list[tuple[bytes, int, int]] | None = None)
         line = _first_line(raw, start, end)
         fields = line.split(sep) if sep else [line]
         declared = fields[1].strip() if len(fields) > 1 else b""
-        if declared.isdigit() and int(declared) != found:
-            diagnostics = f"{where} declares {int(declared)} {what}; {found} arrived."
-            issues.append((ordinal, Issue("warning", "batch_count_mismatch", where, diagnostics)))
+        if not declared.isdigit():
+            return
+        digits = declared.lstrip(b"0") or b"0"
+        if len(digits) > _MAX_COUNT_DIGITS:  # past what int() reads, and past any real count
+            diagnostics = f"{where} declares a number of {what} {len(digits)} digits long; {found} arrived."
+        elif int(digits) != found:
+            diagnostics = f"{where} declares {int(digits)} {what}; {found} arrived."
+        else:
+            return
+        issues.append((ordinal, Issue("warning", "batch_count_mismatch", where, diagnostics)))
 
     for name, start, end in lines:
         if name != b"MSH" and _beyond_line(raw, start, end):

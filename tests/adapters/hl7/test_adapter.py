@@ -452,3 +452,102 @@ def test_every_fixture_message_has_its_own_control_id() -> None:
                 assert control_id not in seen, (path.name, seen.get(control_id))
                 seen[control_id] = path.name
     assert len(seen) >= 25
+
+
+# -- odd inputs that once broke a reply -------------------------------------------------------
+
+
+def reply_to(adapter: HL7Adapter, raw: bytes) -> tuple[er7.Message, str]:
+    """The ACK intake sends for ``raw``, read back, and the control id the reader read."""
+    try:
+        env = adapter.parse(raw, RECEIPT)
+    except ParseError as exc:
+        reply = adapter.respond(Outcome("invalid", exc.headers, exc.issues))
+        control_id = exc.headers.get("control_id", "")
+    else:
+        issues = adapter.validate(env)
+        kind: OutcomeKind = "accepted" if not any(i.is_error for i in issues) else "invalid"
+        reply = adapter.respond(Outcome(kind, env.headers, issues, env.id, env))
+        control_id = env.control_id
+    return er7.parse(reply.body), control_id
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"MSH+^~\\&+LAB+HOSP+GW+GATEWAY+20240101++ADT^A01^ADT_A01+C-1+P+2.5.1\rPID+1\r",  # + separates fields
+        b"MSH|+~\\&|LAB|HOSP|GW|GATEWAY|20240101||ADT+A01+ADT_A01|C-1|P|2.5.1\rPID|1\r",  # components
+        b"MSH|^~\\&+|LAB|HOSP|GW|GATEWAY|20240101||ADT^A01^ADT_A01|C-1|P|2.7\rPID|1\r",  # truncation (v2.7)
+        b"MSH+^~\\&+LAB+HOSP+GW+GATEWAY+20240101++ADT^A01+C-1\r",  # unreadable: cut before MSH-12
+    ],
+    ids=["field", "component", "truncation", "unreadable"],
+)
+def test_a_plus_among_the_delimiters_leaves_the_ack_header_in_place(raw: bytes) -> None:
+    """MSH-7 of an ACK is the UTC time, written with its +0000 offset; where + is a delimiter (which a
+    DTM cannot escape) the offset is left out, or its sign split the ACK's MSH-7 and shifted every field
+    after it (MSH-9 read empty, MSH-10 read ACK)."""
+    ack, control_id = reply_to(HL7Adapter(), raw)
+    msh7 = ack.get("MSH-7")
+    assert len(msh7) == 14 and msh7.isdigit()
+    assert ack.get("MSH-9.1") == "ACK" and len(ack.get("MSH-10")) == 20
+    assert ack.get("MSA-2") == control_id == "C-1"
+    plain, _ = reply_to(HL7Adapter(), b"MSH|^~\\&|LAB|HOSP|GW|GATEWAY|20240101||ADT^A01|C-1|P|2.5.1\r")
+    assert plain.get("MSH-7").endswith("+0000")  # with other delimiters, the offset is written
+
+
+def test_a_plus_separated_batch_gets_its_batch_header_in_place() -> None:
+    msh = b"MSH+^~\\&+LAB+HOSP+GW+GATEWAY+20240101++ADT^A01^ADT_A01+C-1+P+2.5.1\rPID+1\r"
+    raw = b"BHS+^~\\&+LAB+HOSP+GW+GATEWAY+20240101++++B-1\r" + msh + b"BTS+1\r"
+    adapter = HL7Adapter()
+    batch = adapter.split(raw)
+    assert batch is not None and batch.units == [msh]
+    env = adapter.parse(msh, RECEIPT)
+    reply = adapter.respond_batch(batch, [adapter.respond(Outcome("accepted", env.headers, [], env.id, env))])
+    bhs = reply.body.split(b"\r")[0].split(b"+")
+    assert bhs[:6] == [b"BHS", b"^~\\&", b"GW", b"GATEWAY", b"LAB", b"HOSP"]
+    assert len(bhs[6]) == 14 and bhs[6].isdigit() and bhs[11] == b"B-1"
+
+
+def test_an_unreadable_message_gets_its_control_id_back_whatever_charset_it_declares() -> None:
+    """A message that cannot be read (bad MSH-2 here) and declares ASCII in MSH-18 but carries é in its
+    control id (read as UTF-8) is answered in UTF-8, so that MSA-2 is the control id as read, not C-?."""
+    raw = "MSH|^^\\&|LAB|HOSP|GW|GATEWAY|20240101||ADT^A01|C-é|P|2.5.1||||||ISO IR6\r".encode()
+    adapter = HL7Adapter()
+    with pytest.raises(ParseError) as caught:
+        adapter.parse(raw, RECEIPT)
+    assert caught.value.headers["control_id"] == "C-é" and caught.value.headers["charset"] == "ISO IR6"
+    reply = adapter.respond(Outcome("invalid", caught.value.headers, caught.value.issues))
+    assert reply.content_type.endswith("charset=UTF-8")
+    ack = er7.parse(reply.body)
+    assert ack.get("MSA-2") == "C-é" and ack.get("MSH-18") == "ISO IR6"
+    encodable = raw.replace("C-é".encode(), b"C-1")  # what ASCII can carry is answered in ASCII
+    with pytest.raises(ParseError) as caught:
+        adapter.parse(encodable, RECEIPT)
+    reply = adapter.respond(Outcome("invalid", caught.value.headers, caught.value.issues))
+    assert reply.content_type.endswith("charset=US-ASCII")
+
+
+@pytest.mark.parametrize("raw", [b"BHS", b"FHS", b"  FHS", b"BHS\r", b"FHS\r\nBTS|0\r\n"])
+def test_a_bare_batch_header_is_one_unreadable_message(raw: bytes) -> None:
+    """A batch header id without its delimiters is no batch (splitting it once failed on an empty
+    separator when the acknowledgement batch was built): it is one message that cannot be read."""
+    adapter = HL7Adapter()
+    assert adapter.split(raw) is None
+    with pytest.raises(ParseError) as caught:
+        adapter.parse(raw, RECEIPT)
+    assert [i.code for i in caught.value.issues] in (["truncated"], ["missing_msh"])
+    reply = adapter.respond(Outcome("invalid", caught.value.headers, caught.value.issues))
+    assert er7.parse(reply.body).get("MSA-1") == "AE"
+
+
+def test_a_batch_whose_count_is_too_long_to_read_is_acknowledged() -> None:
+    msh = b"MSH|^~\\&|LAB|HOSP|GW|GATEWAY|20240101||ADT^A01^ADT_A01|C-1|P|2.5.1\rPID|1\r"
+    raw = b"FHS|^~\\&\rBHS|^~\\&\r" + msh + b"BTS|" + b"7" * 5000 + b"\rFTS|1\r"
+    adapter = HL7Adapter()
+    batch = adapter.split(raw)
+    assert batch is not None and batch.units == [msh]
+    env = adapter.parse(msh, RECEIPT)
+    reply = adapter.respond_batch(batch, [adapter.respond(Outcome("accepted", env.headers, [], env.id, env))])
+    lines = reply.body.split(b"\r")
+    assert lines[-3] == b"BTS|1|BTS-1 declares a number of messages 5000 digits long; 1 arrived."
+    assert lines[-2] == b"FTS|1"

@@ -425,6 +425,41 @@ def test_batch_counts_trailers_and_stray_segments_are_warnings() -> None:
     assert er7.split_batch(b"BHS|^~\\&|A|F\r" + msh + b"BTS|one\r").issues == ()  # type: ignore[union-attr]
 
 
+def test_a_header_id_without_a_field_separator_starts_no_batch() -> None:
+    """``BHS`` or ``FHS`` alone (or followed by a line end or a blank) declares no delimiters: it is no
+    batch, and is read as one message, which then fails with an ER7 error rather than in the splitter."""
+    for raw in (
+        b"BHS",
+        b"FHS",
+        b"  BHS",
+        b"\xef\xbb\xbfFHS",
+        b"BHS\r",
+        b"BHS \rBTS|0\r",
+        b"FHS\r\nMSH|^~\\&|A\r",
+    ):
+        assert er7.batch_lines(raw) is None, raw
+        assert er7.split_batch(raw) is None, raw
+        assert er7.batch_issues(raw) == [], raw
+        with pytest.raises(ER7Error):
+            er7.parse(raw)
+    assert er7.split_batch(b"MSH\rMSH\r") is None
+
+
+def test_a_batch_count_too_long_to_read_as_a_number_is_a_mismatch() -> None:
+    """BTS-1 and FTS-1 are counts; a run of digits longer than any count (and than ``int`` reads) is a
+    mismatch, and the warning says how long it was rather than quoting it."""
+    msh = b"MSH|^~\\&|A|F|||20240101||ADT^A01|C1|P|2.5\rPID|1\r"
+    huge = b"9" * 5000
+    batch = er7.split_batch(b"FHS|^~\\&\rBHS|^~\\&\r" + msh + b"BTS|" + huge + b"\rFTS|" + huge + b"\r")
+    assert batch is not None and batch.units == [msh]
+    assert [(i.code, i.location, i.diagnostics) for i in batch.issues] == [
+        ("batch_count_mismatch", "BTS-1", "BTS-1 declares a number of messages 5000 digits long; 1 arrived."),
+        ("batch_count_mismatch", "FTS-1", "FTS-1 declares a number of batches 5000 digits long; 1 arrived."),
+    ]
+    padded = er7.split_batch(b"BHS|^~\\&\r" + msh + b"BTS|" + b"0" * 5000 + b"1\r")  # leading zeros: 1
+    assert padded is not None and padded.issues == ()
+
+
 def test_multi_msh_file() -> None:
     raw = fixture("batch__multi_msh.hl7")
     batch = er7.split_batch(raw)

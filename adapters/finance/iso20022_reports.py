@@ -181,8 +181,11 @@ def _status_report(
     if accepted or not (own or block_own) or doc is None:
         return document
     if pain:
+        by_block: dict[int | None, list[tuple[int, Transaction]]] = {}
+        for i, tx in enumerate(transactions):  # once, not once per block (quadratic over many blocks)
+            by_block.setdefault(tx.block, []).append((i, tx))
         for block_index, (_path, block) in enumerate(doc.blocks, 1):
-            members = [(i, tx) for i, tx in enumerate(transactions) if tx.block == block_index]
+            members = by_block.get(block_index, [])
             if block_index not in block_own and not any(i in own for i, _ in members):
                 continue
             info = b.el(body, "OrgnlPmtInfAndSts")

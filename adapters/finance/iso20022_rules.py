@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from decimal import Decimal
+from itertools import islice
 
 from lxml import etree
 
@@ -33,12 +34,20 @@ from adapters.finance.identifiers import (
 from adapters.finance.iso20022_document import Document, local
 from gateway.adapter import Issue
 
-__all__ = ["RULES", "SEPA_RULES", "check", "check_sepa"]
+__all__ = ["MAX_RULE_ISSUES", "RULES", "SEPA_RULES", "check", "check_sepa"]
 
 Rule = Callable[[Document], Iterator[Issue]]
 
 _BIC_ELEMENTS = ("BIC", "BICFI", "AnyBIC", "BICOrBEI")
 _REQUESTED_DATES = ("ReqdExctnDt", "ReqdColltnDt", "IntrBkSttlmDt")
+_COUNT = re.compile(r"[0-9]+")
+_COUNT_DIGITS = 15
+"""NbOfTxs is a Max15NumericText."""
+MAX_RULE_ISSUES = 50
+"""The most issues :func:`check` (and :func:`check_sepa`) report for one document, as schema validation
+does: a document past that is rejected for what was found, and the further issues are not looked for
+(each names an element by a path that is found among its siblings, which over thousands of bad siblings
+took quadratic time)."""
 
 
 def _error(code: str, location: str, diagnostics: str) -> Issue:
@@ -48,12 +57,13 @@ def _error(code: str, location: str, diagnostics: str) -> Issue:
 # -- counts and sums ---------------------------------------------------------------------------
 
 
-def _declared_count(doc: Document, base: etree._Element, path: str) -> tuple[str, int | None] | None:
+def _declared_count(doc: Document, base: etree._Element, path: str) -> tuple[str, str | None] | None:
+    """Where NbOfTxs is and its digits without leading zeros (``None`` when it is not ASCII digits)."""
     el = doc.find("NbOfTxs", base)
     if el is None:
         return None
     text = (el.text or "").strip()
-    return f"{path}/NbOfTxs", int(text) if text.isdigit() else None
+    return f"{path}/NbOfTxs", (text.lstrip("0") or "0") if _COUNT.fullmatch(text) else None
 
 
 def _declared_sum(
@@ -77,20 +87,29 @@ def counts_and_sums(doc: Document) -> Iterator[Issue]:
         levels.append(
             (header, f"{root_path}/GrpHdr", [t.amount.value if t.amount else None for t in doc.transactions])
         )
+    by_block: dict[int | None, list[Decimal | None]] = {}
+    for t in doc.transactions:  # once, not once per block (quadratic over many blocks)
+        by_block.setdefault(t.block, []).append(t.amount.value if t.amount else None)
     for i, (path, block) in enumerate(doc.blocks, 1):
-        amounts = [t.amount.value if t.amount else None for t in doc.transactions if t.block == i]
-        levels.append((block, path, amounts))
+        levels.append((block, path, by_block.get(i, [])))
     for base, path, amounts in levels:
         count = _declared_count(doc, base, path)
         if count is not None:
-            where, number = count
-            if number is None:
+            where, digits = count
+            if digits is None:
                 yield _error("nb_of_txs_invalid", where, "NbOfTxs is not a whole number.")
-            elif number != len(amounts):
+            elif len(digits) > _COUNT_DIGITS:  # no count (and too long for int() past 4300 digits)
                 yield _error(
                     "nb_of_txs_mismatch",
                     where,
-                    f"NbOfTxs declares {number} transactions; the message holds {len(amounts)}.",
+                    f"NbOfTxs declares a number {len(digits)} digits long; the message holds {len(amounts)}"
+                    " transactions.",
+                )
+            elif int(digits) != len(amounts):
+                yield _error(
+                    "nb_of_txs_mismatch",
+                    where,
+                    f"NbOfTxs declares {int(digits)} transactions; the message holds {len(amounts)}.",
                 )
         total = _declared_sum(doc, base, path)
         if total is not None and all(a is not None for a in amounts):
@@ -172,8 +191,8 @@ RULES: tuple[Rule, ...] = (counts_and_sums, amounts, identifiers, dates)
 
 
 def check(doc: Document) -> list[Issue]:
-    """Every business-rule issue of ``doc``."""
-    return [issue for rule in RULES for issue in rule(doc)]
+    """The business-rule issues of ``doc``: every one, up to :data:`MAX_RULE_ISSUES`."""
+    return list(islice((issue for rule in RULES for issue in rule(doc)), MAX_RULE_ISSUES))
 
 
 # -- SEPA ----------------------------------------------------------------------------------------
@@ -229,5 +248,5 @@ SEPA_RULES: tuple[Rule, ...] = (sepa_payments, sepa_text)
 
 
 def check_sepa(doc: Document) -> list[Issue]:
-    """Every SEPA rule-set issue of ``doc``."""
-    return [issue for rule in SEPA_RULES for issue in rule(doc)]
+    """The SEPA rule-set issues of ``doc``: every one, up to :data:`MAX_RULE_ISSUES`."""
+    return list(islice((issue for rule in SEPA_RULES for issue in rule(doc)), MAX_RULE_ISSUES))

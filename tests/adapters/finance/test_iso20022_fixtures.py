@@ -31,6 +31,7 @@ from lxml import etree
 import adapters.finance
 from adapters import BUILTIN_ADAPTERS
 from adapters.finance.iso20022 import PRIVATE_PARTY, PRIVATE_PARTY_KEY, ISO20022Adapter
+from adapters.finance.iso20022_rules import MAX_RULE_ISSUES
 from gateway.adapter import Issue, Outcome, ParseError, Reply
 from gateway.config import ISO20022Config
 from gateway.envelope import Envelope, Receipt
@@ -565,3 +566,75 @@ def test_a_private_party_without_name_or_id_is_still_withheld(adapter: ISO20022A
     env = adapter.parse(pain001("PRIV-2", ["10.00"], initiating_party=born), RECEIPT)
     assert env.sender == "private-party" and env.headers["initiating_party"] == ""
     assert "private_party" not in env.business_keys and env.sender_key == ""
+
+
+# -- malformed documents that once broke the business rules -------------------------------------
+
+
+def pain001_blocks(blocks: Sequence[bytes], count: bytes = b"1") -> bytes:
+    """A pain.001.001.03 whose group header declares ``count`` transactions, with these PmtInf blocks."""
+    return (
+        b'<Document xmlns="urn:iso:std:iso:20022:tech:xsd:pain.001.001.03"><CstmrCdtTrfInitn><GrpHdr>'
+        b"<MsgId>M-1</MsgId><CreDtTm>2024-05-14T08:15:00</CreDtTm><NbOfTxs>" + count + b"</NbOfTxs>"
+        b"<InitgPty><Nm>A</Nm></InitgPty></GrpHdr>" + b"".join(blocks) + b"</CstmrCdtTrfInitn></Document>"
+    )
+
+
+def payment_block(transactions: int = 1, agent: bytes = b"<BIC>COBADEFFXXX</BIC>") -> bytes:
+    transaction = (
+        b"<CdtTrfTxInf><PmtId><EndToEndId>E-1</EndToEndId></PmtId>"
+        b'<Amt><InstdAmt Ccy="EUR">10.00</InstdAmt></Amt><Cdtr><Nm>C</Nm></Cdtr>'
+        b"<CdtrAcct><Id><IBAN>DE89370400440532013000</IBAN></Id></CdtrAcct></CdtTrfTxInf>"
+    )
+    return (
+        b"<PmtInf><PmtInfId>P-1</PmtInfId><PmtMtd>TRF</PmtMtd><ReqdExctnDt>2024-05-15</ReqdExctnDt>"
+        b"<Dbtr><Nm>D</Nm></Dbtr><DbtrAcct><Id><IBAN>DE89370400440532013000</IBAN></Id></DbtrAcct>"
+        b"<DbtrAgt><FinInstnId>"
+        + agent
+        + b"</FinInstnId></DbtrAgt>"
+        + transaction * transactions
+        + b"</PmtInf>"
+    )
+
+
+@pytest.mark.parametrize(
+    ("count", "code"),
+    [
+        ("²".encode(), "nb_of_txs_invalid"),  # str.isdigit() takes it, int() does not
+        ("٣".encode(), "nb_of_txs_invalid"),  # a digit, but not one of Max15NumericText's
+        (b"9" * 5000, "nb_of_txs_mismatch"),  # past the 4300 digits int() reads
+        (b"0" * 5000 + b"1", None),  # leading zeros: one transaction, as declared
+    ],
+    ids=["superscript", "arabic_indic", "5000_digits", "zero_padded"],
+)
+def test_an_unreadable_transaction_count_is_an_issue(
+    bare: ISO20022Adapter, count: bytes, code: str | None
+) -> None:
+    raw = pain001_blocks([payment_block()], count)
+    issues = [i for i in issues_of(bare, raw) if i.location == "/Document/CstmrCdtTrfInitn/GrpHdr/NbOfTxs"]
+    assert [i.code for i in issues] == ([code] if code else [])
+    assert all(len(i.diagnostics) < 200 for i in issues)  # never the declared digits
+    if code:
+        reply, _ = reject(bare, raw)
+        assert report_definition(reply.body) == "pain.002.001.03"
+
+
+def test_business_rule_issues_stop_at_their_cap(bare: ISO20022Adapter) -> None:
+    """Thousands of bad elements side by side get the first MAX_RULE_ISSUES issues, not one each (each
+    location is found among its siblings: one each took quadratic time); the reply still says why."""
+    raw = pain001_blocks([payment_block(agent=b"<BIC>X</BIC>" * 3000)])
+    issues = issues_of(bare, raw)
+    assert len(issues) == MAX_RULE_ISSUES
+    assert {i.code for i in issues} == {"bic_invalid"}
+    assert issues[1].location == "/Document/CstmrCdtTrfInitn/PmtInf/DbtrAgt/FinInstnId/BIC[2]"
+    reply, _ = reject(bare, raw)
+    assert xpath(etree.fromstring(reply.body), "r:*/r:OrgnlGrpInfAndSts/r:GrpSts") == ["RJCT"]
+
+
+def test_counts_are_checked_block_by_block_over_many_blocks(bare: ISO20022Adapter) -> None:
+    blocks = [payment_block()] * 300
+    blocks[1] = payment_block(2).replace(b"<ReqdExctnDt>", b"<NbOfTxs>3</NbOfTxs><ReqdExctnDt>")
+    issues = issues_of(bare, pain001_blocks(blocks, b"301"))
+    assert [(i.code, i.location) for i in issues if i.is_error] == [
+        ("nb_of_txs_mismatch", "/Document/CstmrCdtTrfInitn/PmtInf[2]/NbOfTxs")
+    ]

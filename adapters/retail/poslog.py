@@ -288,7 +288,7 @@ class POSLogAdapter:
             business_keys={"transaction": tx.control_id, **sku_keys(headers["skus"])},
             masked_keys={"transaction": tx.control_id},
             sensitivity="pii",
-            content_sha256=sha256_hex(etree.tostring(element, method="c14n", exclusive=True)),
+            content_sha256=sha256_hex(_canonical(element)),
             receipt=receipt,
         )
 
@@ -367,6 +367,20 @@ def _namespace(root: etree._Element) -> str | None:
     """``{ns}`` for a root in an accepted namespace (``""`` for none), ``None`` for any other."""
     ns = etree.QName(root).namespace or ""
     return ("{" + ns + "}" if ns else "") if ns in NAMESPACES else None
+
+
+def _canonical(transaction: etree._Element) -> bytes:
+    """The Transaction's exclusive canonical form (C14N 1.0), whose digest is ``content_sha256``.
+
+    C14N cannot carry a namespace name that is a relative URI (``xmlns="local"``, which XML itself
+    allows, so the parser took it) and libxml2 refuses such a tree; the Transaction is then digested as
+    its serialisation taken out of the document (only the namespaces it uses declared on it), so that
+    what surrounds it still does not count.
+    """
+    try:
+        return bytes(etree.tostring(transaction, method="c14n", exclusive=True))
+    except etree.C14NError:
+        return bytes(etree.tostring(copy.deepcopy(transaction)))
 
 
 def _unit(root: etree._Element, transaction: etree._Element) -> bytes:

@@ -451,6 +451,29 @@ def test_the_depth_cap_is_the_adapters(adapter: POSLogAdapter) -> None:
     assert error_codes(issues_of(POSLogAdapter(max_depth=4), raw)) == {"too_deep"}
 
 
+def test_an_extension_in_a_relative_namespace_is_read_and_has_a_content_digest(
+    adapter: POSLogAdapter,
+) -> None:
+    """A namespace name that is a relative URI (``xmlns="local"``) is well-formed XML but cannot be put in
+    canonical form: the transaction is still read, and its content digest still ignores what surrounds it."""
+    tx = (
+        b"<Transaction><RetailStoreID>7</RetailStoreID><WorkstationID>1</WorkstationID>"
+        b"<SequenceNumber>5</SequenceNumber><BusinessDayDate>2026-11-27</BusinessDayDate>"
+        b'<Note xmlns="local-extension">x</Note></Transaction>'
+    )
+    alone = adapter.parse(b'<POSLog xmlns="' + ARTS_NS.encode() + b'">' + tx + b"</POSLog>", RECEIPT)
+    assert alone.control_id == "7-1-5-2026-11-27" and alone.content_sha256
+    batch = adapter.split(
+        b'<POSLog xmlns="' + ARTS_NS.encode() + b'" xmlns:acs="urn:acs">' + tx + tx + b"</POSLog>"
+    )
+    assert batch is not None
+    assert adapter.parse(batch.units[0], RECEIPT).content_sha256 == alone.content_sha256
+    assert (
+        adapter.parse(batch.units[0], RECEIPT).content_sha256
+        != adapter.parse(batch.units[0].replace(b">x<", b">y<"), RECEIPT).content_sha256
+    )
+
+
 def test_split_units_keep_the_namespaces_and_root_attributes(adapter: POSLogAdapter) -> None:
     batch = adapter.split((FOLDER / "batch__three_transactions.xml").read_bytes())
     assert batch is not None

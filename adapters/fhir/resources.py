@@ -42,7 +42,7 @@ from pydantic_core import ErrorDetails
 
 from adapters.fhir.outcome import FhirError
 from gateway.adapter import Issue
-from gateway.xml import XMLRejected, hardened_parser, parse_xml
+from gateway.xml import DEFAULT_MAX_DEPTH, XMLRejected, hardened_parser, parse_xml
 
 __all__ = [
     "FHIR_NS",
@@ -68,6 +68,9 @@ JSON_MEDIA: Final = "application/fhir+json; charset=utf-8"
 XML_MEDIA: Final = "application/fhir+xml; charset=utf-8"
 ID_PATTERN: Final = r"[A-Za-z0-9\-\.]{1,64}"
 """A FHIR logical id (the ``id`` data type)."""
+MAX_JSON_DEPTH: Final = 2 * DEFAULT_MAX_DEPTH
+"""How deep a JSON body may nest objects and arrays: as deep as the XML form may nest elements (an object
+each, a repeated one in an array too), and well within the 254 levels the JSON writer (orjson) takes."""
 
 _ID = re.compile(ID_PATTERN)
 _TYPE_NAME = re.compile(r"[A-Z][A-Za-z]{0,63}")
@@ -163,6 +166,10 @@ def _read_json(raw: bytes) -> dict[str, Any]:
         raise FhirError(400, "invalid", "The body is not well-formed JSON in UTF-8.") from None
     if not isinstance(value, dict):
         raise FhirError(400, "structure", "The body must be one JSON object, a FHIR resource.")
+    if _nests_deeper(value, MAX_JSON_DEPTH):
+        raise FhirError(
+            400, "invalid", f"The body nests objects and arrays deeper than {MAX_JSON_DEPTH} levels."
+        )
     resource_type = value.get("resourceType")
     if not isinstance(resource_type, str):
         raise FhirError(
@@ -171,6 +178,18 @@ def _read_json(raw: bytes) -> dict[str, Any]:
     if resource_type not in RESOURCE_TYPES:
         raise _unknown_type(resource_type)
     return value
+
+
+def _nests_deeper(value: Any, limit: int) -> bool:
+    """True when ``value`` (read JSON) nests objects and arrays more than ``limit`` levels deep."""
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        node, depth = pending.pop()
+        if depth > limit:
+            return True
+        inner = node.values() if isinstance(node, dict) else node
+        pending.extend((child, depth + 1) for child in inner if isinstance(child, dict | list))
+    return False
 
 
 def _read_xml(raw: bytes) -> dict[str, Any]:
@@ -517,14 +536,38 @@ def _exact(value: Any) -> Any:
     raise TypeError
 
 
+_INT64 = range(-(2**63), 2**64)
+"""The integers orjson writes (int64 and uint64)."""
+
+
+def _wide(value: Any) -> Any:
+    """``value`` with every integer orjson cannot write as a fragment of its digits."""
+    if isinstance(value, dict):
+        return {k: _wide(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_wide(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool) and value not in _INT64:
+        return orjson.Fragment(str(value).encode())
+    return value
+
+
+def _dumps(resource: Mapping[str, Any], option: int | None = None) -> bytes:
+    data = resource if isinstance(resource, dict) else dict(resource)
+    try:
+        return orjson.dumps(data, default=_exact, option=option)
+    except orjson.JSONEncodeError:  # "Integer exceeds 64-bit range"; anything else fails again
+        return orjson.dumps(_wide(data), default=_exact, option=option)
+
+
 def write_json(resource: Mapping[str, Any]) -> bytes:
-    """The resource as compact UTF-8 JSON; decimals with the digits they were read with."""
-    return orjson.dumps(resource if isinstance(resource, dict) else dict(resource), default=_exact)
+    """The resource as compact UTF-8 JSON; decimals with the digits they were read with, and so are
+    integers past 64 bits (a decimal written without a point reads as one)."""
+    return _dumps(resource)
 
 
 def pretty_json(resource: Mapping[str, Any]) -> str:
     """The resource as indented JSON text for people (decimals exact, non-ASCII as is), with a newline."""
-    return orjson.dumps(dict(resource), default=_exact, option=orjson.OPT_INDENT_2).decode() + "\n"
+    return _dumps(resource, orjson.OPT_INDENT_2).decode() + "\n"
 
 
 def write_xml(resource: Mapping[str, Any]) -> bytes:

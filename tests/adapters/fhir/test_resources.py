@@ -21,10 +21,12 @@ from adapters.fhir.outcome import FhirError
 from adapters.fhir.resources import (
     FHIR_NS,
     JSON_MEDIA,
+    MAX_JSON_DEPTH,
     RESOURCE_TYPES,
     XML_MEDIA,
     load_json,
     model_of,
+    pretty_json,
     read_resource,
     serialize,
     validate,
@@ -347,6 +349,42 @@ def test_decimals_keep_their_digits_in_json_and_xml() -> None:
     xml = write_xml(obs)
     assert b'<value value="1.50"/>' in xml and b'<value value="0.1000000000000000055511151231257827"/>' in xml
     assert write_json(read_resource(xml, XML)) == write_json(obs)
+
+
+def test_a_decimal_written_without_a_point_keeps_its_digits_past_64_bits() -> None:
+    """A decimal of 31 digits and no point reads as an integer, which the JSON writer only takes up to 64
+    bits: it is written back as its digits (once, writing it failed)."""
+    raw = (
+        b'{"resourceType": "Observation", "status": "final", "code": {"text": "x"},'
+        b' "valueQuantity": {"value": -1000000000000000000000000000000}, "component": [{"code": {"text": "y"},'
+        b' "valueQuantity": {"value": 18446744073709551616}}, {"code": {"text": "z"}, "valueInteger": 7}]}'
+    )
+    obs = read_resource(raw, JSON)
+    assert not [i for i in validate(obs) if i.is_error]
+    written = write_json(obs)
+    assert (
+        b'"value":-1000000000000000000000000000000' in written and b'"value":18446744073709551616' in written
+    )
+    assert load_json(written) == load_json(raw)
+    assert load_json(pretty_json(obs).encode()) == load_json(raw)
+    assert serialize(obs, JSON_MEDIA)[0] == written
+
+
+def test_json_nested_deeper_than_the_cap_is_refused() -> None:
+    """Nested past MAX_JSON_DEPTH (here in extensions of extensions) a body is refused when read, as the
+    XML form is past its depth cap: the JSON writer stops at 254 levels, and no resource goes that deep."""
+
+    def nested(levels: int) -> bytes:
+        extension: dict[str, Any] = {"url": "http://example.org/x", "valueString": "Secret-Value"}
+        for _ in range(levels):
+            extension = {"url": "http://example.org/x", "extension": [extension]}
+        return json.dumps({"resourceType": "Patient", "extension": [extension]}).encode()
+
+    error = _read_error(nested(300))
+    assert (error.status, error.code) == (400, "invalid")
+    assert "Secret" not in repr(error.issues)
+    within = read_resource(nested(MAX_JSON_DEPTH // 2 - 2), JSON)
+    assert load_json(write_json(within)) == within
 
 
 def test_write_xml_refuses_what_is_not_a_resource() -> None:

@@ -73,6 +73,7 @@ MAX_JSON_DEPTH: Final = 2 * DEFAULT_MAX_DEPTH
 each, a repeated one in an array too), and well within the 254 levels the JSON writer (orjson) takes."""
 
 _ID = re.compile(ID_PATTERN)
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _TYPE_NAME = re.compile(r"[A-Z][A-Za-z]{0,63}")
 """What a resource type name looks like: only such a name is ever quoted back."""
 _RESOURCE_CLASS = re.compile(
@@ -166,10 +167,9 @@ def _read_json(raw: bytes) -> dict[str, Any]:
         raise FhirError(400, "invalid", "The body is not well-formed JSON in UTF-8.") from None
     if not isinstance(value, dict):
         raise FhirError(400, "structure", "The body must be one JSON object, a FHIR resource.")
-    if _nests_deeper(value, MAX_JSON_DEPTH):
-        raise FhirError(
-            400, "invalid", f"The body nests objects and arrays deeper than {MAX_JSON_DEPTH} levels."
-        )
+    problem = _unwritable(value, MAX_JSON_DEPTH)
+    if problem is not None:
+        raise FhirError(400, "invalid", problem)
     resource_type = value.get("resourceType")
     if not isinstance(resource_type, str):
         raise FhirError(
@@ -180,16 +180,21 @@ def _read_json(raw: bytes) -> dict[str, Any]:
     return value
 
 
-def _nests_deeper(value: Any, limit: int) -> bool:
-    """True when ``value`` (read JSON) nests objects and arrays more than ``limit`` levels deep."""
+def _unwritable(value: Any, limit: int) -> str | None:
+    """Why ``value`` (read JSON) could not be written back as JSON: nested more than ``limit`` levels,
+    or a string (a member name too) with a lone surrogate, which a ``\\uD800`` escape reads as and which
+    is no Unicode character; ``None`` when it can be."""
     pending: list[tuple[Any, int]] = [(value, 1)]
     while pending:
         node, depth = pending.pop()
         if depth > limit:
-            return True
-        inner = node.values() if isinstance(node, dict) else node
+            return f"The body nests objects and arrays deeper than {limit} levels."
+        inner = list(node.values()) if isinstance(node, dict) else node
+        names = list(node) if isinstance(node, dict) else []
+        if any(isinstance(s, str) and _SURROGATE.search(s) for s in (*names, *inner)):
+            return "The body has a string with a lone surrogate escape (\\uD800 to \\uDFFF), which is no character."
         pending.extend((child, depth + 1) for child in inner if isinstance(child, dict | list))
-    return False
+    return None
 
 
 def _read_xml(raw: bytes) -> dict[str, Any]:

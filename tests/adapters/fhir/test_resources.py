@@ -387,6 +387,25 @@ def test_json_nested_deeper_than_the_cap_is_refused() -> None:
     assert load_json(write_json(within)) == within
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"resourceType": "Patient", "name": [{"text": "Secret-Value \\ud800"}]}',
+        b'{"resourceType": "Patient", "\\udc00Secret": 1}',
+        b'{"resourceType": "Patient", "name": [{"given": ["\\ude00\\ud83d"]}]}',  # a pair in the wrong order
+    ],
+    ids=["value", "member_name", "reversed_pair"],
+)
+def test_a_lone_surrogate_escape_is_refused(raw: bytes) -> None:
+    """``\\uD800`` alone reads as a lone surrogate, no Unicode character, which no JSON writer can write
+    back (writing such a resource once failed after intake): the body is refused when read."""
+    error = _read_error(raw)
+    assert (error.status, error.code) == (400, "invalid")
+    assert "Secret" not in repr(error.issues)
+    pair = read_resource(b'{"resourceType": "Patient", "name": [{"text": "\\ud83d\\ude00"}]}', JSON)
+    assert write_json(pair) == '{"resourceType":"Patient","name":[{"text":"\U0001f600"}]}'.encode()
+
+
 def test_write_xml_refuses_what_is_not_a_resource() -> None:
     with pytest.raises(FhirError) as caught:
         write_xml({"resourceType": "Pokemon"})

@@ -8,7 +8,9 @@ same dict, and written back from it through the model.
 
 - :func:`read_resource` parses a request body (JSON or XML by media type).
   JSON must be one object with a string ``resourceType`` and no object naming
-  the same member twice (parsers disagree which value wins); XML goes through
+  the same member twice (parsers disagree which value wins), nested at most
+  :data:`MAX_JSON_DEPTH` levels and without a lone surrogate escape (``\\uD800``:
+  no character, and no writer takes it back); XML goes through
   the one hardened parser (:func:`gateway.xml.parse_xml`: no DOCTYPE, no
   entities, size and depth caps) before the model reads it, and its root must
   be in the FHIR namespace. Failures are :class:`~adapters.fhir.outcome.FhirError`.
@@ -49,6 +51,7 @@ __all__ = [
     "ID_PATTERN",
     "JSON_MEDIA",
     "JSON_TYPES",
+    "MAX_JSON_DEPTH",
     "RESOURCE_TYPES",
     "XML_MEDIA",
     "XML_TYPES",

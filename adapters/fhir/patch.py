@@ -38,7 +38,7 @@ import jsonpatch
 import jsonpointer
 
 from adapters.fhir.outcome import FhirError
-from adapters.fhir.resources import load_json
+from adapters.fhir.resources import load_json, unwritable
 
 JSON_PATCH: Final = "application/json-patch+json"
 MERGE_PATCH: Final = "application/merge-patch+json"
@@ -70,6 +70,9 @@ def read_patch(raw: bytes, media: str) -> Patch:
         doc = load_json(raw)
     except (ValueError, RecursionError):  # (nesting deeper than the parser's stack)
         raise FhirError(400, "invalid", "The body is not JSON.") from None
+    problem = unwritable(doc)  # what a patched resource could not be written back with
+    if problem is not None:
+        raise FhirError(400, "invalid", problem)
     if media == MERGE_PATCH or (media == "application/json" and isinstance(doc, dict)):
         if not isinstance(doc, dict):
             raise FhirError(400, "invalid", "A JSON Merge Patch document is an object.")

@@ -59,6 +59,7 @@ __all__ = [
     "model_of",
     "read_resource",
     "serialize",
+    "unwritable",
     "validate",
     "write_json",
     "write_xml",
@@ -170,7 +171,7 @@ def _read_json(raw: bytes) -> dict[str, Any]:
         raise FhirError(400, "invalid", "The body is not well-formed JSON in UTF-8.") from None
     if not isinstance(value, dict):
         raise FhirError(400, "structure", "The body must be one JSON object, a FHIR resource.")
-    problem = _unwritable(value, MAX_JSON_DEPTH)
+    problem = unwritable(value)
     if problem is not None:
         raise FhirError(400, "invalid", problem)
     resource_type = value.get("resourceType")
@@ -183,7 +184,7 @@ def _read_json(raw: bytes) -> dict[str, Any]:
     return value
 
 
-def _unwritable(value: Any, limit: int) -> str | None:
+def unwritable(value: Any, limit: int = MAX_JSON_DEPTH) -> str | None:
     """Why ``value`` (read JSON) could not be written back as JSON: nested more than ``limit`` levels,
     or a string (a member name too) with a lone surrogate, which a ``\\uD800`` escape reads as and which
     is no Unicode character; ``None`` when it can be."""

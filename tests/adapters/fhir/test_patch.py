@@ -130,7 +130,16 @@ def test_a_path_is_shown_only_when_it_is_element_names_and_indexes() -> None:
 
 @pytest.mark.parametrize(
     "raw",
-    [b'[{"op": ["add"], "path": "/x"}]', b'[{"op": {"a": 1}, "path": "/x"}]', b"[" * 5000 + b"]" * 5000],
+    [
+        b'[{"op": ["add"], "path": "/x"}]',
+        b'[{"op": {"a": 1}, "path": "/x"}]',
+        b"[" * 5000 + b"]" * 5000,
+        b'[{"op": "add", "path": "/name/0/text", "value": "\\ud800"}]',  # no character: never written back
+        b'[{"op": "add", "path": "/extension", "value": '
+        + b"[" * 300
+        + b"]" * 300
+        + b"}]",  # past the depth cap
+    ],
 )
 def test_odd_documents_are_400_not_a_crash(raw: bytes) -> None:
     with pytest.raises(FhirError) as caught:

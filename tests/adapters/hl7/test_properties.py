@@ -7,7 +7,8 @@ and random field contents, written with any line ending and an optional BOM, the
 either gives an envelope or raises :class:`~gateway.adapter.ParseError`, never another exception, and
 the reply intake builds for it (see :meth:`gateway.pipeline.Intake._record`) is a readable ACK whose
 MSA-1 is the reply's code and whose MSA-2 is MSH-10 as the reader read it. Batch splitting and the
-acknowledgement batch take the same payloads.
+acknowledgement batch take the same payloads; escaped values read back as they were; and the MLLP
+deframer finds the same frames however a byte stream is cut into reads.
 
 The runs are derandomized and keep no example database, so CI sees the same examples every time.
 """
@@ -17,7 +18,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from adapters.hl7 import er7
+from adapters.hl7 import er7, framing
 from adapters.hl7.adapter import HL7Adapter
 from gateway.adapter import Issue, Outcome, OutcomeKind, ParseError, Reply
 from gateway.envelope import Envelope, Receipt
@@ -236,3 +237,33 @@ def test_escaped_values_read_back_equal(d: er7.Delimiters, values: list[str]) ->
     pid = d.field.join(["PID", "1", "", "ID", "", d.component.join(escaped)])
     message = er7.parse(f"{msh}\r{pid}\r".encode())
     assert [message.get(f"PID-5.{n}") for n in range(1, len(values) + 1)] == values
+
+
+@settings(DETERMINISTIC, max_examples=200)
+@given(
+    stream=st.lists(
+        st.one_of(
+            st.binary(max_size=40),
+            st.sampled_from([framing.START, framing.END, b"\x1c", b"\r", b"MSH|^~\\&|A\r"]),
+        ),
+        max_size=12,
+    ).map(b"".join),
+    cuts=st.lists(st.integers(1, 6), max_size=60),
+)
+def test_mllp_frames_do_not_depend_on_how_the_bytes_arrive(stream: bytes, cuts: list[int]) -> None:
+    """The deframer finds the same frames, and abandons the same ones, whether the stream comes in one
+    read or cut anywhere (a frame's end split between reads, a start byte at a read's edge)."""
+    whole = framing.FrameReader(max_frame_bytes=1 << 20)
+    expected = whole.feed(stream)
+    pieces = framing.FrameReader(max_frame_bytes=1 << 20)
+    got: list[bytes] = []
+    at = 0
+    for cut in [*cuts, len(stream)]:
+        got += pieces.feed(stream[at : at + cut])
+        at += cut
+    got += pieces.feed(stream[at:])
+    assert got == expected and pieces.abandoned == whole.abandoned
+    assert all(framing.START not in frame for frame in got)
+    messages = [m for m in stream.split(framing.START) if framing.START not in m and framing.END not in m]
+    framed = b"junk" + b"".join(framing.frame(m) for m in messages)
+    assert framing.FrameReader(max_frame_bytes=1 << 20).feed(framed) == messages

@@ -364,7 +364,15 @@ def build_ack(
     lines = [_line(msh, d.field), _line(msa, d.field)]
     lines.extend(_line(err, d.field) for err in _err_segments(errors, d, version))
     codec = ack_codec(headers, inbound)
-    return ("\r".join(lines) + "\r").encode(codec, errors="replace")
+    return _unframed("\r".join(lines) + "\r", d.escape).encode(codec, errors="replace")
+
+
+def _unframed(text: str, escape: str) -> str:
+    """``text`` with MLLP's frame bytes (0x0B, 0x1C), which a copied field may hold, as hex escapes: copied
+    as they were, a 0x1C before a segment's end closed the reply's frame there (``MSA|AA|C1`` + 0x1C)."""
+    if "\x0b" not in text and "\x1c" not in text:
+        return text
+    return text.replace("\x0b", f"{escape}X0B{escape}").replace("\x1c", f"{escape}X1C{escape}")
 
 
 def build_batch_ack(batch: bytes, acks: Sequence[bytes | None]) -> bytes:
@@ -390,7 +398,7 @@ def build_batch_ack(batch: bytes, acks: Sequence[bytes | None]) -> bytes:
         f = line.split(sep) + [b""] * 12
         control = new_id()[-20:].encode()
         fields = [f[0], f[1], f[4], f[5], f[2], f[3], stamp, b"", b"", b"", control, f[10]]
-        return sep.join(fields).rstrip(sep) + b"\r"
+        return _unframed((sep.join(fields).rstrip(sep) + b"\r").decode("latin-1"), d.escape).encode("latin-1")
 
     def trailer(name: bytes, count: int, ordinal: int) -> bytes:
         comment = " ".join(issue.diagnostics for at, issue in outline.issues if at == ordinal)

@@ -9,6 +9,7 @@ import pytest
 from adapters import BUILTIN_ADAPTERS
 from adapters.hl7 import er7
 from adapters.hl7.adapter import CONTENT_TYPE, HEADER_KEYS, HL7Adapter
+from adapters.hl7.framing import FrameReader, frame
 from gateway.adapter import Adapter, Issue, Outcome, OutcomeKind, ParseError, ValidationLevel
 from gateway.envelope import Envelope, Receipt, sha256_hex
 from tests.conftest import FIXTURES
@@ -551,3 +552,25 @@ def test_a_batch_whose_count_is_too_long_to_read_is_acknowledged() -> None:
     lines = reply.body.split(b"\r")
     assert lines[-3] == b"BTS|1|BTS-1 declares a number of messages 5000 digits long; 1 arrived."
     assert lines[-2] == b"FTS|1"
+
+
+def test_mllp_frame_bytes_in_copied_fields_reach_the_sender_escaped() -> None:
+    """0x1C is no HL7 text, yet a field may hold it (it ends an MLLP frame only before 0x0D); copied into
+    the ACK before a segment end it closed the reply's frame early, and the sender read MSA-2 as C1. The
+    ACK writes it, and 0x0B, as hex escapes, which read back as the byte."""
+    adapter = HL7Adapter()
+    raw = b"MSH|^~\\&|LAB\x1c|HOSP|GW|GATEWAY|20240101||ADT^A01^ADT_A01|C1\x1c|P|2.5.1\rPID|1\r"
+    env = adapter.parse(raw, RECEIPT)
+    replies = [adapter.respond(Outcome("accepted", env.headers, [], env.id, env))]
+    with pytest.raises(ParseError) as caught:  # unreadable (cut before MSH-12): the salvaged header
+        adapter.parse(raw.split(b"|P|")[0] + b"\r", RECEIPT)
+    replies.append(adapter.respond(Outcome("invalid", caught.value.headers, caught.value.issues)))
+    for reply in replies:
+        assert b"\x1c" not in reply.body and b"MSA|" in reply.body
+        (whole,) = FrameReader(1 << 20).feed(frame(reply.body))
+        ack = er7.parse(whole)
+        assert ack.get("MSA-2") == "C1\x1c" and ack.get("MSH-5") == "LAB\x1c"
+    batch = adapter.split(b"BHS|^~\\&|LAB|HOSP|GW|GATEWAY|20240101||||B-1\x1c\r" + raw + b"BTS|1\r")
+    assert batch is not None
+    body = adapter.respond_batch(batch, replies[:1]).body
+    assert b"\x1c" not in body and body.split(b"\r")[0].endswith(b"|B-1\\X1C\\")

@@ -170,7 +170,8 @@ def intake(adapter: HL7Adapter, unit: bytes) -> tuple[Reply, str]:
 
 def assert_acknowledges(reply: Reply, control_id: str) -> None:
     """``reply`` read in the character set it names (the reader's own guess where it names none) is an
-    ACK of ``reply.code`` whose MSA-2 is ``control_id``."""
+    ACK of ``reply.code`` whose MSA-2 is ``control_id``, and it goes through MLLP framing whole."""
+    assert framing.FrameReader(max_frame_bytes=1 << 24).feed(framing.frame(reply.body)) == [reply.body]
     _, _, charset = reply.content_type.partition("; charset=")
     ack = er7.parse_text(reply.body.decode(charset), charset) if charset else er7.parse(reply.body)
     assert [s.id for s in ack.segments[:2]] == ["MSH", "MSA"]

@@ -233,6 +233,9 @@ class Inbound(NamedTuple):
     """MSH-10: the ACK's MSA-2, character for character."""
     codec: str
     """The codec the message was read with: the ACK's bytes use it, so that what it copies matches."""
+    charset: str = ""
+    """MSH-18 (first repetition) as sent, as the reader took it to choose the codec: the ACK's MSH-18 (the
+    ``charset`` header is its first component, which a component separator such as ``/`` cuts short)."""
 
 
 @functools.lru_cache(maxsize=2)
@@ -312,8 +315,8 @@ def build_ack(
     segments unless the code is positive. ``control_id`` (the ACK's own MSH-10)
     and ``now`` (MSH-7) default to a fresh 20-character id and the current time.
     With ``inbound`` (the parsed message as sent) the ACK's MSH-3 to MSH-6 are its MSH-3 to MSH-6
-    swapped, whole (an HD's universal id too), MSA-2 is its MSH-10 as sent, and the bytes are
-    encoded with the codec it was read with; without it (a message that could not be parsed) the
+    swapped, whole (an HD's universal id too), MSA-2 is its MSH-10 and MSH-18 its MSH-18 as sent, and
+    the bytes are encoded with the codec it was read with; without it (a message that could not be parsed) the
     promoted header values are used, escaped, and the bytes are in the MSH-18 character set (UTF-8
     when none). Segments end with ``\\r``.
     """
@@ -355,7 +358,7 @@ def build_ack(
         "",
         "",
         "",
-        esc(charset),
+        inbound.charset if inbound is not None else esc(charset),
     ]
     msa = ["MSA", code, inbound.control_id if inbound is not None else esc(headers.get("control_id", ""))]
     errors = [] if code in POSITIVE_CODES else list(issues)

@@ -142,7 +142,8 @@ def _inbound(envelope: Envelope | None) -> ack.Inbound | None:
     raw = [fields[n] if n < len(fields) else "" for n in (3, 4, 5, 6)]
     first = [f.split(rep, 1)[0] if rep and rep in f else f for f in raw]
     control_id = fields[10] if len(fields) > 10 else ""
-    return ack.Inbound((first[0], first[1], first[2], first[3]), control_id, message.encoding)
+    charset = fields[18].split(rep, 1)[0] if len(fields) > 18 and rep else ""
+    return ack.Inbound((first[0], first[1], first[2], first[3]), control_id, message.encoding, charset)
 
 
 def _without_msh7(body: bytes) -> bytes:

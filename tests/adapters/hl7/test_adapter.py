@@ -574,3 +574,14 @@ def test_mllp_frame_bytes_in_copied_fields_reach_the_sender_escaped() -> None:
     assert batch is not None
     body = adapter.respond_batch(batch, replies[:1]).body
     assert b"\x1c" not in body and body.split(b"\r")[0].endswith(b"|B-1\\X1C\\")
+
+
+def test_the_ack_names_the_character_set_as_the_message_did() -> None:
+    """With / as the component separator, MSH-18 8859/3 is one component 8859 to the charset header, but
+    the reader takes the field as sent to choose the codec; the ACK, written in that codec, copied the
+    header's 8859, which names none, so it read back in latin-1 (MSA-2 C-ÿ for C-˙). It copies MSH-18 as
+    sent, as it does MSH-10."""
+    raw = "MSH|/~\\&|LAB|HOSP|GW|GATEWAY|20240101||ADT/A01|C-˙|P|2.5.1||||||8859/3\r".encode("iso8859-3")
+    ack, control_id = reply_to(HL7Adapter(), raw)
+    assert control_id == "C-˙" and ack.encoding == "iso8859-3"
+    assert ack.get("MSA-2") == "C-˙" and ack.segments[0].fields[18] == "8859/3"

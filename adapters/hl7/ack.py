@@ -316,9 +316,10 @@ def build_ack(
     and ``now`` (MSH-7) default to a fresh 20-character id and the current time.
     With ``inbound`` (the parsed message as sent) the ACK's MSH-3 to MSH-6 are its MSH-3 to MSH-6
     swapped, whole (an HD's universal id too), MSA-2 is its MSH-10 and MSH-18 its MSH-18 as sent, and
-    the bytes are encoded with the codec it was read with; without it (a message that could not be parsed) the
-    promoted header values are used, escaped, and the bytes are in the MSH-18 character set (UTF-8
-    when none). Segments end with ``\\r``.
+    the bytes are encoded with the codec it was read with; without it (a message that could not be
+    parsed) the promoted header values are used, escaped, and the bytes are in the MSH-18 character
+    set (UTF-8 when none, or when that set cannot write them: :func:`ack_codec`). MLLP's frame bytes
+    in a copied value are written as hex escapes. Segments end with ``\\r``.
     """
     d = _delimiters(headers)
     table = er7.escape_table(d)

@@ -327,6 +327,8 @@ def build_ack(
     def esc(value: str) -> str:
         return value.translate(table)
 
+    if inbound is not None:
+        inbound = _refitted(inbound, d)
     version = headers.get("version", "") or DEFAULT_VERSION
     version_key = _version_key(version)
     trigger = headers.get("trigger_event", "")
@@ -369,6 +371,25 @@ def build_ack(
     lines.extend(_line(err, d.field) for err in _err_segments(errors, d, version))
     codec = ack_codec(headers, inbound)
     return _unframed("\r".join(lines) + "\r", d.escape).encode(codec, errors="replace")
+
+
+def _refitted(inbound: Inbound, d: er7.Delimiters) -> Inbound:
+    """``inbound`` with each copied value that holds an MLLP frame byte written again from what it reads
+    as (an HD component by component), its escape characters escaped: as sent, an escape sequence left
+    open before the byte (``/(`` + 0x1C) would take the byte's hex escape (:func:`_unframed`) apart."""
+
+    def again(raw: str, split: bool) -> str:
+        if "\x0b" not in raw and "\x1c" not in raw:
+            return raw
+        parts = raw.split(d.component) if split else [raw]
+        return d.component.join(er7.escape(er7.unescape(p, d, inbound.codec), d) for p in parts)
+
+    a, b, c, e = (again(p, True) for p in inbound.parties)
+    return inbound._replace(
+        parties=(a, b, c, e),
+        control_id=again(inbound.control_id, False),
+        charset=again(inbound.charset, False),
+    )
 
 
 def _unframed(text: str, escape: str) -> str:

@@ -585,3 +585,16 @@ def test_the_ack_names_the_character_set_as_the_message_did() -> None:
     ack, control_id = reply_to(HL7Adapter(), raw)
     assert control_id == "C-˙" and ack.encoding == "iso8859-3"
     assert ack.get("MSA-2") == "C-˙" and ack.segments[0].fields[18] == "8859/3"
+
+
+def test_a_frame_byte_after_an_open_escape_sequence_still_reads_back() -> None:
+    """Copied as sent, ``C\\(`` + 0x1C + ``^X`` has an escape sequence left open before the byte, which
+    would pair with the byte's own hex escape; such a value is written again from what it reads as."""
+    raw = b"MSH|^~\\&|LAB\\(\x1c^ISO|HOSP|GW|GATEWAY|20240101||ADT^A01^ADT_A01|C\\(\x1c^X|P|2.5.1\rPID|1\r"
+    env = HL7Adapter().parse(raw, RECEIPT)
+    assert env.control_id == "C\\(\x1c^X"
+    reply = HL7Adapter().respond(Outcome("accepted", env.headers, [], env.id, env))
+    (whole,) = FrameReader(1 << 20).feed(frame(reply.body))
+    ack = er7.parse(whole)
+    assert er7.unescape(ack.segments[1].fields[2], ack.delimiters) == env.control_id
+    assert [ack.get("MSH-5.1"), ack.get("MSH-5.2")] == ["LAB\\(\x1c", "ISO"]

@@ -31,7 +31,7 @@ import functools
 import json
 import re
 from collections.abc import Iterator, Mapping
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from importlib import resources as package_files
 from typing import Any, Final, Literal
 
@@ -154,12 +154,15 @@ def load_json(raw: bytes) -> Any:
     """JSON as FHIR needs it read: decimals as :class:`~decimal.Decimal` with the digits they were written
     with (``1.50`` stays ``1.50``), no NaN or Infinity, and an object that names a member twice refused
     (parsers disagree on which value wins). Raises ``ValueError`` (``_Duplicate`` for a repeated name)."""
-    return json.loads(
-        raw.decode("utf-8-sig" if raw[:3] == b"\xef\xbb\xbf" else "utf-8"),
-        object_pairs_hook=_unique,
-        parse_float=Decimal,
-        parse_constant=_constant,
-    )
+    try:
+        return json.loads(
+            raw.decode("utf-8-sig" if raw[:3] == b"\xef\xbb\xbf" else "utf-8"),
+            object_pairs_hook=_unique,
+            parse_float=Decimal,
+            parse_constant=_constant,
+        )
+    except InvalidOperation:  # an exponent past what Decimal holds (1e99999999999999999999)
+        raise ValueError("a number out of the decimal range") from None
 
 
 def _read_json(raw: bytes) -> dict[str, Any]:

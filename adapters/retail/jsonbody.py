@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from gateway.adapter import Issue, ParseError
@@ -60,7 +60,9 @@ def load_object(raw: bytes, headers: Mapping[str, str] | None = None, what: str 
             ],
             readable,
         ) from None
-    except (ValueError, RecursionError):  # not UTF-8/16/32, NaN or Infinity, too deep, an int too long
+    except (ValueError, RecursionError, InvalidOperation):
+        # not UTF-8/16/32, NaN or Infinity, too deep, an int too long, or an exponent past what
+        # Decimal holds (1e99999999999999999999: InvalidOperation, an ArithmeticError)
         raise ParseError(
             [Issue("fatal", "malformed_json", "", "The body is not well-formed JSON in UTF-8.")], readable
         ) from None

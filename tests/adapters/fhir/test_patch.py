@@ -135,6 +135,7 @@ def test_a_path_is_shown_only_when_it_is_element_names_and_indexes() -> None:
         b'[{"op": {"a": 1}, "path": "/x"}]',
         b"[" * 5000 + b"]" * 5000,
         b'[{"op": "add", "path": "/name/0/text", "value": "\\ud800"}]',  # no character: never written back
+        b'[{"op": "add", "path": "/x", "value": 1e99999999999999999999}]',  # past Decimal's exponent
         b'[{"op": "add", "path": "/extension", "value": '
         + b"[" * 300
         + b"]" * 300

@@ -111,6 +111,10 @@ def test_duplicate_member_names_are_refused(raw: bytes) -> None:
         (b'{"resourceType": "Patient", "name": "Secret-Value"', "invalid"),
         (b"\xff\xfe{}", "invalid"),
         (b'{"resourceType": "Patient", "active": NaN}', "invalid"),
+        (
+            b'{"resourceType": "Patient", "active": 1e99999999999999999999}',
+            "invalid",
+        ),  # past Decimal's exponent
         (b'["Secret-Value"]', "structure"),
         (b'{"id": "Secret-Value"}', "structure"),
         (b'{"resourceType": 7}', "structure"),

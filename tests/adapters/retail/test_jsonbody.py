@@ -21,6 +21,8 @@ def test_numbers_are_exact_decimals() -> None:
         (b'{"a": {"x": 1, "x": 2}}', "malformed_json"),
         (b'{"price": NaN}', "malformed_json"),
         (b'{"price": Infinity}', "malformed_json"),
+        (b'{"price": 1e99999999999999999999}', "malformed_json"),  # past Decimal's exponent: not ValueError
+        (b'{"price": [1E-99999999999999999999]}', "malformed_json"),
         (b'{"secret-value": ', "malformed_json"),
         (b"\xff\xfe\x00{", "malformed_json"),
         (b"[1, 2]", "not_an_object"),

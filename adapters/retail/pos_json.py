@@ -132,6 +132,8 @@ _CURRENCY = re.compile(CURRENCY_PATTERN)
 _DATE = re.compile(DATE_PATTERN)
 _DATE_TIME = re.compile(DATE_TIME_PATTERN)
 _MONEY = re.compile(MONEY_PATTERN)
+_AMOUNT_DIGITS = 18
+"""The most digits an amount has (before or after the point: ``Money`` takes 18 in all)."""
 _PLAIN_DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")
 _SCHEMA_VERSION = re.compile(r"pos_json/([A-Za-z0-9._-]{1,16})")
 
@@ -357,8 +359,17 @@ def _amount_text(value: object) -> str:
     """An amount as a plain decimal string (``42.38``), or ``""`` when it is not a readable amount."""
     if isinstance(value, bool) or not isinstance(value, str | int | Decimal):
         return ""
+    if isinstance(value, Decimal) and not _writable(value):
+        return ""
     text = value if isinstance(value, str) else format(Decimal(value), "f")
     return text if _MONEY.fullmatch(text) else ""
+
+
+def _writable(number: Decimal) -> bool:
+    """True when ``number`` written out in full is short enough to be an amount: ``1e999999999``, a JSON
+    number, is a billion digits in fixed-point notation (writing them out hung)."""
+    exponent = number.as_tuple().exponent
+    return isinstance(exponent, int) and exponent >= -_AMOUNT_DIGITS and number.adjusted() < _AMOUNT_DIGITS
 
 
 def _schema_version(data: Mapping[str, Any]) -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import copy
 import json
+import tracemalloc
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -438,6 +439,27 @@ def test_headers_list_each_sku_once_and_amounts_as_plain_decimals() -> None:
     assert env.headers["skus"] == "SKU-RED-M,SKU-TEE-BLK-L"
     assert env.headers["line_count"] == "3"
     assert env.headers["total_amount"] == "100"
+
+
+@pytest.mark.parametrize("total", ["1e999999999", "1e-999999999", "-1e999999999"])
+def test_an_amount_a_billion_digits_long_written_out_is_no_amount(total: str) -> None:
+    """1e999999999 is a JSON number Decimal reads at once; written out in fixed-point notation for the
+    total_amount header it took a billion digits (a gigabyte and seconds per message): it is no amount,
+    and the schema says so."""
+    raw = (
+        (FOLDER / "pos.sale__basic.json")
+        .read_bytes()
+        .replace(b'"total": "42.38"', f'"total": {total}'.encode())
+    )
+    tracemalloc.start()
+    try:
+        env = ADAPTER.parse(raw, RECEIPT)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 10_000_000
+    assert env.headers.get("total_amount", "") == ""  # an empty header is left out
+    assert "/total" in {i.location for i in ADAPTER.validate(env) if i.is_error}
 
 
 def test_customer_keys_are_masked_and_the_message_is_pii() -> None:

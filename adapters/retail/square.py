@@ -335,9 +335,10 @@ def _headers(event: SquareEvent) -> dict[str, str]:
         "object_id": jb.text(jb.obj(event.payload.get("data")).get("id")),
     }
     if event.event_type in EVENT_TYPES:
-        obj = event.object
-        build = _FAMILY_HEADERS[event.event_type.split(".", 1)[0]]
-        headers.update(build(obj if isinstance(obj, list) else jb.obj(obj)))
+        family = event.event_type.split(".", 1)[0]
+        # inventory counts are a list, every other object an object: either may arrive as the other
+        obj = event.object if family == "inventory" else jb.obj(event.object)
+        headers.update(_FAMILY_HEADERS[family](obj))
     return headers
 
 

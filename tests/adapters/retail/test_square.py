@@ -445,3 +445,29 @@ def test_a_completed_order_read_from_the_orders_api_moves_its_mapped_lines() -> 
         Movement("square:L1:order:ord-1:return:r", "square:L1", "SKU-1", on_hand=1, kind="return"),
     ]
     assert order_movements({**order, "state": "OPEN"}, skus) == []
+
+
+@pytest.mark.parametrize(
+    ("event_type", "key", "wrong"),
+    [
+        ("payment.created", "payment", []),
+        ("refund.created", "refund", [{"id": "R1"}]),
+        ("order.updated", "order_updated", ["x"]),
+        ("inventory.count.updated", "inventory_counts", {"catalog_object_id": "V1"}),
+    ],
+)
+def test_an_object_of_the_wrong_json_type_is_an_issue_not_a_crash(
+    event_type: str, key: str, wrong: object
+) -> None:
+    """A payment given as an array (or inventory counts as an object) reached the payment's header reader,
+    which took it for an object (AttributeError): it reads as no object, and validation says so."""
+    event = {
+        "merchant_id": MERCHANT,
+        "type": event_type,
+        "event_id": "e-1",
+        "created_at": "2024-09-03T18:41:07Z",
+        "data": {"type": key, "id": "X1", "object": {key: wrong}},
+    }
+    env = ADAPTER.parse(json.dumps(event).encode(), RECEIPT)
+    assert env.control_id == "e-1"
+    assert error_codes(ADAPTER.validate(env)) == {"object_missing"}

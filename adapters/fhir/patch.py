@@ -70,7 +70,7 @@ def read_patch(raw: bytes, media: str) -> Patch:
         doc = load_json(raw)
     except (ValueError, RecursionError):  # (nesting deeper than the parser's stack)
         raise FhirError(400, "invalid", "The body is not JSON.") from None
-    problem = unwritable(doc)  # what a patched resource could not be written back with
+    problem = unwritable(doc, raw=raw)  # what a patched resource could not be written back with
     if problem is not None:
         raise FhirError(400, "invalid", problem)
     if media == MERGE_PATCH or (media == "application/json" and isinstance(doc, dict)):

@@ -78,6 +78,8 @@ each, a repeated one in an array too), and well within the 254 levels the JSON w
 
 _ID = re.compile(ID_PATTERN)
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+"""A JSON escape of a surrogate, the one way a JSON text read as UTF-8 can hold one."""
 _TYPE_NAME = re.compile(r"[A-Z][A-Za-z]{0,63}")
 """What a resource type name looks like: only such a name is ever quoted back."""
 _RESOURCE_CLASS = re.compile(
@@ -174,7 +176,7 @@ def _read_json(raw: bytes) -> dict[str, Any]:
         raise FhirError(400, "invalid", "The body is not well-formed JSON in UTF-8.") from None
     if not isinstance(value, dict):
         raise FhirError(400, "structure", "The body must be one JSON object, a FHIR resource.")
-    problem = unwritable(value)
+    problem = unwritable(value, raw=raw)
     if problem is not None:
         raise FhirError(400, "invalid", problem)
     resource_type = value.get("resourceType")
@@ -187,20 +189,27 @@ def _read_json(raw: bytes) -> dict[str, Any]:
     return value
 
 
-def unwritable(value: Any, limit: int = MAX_JSON_DEPTH) -> str | None:
+def unwritable(value: Any, limit: int = MAX_JSON_DEPTH, *, raw: bytes | None = None) -> str | None:
     """Why ``value`` (read JSON) could not be written back as JSON: nested more than ``limit`` levels,
     or a string (a member name too) with a lone surrogate, which a ``\\uD800`` escape reads as and which
-    is no Unicode character; ``None`` when it can be."""
+    is no Unicode character; ``None`` when it can be. With ``raw``, the bytes ``value`` was read from,
+    strings are looked at only when those bytes hold such an escape (UTF-8 itself cannot carry one)."""
+    strings = raw is None or _SURROGATE_ESCAPE.search(raw) is not None
+    lone = "The body has a string with a lone surrogate escape (\\uD800 to \\uDFFF), which is no character."
     pending: list[tuple[Any, int]] = [(value, 1)]
     while pending:
         node, depth = pending.pop()
         if depth > limit:
             return f"The body nests objects and arrays deeper than {limit} levels."
-        inner = list(node.values()) if isinstance(node, dict) else node
-        names = list(node) if isinstance(node, dict) else []
-        if any(isinstance(s, str) and _SURROGATE.search(s) for s in (*names, *inner)):
-            return "The body has a string with a lone surrogate escape (\\uD800 to \\uDFFF), which is no character."
-        pending.extend((child, depth + 1) for child in inner if isinstance(child, dict | list))
+        if isinstance(node, dict):
+            if strings and any(_SURROGATE.search(name) for name in node):
+                return lone
+            node = node.values()
+        for child in node:
+            if isinstance(child, dict | list):
+                pending.append((child, depth + 1))
+            elif strings and isinstance(child, str) and _SURROGATE.search(child):
+                return lone
     return None
 
 

@@ -140,6 +140,10 @@ class Runtime:
                 self.alerter.check_backlog(self.store.backlog(), time.time())
             except Exception:
                 log.exception("backlog check failed")
+            try:  # an erasure killed beside the server (the CLI) left its key marked: destroy it now
+                await self.store.finish_erasures()
+            except Exception:
+                log.exception("finishing erasures failed")
 
     def sink_states(self) -> dict[str, dict[str, Any]]:
         if self.engine is None:

@@ -433,8 +433,13 @@ class Store(Protocol):
     # -- inventory ledger (gateway.store.ledger) -------------------------------------------
 
     async def erase_subject(self, value: str, actor: str, expungers: Sequence[Expunger] = ()) -> Erasure:
-        """Erase a data subject's key: their encrypted bodies become unreadable (lineage still verifies);
-        each expunger removes what its tables hold about them, in the same transaction."""
+        """Erase a data subject: what the store holds about them, their dead-lettered deliveries, what each
+        expunger removes and ``SubjectErased`` are committed first, with a mark that their key is to go;
+        then their key is destroyed (their encrypted bodies become unreadable; lineage still verifies)."""
+        ...
+
+    async def finish_erasures(self) -> int:
+        """Destroy the keys of erasures committed but stopped before their key went; how many."""
         ...
 
     async def apply_stock(self, movements: Sequence[Movement], message_id: str, actor: str) -> list[str]:

@@ -244,3 +244,16 @@ MIGRATIONS.append(
     "CREATE INDEX IF NOT EXISTS lineage_resource ON lineage (json_extract(details, '$.resource'))"
     " WHERE json_extract(details, '$.resource') IS NOT NULL"
 )
+
+MIGRATIONS.append(
+    # 14: erasures whose subject key is still to be destroyed. An erasure commits its scrub, its dead letters,
+    # its ``SubjectErased`` event and this row in one transaction, then deletes the key in subject-keys.db,
+    # then this row: a row left by a crash in between is finished when the store is next opened, and while
+    # it is here, bodies sealed under its subject read as erased. Subjects are pseudonyms.
+    """
+    CREATE TABLE pending_erasures (
+        subject  TEXT PRIMARY KEY,
+        at       TEXT NOT NULL
+    ) WITHOUT ROWID;
+    """
+)

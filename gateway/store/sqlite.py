@@ -248,11 +248,37 @@ class SQLiteStore:
             "PRAGMA secure_delete = ON"
         )  # dropped, pruned and erased bodies leave no copy in free pages
         migrate(conn, self._key)
+        self._finish_erasures_on_open(conn)
         conn.execute("PRAGMA busy_timeout = 0")  # the write lock is waited for off the loop (_begin)
         row = conn.execute("SELECT seq, hash FROM lineage ORDER BY seq DESC LIMIT 1").fetchone()
         self._head = [row[0], row[1]] if row else [0, GENESIS_HASH]
         self._wconn = conn
         self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-commit")
+
+    def _finish_erasures_on_open(self, conn: sqlite3.Connection) -> None:
+        """Destroy the subject keys of erasures that were committed but stopped before their key went (a
+        process killed between the steps of :meth:`erase_subject`). With none marked, no write lock is
+        taken; with the lock held by another process past the busy time-out, the marks stay for the next
+        open or erasure (their bodies read as erased meanwhile)."""
+        if conn.execute("SELECT 1 FROM pending_erasures LIMIT 1").fetchone() is None:
+            return
+        try:
+            conn.execute("BEGIN IMMEDIATE")  # as every key change: under the write lock (see _destroy_keys)
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+                raise
+            log.warning("erasures left unfinished by a stop are not finished yet: the store is busy")
+            return
+        try:
+            finished = self._destroy_keys(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        log.warning(
+            "erasures left unfinished by a stop are finished: their subject keys are destroyed now",
+            extra={"erasures": finished},
+        )
 
     def close(self) -> None:
         if self._committer is not None:
@@ -613,6 +639,9 @@ class SQLiteStore:
         raw, storage = rec.raw, "full"
         if rec.storage == "encrypted":
             subject = pseudonym(self._key, rec.subject) if rec.subject else f"message:{rec.id}"
+            # an erasure of this subject is committed but its key not destroyed yet: destroy it now (in
+            # this transaction, as erase_subject would), so that the new message gets a key of its own
+            self._destroy_keys(txn.conn, subject)
             dek = self._subjects.key(subject, create=True)
             assert dek is not None
             raw, storage = seal_body(dek, rec.raw, rec.id.encode()), f"encrypted:{subject}"
@@ -849,7 +878,11 @@ class SQLiteStore:
         subject was erased."""
         if not storage.startswith("encrypted:"):
             return raw
-        dek = self._subjects.key(storage.removeprefix("encrypted:"), create=False)
+        subject = storage.removeprefix("encrypted:")
+        # erased once the erasure is committed, before its key is destroyed too (and if it never is)
+        if self._erasure_pending(subject):
+            raise BodyErased("the body's data subject was erased")
+        dek = self._subjects.key(subject, create=False)
         if dek is None:
             raise BodyErased("the body's data subject was erased")
         try:
@@ -857,63 +890,155 @@ class SQLiteStore:
         except StoreError:  # sealed under a key erased since (the subject has a new one now)
             raise BodyErased("the body's data subject was erased") from None
 
-    async def erase_subject(self, value: str, actor: str, expungers: Sequence[Expunger] = ()) -> Erasure:
-        """Erase a data subject: delete its key (their sealed bodies become unreadable), dead-letter their
-        pending deliveries, let each expunger remove what its tables hold about them, and record
-        ``SubjectErased`` with the pseudonym and the counts, all in one transaction."""
-        subject = pseudonym(self._key, value)
-
-        def fn(txn: _Txn) -> Erasure:
-            at = utcnow().isoformat()
-            ids = [
-                r[0]
-                for r in txn.conn.execute(
-                    "SELECT id FROM messages WHERE storage = ?", (f"encrypted:{subject}",)
-                )
-            ]
-            # messages about them too but sealed under another subject's key (a Bundle about several
-            # patients, sealed under the first one's): their bodies go, as that key cannot
-            shared = [
-                r[0]
-                for r in txn.conn.execute(
-                    "SELECT m.id FROM message_keys k JOIN messages m ON m.id = k.message_id"
-                    " WHERE k.pseudonym = ? AND m.storage LIKE 'encrypted:%' AND m.storage != ?",
-                    (subject, f"encrypted:{subject}"),
-                )
-            ]
-            for mid in shared:
-                txn.conn.execute(
-                    "UPDATE messages SET raw = x'', storage = ? WHERE id = ?", (f"encrypted:{subject}", mid)
-                )
-            ids += shared
-            for mid in ids:
-                txn.conn.execute(
-                    "UPDATE deliveries SET status = 'dead', last_error_code = 'subject_erased', last_error = ?,"
-                    " updated_at = ? WHERE message_id = ? AND status = 'pending'",
-                    ("The data subject was erased.", at, mid),
-                )
-            self._scrub_keys(txn.conn, value, subject, at)
-            records = sum(expunge(txn.conn, value, subject) for expunge in expungers)
-            # last, as it cannot be rolled back: a failure before it leaves everything as it was
-            had_key = self._subjects.erase(subject)  # in the writer's turn: no intake seals meanwhile
-            txn.append(
-                [
-                    EventDraft(
-                        "SubjectErased",
-                        None,
-                        actor,
-                        outcome="erased" if had_key or records else "no_key",
-                        details={"subject": subject, "messages": len(ids), "records": records},
-                    )
-                ],
-                at,
+    def _erasure_pending(self, subject: str | None = None) -> bool:
+        """Whether an erasure (of ``subject``, or any) is committed and its key not destroyed yet."""
+        where, args = _where(("subject = ?", subject))
+        try:
+            row = (
+                self._reader()
+                .execute(f"SELECT 1 FROM pending_erasures{where} LIMIT 1", args)  # noqa: S608 - bound values
+                .fetchone()
             )
-            return Erasure(len(ids), records)
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):  # a store not migrated yet, read as it is: it marks nothing
+                return False
+            raise
+        return row is not None
 
-        done = await self.submit(fn)
+    async def erase_subject(self, value: str, actor: str, expungers: Sequence[Expunger] = ()) -> Erasure:
+        """Erase a data subject, in an order that a crash at any point cannot turn into a half erasure:
+
+        1. one transaction (:meth:`_erasure`) scrubs their values beside the bodies, dead-letters their
+           pending deliveries, lets each expunger remove what its tables hold about them, records
+           ``SubjectErased`` and marks the subject's key to be destroyed (``pending_erasures``); from
+           its commit on, their sealed bodies read as erased;
+        2. then the key is deleted from subject-keys.db, and
+        3. the mark is removed (:meth:`_destroy_keys`, in a transaction of its own).
+
+        A process stopped after 1 leaves the mark: the next open of the store (server start, a CLI
+        command that writes), the next erasure or a running server's :meth:`finish_erasures` finishes
+        it; intake of a new message of the subject does too, before it gives the subject a new key."""
+        done = await self.submit(
+            functools.partial(self._erasure, value=value, actor=actor, expungers=expungers)
+        )
+        try:
+            await self.submit(lambda txn: self._destroy_keys(txn.conn))
+        except (StoreError, OSError) as exc:
+            raise StoreUnavailable(
+                "the erasure is recorded and its bodies read as erased, but its key is not destroyed yet:"
+                " it will be when the store is next opened, or when the erasure is run again"
+            ) from exc
         if done.records or done.bodies:
             await asyncio.get_running_loop().run_in_executor(None, self._purge_wal)
         return done
+
+    async def finish_erasures(self) -> int:
+        """Destroy the keys of erasures committed but stopped before their key went, and clear their
+        marks; returns how many. Opening the store does it; a running server calls this now and then,
+        for a ``gateway subjects erase`` killed beside it. Nothing is written when nothing is marked."""
+        if not self._erasure_pending():
+            return 0
+        finished = await self.submit(lambda txn: self._destroy_keys(txn.conn))
+        if finished:
+            log.warning(
+                "erasures left unfinished by a stop are finished: their subject keys are destroyed now",
+                extra={"erasures": finished},
+            )
+        return finished
+
+    def _erasure(self, txn: _Txn, value: str, actor: str, expungers: Sequence[Expunger]) -> Erasure:
+        """Step 1 of :meth:`erase_subject`: all of the erasure that the main database holds, and the mark
+        that its key is to be destroyed. A failure here (an expunger's) leaves everything as it was."""
+        subject = pseudonym(self._key, value)
+        conn = txn.conn
+        at = utcnow().isoformat()
+        ids = [
+            r[0] for r in conn.execute("SELECT id FROM messages WHERE storage = ?", (f"encrypted:{subject}",))
+        ]
+        # messages about them too but sealed under another subject's key (a Bundle about several
+        # patients, sealed under the first one's): their bodies go, as that key cannot
+        shared = [
+            r[0]
+            for r in conn.execute(
+                "SELECT m.id FROM message_keys k JOIN messages m ON m.id = k.message_id"
+                " WHERE k.pseudonym = ? AND m.storage LIKE 'encrypted:%' AND m.storage != ?",
+                (subject, f"encrypted:{subject}"),
+            )
+        ]
+        for mid in shared:
+            conn.execute(
+                "UPDATE messages SET raw = x'', storage = ? WHERE id = ?", (f"encrypted:{subject}", mid)
+            )
+        ids += shared
+        pending = [
+            (r[0], r[1], r[2])
+            for mid in ids
+            for r in conn.execute(
+                "SELECT id, message_id, sink FROM deliveries WHERE message_id = ? AND status = 'pending'"
+                " ORDER BY seq",
+                (mid,),
+            )
+        ]
+        dead = self._dead_letter_erased(conn, pending, actor, at)
+        self._scrub_keys(conn, value, subject, at)
+        records = sum(expunge(conn, value, subject) for expunge in expungers)
+        # in the writer's turn: no intake makes or uses the subject's key meanwhile
+        had_key = self._subjects.has(subject)
+        conn.execute("INSERT OR REPLACE INTO pending_erasures (subject, at) VALUES (?, ?)", (subject, at))
+        txn.append(
+            [
+                EventDraft(
+                    "SubjectErased",
+                    None,
+                    actor,
+                    outcome="erased" if had_key or records else "no_key",
+                    details={"subject": subject, "messages": len(ids), "records": records},
+                ),
+                *dead,
+            ],
+            at,
+        )
+        return Erasure(len(ids), records)
+
+    def _destroy_keys(self, conn: sqlite3.Connection, subject: str | None = None) -> int:
+        """Steps 2 and 3 of :meth:`erase_subject`, for every marked erasure (or ``subject``'s): delete the
+        key in subject-keys.db, then the mark. Run inside a write transaction of the main database, as
+        every key change is (intake makes keys in its own), so that no key is made or used meanwhile;
+        should that transaction not commit, the mark stays and the next run deletes nothing twice."""
+        where, args = _where(("subject = ?", subject))
+        marked = [r[0] for r in conn.execute(f"SELECT subject FROM pending_erasures{where}", args)]  # noqa: S608
+        for each in marked:
+            self._subjects.erase(each)
+            conn.execute("DELETE FROM pending_erasures WHERE subject = ?", (each,))
+        return len(marked)
+
+    @staticmethod
+    def _dead_letter_erased(
+        conn: sqlite3.Connection, deliveries: Iterable[tuple[str, str, str]], actor: str | None, at: str
+    ) -> list[EventDraft]:
+        """Dead-letter pending deliveries whose body can no longer be read, as their data subject was
+        erased (``subject_erased``: :meth:`replay` never brings them back); ``deliveries`` are (delivery
+        id, message id, sink). Returns a ``DeadLettered`` event per row changed (one no longer pending is
+        left as it is), by ``actor`` or else the sink's worker."""
+        drafts = []
+        for delivery_id, message_id, sink in deliveries:
+            cur = conn.execute(
+                "UPDATE deliveries SET status = 'dead', last_error_code = 'subject_erased', last_error = ?,"
+                " updated_at = ? WHERE id = ? AND status = 'pending'",
+                ("The data subject was erased.", at, delivery_id),
+            )
+            if cur.rowcount:
+                drafts.append(
+                    EventDraft(
+                        "DeadLettered",
+                        message_id,
+                        actor or f"sink:{sink}",
+                        outcome="dead",
+                        error_code="subject_erased",
+                        details={"delivery_id": delivery_id, "sink": sink},
+                    )
+                )
+        return drafts
 
     def _scrub_keys(self, conn: sqlite3.Connection, value: str, subject: str, at: str) -> None:
         """Replace the erased subject's value by its pseudonym wherever a message row keeps it in clear

@@ -10,6 +10,9 @@ AES-GCM(data key, body, aad = message id)``.
 Erasing a subject deletes its data key (with ``secure_delete`` on, the freed
 pages are overwritten): every body sealed under it becomes unreadable, while
 the lineage chain, which holds only digests and pseudonyms, still verifies.
+The key goes only after the erasure is committed in the main database, with a
+``pending_erasures`` row that keeps it to be destroyed should the process stop
+in between (``SQLiteStore.erase_subject``).
 Subjects are known here only by their keyed pseudonyms, never by value.
 """
 
@@ -103,6 +106,14 @@ class SubjectKeys:
                     "SELECT wrapped FROM subject_keys WHERE subject = ?", (subject,)
                 ).fetchone()
         return open_key(self._wrapping(), bytes(row[0]), subject)
+
+    def has(self, subject: str) -> bool:
+        """Whether the subject has a data key now."""
+        with self._conn() as conn:
+            return (
+                conn.execute("SELECT 1 FROM subject_keys WHERE subject = ?", (subject,)).fetchone()
+                is not None
+            )
 
     def erase(self, subject: str) -> bool:
         """Delete the subject's data key for good; True when there was one."""

@@ -1,16 +1,26 @@
-"""Encrypted bodies on a real store: sealed whatever the outcome, unreadable once their subject is erased."""
+"""Encrypted bodies on a real store: sealed whatever the outcome, unreadable once their subject is erased;
+an erasure stopped at any point is finished, never left half done."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
-from gateway.store import MessageFilter, PlannedDelivery
+from gateway.store import IntakeRecord, MessageFilter, PlannedDelivery
 from gateway.store.sqlite import SQLiteStore
-from gateway.store.subjects import BodyErased
+from gateway.store.subjects import KEYS_FILE, BodyErased
+from tests.conftest import REPO
 from tests.gateway.test_store import record
 
 
@@ -84,3 +94,169 @@ def test_expungers_run_in_the_erasure_and_a_failing_one_erases_nothing(store: SQ
         store.get_raw(row.id)
     erased = [e for e in store.events_between(None, None) if e.event == "SubjectErased"]
     assert [(e.details["messages"], e.details["records"]) for e in erased] == [(1, 2)]
+
+
+# -- crash safety: the erasure commits first, then its key goes ------------------------------------
+
+PATIENT = "MRN-SECRET-1^^^HOSP"
+"""The business key ``record`` files every message under; the sealed messages below are this subject's."""
+KEY = b"k" * 32
+
+
+def routed_for(
+    control_id: str, body: bytes, subject: str = PATIENT, order_key: str | None = None
+) -> IntakeRecord:
+    return replace(
+        sealed(control_id, body, subject),  # type: ignore[type-var]
+        route="r",
+        deliveries=(PlannedDelivery("ehr", "r", None, order_key),),
+    )
+
+
+def keys_held(tmp_path: Path) -> int:
+    with contextlib.closing(sqlite3.connect(tmp_path / KEYS_FILE)) as db:
+        return int(db.execute("SELECT count(*) FROM subject_keys").fetchone()[0])
+
+
+def marks(store: SQLiteStore) -> int:
+    return int(store.read(lambda db: db.execute("SELECT count(*) FROM pending_erasures").fetchone()[0]))
+
+
+def assert_erased_in_full(tmp_path: Path, message_id: str) -> None:
+    """Reopen the store as a restarted process does; the erasure must be whole: ``SubjectErased`` once,
+    the delivery dead-lettered with its event, the value scrubbed, no key and no mark left, lineage
+    intact."""
+    store = SQLiteStore(tmp_path / "gw.db", KEY)
+    store.open()
+    try:
+        erased = [e for e in store.events_between(None, None) if e.event == "SubjectErased"]
+        assert [(e.outcome, e.details["messages"]) for e in erased] == [("erased", 1)]
+        (delivery,) = store.deliveries_of(message_id)
+        assert (delivery.status, delivery.last_error_code) == ("dead", "subject_erased")
+        dead = [e for e in store.lineage_of(message_id) if e.event == "DeadLettered"]
+        assert [(e.actor, e.error_code, e.details["sink"]) for e in dead] == [
+            ("user:test", "subject_erased", "ehr")
+        ]
+        kept = store.read(
+            lambda db: db.execute(
+                "SELECT headers || business_keys FROM messages WHERE id = ?", (message_id,)
+            ).fetchone()[0]
+        )
+        assert PATIENT not in kept
+        with pytest.raises(BodyErased):
+            store.get_raw(message_id)
+        assert keys_held(tmp_path) == 0
+        assert marks(store) == 0
+        assert store.verify_lineage().ok
+    finally:
+        store.close()
+
+
+def test_an_erasure_stopped_before_its_key_went_is_finished_when_the_store_opens(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "gw.db", KEY)
+    store.open()
+    rec = routed_for("S-5", b"MSH|SECRET-FIVE")
+
+    async def first_step() -> None:
+        await store.record_intake([rec])
+        # step 1 alone: scrub, dead letters, SubjectErased and the mark, in one committed transaction
+        await store.submit(functools.partial(store._erasure, value=PATIENT, actor="user:test", expungers=()))
+
+    asyncio.run(first_step())
+    # between the steps the key is still on disk, marked; nothing serves the body any more
+    assert (keys_held(tmp_path), marks(store)) == (1, 1)
+    with pytest.raises(BodyErased):
+        store.get_raw(rec.id)
+    assert store.due_deliveries("ehr", time.time() + 1, 10, set()) == []
+    store.close()  # the process stops here: the key's step never runs
+    assert keys_held(tmp_path) == 1
+    assert_erased_in_full(tmp_path, rec.id)
+
+
+KILLED_AT_THE_KEY = """
+import asyncio, os, signal, sys
+from pathlib import Path
+from gateway.store.sqlite import SQLiteStore
+from gateway.store.subjects import SubjectKeys
+
+path, value, key_deleted = Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "yes"
+erase = SubjectKeys.erase
+
+def killed(self, subject):
+    if key_deleted:
+        erase(self, subject)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+SubjectKeys.erase = killed
+store = SQLiteStore(path, b"k" * 32)
+store.open()
+asyncio.run(store.erase_subject(value, "user:test"))
+"""
+"""A process that erases a subject and is killed (SIGKILL) when its key is being destroyed."""
+
+
+@pytest.mark.parametrize("key_deleted", [False, True], ids=["before-the-key-went", "after-the-key-went"])
+def test_an_erasure_killed_at_its_key_is_never_half_done(tmp_path: Path, key_deleted: bool) -> None:
+    """The erasing process is killed while the key is being destroyed (before or right after the
+    delete): whatever it committed, the store reopened holds the whole erasure."""
+    store = SQLiteStore(tmp_path / "gw.db", KEY)
+    store.open()
+    rec = routed_for("S-6", b"MSH|SECRET-SIX")
+    asyncio.run(store.record_intake([rec]))
+    store.close()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            KILLED_AT_THE_KEY,
+            str(tmp_path / "gw.db"),
+            PATIENT,
+            "yes" if key_deleted else "no",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr.decode()
+    assert keys_held(tmp_path) == (0 if key_deleted else 1)
+    assert_erased_in_full(tmp_path, rec.id)
+
+
+def test_a_new_message_between_the_steps_gets_a_key_the_late_step_leaves_alone(store: SQLiteStore) -> None:
+    old, new = routed_for("S-7", b"MSH|SECRET-OLD"), routed_for("S-8", b"MSH|SECRET-NEW")
+
+    async def go() -> int:
+        await store.record_intake([old])
+        await store.submit(functools.partial(store._erasure, value=PATIENT, actor="user:test", expungers=()))
+        await store.record_intake([new])  # finishes the erasure first, then makes the subject a new key
+        return await store.submit(lambda txn: store._destroy_keys(txn.conn))  # the erasure's late step 2
+
+    assert asyncio.run(go()) == 0  # nothing left marked: the new key is not destroyed
+    assert marks(store) == 0
+    assert store.get_raw(new.id) == b"MSH|SECRET-NEW"
+    with pytest.raises(BodyErased):
+        store.get_raw(old.id)
+
+
+def test_a_running_store_finishes_an_erasure_another_process_left_marked(
+    store: SQLiteStore, tmp_path: Path
+) -> None:
+    """``gateway subjects erase`` beside the server, stopped after its erasure committed: the server's
+    periodic :meth:`finish_erasures` destroys the key without waiting for a restart."""
+    rec = routed_for("S-12", b"MSH|SECRET-TWELVE")
+    asyncio.run(store.record_intake([rec]))
+    cli = SQLiteStore(tmp_path / "gw.db", KEY)
+    cli.open()
+    asyncio.run(cli.submit(functools.partial(cli._erasure, value=PATIENT, actor="user:test", expungers=())))
+    cli.close()  # stopped before its key's step
+    assert (keys_held(tmp_path), marks(store)) == (1, 1)
+
+    async def twice() -> tuple[int, int]:
+        return await store.finish_erasures(), await store.finish_erasures()
+
+    assert asyncio.run(twice()) == (1, 0)
+    assert (keys_held(tmp_path), marks(store)) == (0, 0)
+    with pytest.raises(BodyErased):
+        store.get_raw(rec.id)

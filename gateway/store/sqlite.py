@@ -232,6 +232,8 @@ class SQLiteStore:
         self.commits = 0
         """Transactions committed (fewer than work items when group commit works)."""
         self._subjects = SubjectKeys(path.parent)
+        self._dead_lettering: set[str] = set()
+        """Deliveries with an erased body that a coming transaction dead-letters (_dead_letter_unreadable)."""
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -1040,6 +1042,51 @@ class SQLiteStore:
                 )
         return drafts
 
+    def _dead_letter_unreadable(self, deliveries: Sequence[tuple[str, str, str]]) -> None:
+        """Dead-letter, with a coming transaction, pending deliveries that :meth:`due_deliveries` found
+        with a body that cannot be read any more, instead of passing over them for ever (and holding up
+        the deliveries behind them under the same order key): their subject's key went while they were
+        still pending, as when an erasure that destroyed the key before committing was cut off by a
+        crash, or a key was deleted outside an erasure. Each gets its ``DeadLettered`` event as in an
+        erasure. Nothing waits for it; without a running loop (a plain read), the next read by a
+        delivery worker does it."""
+        fresh = [d for d in deliveries if d[0] not in self._dead_lettering]
+        if not fresh:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        ids = {d[0] for d in fresh}
+        self._dead_lettering |= ids
+
+        def fn(txn: _Txn) -> int:
+            at = utcnow().isoformat()
+            drafts = self._dead_letter_erased(txn.conn, fresh, None, at)
+            if drafts:
+                txn.append(drafts, at)
+            return len(drafts)
+
+        def done(task: asyncio.Task[int]) -> None:
+            self._background.discard(task)
+            self._dead_lettering -= ids
+            if task.cancelled():
+                return
+            if task.exception() is not None:
+                log.warning(
+                    "could not dead-letter deliveries with erased bodies; will retry",
+                    extra={"deliveries": len(ids)},
+                )
+            elif task.result():
+                log.warning(
+                    "deliveries dead-lettered: their data subject's key is gone, their bodies cannot be read",
+                    extra={"deliveries": task.result(), "error_code": "subject_erased"},
+                )
+
+        task = loop.create_task(self.submit(fn, urgent=False))
+        self._background.add(task)
+        task.add_done_callback(done)
+
     def _scrub_keys(self, conn: sqlite3.Connection, value: str, subject: str, at: str) -> None:
         """Replace the erased subject's value by its pseudonym wherever a message row keeps it in clear
         (the promoted headers and business keys of the messages filed under it; an outbox order key
@@ -1165,13 +1212,16 @@ class SQLiteStore:
             (sink, now, limit + len(exclude)),
         )
         out = []
+        unreadable: list[tuple[str, str, str]] = []
         for r in rows:
             if r[1] in exclude:
                 continue
             try:
                 raw = self._plain(bytes(r[15]), r[18], r[2])
             except BodyErased:
-                continue  # erased while pending: erase_subject dead-letters it
+                # never deliverable: dead-lettered (an erasure does that; this one was left pending)
+                unreadable.append((r[1], r[2], r[3]))
+                continue
             out.append(
                 DueDelivery(
                     seq=r[0],
@@ -1196,6 +1246,8 @@ class SQLiteStore:
             )
             if len(out) >= limit:
                 break
+        if unreadable:
+            self._dead_letter_unreadable(unreadable)
         return out
 
     def next_due_at(self, sink: str) -> float | None:

@@ -17,10 +17,13 @@ from pathlib import Path
 
 import pytest
 
+from gateway.lineage import pseudonym
+from gateway.sinks.memory import MemorySink
 from gateway.store import IntakeRecord, MessageFilter, PlannedDelivery
 from gateway.store.sqlite import SQLiteStore
 from gateway.store.subjects import KEYS_FILE, BodyErased
 from tests.conftest import REPO
+from tests.gateway.test_delivery import start, until
 from tests.gateway.test_store import record
 
 
@@ -238,6 +241,42 @@ def test_a_new_message_between_the_steps_gets_a_key_the_late_step_leaves_alone(s
     assert store.get_raw(new.id) == b"MSH|SECRET-NEW"
     with pytest.raises(BodyErased):
         store.get_raw(old.id)
+
+
+def test_a_pending_delivery_whose_key_is_gone_is_dead_lettered_by_its_worker(
+    store: SQLiteStore, tmp_path: Path
+) -> None:
+    """A key gone while its delivery stayed pending (an erasure cut off before it committed, in a release
+    that destroyed the key first): the worker dead-letters it with its event instead of passing over it
+    for ever, and the next delivery under the same order key is no longer held up behind it."""
+    lost = routed_for("S-9", b"MSH|SECRET-LOST", subject="P1", order_key="K")
+    behind = routed_for("S-10", b"MSH|NEXT", subject="P2", order_key="K")
+
+    async def go() -> MemorySink:
+        await store.record_intake([lost, behind])
+        with contextlib.closing(sqlite3.connect(tmp_path / KEYS_FILE)) as keys:
+            keys.execute("DELETE FROM subject_keys WHERE subject = ?", (pseudonym(KEY, "P1"),))
+            keys.commit()
+        sink = MemorySink("ehr")
+        engine = await start(store, sink)
+        try:
+            await until(lambda: len(sink.deliveries) == 1, timeout=10, what="the delivery behind it")
+            await until(
+                lambda: any(e.event == "DeadLettered" for e in store.lineage_of(lost.id)),
+                timeout=10,
+                what="the DeadLettered event",
+            )
+        finally:
+            await engine.stop(1)
+        return sink
+
+    sink = asyncio.run(go())
+    assert [d.envelope.control_id for d in sink.deliveries] == ["S-10"]
+    (delivery,) = store.deliveries_of(lost.id)
+    assert (delivery.status, delivery.last_error_code, delivery.attempts) == ("dead", "subject_erased", 0)
+    (dead,) = [e for e in store.lineage_of(lost.id) if e.event == "DeadLettered"]
+    assert (dead.actor, dead.outcome, dead.error_code) == ("sink:ehr", "dead", "subject_erased")
+    assert [e.event for e in store.lineage_of(lost.id) if e.event.startswith("Delivery")] == []
 
 
 def test_a_running_store_finishes_an_erasure_another_process_left_marked(

@@ -810,48 +810,54 @@ class SQLiteStore:
                 drafts.append(
                     EventDraft("DeliverySucceeded", r.message_id, actor, outcome="delivered", details=base)
                 )
-            elif r.outcome == "retry":
-                txn.conn.execute(
-                    "UPDATE deliveries SET attempts = ?, next_attempt_at = ?, last_error_code = ?, last_error = ?,"
-                    " updated_at = ? WHERE id = ?",
-                    (r.attempt, r.next_attempt_at, r.error_code, r.reason, at, r.delivery_id),
-                )
-                drafts.append(
-                    EventDraft(
-                        "DeliveryFailed",
-                        r.message_id,
-                        actor,
-                        outcome="retrying",
-                        error_code=r.error_code,
-                        details={**base, "next_attempt_at": r.next_attempt_at},
-                    )
-                )
             else:
-                txn.conn.execute(
-                    "UPDATE deliveries SET status = 'dead', attempts = ?, last_error_code = ?, last_error = ?,"
-                    " updated_at = ? WHERE id = ?",
-                    (r.attempt, r.error_code, r.reason, at, r.delivery_id),
-                )
+                # a failed attempt changes its row only while it is pending: one dead-lettered while the
+                # attempt was out (its subject erased) stays as the erasure left it, never to be replayed
+                if r.outcome == "retry":
+                    cur = txn.conn.execute(
+                        "UPDATE deliveries SET attempts = ?, next_attempt_at = ?, last_error_code = ?,"
+                        " last_error = ?, updated_at = ? WHERE id = ? AND status = 'pending'",
+                        (r.attempt, r.next_attempt_at, r.error_code, r.reason, at, r.delivery_id),
+                    )
+                else:
+                    cur = txn.conn.execute(
+                        "UPDATE deliveries SET status = 'dead', attempts = ?, last_error_code = ?, last_error = ?,"
+                        " updated_at = ? WHERE id = ? AND status = 'pending'",
+                        (r.attempt, r.error_code, r.reason, at, r.delivery_id),
+                    )
+                if r.outcome == "retry" and cur.rowcount:
+                    drafts.append(
+                        EventDraft(
+                            "DeliveryFailed",
+                            r.message_id,
+                            actor,
+                            outcome="retrying",
+                            error_code=r.error_code,
+                            details={**base, "next_attempt_at": r.next_attempt_at},
+                        )
+                    )
+                    continue
                 drafts.append(
                     EventDraft(
                         "DeliveryFailed",
                         r.message_id,
                         actor,
-                        outcome="failed",
+                        outcome="failed",  # no retry follows
                         error_code=r.error_code,
                         details=base,
                     )
                 )
-                drafts.append(
-                    EventDraft(
-                        "DeadLettered",
-                        r.message_id,
-                        actor,
-                        outcome="dead",
-                        error_code=r.error_code,
-                        details=base,
+                if cur.rowcount:  # else dead-lettered already, while the attempt was out
+                    drafts.append(
+                        EventDraft(
+                            "DeadLettered",
+                            r.message_id,
+                            actor,
+                            outcome="dead",
+                            error_code=r.error_code,
+                            details=base,
+                        )
                     )
-                )
         if delivered:
             txn.conn.executemany(
                 "UPDATE deliveries SET status = 'delivered', attempts = ?, updated_at = ?, delivered_at = ?,"

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from gateway.lineage import pseudonym
+from gateway.sink import Delivery, DeliveryRetryable
 from gateway.sinks.memory import MemorySink
 from gateway.store import IntakeRecord, MessageFilter, PlannedDelivery
 from gateway.store.sqlite import SQLiteStore
@@ -277,6 +278,54 @@ def test_a_pending_delivery_whose_key_is_gone_is_dead_lettered_by_its_worker(
     (dead,) = [e for e in store.lineage_of(lost.id) if e.event == "DeadLettered"]
     assert (dead.actor, dead.outcome, dead.error_code) == ("sink:ehr", "dead", "subject_erased")
     assert [e.event for e in store.lineage_of(lost.id) if e.event.startswith("Delivery")] == []
+
+
+class HeldSink(MemorySink):
+    """A sink that holds each attempt until released, then fails it as retryable."""
+
+    def __init__(self) -> None:
+        super().__init__("ehr")
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def send(self, delivery: Delivery) -> None:
+        self.entered.set()
+        await self.release.wait()
+        raise DeliveryRetryable("http_503", "unavailable")
+
+
+def test_an_attempt_out_while_its_subject_is_erased_leaves_the_dead_letter_as_it_is(
+    store: SQLiteStore,
+) -> None:
+    """The attempt had the body before the erasure; its failure, recorded after, must not turn the
+    erasure's dead letter back into a retry or a replayable one."""
+    rec = routed_for("S-11", b"MSH|SECRET-OUT")
+
+    async def go() -> int:
+        await store.record_intake([rec])
+        sink = HeldSink()
+        engine = await start(store, sink)
+        try:
+            await asyncio.wait_for(sink.entered.wait(), 10)
+            await store.erase_subject(PATIENT, "user:test")
+            sink.release.set()
+            await until(
+                lambda: any(e.event == "DeliveryFailed" for e in store.lineage_of(rec.id)),
+                timeout=10,
+                what="the attempt's result",
+            )
+        finally:
+            await engine.stop(1)
+        return await store.replay(None, "ehr", "user:test")
+
+    assert asyncio.run(go()) == 0
+    (delivery,) = store.deliveries_of(rec.id)
+    assert (delivery.status, delivery.last_error_code) == ("dead", "subject_erased")
+    events = store.lineage_of(rec.id)
+    assert [(e.outcome, e.error_code) for e in events if e.event == "DeliveryFailed"] == [
+        ("failed", "http_503")
+    ]
+    assert [e.actor for e in events if e.event == "DeadLettered"] == ["user:test"]
 
 
 def test_a_running_store_finishes_an_erasure_another_process_left_marked(

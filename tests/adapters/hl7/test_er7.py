@@ -439,7 +439,7 @@ def test_a_header_id_without_a_field_separator_starts_no_batch() -> None:
     ):
         assert er7.batch_lines(raw) is None, raw
         assert er7.split_batch(raw) is None, raw
-        assert er7.batch_issues(raw) == [], raw
+        assert er7.batch_outline(raw) is None, raw
         with pytest.raises(ER7Error):
             er7.parse(raw)
     assert er7.split_batch(b"MSH\rMSH\r") is None

@@ -978,9 +978,10 @@ class SQLiteStore:
                 "UPDATE messages SET raw = x'', storage = ? WHERE id = ?", (f"encrypted:{subject}", mid)
             )
         ids += shared
+        named = self._scrub_keys(conn, value, subject)
         pending = [
             (r[0], r[1], r[2])
-            for mid in ids
+            for mid in dict.fromkeys([*ids, *named])  # what was erased is not written downstream afterwards
             for r in conn.execute(
                 "SELECT id, message_id, sink FROM deliveries WHERE message_id = ? AND status = 'pending'"
                 " ORDER BY seq",
@@ -988,7 +989,6 @@ class SQLiteStore:
             )
         ]
         dead = self._dead_letter_erased(conn, pending, actor, at)
-        self._scrub_keys(conn, value, subject, at)
         records = sum(expunge(conn, value, subject) for expunge in expungers)
         # in the writer's turn: no intake makes or uses the subject's key meanwhile
         had_key = self._subjects.has(subject)
@@ -1093,19 +1093,20 @@ class SQLiteStore:
         self._background.add(task)
         task.add_done_callback(done)
 
-    def _scrub_keys(self, conn: sqlite3.Connection, value: str, subject: str, at: str) -> None:
+    def _scrub_keys(self, conn: sqlite3.Connection, value: str, subject: str) -> list[str]:
         """Replace the erased subject's value by its pseudonym wherever a message row keeps it in clear
         (the promoted headers and business keys of the messages filed under it; an outbox order key
         written before those were pseudonyms). A record those messages name by type and id
         (:data:`RECORD_HEADERS`: the FHIR resource a write is about, erased with the subject) keeps only
-        the pseudonym of ``type/id`` for its id, as lineage names it, and their pending deliveries are
-        dead-lettered (``subject_erased``): what was erased is not written downstream afterwards, and a
-        sink could no longer name it."""
+        the pseudonym of ``type/id`` for its id, as lineage names it. Returns the ids of the messages that
+        name such a record: their pending deliveries are to be dead-lettered, as a sink could no longer
+        name it."""
         rows = conn.execute(
             "SELECT m.id, m.headers, m.business_keys FROM message_keys k JOIN messages m ON m.id = k.message_id"
             " WHERE k.pseudonym = ?",
             (subject,),
         ).fetchall()
+        named: list[str] = []
         for mid, headers_json, keys_json in rows:
             headers, keys = orjson.loads(headers_json), orjson.loads(keys_json)
             for name, held in keys.items():
@@ -1116,16 +1117,13 @@ class SQLiteStore:
             hidden = self._record_pseudonym(headers)
             if hidden:
                 headers[RECORD_HEADERS[1]] = hidden
-                conn.execute(
-                    "UPDATE deliveries SET status = 'dead', last_error_code = 'subject_erased', last_error = ?,"
-                    " updated_at = ? WHERE message_id = ? AND status = 'pending'",
-                    ("The data subject was erased.", at, mid),
-                )
+                named.append(mid)
             conn.execute(
                 "UPDATE messages SET headers = ?, business_keys = ? WHERE id = ?",
                 (orjson.dumps(headers).decode(), orjson.dumps(keys).decode(), mid),
             )
         conn.execute("UPDATE deliveries SET order_key = ? WHERE order_key = ?", (subject, value))
+        return named
 
     def _record_pseudonym(self, headers: Mapping[str, Any]) -> str:
         """The pseudonym of ``type/id`` for the record ``headers`` name (:data:`RECORD_HEADERS`); ``""``
